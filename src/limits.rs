@@ -1,0 +1,79 @@
+//! Every size limit in haven, in one place.
+//!
+//! Limits are checked against each other at compile time (see the `const` assertions at the end
+//! of this file) so that, for example, the largest legal command always fits in one log entry,
+//! and the largest log entry always fits in one frame. `Config::validate()` checks configurable
+//! values against these bounds once, at open.
+
+/// Largest key, in bytes. Keys are arbitrary bytes; an empty key is invalid.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+
+/// Largest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Most operations (compares + then-ops + else-ops) in one transaction.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Largest total of key and value bytes in one transaction.
+pub const MAX_TXN_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most entries a range/prefix scan may return in one call.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+/// Largest encoded state-machine command (a transaction at its limits plus framing overhead).
+pub const MAX_COMMAND_BYTES: usize = MAX_TXN_BYTES + 64 * 1024;
+
+/// Largest payload of one Raft log entry.
+pub const MAX_ENTRY_BYTES: usize = MAX_COMMAND_BYTES + 1024;
+
+/// Largest payload of one codec frame (on disk and on the wire). Checked before any allocation.
+pub const MAX_FRAME_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default size of one WAL segment file.
+pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Smallest WAL segment a configuration may ask for.
+pub const MIN_WAL_SEGMENT_BYTES: u64 = 64 * 1024;
+
+/// Most entries appended to the WAL in one record.
+pub const MAX_WAL_BATCH_ENTRIES: usize = 4096;
+
+/// Bytes of recent entries the WAL keeps in memory to serve reads without touching disk.
+pub const DEFAULT_WAL_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Soft cap on the entry bytes in one AppendEntries message (a single larger entry is still sent
+/// alone, so this never blocks progress).
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// Most entries in one AppendEntries message.
+pub const MAX_APPEND_ENTRIES: usize = 4096;
+
+/// Most AppendEntries messages in flight to one follower.
+pub const MAX_INFLIGHT_MSGS: usize = 256;
+
+/// Most entry bytes in flight to one follower.
+pub const MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+
+/// Most members (voters + learners) in one cluster.
+pub const MAX_MEMBERS: usize = 16;
+
+/// Size of one chunk of a streamed snapshot.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Messages queued for one peer before senders feel back-pressure.
+pub const PEER_SEND_QUEUE: usize = 4096;
+
+/// Proposals waiting for the driver before callers feel back-pressure.
+pub const MAX_PENDING_PROPOSALS: usize = 65_536;
+
+const _: () = assert!(MAX_KEY_BYTES + MAX_VALUE_BYTES <= MAX_TXN_BYTES);
+const _: () = assert!(MAX_TXN_BYTES < MAX_COMMAND_BYTES);
+const _: () = assert!(MAX_COMMAND_BYTES < MAX_ENTRY_BYTES);
+// One AppendEntries message carrying one maximal entry (or one snapshot chunk) must fit a frame.
+const _: () = assert!(MAX_ENTRY_BYTES + 64 * 1024 <= MAX_FRAME_PAYLOAD_BYTES);
+const _: () = assert!(MAX_APPEND_BYTES + MAX_ENTRY_BYTES <= MAX_FRAME_PAYLOAD_BYTES);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 <= MAX_FRAME_PAYLOAD_BYTES);
+const _: () = assert!(MAX_APPEND_BYTES <= MAX_INFLIGHT_BYTES);
+// A WAL segment must hold at least one maximal record.
+const _: () = assert!(MAX_FRAME_PAYLOAD_BYTES as u64 + 64 <= DEFAULT_WAL_SEGMENT_BYTES);
+const _: () = assert!(MIN_WAL_SEGMENT_BYTES <= DEFAULT_WAL_SEGMENT_BYTES);

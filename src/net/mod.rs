@@ -1,0 +1,1 @@
+//! The TCP transport: framing, authenticated handshake, per-peer sender threads.

@@ -1,0 +1,1 @@
+//! The Raft consensus core: pure (no IO, no clock, no threads, injected randomness).

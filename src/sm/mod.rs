@@ -1,0 +1,1 @@
+//! The replicated state machine: key-value store with revisions, transactions, client sessions.

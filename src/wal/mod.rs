@@ -1,0 +1,1 @@
+//! The durable, log-structured Raft log: segments, checksums, group commit, recovery.
