@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod error;
 pub mod limits;
+pub mod log;
 pub mod net;
 pub mod raft;
 pub mod sm;
