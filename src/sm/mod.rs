@@ -89,6 +89,24 @@ fn parse_state_tree_name(name: &[u8]) -> Option<u64> {
         .ok()
 }
 
+/// sled refuses a second open of a database with an `Io` error whose message says it could not
+/// acquire the lock. That is `DataDir`: another process has the directory, or (sled issues
+/// #1234, #1289) a handle of this process was dropped moments ago and sled's background threads
+/// have not released the lock yet. sled gives no way to wait for that, and this module has no
+/// clock, so the caller retries for a bounded time.
+fn open_error(path: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+            Error::DataDir(format!(
+                "state database {} is locked (by another process, or by a handle of this \
+                 process that sled is still closing: retry shortly): {io}",
+                path.display()
+            ))
+        }
+        other => sled_error("opening the state database", other),
+    }
+}
+
 /// What is cached in memory about the state tree (all of it also stored in the tree).
 struct Cached {
     applied: (LogIndex, Term),
@@ -150,6 +168,10 @@ impl StateMachine {
     /// Open (or create) the state database at `path` (a directory, usually `DATA_DIR/state`)
     /// with a sled page cache of at most `cache_bytes`. A state tree left over by a restore that
     /// was interrupted before it took effect is dropped here.
+    ///
+    /// `DataDir` if the database is locked. sled releases its lock lazily after the last handle
+    /// is dropped, so reopening in the same process (a restart in the simulator, a test) must
+    /// retry on `DataDir` for a bounded time (tens of milliseconds in practice).
     pub fn open(path: impl AsRef<Path>, cache_bytes: u64) -> Result<StateMachine> {
         if cache_bytes == 0 {
             return Err(Error::InvalidArgument(
@@ -160,7 +182,7 @@ impl StateMachine {
             .path(path.as_ref())
             .cache_capacity(cache_bytes)
             .open()
-            .map_err(|e| sled_error("opening the state database", e))?;
+            .map_err(|e| open_error(path.as_ref(), e))?;
         let active = match db
             .get(ACTIVE_TREE_KEY)
             .map_err(|e| sled_error("opening the state database", e))?

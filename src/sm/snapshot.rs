@@ -10,7 +10,7 @@
 //! This module is the only place in `src/sm` that touches files directly (sled does its own IO).
 
 use super::store::{
-    check_pair, decode_record, AppliedRecord, KEY_APPLIED, KEY_LAYOUT, LAYOUT_VERSION,
+    check_pair, decode_record, AppliedRecord, Pairs, KEY_APPLIED, KEY_LAYOUT, LAYOUT_VERSION,
 };
 use crate::codec::{append_frame, verify_frame, FrameHeader, FRAME_HEADER_BYTES};
 use crate::error::{Error, Result};
@@ -179,7 +179,7 @@ fn write_temp(
     out.write(&frame, true, temp_path)?;
 
     let mut records = 0u64;
-    let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut chunk: Pairs = Vec::new();
     let mut chunk_bytes = 0usize;
     for item in tree.iter() {
         let (key, value) =
@@ -308,14 +308,14 @@ fn decode_at<T: Decode<()>>(frame: &RawFrame, what: &str) -> Result<T> {
 /// on unverified bytes reads the file twice (see `StateMachine::restore_snapshot`).
 pub(crate) fn read_snapshot(
     path: &Path,
-    mut sink: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>,
+    mut sink: impl FnMut(Pairs) -> Result<()>,
 ) -> Result<SnapshotMeta> {
     read_snapshot_inner(path, &mut sink).map_err(|e| e.in_file(path, 0))
 }
 
 fn read_snapshot_inner(
     path: &Path,
-    sink: &mut dyn FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>,
+    sink: &mut dyn FnMut(Pairs) -> Result<()>,
 ) -> Result<SnapshotMeta> {
     let file = File::open(path).map_err(|e| io_error("opening snapshot", path, e))?;
     let size = file
@@ -374,7 +374,7 @@ fn read_snapshot_inner(
         };
         match frame.kind {
             KIND_RECORDS => {
-                let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode_at(&frame, "records")?;
+                let pairs: Pairs = decode_at(&frame, "records")?;
                 for (key, value) in &pairs {
                     let bad = |reason: String| Error::corrupt(frame.offset, reason);
                     if last_key.as_ref().is_some_and(|last| last >= key) {

@@ -126,6 +126,9 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8]) -> Result<()> {
     }
 }
 
+/// Raw (key, value) pairs of the state tree, in key order.
+pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A view of the tree plus writes not yet in sled. Reads see the writes; `into_batch` turns them
 /// into one atomic sled batch. With no writes it is simply a read view of the tree.
 pub(crate) struct Overlay<'t> {
@@ -168,7 +171,7 @@ impl<'t> Overlay<'t> {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+    ) -> Result<(Pairs, bool)> {
         let upper = match end {
             // An empty range (BTreeMap::range would panic on an inverted one).
             Some(end) if end <= start => return Ok((Vec::new(), false)),
