@@ -644,3 +644,15 @@ fn second_open_of_a_live_database_is_refused_as_data_dir() {
     }
     assert_eq!(h.sm.applied().0, LogIndex(0));
 }
+
+#[test]
+fn txn_over_the_byte_limit_is_refused_by_validate_and_encode() {
+    let one_mib = vec![0u8; MAX_VALUE_BYTES];
+    let success: Vec<TxnOp> = (0..5u8).map(|i| tput(&[b'k', i], &one_mib)).collect();
+    let cmd = untracked(txn(vec![], success, vec![]));
+    let err = cmd.validate().unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert!(err.to_string().contains("over the limit of"), "{err}");
+    // Too big to be a log entry at all: encode refuses it too.
+    assert_eq!(cmd.encode().unwrap_err().code(), ErrorCode::InvalidArgument);
+}
