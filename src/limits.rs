@@ -60,6 +60,16 @@ pub const MAX_MEMBERS: usize = 16;
 /// Size of one chunk of a streamed snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Most registered clients the state machine remembers for at-most-once writes. Registering one
+/// more evicts the client whose last applied command is oldest (see `src/sm`). Part of the
+/// replicated state: every member must use the same value, so it is a constant, not a setting.
+pub const MAX_CLIENTS: usize = 8192;
+
+/// Largest encoded command result the client table keeps for answering a retried command. A
+/// larger result (a transaction that read big values) is remembered only as "applied at revision
+/// R"; the client reads again to learn the outcome.
+pub const MAX_RETAINED_RESULT_BYTES: usize = 16 * 1024;
+
 /// Messages queued for one peer before senders feel back-pressure.
 pub const PEER_SEND_QUEUE: usize = 4096;
 
@@ -76,4 +86,7 @@ const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 <= MAX_FRAME_PAYLOAD_BYTE
 const _: () = assert!(MAX_APPEND_BYTES <= MAX_INFLIGHT_BYTES);
 // A WAL segment must hold at least one maximal record.
 const _: () = assert!(MAX_FRAME_PAYLOAD_BYTES as u64 + 64 <= DEFAULT_WAL_SEGMENT_BYTES);
+// The client table (at most MAX_CLIENTS retained results) stays small next to the data it guards.
+const _: () = assert!(MAX_CLIENTS * MAX_RETAINED_RESULT_BYTES <= 128 * 1024 * 1024);
+const _: () = assert!(MAX_RETAINED_RESULT_BYTES < MAX_COMMAND_BYTES);
 const _: () = assert!(MIN_WAL_SEGMENT_BYTES <= DEFAULT_WAL_SEGMENT_BYTES);

@@ -1,1 +1,585 @@
-//! The replicated state machine: key-value store with revisions, transactions, client sessions.
+//! The replicated state machine: a key-value store with revisions, etcd-style transactions and
+//! a client table for at-most-once writes, applied deterministically from committed Raft
+//! entries.
+//!
+//! The node runtime owns one [`StateMachine`] and hands it batches of committed entries
+//! ([`StateMachine::apply`]). Applying is a pure function of the current state and the entries:
+//! no clock, no randomness, no threads. The state lives in sled; each batch of entries becomes
+//! ONE atomic sled batch that also records the applied index and term (DESIGN.md durability rule
+//! 2), so after a crash the runtime replays the log from [`StateMachine::applied`] and entries
+//! at or below it are skipped.
+//!
+//! Revisions: the revision of a write is the log index of its entry. Each value carries its
+//! create revision, mod revision and version (writes since creation); a delete forgets them.
+//!
+//! At-most-once (Raft dissertation, section 6.3): a client registers ([`Op::RegisterClient`]);
+//! its id is the log index of that entry, so ids are never reused. The machine remembers per
+//! client the last applied seq and its result. A command with that seq gets the remembered
+//! result again, an older seq gets [`CommandResult::Stale`], neither is applied again. The table
+//! holds at most [`crate::limits::MAX_CLIENTS`] clients; registering one more evicts the client
+//! whose last applied command is oldest, and that client's commands get
+//! [`CommandResult::UnknownClient`] from then on (never a second application).
+//!
+//! ```
+//! use haven::sm::{Command, CommandResult, Op, StateMachine};
+//! use haven::{Entry, EntryKind, GroupId, LogIndex, Term};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut sm = StateMachine::open(dir.path().join("state"), 8 << 20).unwrap();
+//! let put = Command { client_id: 0, seq: 0, op: Op::Put { key: b"k".to_vec(), value: b"v".to_vec() } };
+//! let entry = Entry {
+//!     group: GroupId(0), term: Term(1), index: LogIndex(1),
+//!     kind: EntryKind::Normal, data: put.encode().unwrap(),
+//! };
+//! sm.apply(&[entry]).unwrap();
+//! let stored = sm.get(b"k").unwrap().unwrap();
+//! assert_eq!(stored.value, b"v");
+//! assert_eq!(stored.meta.mod_revision, LogIndex(1));
+//! assert_eq!(sm.applied(), (LogIndex(1), Term(1)));
+//! ```
+
+mod apply;
+mod command;
+mod result;
+mod snapshot;
+mod store;
+
+pub use command::{
+    prefix_end, Command, Compare, CompareOp, Op, Txn, TxnOp, COMMAND_VERSION, UNTRACKED_CLIENT,
+};
+pub use result::{
+    ApplyOutcome, CasResult, CommandResult, DeleteRangeResult, DeleteResult, EntryResult, KeyMeta,
+    KeyValue, PutResult, RangePage, TxnOpResult, TxnResult, VersionedValue,
+};
+pub use snapshot::{
+    list_snapshots, newest_snapshot, prune_snapshots, snapshot_file_name, verify_snapshot,
+    SnapshotMeta, SNAPSHOTS_TO_KEEP, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SALT,
+};
+
+use apply::{compare_holds, Applier};
+use command::{check_key, check_range};
+use store::{
+    decode_record, kv_key, sled_error, AppliedRecord, Overlay, KEY_APPLIED, KEY_LAYOUT,
+    KEY_MEMBERSHIP, LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META,
+};
+
+use crate::codec::encode_value;
+use crate::error::{Error, ErrorCode, Result};
+use crate::limits::MAX_TXN_OPS;
+use crate::types::{Entry, EntryKind, LogIndex, Term};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+
+/// Key in sled's default tree naming the tree that holds the current state.
+const ACTIVE_TREE_KEY: &[u8] = b"haven.sm.active_tree";
+/// State trees are named this prefix followed by a decimal generation number; a restore fills
+/// generation n+1 and then switches [`ACTIVE_TREE_KEY`] to it in one write.
+const STATE_TREE_PREFIX: &str = "haven.sm.state.";
+
+fn state_tree_name(generation: u64) -> Vec<u8> {
+    format!("{STATE_TREE_PREFIX}{generation}").into_bytes()
+}
+
+fn parse_state_tree_name(name: &[u8]) -> Option<u64> {
+    std::str::from_utf8(name)
+        .ok()?
+        .strip_prefix(STATE_TREE_PREFIX)?
+        .parse()
+        .ok()
+}
+
+/// sled refuses a second open of a database with an `Io` error whose message says it could not
+/// acquire the lock. That is `DataDir`: another process has the directory, or (sled issues
+/// #1234, #1289) a handle of this process was dropped moments ago and sled's background threads
+/// have not released the lock yet. sled gives no way to wait for that, and this module has no
+/// clock, so the caller retries for a bounded time.
+fn open_error(path: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+            Error::DataDir(format!(
+                "state database {} is locked (by another process, or by a handle of this \
+                 process that sled is still closing: retry shortly): {io}",
+                path.display()
+            ))
+        }
+        other => sled_error("opening the state database", other),
+    }
+}
+
+/// What is cached in memory about the state tree (all of it also stored in the tree).
+struct Cached {
+    applied: (LogIndex, Term),
+    membership: Option<Vec<u8>>,
+    client_count: usize,
+}
+
+fn load_cached(tree: &sled::Tree) -> Result<Cached> {
+    let read = |key: &[u8]| {
+        tree.get(key)
+            .map_err(|e| sled_error("opening the state", e))
+    };
+    let applied = match read(KEY_APPLIED)? {
+        Some(bytes) => {
+            let record: AppliedRecord = decode_record("applied", &bytes)?;
+            (record.index, record.term)
+        }
+        None => (LogIndex(0), Term(0)),
+    };
+    let membership = read(KEY_MEMBERSHIP)?.map(|bytes| bytes.to_vec());
+    let mut client_count = 0;
+    for item in tree.scan_prefix([PREFIX_CLIENT]) {
+        item.map_err(|e| sled_error("counting clients", e))?;
+        client_count += 1;
+    }
+    Ok(Cached {
+        applied,
+        membership,
+        client_count,
+    })
+}
+
+/// The replicated key-value state machine over one sled database.
+///
+/// Owned by one thread (the node's driver); reads take `&self`, apply and restore `&mut self`.
+pub struct StateMachine {
+    db: sled::Db,
+    tree: sled::Tree,
+    generation: u64,
+    cached: Cached,
+    /// Set after a storage failure: the in-memory view may no longer match the disk, so the
+    /// machine refuses to apply or snapshot (DESIGN.md: after a storage IO error the node stops
+    /// taking writes).
+    failed: Option<String>,
+}
+
+impl fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("applied", &self.cached.applied)
+            .field("generation", &self.generation)
+            .field("clients", &self.cached.client_count)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl StateMachine {
+    /// Open (or create) the state database at `path` (a directory, usually `DATA_DIR/state`)
+    /// with a sled page cache of at most `cache_bytes`. A state tree left over by a restore that
+    /// was interrupted before it took effect is dropped here.
+    ///
+    /// `DataDir` if the database is locked. sled releases its lock lazily after the last handle
+    /// is dropped, so reopening in the same process (a restart in the simulator, a test) must
+    /// retry on `DataDir` for a bounded time (tens of milliseconds in practice).
+    pub fn open(path: impl AsRef<Path>, cache_bytes: u64) -> Result<StateMachine> {
+        if cache_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "state machine cache must be at least 1 byte".into(),
+            ));
+        }
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| open_error(path.as_ref(), e))?;
+        let active = match db
+            .get(ACTIVE_TREE_KEY)
+            .map_err(|e| sled_error("opening the state database", e))?
+        {
+            Some(name) => name.to_vec(),
+            None => {
+                let name = state_tree_name(1);
+                db.insert(ACTIVE_TREE_KEY, name.clone())
+                    .map_err(|e| sled_error("creating the state database", e))?;
+                db.flush()
+                    .map_err(|e| sled_error("creating the state database", e))?;
+                name
+            }
+        };
+        let Some(generation) = parse_state_tree_name(&active) else {
+            return Err(
+                Error::corrupt(0, "state database names no valid state tree")
+                    .in_file(path.as_ref(), 0),
+            );
+        };
+        for name in db.tree_names() {
+            if parse_state_tree_name(&name).is_some() && name.as_ref() != active.as_slice() {
+                db.drop_tree(&name)
+                    .map_err(|e| sled_error("dropping an unfinished restore", e))?;
+            }
+        }
+        let tree = db
+            .open_tree(&active)
+            .map_err(|e| sled_error("opening the state tree", e))?;
+        match tree
+            .get(KEY_LAYOUT)
+            .map_err(|e| sled_error("opening the state tree", e))?
+        {
+            Some(bytes) => {
+                let layout: u32 = decode_record("layout", &bytes)?;
+                if layout != LAYOUT_VERSION {
+                    return Err(Error::UnsupportedVersion {
+                        what: "state layout",
+                        found: layout,
+                        supported: LAYOUT_VERSION,
+                    });
+                }
+            }
+            None if tree.is_empty() => {
+                tree.insert(KEY_LAYOUT, encode_value(&LAYOUT_VERSION)?)
+                    .map_err(|e| sled_error("creating the state tree", e))?;
+            }
+            None => {
+                return Err(
+                    Error::corrupt(0, "state tree has data but no layout version")
+                        .in_file(path.as_ref(), 0),
+                )
+            }
+        }
+        let cached = load_cached(&tree)?;
+        Ok(StateMachine {
+            db,
+            tree,
+            generation,
+            cached,
+            failed: None,
+        })
+    }
+
+    /// The index and term of the last applied entry ((0, 0) before any).
+    pub fn applied(&self) -> (LogIndex, Term) {
+        self.cached.applied
+    }
+
+    /// The payload of the last applied membership entry, opaque to the state machine.
+    pub fn membership(&self) -> Option<Vec<u8>> {
+        self.cached.membership.clone()
+    }
+
+    /// How many clients the client table holds (at most [`crate::limits::MAX_CLIENTS`]).
+    pub fn client_count(&self) -> usize {
+        self.cached.client_count
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(Error::Fatal(format!(
+                "state machine stopped after a storage failure: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Remember a storage failure (IO, sled, corrupt stored bytes) so nothing more is applied.
+    fn note_failure(&mut self, e: Error) -> Error {
+        if matches!(
+            e.code(),
+            ErrorCode::Io | ErrorCode::Corrupt | ErrorCode::Fatal
+        ) {
+            self.failed = Some(e.to_string());
+        }
+        e
+    }
+
+    /// Apply a batch of committed entries in log order, as ONE atomic sled batch that also
+    /// records the new applied index and term (and the membership payload, if the batch has a
+    /// membership entry). Entries at or below the applied index are skipped and get no outcome
+    /// (replay after a crash is idempotent); the rest must follow on without a gap and with
+    /// non-decreasing terms (`InvalidArgument` otherwise, nothing applied).
+    ///
+    /// Per entry: `Noop` only advances the applied index; `Membership` stores its payload;
+    /// `Normal` decodes and applies a [`Command`] (a payload that is not a command is
+    /// [`EntryResult::Malformed`] and changes nothing). A command of a newer version than this
+    /// build understands fails the whole batch with `UnsupportedVersion` and nothing is applied:
+    /// skipping it would make this member diverge, so it must be upgraded first. After a storage
+    /// error every later call fails with `Fatal`.
+    pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyOutcome>> {
+        self.check_usable()?;
+        let (mut applied_index, mut applied_term) = self.cached.applied;
+        let mut membership = None;
+        let mut applier = Applier {
+            overlay: Overlay::new(&self.tree),
+            client_count: self.cached.client_count,
+        };
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.index <= applied_index {
+                continue;
+            }
+            if entry.index != applied_index.next() {
+                return Err(Error::InvalidArgument(format!(
+                    "entry {} does not follow the applied index {applied_index}",
+                    entry.index
+                )));
+            }
+            if entry.term < applied_term {
+                return Err(Error::InvalidArgument(format!(
+                    "entry {} has term {}, below the applied term {applied_term}",
+                    entry.index, entry.term
+                )));
+            }
+            let result = match entry.kind {
+                EntryKind::Noop => EntryResult::Noop,
+                EntryKind::Membership => {
+                    applier
+                        .overlay
+                        .insert(KEY_MEMBERSHIP.to_vec(), entry.data.clone());
+                    membership = Some(entry.data.clone());
+                    EntryResult::Membership
+                }
+                EntryKind::Normal => match Command::decode(&entry.data) {
+                    Ok(cmd) => match applier.apply_command(&cmd, entry.index) {
+                        Ok(result) => EntryResult::Command {
+                            client_id: cmd.client_id,
+                            seq: cmd.seq,
+                            result,
+                        },
+                        Err(e) => return Err(self.note_failure(e)),
+                    },
+                    // Not ours to judge: a newer member wrote it (see the doc above).
+                    Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+                    Err(e) => EntryResult::Malformed {
+                        reason: e.to_string(),
+                    },
+                },
+            };
+            applied_index = entry.index;
+            applied_term = entry.term;
+            outcomes.push(ApplyOutcome {
+                index: entry.index,
+                term: entry.term,
+                result,
+            });
+        }
+        if outcomes.is_empty() {
+            return Ok(outcomes);
+        }
+        let applied = AppliedRecord {
+            index: applied_index,
+            term: applied_term,
+        };
+        let client_count = applier.client_count;
+        let mut overlay = applier.overlay;
+        if let Err(e) = overlay.put_encoded(KEY_APPLIED.to_vec(), &applied) {
+            return Err(self.note_failure(e));
+        }
+        let batch = overlay.into_batch();
+        if let Err(e) = self.tree.apply_batch(batch) {
+            let e = sled_error("applying entries", e);
+            return Err(self.note_failure(e));
+        }
+        self.cached.applied = (applied_index, applied_term);
+        self.cached.client_count = client_count;
+        if membership.is_some() {
+            self.cached.membership = membership;
+        }
+        Ok(outcomes)
+    }
+
+    /// The value and metadata of `key`, `None` if absent. `InvalidArgument` for an empty or
+    /// oversize key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<VersionedValue>> {
+        check_key("get", key)?;
+        Overlay::new(&self.tree).get_value(key)
+    }
+
+    /// Up to `limit` keys in `[start, end)` (`end` `None`: to the last key) in key order, and
+    /// whether more remain. `limit` must be in 1..=`MAX_SCAN_LIMIT`; `start` may be empty.
+    pub fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<RangePage> {
+        check_range("range", start, end, limit)?;
+        let from = kv_key(start);
+        let to = match end {
+            Some(end) => kv_key(end),
+            None => vec![PREFIX_KV + 1],
+        };
+        let (pairs, more) = Overlay::new(&self.tree).scan(&from, Some(&to), limit)?;
+        let mut entries = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            let stored: VersionedValue = decode_record("kv", &value)?;
+            entries.push(KeyValue {
+                key: key[1..].to_vec(),
+                value: stored.value,
+                meta: stored.meta,
+            });
+        }
+        Ok(RangePage { entries, more })
+    }
+
+    /// Up to `limit` keys starting with `prefix` (empty: every key), in key order.
+    pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<RangePage> {
+        self.range(prefix, prefix_end(prefix).as_deref(), limit)
+    }
+
+    /// Evaluate transaction compares against the current state without writing: `true` if all
+    /// hold. Lets the runtime answer a read-only transaction locally after a ReadIndex.
+    pub fn evaluate_compares(&self, compares: &[Compare]) -> Result<bool> {
+        if compares.len() > MAX_TXN_OPS {
+            return Err(Error::InvalidArgument(format!(
+                "{} compares, over the limit of {MAX_TXN_OPS}",
+                compares.len()
+            )));
+        }
+        let view = Overlay::new(&self.tree);
+        for (i, compare) in compares.iter().enumerate() {
+            check_key(&format!("compare {i}"), compare.key())?;
+            if !compare_holds(&view, compare)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A sha256 over the logical state: applied index and term, membership payload, every key
+    /// with its value and metadata, and the client table (ids, last seqs and indexes, retained
+    /// results). Identical on every member that has applied the same index, whether it got
+    /// there by applying entries or by restoring a snapshot. Reads the whole state.
+    /// `docs/FORMAT.md` ("State hash") defines the bytes hashed.
+    pub fn state_hash(&self) -> Result<[u8; 32]> {
+        let mut hasher = Sha256::new();
+        let put_bytes = |hasher: &mut Sha256, bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        };
+        hasher.update(b"haven state hash v1");
+        hasher.update(self.cached.applied.0 .0.to_le_bytes());
+        hasher.update(self.cached.applied.1 .0.to_le_bytes());
+        match &self.cached.membership {
+            Some(m) => {
+                hasher.update([1]);
+                put_bytes(&mut hasher, m);
+            }
+            None => hasher.update([0]),
+        }
+        for item in self.tree.iter() {
+            let (key, value) = item.map_err(|e| sled_error("hashing the state", e))?;
+            match key.first() {
+                Some(&PREFIX_KV) => {
+                    let stored: VersionedValue = decode_record("kv", &value)?;
+                    hasher.update([PREFIX_KV]);
+                    put_bytes(&mut hasher, &key[1..]);
+                    put_bytes(&mut hasher, &stored.value);
+                    hasher.update(stored.meta.create_revision.0.to_le_bytes());
+                    hasher.update(stored.meta.mod_revision.0.to_le_bytes());
+                    hasher.update(stored.meta.version.to_le_bytes());
+                }
+                Some(&PREFIX_CLIENT) => {
+                    // The record's bincode bytes are canonical (one encoding per value).
+                    hasher.update([PREFIX_CLIENT]);
+                    put_bytes(&mut hasher, &key[1..]);
+                    put_bytes(&mut hasher, &value);
+                }
+                // Derived (eviction order) or already hashed above (meta).
+                Some(&PREFIX_CLIENT_ORDER) | Some(&PREFIX_META) => {}
+                _ => return Err(Error::corrupt(0, "unknown key in the state tree")),
+            }
+        }
+        Ok(hasher.finalize().into())
+    }
+
+    /// Write the whole state (KV, client table, membership, applied index and term) as a
+    /// snapshot file in `snap_dir` (usually `DATA_DIR/snap`; created if missing): written under
+    /// a temporary name, fsynced, renamed, directory fsynced. The snapshot covers exactly
+    /// [`StateMachine::applied`]. Apply is blocked meanwhile (it needs `&mut self`).
+    pub fn write_snapshot(&self, snap_dir: impl AsRef<Path>) -> Result<SnapshotMeta> {
+        self.check_usable()?;
+        let (index, term) = self.cached.applied;
+        snapshot::write_snapshot(&self.tree, index, term, snap_dir.as_ref())
+    }
+
+    /// Replace the whole state with the snapshot at `path`.
+    ///
+    /// The file is verified completely first (every frame, every record, the sha256); a bad file
+    /// is refused (`Corrupt`, `UnsupportedVersion`) and the state is untouched. A snapshot older
+    /// than the applied index is refused (`InvalidArgument`): the state never moves backwards.
+    /// The records are then copied into a fresh sled tree, which is flushed and then made the
+    /// state by ONE write of the active-tree pointer, then flushed again. A crash before that
+    /// write leaves the old state (the half-filled tree is dropped at the next open); a crash
+    /// after it leaves the new state. Either way the runtime sees a consistent state and
+    /// replays the log from [`StateMachine::applied`].
+    pub fn restore_snapshot(&mut self, path: impl AsRef<Path>) -> Result<SnapshotMeta> {
+        self.check_usable()?;
+        let path = path.as_ref();
+        let verified = verify_snapshot(path)?;
+        if verified.index < self.cached.applied.0 {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot at {} is older than the applied index {}",
+                verified.index, self.cached.applied.0
+            )));
+        }
+        let next_generation = self.generation + 1;
+        let next_name = state_tree_name(next_generation);
+        match self.fill_tree(&next_name, path, &verified) {
+            Ok(tree) => {
+                if let Err(e) = self.switch_to(tree, next_generation, next_name) {
+                    return Err(self.note_failure(e));
+                }
+                Ok(verified)
+            }
+            Err(e) => {
+                // Nothing refers to the scratch tree; dropping it is tidiness (open drops it too).
+                let _ = self.db.drop_tree(&next_name);
+                match e.code() {
+                    // The file changed or broke between the two reads: the state is untouched.
+                    ErrorCode::Corrupt | ErrorCode::UnsupportedVersion => Err(e),
+                    _ => Err(self.note_failure(e)),
+                }
+            }
+        }
+    }
+
+    /// Copy the verified snapshot into a new tree named `name` (not yet the state).
+    fn fill_tree(&self, name: &[u8], path: &Path, verified: &SnapshotMeta) -> Result<sled::Tree> {
+        self.db
+            .drop_tree(name)
+            .map_err(|e| sled_error("clearing a scratch state tree", e))?;
+        let tree = self
+            .db
+            .open_tree(name)
+            .map_err(|e| sled_error("creating a scratch state tree", e))?;
+        let copied = snapshot::read_snapshot(path, |pairs| {
+            let mut batch = sled::Batch::default();
+            for (key, value) in pairs {
+                batch.insert(key, value);
+            }
+            tree.apply_batch(batch)
+                .map_err(|e| sled_error("restoring a snapshot", e))
+        })?;
+        if copied.sha256 != verified.sha256 {
+            return Err(
+                Error::corrupt(0, "snapshot changed while it was being restored").in_file(path, 0),
+            );
+        }
+        self.db
+            .flush()
+            .map_err(|e| sled_error("flushing a restored snapshot", e))?;
+        Ok(tree)
+    }
+
+    /// Make `tree` the state: one pointer write, flushed; then drop the old tree.
+    fn switch_to(&mut self, tree: sled::Tree, generation: u64, name: Vec<u8>) -> Result<()> {
+        let cached = load_cached(&tree)?;
+        self.db
+            .insert(ACTIVE_TREE_KEY, name)
+            .map_err(|e| sled_error("switching to the restored state", e))?;
+        self.db
+            .flush()
+            .map_err(|e| sled_error("switching to the restored state", e))?;
+        let old_name = state_tree_name(self.generation);
+        self.tree = tree;
+        self.generation = generation;
+        self.cached = cached;
+        // The old tree is no longer the state; if dropping it fails, open drops it next time.
+        let _ = self.db.drop_tree(old_name);
+        Ok(())
+    }
+
+    /// Ask sled to write everything to disk (sled's flush; see DESIGN.md on why the runtime
+    /// must not rely on it for durability). Useful before a clean shutdown.
+    pub fn flush(&self) -> Result<()> {
+        self.db
+            .flush()
+            .map(drop)
+            .map_err(|e| sled_error("flushing the state", e))
+    }
+}

@@ -1,0 +1,251 @@
+//! Applying one command to the overlay: the KV semantics, transactions and the client table.
+//!
+//! Everything here is a pure function of the current state (read through the overlay) and the
+//! command with its log index, so every member computes the same writes and results.
+
+use super::command::{Command, Compare, Op, Txn, TxnOp, UNTRACKED_CLIENT};
+use super::result::{
+    CasResult, CommandResult, DeleteRangeResult, DeleteResult, KeyMeta, PutResult, TxnOpResult,
+    TxnResult, VersionedValue,
+};
+use super::store::{
+    client_id_of, client_key, client_order_key, kv_key, ClientRecord, Overlay, PREFIX_CLIENT_ORDER,
+    PREFIX_KV,
+};
+use crate::codec::encode_value;
+use crate::error::{Error, Result};
+use crate::limits::{MAX_CLIENTS, MAX_RETAINED_RESULT_BYTES};
+use crate::types::LogIndex;
+
+/// Whether `compare` holds against the state seen through `view`.
+pub(crate) fn compare_holds(view: &Overlay<'_>, compare: &Compare) -> Result<bool> {
+    let current = view.get_value(compare.key())?;
+    let meta = current.as_ref().map(|v| v.meta);
+    Ok(match compare {
+        Compare::Value { op, value, .. } => current
+            .as_ref()
+            .is_some_and(|v| op.holds(v.value.as_slice(), value.as_slice())),
+        Compare::Version { op, version, .. } => op.holds(&meta.map_or(0, |m| m.version), version),
+        Compare::CreateRevision { op, revision, .. } => {
+            op.holds(&meta.map_or(LogIndex(0), |m| m.create_revision), revision)
+        }
+        Compare::ModRevision { op, revision, .. } => {
+            op.holds(&meta.map_or(LogIndex(0), |m| m.mod_revision), revision)
+        }
+        Compare::Exists { exists, .. } => current.is_some() == *exists,
+    })
+}
+
+/// Applies commands of one batch to an overlay and tracks the client count.
+pub(crate) struct Applier<'t> {
+    pub(crate) overlay: Overlay<'t>,
+    pub(crate) client_count: usize,
+}
+
+impl Applier<'_> {
+    /// Apply one decoded command at `index`.
+    pub(crate) fn apply_command(
+        &mut self,
+        cmd: &Command,
+        index: LogIndex,
+    ) -> Result<CommandResult> {
+        // Re-validate: a command proposed by a buggy or older runtime must still apply the same
+        // way everywhere. It changes nothing and is not recorded in the client table, so a retry
+        // gets the same rejection.
+        if let Err(e) = cmd.validate() {
+            return Ok(CommandResult::Rejected {
+                reason: e.to_string(),
+            });
+        }
+        if matches!(cmd.op, Op::RegisterClient) {
+            return self.register(index);
+        }
+        if cmd.client_id == UNTRACKED_CLIENT {
+            return self.execute(&cmd.op, index);
+        }
+        let Some(record) = self.overlay.get_client(cmd.client_id)? else {
+            return Ok(CommandResult::UnknownClient);
+        };
+        if cmd.seq == record.last_seq {
+            return Ok(record.result);
+        }
+        if cmd.seq < record.last_seq {
+            return Ok(CommandResult::Stale {
+                last_seq: record.last_seq,
+            });
+        }
+        let result = self.execute(&cmd.op, index)?;
+        self.overlay
+            .remove(client_order_key(record.last_index, cmd.client_id));
+        self.overlay
+            .insert(client_order_key(index, cmd.client_id), Vec::new());
+        let updated = ClientRecord {
+            last_seq: cmd.seq,
+            last_index: index,
+            result: retain(&result, index),
+        };
+        self.overlay
+            .put_encoded(client_key(cmd.client_id), &updated)?;
+        Ok(result)
+    }
+
+    /// Register a client whose id is `index`, evicting the least recently applied client when
+    /// the table is full.
+    fn register(&mut self, index: LogIndex) -> Result<CommandResult> {
+        if self.client_count >= MAX_CLIENTS {
+            let order_start = [PREFIX_CLIENT_ORDER];
+            let order_end = [PREFIX_CLIENT_ORDER + 1];
+            let (oldest, _) = self.overlay.scan(&order_start, Some(&order_end), 1)?;
+            let Some((order_key, _)) = oldest.into_iter().next() else {
+                return Err(Error::corrupt(
+                    0,
+                    format!(
+                        "client table counts {} clients but has no eviction order",
+                        self.client_count
+                    ),
+                ));
+            };
+            let Some(evicted) = client_id_of(&order_key) else {
+                return Err(Error::corrupt(0, "malformed client eviction key"));
+            };
+            self.overlay.remove(order_key);
+            self.overlay.remove(client_key(evicted));
+            self.client_count -= 1;
+        }
+        let client_id = index.0;
+        let result = CommandResult::Registered { client_id };
+        let record = ClientRecord {
+            last_seq: 0,
+            last_index: index,
+            result: result.clone(),
+        };
+        self.overlay.put_encoded(client_key(client_id), &record)?;
+        self.overlay
+            .insert(client_order_key(index, client_id), Vec::new());
+        self.client_count += 1;
+        Ok(result)
+    }
+
+    /// Run an operation (already validated) at revision `index`.
+    fn execute(&mut self, op: &Op, index: LogIndex) -> Result<CommandResult> {
+        Ok(match op {
+            Op::RegisterClient => self.register(index)?,
+            Op::Put { key, value } => CommandResult::Put(self.put(key, value, index)?),
+            Op::Delete { key } => CommandResult::Delete(self.delete(key, index)?),
+            Op::CompareAndSwap {
+                key,
+                expected,
+                new_value,
+            } => {
+                let current = self.overlay.get_value(key)?;
+                let holds = match (expected, &current) {
+                    (None, None) => true,
+                    (Some(expected), Some(current)) => *expected == current.value,
+                    _ => false,
+                };
+                if holds {
+                    let put = self.put(key, new_value, index)?;
+                    CommandResult::Cas(CasResult::Swapped {
+                        revision: put.revision,
+                        previous: put.previous,
+                    })
+                } else {
+                    CommandResult::Cas(CasResult::Failed { current })
+                }
+            }
+            Op::DeleteRange { start, end, limit } => {
+                let from = kv_key(start);
+                let to = match end {
+                    Some(end) => kv_key(end),
+                    None => vec![PREFIX_KV + 1],
+                };
+                let (doomed, more) = self.overlay.scan(&from, Some(&to), *limit as usize)?;
+                let deleted = doomed.len() as u64;
+                for (key, _) in doomed {
+                    self.overlay.remove(key);
+                }
+                CommandResult::DeleteRange(DeleteRangeResult {
+                    revision: index,
+                    deleted,
+                    more,
+                })
+            }
+            Op::Txn(txn) => CommandResult::Txn(self.txn(txn, index)?),
+        })
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8], index: LogIndex) -> Result<PutResult> {
+        let previous = self.overlay.get_value(key)?.map(|v| v.meta);
+        let meta = match previous {
+            Some(prev) => KeyMeta {
+                create_revision: prev.create_revision,
+                mod_revision: index,
+                version: prev.version + 1,
+            },
+            None => KeyMeta {
+                create_revision: index,
+                mod_revision: index,
+                version: 1,
+            },
+        };
+        let stored = VersionedValue {
+            value: value.to_vec(),
+            meta,
+        };
+        self.overlay.put_encoded(kv_key(key), &stored)?;
+        Ok(PutResult {
+            revision: index,
+            previous,
+        })
+    }
+
+    fn delete(&mut self, key: &[u8], index: LogIndex) -> Result<DeleteResult> {
+        let previous = self.overlay.get_value(key)?.map(|v| v.meta);
+        if previous.is_some() {
+            self.overlay.remove(kv_key(key));
+        }
+        Ok(DeleteResult {
+            revision: index,
+            previous,
+        })
+    }
+
+    fn txn(&mut self, txn: &Txn, index: LogIndex) -> Result<TxnResult> {
+        let mut succeeded = true;
+        for compare in &txn.compares {
+            if !compare_holds(&self.overlay, compare)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                TxnOp::Put { key, value } => TxnOpResult::Put(self.put(key, value, index)?),
+                TxnOp::Delete { key } => TxnOpResult::Delete(self.delete(key, index)?),
+                TxnOp::Get { key } => TxnOpResult::Get(self.overlay.get_value(key)?),
+            });
+        }
+        Ok(TxnResult {
+            revision: index,
+            succeeded,
+            results,
+        })
+    }
+}
+
+/// The form of `result` the client table keeps: the result itself, or, when its encoding is
+/// over `MAX_RETAINED_RESULT_BYTES`, only the revision it was applied at.
+fn retain(result: &CommandResult, index: LogIndex) -> CommandResult {
+    let encoded_len = encode_value(result).map(|bytes| bytes.len());
+    match encoded_len {
+        Ok(len) if len <= MAX_RETAINED_RESULT_BYTES => result.clone(),
+        // Too large to keep, or even to encode: remember only where it applied.
+        _ => CommandResult::NotRetained { revision: index },
+    }
+}

@@ -1,0 +1,565 @@
+//! State-machine commands: what a `Normal` log entry carries, how it is encoded, and the limits
+//! every command must respect.
+//!
+//! Encoding (see `docs/FORMAT.md`, "State-machine command"): one version byte, then the bincode
+//! encoding of [`Command`]. The version byte is the *lowest* command version that knows every
+//! variant the command uses. Today every variant is version 1. When a variant is added (sessions,
+//! locks, elections, the partition map), it is appended to its enum and commands that use it are
+//! stamped with the next version, so an older member reports `UnsupportedVersion` for exactly
+//! those commands instead of mistaking them for garbage. Enum variants are only ever appended:
+//! their position is their tag on disk.
+
+use crate::codec::{decode_value, encode_value_into};
+use crate::error::{Error, Result};
+use crate::limits::{
+    MAX_COMMAND_BYTES, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES,
+};
+use crate::types::LogIndex;
+use bincode::{Decode, Encode};
+
+/// The newest command version this build writes and reads.
+pub const COMMAND_VERSION: u8 = 1;
+
+/// The client id of commands that are not tracked for at-most-once application: they apply each
+/// time they are committed. Meant for commands that are idempotent or that the runtime issues
+/// itself; a client library always registers and uses its own id.
+pub const UNTRACKED_CLIENT: u64 = 0;
+
+/// One state-machine command: who sent it, its position in that client's sequence, and the
+/// operation.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Command {
+    /// The id the machine handed out at registration ([`Op::RegisterClient`]), or
+    /// [`UNTRACKED_CLIENT`].
+    pub client_id: u64,
+    /// The client's sequence number for this command, starting at 1 after registration. A client
+    /// has at most one write outstanding and retries it with the same number.
+    pub seq: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// A state-machine operation. Variants are only ever appended (the position is the tag on disk).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Op {
+    /// Register a new client for at-most-once writes. The client id is the log index of this
+    /// command. The command's own `client_id` and `seq` are ignored.
+    RegisterClient,
+    /// Set `key` to `value`.
+    Put {
+        /// The key (non-empty, at most `MAX_KEY_BYTES`).
+        key: Vec<u8>,
+        /// The value (at most `MAX_VALUE_BYTES`).
+        value: Vec<u8>,
+    },
+    /// Remove `key` (no effect, but still a success, when it is absent).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Set `key` to `new_value` if its current value is `expected` (`None`: the key must be
+    /// absent).
+    CompareAndSwap {
+        /// The key.
+        key: Vec<u8>,
+        /// The value the key must have, or `None` if it must be absent.
+        expected: Option<Vec<u8>>,
+        /// The value to store when the comparison holds.
+        new_value: Vec<u8>,
+    },
+    /// Remove at most `limit` keys in `[start, end)`, in key order. The result says whether keys
+    /// remain in the range, so a client deletes a large range in several bounded commands.
+    DeleteRange {
+        /// First key of the range (inclusive; may be empty for "from the first key").
+        start: Vec<u8>,
+        /// End of the range (exclusive); `None` for "to the last key".
+        end: Option<Vec<u8>>,
+        /// Most keys to delete (1..=`MAX_SCAN_LIMIT`).
+        limit: u32,
+    },
+    /// A transaction: if every compare holds, run `success`, otherwise `failure`.
+    Txn(Txn),
+}
+
+/// A multi-key transaction in the style of etcd's Txn: compares, then one of two op lists,
+/// applied atomically at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
+pub struct Txn {
+    /// Conditions that must all hold for `success` to run (an empty list holds).
+    pub compares: Vec<Compare>,
+    /// Ops run, in order, when every compare holds.
+    pub success: Vec<TxnOp>,
+    /// Ops run, in order, otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+/// How a compare relates the stored field to the given one (`stored OP given`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum CompareOp {
+    /// stored == given
+    Equal,
+    /// stored != given
+    NotEqual,
+    /// stored < given
+    Less,
+    /// stored > given
+    Greater,
+}
+
+impl CompareOp {
+    /// Whether `stored OP given` holds.
+    pub fn holds<T: Ord + ?Sized>(self, stored: &T, given: &T) -> bool {
+        match self {
+            CompareOp::Equal => stored == given,
+            CompareOp::NotEqual => stored != given,
+            CompareOp::Less => stored < given,
+            CompareOp::Greater => stored > given,
+        }
+    }
+}
+
+/// One transaction condition. For an absent key, version, create revision and mod revision are
+/// 0 and a value compare never holds (as in etcd). Variants are only ever appended.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Compare {
+    /// Compare the value (bytewise, lexicographic).
+    Value {
+        /// The key.
+        key: Vec<u8>,
+        /// The relation.
+        op: CompareOp,
+        /// The value to compare with.
+        value: Vec<u8>,
+    },
+    /// Compare the version (writes since creation; 0 when absent).
+    Version {
+        /// The key.
+        key: Vec<u8>,
+        /// The relation.
+        op: CompareOp,
+        /// The version to compare with.
+        version: u64,
+    },
+    /// Compare the create revision (0 when absent).
+    CreateRevision {
+        /// The key.
+        key: Vec<u8>,
+        /// The relation.
+        op: CompareOp,
+        /// The revision to compare with.
+        revision: LogIndex,
+    },
+    /// Compare the mod revision (0 when absent).
+    ModRevision {
+        /// The key.
+        key: Vec<u8>,
+        /// The relation.
+        op: CompareOp,
+        /// The revision to compare with.
+        revision: LogIndex,
+    },
+    /// Holds when the key's presence equals `exists`.
+    Exists {
+        /// The key.
+        key: Vec<u8>,
+        /// `true`: the key must be present; `false`: it must be absent.
+        exists: bool,
+    },
+}
+
+impl Compare {
+    /// The key this compare reads.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Compare::Value { key, .. }
+            | Compare::Version { key, .. }
+            | Compare::CreateRevision { key, .. }
+            | Compare::ModRevision { key, .. }
+            | Compare::Exists { key, .. } => key,
+        }
+    }
+}
+
+/// One operation inside a transaction branch. Variants are only ever appended.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum TxnOp {
+    /// Set a key.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove a key.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Read a key (seeing the writes of earlier ops in the same branch).
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+impl TxnOp {
+    /// The key this op touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+        }
+    }
+}
+
+/// The end key of the range holding exactly the keys that start with `prefix`: `prefix` with its
+/// last byte below 0xFF incremented and the rest cut off. `None` when there is no such key (the
+/// prefix is empty or all 0xFF): the range then runs to the last key.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|&b| b != 0xFF)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
+}
+
+/// Check a key: non-empty and at most `MAX_KEY_BYTES`. `what` names it in the error.
+pub(crate) fn check_key(what: &str, key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what}: key is empty")));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: key is {} bytes, over the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(what: &str, value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: value is {} bytes, over the limit of {MAX_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Check a scan or delete range: bounds at most `MAX_KEY_BYTES`, `end` after `start`, limit in
+/// 1..=`MAX_SCAN_LIMIT`.
+pub(crate) fn check_range(
+    what: &str,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Result<()> {
+    if start.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: range start is {} bytes, over the limit of {MAX_KEY_BYTES}",
+            start.len()
+        )));
+    }
+    if let Some(end) = end {
+        if end.len() > MAX_KEY_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: range end is {} bytes, over the limit of {MAX_KEY_BYTES}",
+                end.len()
+            )));
+        }
+        if end <= start {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: range end is not after range start"
+            )));
+        }
+    }
+    if limit == 0 || limit > MAX_SCAN_LIMIT {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: limit {limit} is not in 1..={MAX_SCAN_LIMIT}"
+        )));
+    }
+    Ok(())
+}
+
+impl Txn {
+    fn validate(&self) -> Result<()> {
+        let ops = self.compares.len() + self.success.len() + self.failure.len();
+        if ops > MAX_TXN_OPS {
+            return Err(Error::InvalidArgument(format!(
+                "txn has {ops} compares and ops, over the limit of {MAX_TXN_OPS}"
+            )));
+        }
+        let mut bytes = 0usize;
+        for (i, compare) in self.compares.iter().enumerate() {
+            let what = format!("txn compare {i}");
+            check_key(&what, compare.key())?;
+            bytes += compare.key().len();
+            if let Compare::Value { value, .. } = compare {
+                check_value(&what, value)?;
+                bytes += value.len();
+            }
+        }
+        for (branch, ops) in [("success", &self.success), ("failure", &self.failure)] {
+            for (i, op) in ops.iter().enumerate() {
+                let what = format!("txn {branch} op {i}");
+                check_key(&what, op.key())?;
+                bytes += op.key().len();
+                if let TxnOp::Put { value, .. } = op {
+                    check_value(&what, value)?;
+                    bytes += value.len();
+                }
+                // Two writes of one key in one branch would need two versions at one revision;
+                // refuse them (as etcd does) rather than define an order-dependent meaning.
+                let writes = |op: &TxnOp| matches!(op, TxnOp::Put { .. } | TxnOp::Delete { .. });
+                if writes(op) {
+                    if let Some(first) = ops[..i]
+                        .iter()
+                        .position(|earlier| writes(earlier) && earlier.key() == op.key())
+                    {
+                        return Err(Error::InvalidArgument(format!(
+                            "{what} writes the same key as txn {branch} op {first}"
+                        )));
+                    }
+                }
+            }
+        }
+        if bytes > MAX_TXN_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "txn carries {bytes} key and value bytes, over the limit of {MAX_TXN_BYTES}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Command {
+    /// Check every limit. The runtime calls this before proposing; the machine calls it again at
+    /// apply time and answers a failing command with [`super::CommandResult::Rejected`] without
+    /// changing anything, identically on every member.
+    pub fn validate(&self) -> Result<()> {
+        if self.client_id != UNTRACKED_CLIENT
+            && self.seq == 0
+            && !matches!(self.op, Op::RegisterClient)
+        {
+            return Err(Error::InvalidArgument(
+                "seq 0 is reserved: a registered client numbers its commands from 1".into(),
+            ));
+        }
+        match &self.op {
+            Op::RegisterClient => Ok(()),
+            Op::Put { key, value } => {
+                check_key("put", key)?;
+                check_value("put", value)
+            }
+            Op::Delete { key } => check_key("delete", key),
+            Op::CompareAndSwap {
+                key,
+                expected,
+                new_value,
+            } => {
+                check_key("compare-and-swap", key)?;
+                if let Some(expected) = expected {
+                    check_value("compare-and-swap expected", expected)?;
+                }
+                check_value("compare-and-swap new", new_value)
+            }
+            Op::DeleteRange { start, end, limit } => {
+                check_range("delete-range", start, end.as_deref(), *limit as usize)
+            }
+            Op::Txn(txn) => txn.validate(),
+        }
+    }
+
+    /// The lowest command version that knows every variant this command uses (see the module
+    /// docs). Every variant is version 1 today.
+    pub fn min_version(&self) -> u8 {
+        1
+    }
+
+    /// Encode for a log entry: the version byte, then the bincode value. Fails with
+    /// `InvalidArgument` if the encoding is over `MAX_COMMAND_BYTES`. Does not call
+    /// [`Command::validate`] (so tests can build invalid commands); the runtime calls both.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut out = vec![self.min_version()];
+        encode_value_into(self, &mut out)?;
+        if out.len() > MAX_COMMAND_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "encoded command is {} bytes, over the limit of {MAX_COMMAND_BYTES}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Decode a log entry payload. A version byte newer than [`COMMAND_VERSION`] gives
+    /// `UnsupportedVersion`; any other defect (empty, version 0, bad bincode, trailing bytes,
+    /// over `MAX_COMMAND_BYTES`) gives `Corrupt`. Never panics. Does not validate limits.
+    pub fn decode(bytes: &[u8]) -> Result<Command> {
+        if bytes.len() > MAX_COMMAND_BYTES {
+            return Err(Error::corrupt(
+                0,
+                format!(
+                    "command is {} bytes, over the limit of {MAX_COMMAND_BYTES}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let Some((&version, body)) = bytes.split_first() else {
+            return Err(Error::corrupt(0, "empty command"));
+        };
+        if version == 0 {
+            return Err(Error::corrupt(0, "command version 0"));
+        }
+        if version > COMMAND_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "command",
+                found: u32::from(version),
+                supported: u32::from(COMMAND_VERSION),
+            });
+        }
+        decode_value(body).map_err(|e| match e {
+            Error::Corrupt {
+                file,
+                offset,
+                reason,
+            } => Error::Corrupt {
+                file,
+                offset: offset + 1,
+                reason: format!("command: {reason}"),
+            },
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &[u8], value: &[u8]) -> Command {
+        Command {
+            client_id: 7,
+            seq: 1,
+            op: Op::Put {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn command_round_trips_with_version_byte() {
+        let cmd = put(b"k", b"v");
+        let bytes = cmd.encode().unwrap();
+        assert_eq!(bytes[0], COMMAND_VERSION);
+        assert_eq!(Command::decode(&bytes).unwrap(), cmd);
+    }
+
+    #[test]
+    fn newer_version_is_unsupported_and_zero_version_is_corrupt() {
+        let mut bytes = put(b"k", b"v").encode().unwrap();
+        bytes[0] = COMMAND_VERSION + 1;
+        assert!(matches!(
+            Command::decode(&bytes),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
+        bytes[0] = 0;
+        assert!(matches!(
+            Command::decode(&bytes),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(Command::decode(&[]), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn unknown_op_tag_is_corrupt_not_panic() {
+        // client_id 1, seq 1, op tag 200 (no such variant).
+        let bytes = [COMMAND_VERSION, 1, 1, 200];
+        assert!(matches!(
+            Command::decode(&bytes),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn prefix_end_increments_last_non_ff_byte() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xFF, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn validate_names_what_was_wrong() {
+        let err = put(b"", b"v").validate().unwrap_err().to_string();
+        assert!(err.contains("put: key is empty"), "{err}");
+        let long_key = vec![b'k'; MAX_KEY_BYTES + 1];
+        let err = put(&long_key, b"v").validate().unwrap_err().to_string();
+        assert!(err.contains("key is 4097 bytes"), "{err}");
+        let big = vec![0u8; MAX_VALUE_BYTES + 1];
+        let err = put(b"k", &big).validate().unwrap_err().to_string();
+        assert!(err.contains("value is"), "{err}");
+        let mut zero_seq = put(b"k", b"v");
+        zero_seq.seq = 0;
+        assert!(zero_seq.validate().is_err());
+        zero_seq.client_id = UNTRACKED_CLIENT;
+        assert!(zero_seq.validate().is_ok());
+    }
+
+    #[test]
+    fn validate_refuses_txn_writing_a_key_twice_but_allows_reads() {
+        let txn = |success: Vec<TxnOp>| Command {
+            client_id: 1,
+            seq: 1,
+            op: Op::Txn(Txn {
+                compares: vec![],
+                success,
+                failure: vec![],
+            }),
+        };
+        let k = b"k".to_vec();
+        let ok = txn(vec![
+            TxnOp::Put {
+                key: k.clone(),
+                value: vec![],
+            },
+            TxnOp::Get { key: k.clone() },
+        ]);
+        assert!(ok.validate().is_ok());
+        let twice = txn(vec![
+            TxnOp::Put {
+                key: k.clone(),
+                value: vec![],
+            },
+            TxnOp::Delete { key: k },
+        ]);
+        let err = twice.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("txn success op 1 writes the same key as txn success op 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validate_checks_ranges() {
+        let range = |start: &[u8], end: Option<&[u8]>, limit: u32| Command {
+            client_id: 1,
+            seq: 1,
+            op: Op::DeleteRange {
+                start: start.to_vec(),
+                end: end.map(<[u8]>::to_vec),
+                limit,
+            },
+        };
+        assert!(range(b"", None, 1).validate().is_ok());
+        assert!(range(b"a", Some(b"b"), 10).validate().is_ok());
+        assert!(range(b"b", Some(b"a"), 10).validate().is_err());
+        assert!(range(b"a", Some(b"a"), 10).validate().is_err());
+        assert!(range(b"a", None, 0).validate().is_err());
+        assert!(range(b"a", None, MAX_SCAN_LIMIT as u32 + 1)
+            .validate()
+            .is_err());
+    }
+}
