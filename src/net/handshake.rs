@@ -718,6 +718,57 @@ mod tests {
     }
 
     #[test]
+    fn wire_layout_matches_format_md() {
+        // Known answers computed independently (Python `hmac`/`struct`) from the layout in
+        // docs/FORMAT.md; a change here is a protocol change.
+        let s = secret(b"0123456789abcdef");
+        let t = transcript(
+            ClusterId(7),
+            &peer(2),
+            NodeId(1),
+            &[1; NONCE_BYTES],
+            &[2; NONCE_BYTES],
+        );
+        assert_eq!(t.len(), 94);
+        let expected = "6898e1628670a8c188fbc6718b7170566f9db33bdc1ce03a1adcced47676bd5a";
+        let got: String = tag(&s, LABEL_INITIATOR, &t)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(frame_salt(&s, &t).unwrap(), 15530878953702455390);
+
+        // Message payloads: varint ids, raw 32-byte arrays, enum variants as varints.
+        let challenge = Challenge {
+            acceptor: NodeId(2),
+            nonce: [7; NONCE_BYTES],
+        };
+        let mut expected = vec![2u8];
+        expected.extend_from_slice(&[7; NONCE_BYTES]);
+        assert_eq!(codec::encode_value(&challenge).unwrap(), expected);
+        let refusal = Refusal::new(RefusalCode::UnsupportedVersion { supported: 1 }, "x");
+        assert_eq!(codec::encode_value(&refusal).unwrap(), vec![0, 1, 1, b'x']);
+        let hello = HelloV1 {
+            cluster_id: ClusterId(42),
+            role: Role::Client { client_id: 300 },
+            expected_acceptor: None,
+            nonce: [9; NONCE_BYTES],
+        };
+        let mut expected = vec![42u8, 1, 251, 0x2c, 0x01, 0];
+        expected.extend_from_slice(&[9; NONCE_BYTES]);
+        let body = codec::encode_value(&hello).unwrap();
+        assert_eq!(body, expected);
+        let envelope = HelloEnvelope {
+            version: PROTOCOL_VERSION,
+            body: body.clone(),
+        };
+        let mut expected = vec![1u8, body.len() as u8];
+        expected.extend_from_slice(&body);
+        assert_eq!(codec::encode_value(&envelope).unwrap(), expected);
+    }
+
+    #[test]
     fn refusal_reason_is_truncated_to_fit_a_handshake_frame() {
         let refusal = Refusal::new(RefusalCode::Malformed, "é".repeat(1000));
         let mut buf = Vec::new();

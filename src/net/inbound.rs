@@ -120,21 +120,17 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                         serve_peer(&shared, node_id, est.role, &mut stream, est.reader);
                     }
                     Role::Client { client_id } => {
-                        serve_client(
-                            &shared,
-                            id,
-                            client_id,
-                            addr,
-                            &mut stream,
-                            est.salt,
-                            est.reader,
-                        );
-                        shared
-                            .counters
-                            .client_connections
-                            .fetch_sub(1, Ordering::SeqCst);
+                        let salt = est.salt;
+                        serve_client(&shared, id, client_id, addr, &mut stream, salt, est.reader);
                     }
                 }
+            }
+            // The slot `admit` reserved is held for the connection's whole life.
+            if let Role::Client { .. } = est.role {
+                shared
+                    .counters
+                    .client_connections
+                    .fetch_sub(1, Ordering::SeqCst);
             }
         }
     }

@@ -283,6 +283,23 @@ mod tests {
     }
 
     #[test]
+    fn sockets_have_nodelay_and_see_the_peer_close() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        configure_socket(&client).unwrap();
+        assert!(client.nodelay().unwrap());
+        assert!(!peer_has_closed(&client));
+        drop(server);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !peer_has_closed(&client) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        #[cfg(unix)]
+        assert!(peer_has_closed(&client));
+    }
+
+    #[test]
     fn partial_frames_survive_timeouts() {
         let values: Vec<u64> = (0..50).map(|i| i * 1_000_003).collect();
         let mut stream = Trickle {
