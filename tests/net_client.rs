@@ -246,3 +246,57 @@ fn connecting_to_nothing_is_unavailable() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// Figures, not a speed requirement (the numbers depend on the machine):
+/// `cargo test --release --test net_client -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn figures_client_round_trips() {
+    let log = Log::default();
+    let (net, events) = member(&log);
+    let server = thread::spawn(move || {
+        while let Ok(ClientEvent::Request {
+            conn,
+            request_id,
+            request,
+        }) = events.recv_timeout(Duration::from_secs(5))
+        {
+            conn.respond(request_id, answer(&request));
+        }
+    });
+    let client = connect(&net, 1);
+    let calls = 20_000u64;
+    let start = Instant::now();
+    for n in 0..calls {
+        client
+            .call(Req { thread: 0, n }, Duration::from_secs(5))
+            .expect("call");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "sequential: {calls} calls in {secs:.3} s = {:.1} us per call",
+        secs * 1e6 / calls as f64
+    );
+    let threads = 8u64;
+    let start = Instant::now();
+    thread::scope(|s| {
+        for t in 0..threads {
+            let client = &client;
+            s.spawn(move || {
+                for n in 0..calls / threads {
+                    client
+                        .call(Req { thread: t, n }, Duration::from_secs(5))
+                        .expect("call");
+                }
+            });
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "pipelined from {threads} threads: {calls} calls in {secs:.3} s = {:.0} calls/s",
+        calls as f64 / secs
+    );
+    drop(client);
+    drop(net);
+    server.join().expect("server");
+}

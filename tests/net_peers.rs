@@ -406,3 +406,67 @@ fn messages_flow_through_a_proxy_and_stop_when_it_cuts() {
     }
     assert!(delivered, "no message after the link healed");
 }
+
+/// Figures, not a speed requirement (the numbers depend on the machine):
+/// `cargo test --release --test net_peers -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn figures_peer_throughput_and_connect_latency() {
+    let log = Log::default();
+    let (b, b_in) = node(2, &log);
+    let (a, _) = start(config(1, secret(), &log), &[(NodeId(2), b.local_addr())]);
+    b.set_peer(NodeId(1), a.local_addr()).expect("peer");
+    for (label, count, make) in [
+        (
+            "small (Seq)",
+            200_000u64,
+            (|n| Msg::Seq(n)) as fn(u64) -> Msg,
+        ),
+        ("1 KiB blob", 50_000, |_| Msg::Blob(vec![7; 1024])),
+    ] {
+        let before = a.peer_stats(NodeId(2)).expect("peer").control;
+        let start = Instant::now();
+        thread::scope(|s| {
+            s.spawn(|| {
+                for n in 0..count {
+                    // Retry on a full queue: the figure is for delivered messages.
+                    while a.send(NodeId(2), make(n)) == SendOutcome::QueueFull {
+                        thread::yield_now();
+                    }
+                }
+            });
+            for _ in 0..count {
+                b_in.recv_timeout(Duration::from_secs(10))
+                    .expect("delivered");
+            }
+        });
+        let secs = start.elapsed().as_secs_f64();
+        let lane = a.peer_stats(NodeId(2)).expect("peer").control;
+        println!(
+            "{label}: {count} messages in {secs:.3} s = {:.0} msg/s; {:.1} messages per write",
+            count as f64 / secs,
+            (lane.messages_sent - before.messages_sent) as f64
+                / (lane.write_batches - before.write_batches).max(1) as f64
+        );
+    }
+    // Connect + handshake (4 frames, 2 round trips, 3 HMACs per side) on loopback.
+    let (tx, _rx) = unbounded();
+    let (ctx, _crx) = unbounded();
+    let member = Net::start(config(3, secret(), &log), &[], tx, Some(ctx)).expect("start");
+    let rounds = 200;
+    let start = Instant::now();
+    for i in 0..rounds {
+        haven::net::ClientConnection::<Req, Resp>::connect(
+            member.local_addr(),
+            CLUSTER,
+            &secret(),
+            i,
+            Duration::from_secs(5),
+        )
+        .expect("connect");
+    }
+    println!(
+        "connect + handshake + close: {:.0} us each ({rounds} rounds)",
+        start.elapsed().as_micros() as f64 / f64::from(rounds as u32)
+    );
+}

@@ -297,10 +297,20 @@ struct ClientConnInner<Resp> {
     closed: AtomicBool,
     /// Dropped to wake the writer thread when the connection closes.
     close_signal: Mutex<Option<Sender<()>>>,
+    /// Why the connection was closed from this side because of a fault, for the log.
+    fault: Mutex<Option<String>>,
     stream: TcpStream,
 }
 
 impl<Resp> ClientConnInner<Resp> {
+    fn close_for(&self, fault: String) {
+        self.fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(fault);
+        self.close();
+    }
+
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.close_signal
@@ -348,7 +358,9 @@ impl<Resp> ClientHandle<Resp> {
         match self.inner.responses.try_send((request_id, response)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                self.inner.close();
+                self.inner.close_for(format!(
+                    "it does not read its responses ({MAX_CLIENT_INFLIGHT_REQUESTS} queued)"
+                ));
                 false
             }
             Err(TrySendError::Disconnected(_)) => false,
@@ -410,6 +422,7 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
         responses,
         closed: AtomicBool::new(false),
         close_signal: Mutex::new(Some(close_signal)),
+        fault: Mutex::new(None),
         stream: control,
     });
     let handle = ClientHandle {
@@ -421,7 +434,14 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
             "haven-net-{}-client-{connection_id}-w",
             shared.config.node_id
         ))
-        .spawn(move || client_writer(writer_inner, write_half, salt, queued, closed));
+        .spawn({
+            let log = Arc::clone(&shared.config.log);
+            let name = format!("{}: client {client_id} at {addr}", shared.config.node_id);
+            move || {
+                let warn = |what: String| log(LogLevel::Warn, &format!("{name}: {what}"));
+                client_writer(writer_inner, write_half, salt, queued, closed, warn)
+            }
+        });
     let writer = match writer {
         Ok(writer) => writer,
         Err(e) => {
@@ -490,6 +510,9 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
     }
     inner.close();
     let _ = writer.join();
+    if let Some(fault) = inner.fault.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        close(fault);
+    }
     if !shared.is_stopping() {
         deliver(
             events,
@@ -506,6 +529,7 @@ fn client_writer<Resp: Message>(
     salt: u64,
     queued: Receiver<(u64, Resp)>,
     closed: Receiver<()>,
+    warn: impl Fn(String),
 ) {
     let mut batch = Vec::new();
     // Bounded: ends when the connection closes (the close signal disconnects) or a write fails.
@@ -523,18 +547,25 @@ fn client_writer<Resp: Message>(
         // Bounded by the queue's capacity.
         while let Some((request_id, response)) = pending.take() {
             // An oversize response is dropped; the client's call times out.
-            let _ = codec::append_frame(
+            let framed = codec::append_frame(
                 &mut batch,
                 kind::CLIENT_RESPONSE,
                 salt,
                 &(request_id, &response),
             );
+            if let Err(e) = framed {
+                warn(format!("response to request {request_id} dropped: {e}"));
+            }
             count += 1;
             if batch.len() < 256 * 1024 && count < MAX_CLIENT_INFLIGHT_REQUESTS {
                 pending = queued.try_recv().ok();
             }
         }
-        if inner.closed.load(Ordering::SeqCst) || stream.write_all(&batch).is_err() {
+        if inner.closed.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(e) = stream.write_all(&batch) {
+            inner.close_for(format!("writing responses failed: {e}"));
             break;
         }
         if batch.capacity() > 4 * 1024 * 1024 {

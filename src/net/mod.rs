@@ -27,6 +27,44 @@
 //! [`ClientHandle`], in any order, with many requests in flight. [`ClientConnection`] is the
 //! client side.
 //!
+//! ```
+//! use haven::net::{ClientConnection, ClientEvent, ClusterSecret, SendOutcome, Transport,
+//!                  TransportConfig};
+//! use haven::{ClusterId, NodeId};
+//! use std::time::Duration;
+//!
+//! # fn main() -> haven::Result<()> {
+//! let secret = ClusterSecret::new(*b"at least sixteen bytes of secret")?;
+//! let any_port = "127.0.0.1:0".parse().unwrap();
+//! let config = |id| TransportConfig::new(NodeId(id), ClusterId(1), secret.clone(), any_port);
+//!
+//! // Two members; peer messages here are plain strings, client requests and responses u64.
+//! let (tx1, _rx1) = crossbeam_channel::unbounded();
+//! let (clients_tx, clients_rx) = crossbeam_channel::unbounded();
+//! let n1 = Transport::<String, u64, u64>::start(config(1), &[], tx1, Some(clients_tx))?;
+//! let (tx2, rx2) = crossbeam_channel::unbounded();
+//! let n2 = Transport::<String, u64, u64>::start(config(2), &[(NodeId(1), n1.local_addr())],
+//!                                               tx2, None)?;
+//! n1.set_peer(NodeId(2), n2.local_addr())?;
+//!
+//! // Peer to peer: never blocks the caller.
+//! assert_eq!(n1.send(NodeId(2), "hello".to_string()), SendOutcome::Queued);
+//! let (from, msg) = rx2.recv_timeout(Duration::from_secs(5)).unwrap();
+//! assert_eq!((from, msg.as_str()), (NodeId(1), "hello"));
+//!
+//! // A remote client; the "runtime" answers on another thread.
+//! std::thread::spawn(move || {
+//!     while let Ok(ClientEvent::Request { conn, request_id, request }) = clients_rx.recv() {
+//!         conn.respond(request_id, request * 2);
+//!     }
+//! });
+//! let client = ClientConnection::<u64, u64>::connect(
+//!     n1.local_addr(), ClusterId(1), &secret, 7, Duration::from_secs(5))?;
+//! assert_eq!(client.call(21, Duration::from_secs(5))?, 42);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! No async runtime: threads and crossbeam channels only. Every thread the transport starts is
 //! joined by [`Transport::shutdown`] (also run on drop).
 
@@ -166,4 +204,21 @@ pub struct TransportStats {
     pub messages_received: u64,
     /// Client requests delivered to the client channel.
     pub client_requests_received: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_can_be_shared_between_threads() {
+        // The runtime shares the transport between its driver and its client threads, and
+        // hands client handles and connections to worker threads.
+        assert_send_sync::<Transport<Vec<u8>, Vec<u8>, Vec<u8>>>();
+        assert_send_sync::<ClientHandle<Vec<u8>>>();
+        assert_send_sync::<ClientConnection<Vec<u8>, Vec<u8>>>();
+        assert_send_sync::<ClusterSecret>();
+    }
 }
