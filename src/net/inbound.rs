@@ -112,6 +112,14 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                 // Shutdown drained the registry while we were in the handshake.
             } else {
                 match est.role {
+                    Role::Peer { node_id, .. } if !shared.is_peer(node_id) => {
+                        // Removed while its handshake ran (`remove_peer` only closes
+                        // connections whose role is registered, which ours now is).
+                        shared.log(
+                            LogLevel::Warn,
+                            &format!("closing {} from {addr}: no longer a peer", est.role),
+                        );
+                    }
                     Role::Peer { node_id, .. } => {
                         shared.log(
                             LogLevel::Info,
