@@ -73,6 +73,24 @@ pub const MAX_RETAINED_RESULT_BYTES: usize = 16 * 1024;
 /// Messages queued for one peer before senders feel back-pressure.
 pub const PEER_SEND_QUEUE: usize = 4096;
 
+/// Messages queued for one peer's bulk lane (snapshot chunks of about [`SNAPSHOT_CHUNK_BYTES`]
+/// each) before `send_bulk` reports a full queue.
+pub const PEER_BULK_SEND_QUEUE: usize = 8;
+
+/// Largest payload of one handshake frame. Handshake frames arrive before the other side is
+/// authenticated, so this limit, not [`MAX_FRAME_PAYLOAD_BYTES`], bounds what a stranger can make
+/// a member allocate.
+pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 1024;
+
+/// Inbound connections that may be in the handshake at once; more are closed at accept.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Most remote-client connections one member serves at once.
+pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
+
+/// Most requests in flight on one remote-client connection.
+pub const MAX_CLIENT_INFLIGHT_REQUESTS: usize = 1024;
+
 /// Proposals waiting for the driver before callers feel back-pressure.
 pub const MAX_PENDING_PROPOSALS: usize = 65_536;
 
@@ -90,3 +108,5 @@ const _: () = assert!(MAX_FRAME_PAYLOAD_BYTES as u64 + 64 <= DEFAULT_WAL_SEGMENT
 const _: () = assert!(MAX_CLIENTS * MAX_RETAINED_RESULT_BYTES <= 128 * 1024 * 1024);
 const _: () = assert!(MAX_RETAINED_RESULT_BYTES < MAX_COMMAND_BYTES);
 const _: () = assert!(MIN_WAL_SEGMENT_BYTES <= DEFAULT_WAL_SEGMENT_BYTES);
+const _: () = assert!(MAX_HANDSHAKE_FRAME_BYTES < MAX_FRAME_PAYLOAD_BYTES);
+const _: () = assert!(PEER_BULK_SEND_QUEUE * SNAPSHOT_CHUNK_BYTES <= MAX_INFLIGHT_BYTES);

@@ -1,0 +1,321 @@
+//! The remote-client side: one authenticated connection to one member, shared by many threads.
+
+use super::config::CLIENT_KEEPALIVE_INTERVAL;
+use super::handshake::{self, InitiatorParams, Role};
+use super::wire::{self, kind, FrameReader, Next};
+use super::{ClusterSecret, Message};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::limits::{MAX_CLIENT_INFLIGHT_REQUESTS, MAX_FRAME_PAYLOAD_BYTES};
+use crate::types::{ClusterId, NodeId};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::marker::PhantomData;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Calls waiting for their response, by request id. `closed` lives under the same lock so that
+/// a call can never register after the reader has failed every waiter.
+struct Pending<Resp> {
+    waiters: HashMap<u64, Sender<Resp>>,
+    closed: Option<String>,
+}
+
+struct Inner<Resp> {
+    addr: SocketAddr,
+    member: NodeId,
+    client_id: u64,
+    salt: u64,
+    writer: Mutex<TcpStream>,
+    /// A clone used only to shut the socket down.
+    control: TcpStream,
+    pending: Mutex<Pending<Resp>>,
+    closed: AtomicBool,
+    next_request_id: AtomicU64,
+}
+
+impl<Resp> Inner<Resp> {
+    /// Close the connection and fail every waiting call (their senders drop, so they report
+    /// `Timeout`: their requests were sent).
+    fn close(&self, why: &str) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.control.shutdown(Shutdown::Both);
+        let mut pending = lock(&self.pending);
+        if pending.closed.is_none() {
+            pending.closed = Some(why.to_string());
+        }
+        pending.waiters.clear();
+    }
+
+    fn close_reason(&self) -> String {
+        lock(&self.pending)
+            .closed
+            .clone()
+            .unwrap_or_else(|| "closed".into())
+    }
+}
+
+/// A remote client's connection to one member. `call` may be used from many threads at once;
+/// requests are pipelined on the one connection and a reader thread routes each response to
+/// its caller by request id.
+///
+/// There is no automatic reconnect: once the connection is down every call returns
+/// `Unavailable`, and the caller (the client library) connects again, possibly to another
+/// member.
+pub struct ClientConnection<Req, Resp> {
+    inner: Arc<Inner<Resp>>,
+    reader: Mutex<Option<JoinHandle<()>>>,
+    _request: PhantomData<fn(Req)>,
+}
+
+impl<Req, Resp> fmt::Debug for ClientConnection<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConnection")
+            .field("addr", &self.inner.addr)
+            .field("member", &self.inner.member)
+            .field("client_id", &self.inner.client_id)
+            .field("closed", &self.inner.closed.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
+    /// Connect to the member at `addr` and run the handshake as client `client_id`, all within
+    /// `timeout`. A refused handshake (wrong secret or cluster) is `Auth`; a member that cannot
+    /// be reached, is busy or shutting down is `Unavailable`.
+    pub fn connect(
+        addr: SocketAddr,
+        cluster_id: ClusterId,
+        secret: &ClusterSecret,
+        client_id: u64,
+        timeout: Duration,
+    ) -> Result<ClientConnection<Req, Resp>> {
+        let deadline = Instant::now() + timeout;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| Error::Unavailable(format!("cannot connect to {addr}: {e}")))?;
+        wire::configure_socket(&stream)?;
+        let params = InitiatorParams {
+            cluster_id,
+            secret,
+            role: Role::Client { client_id },
+            expected_acceptor: None,
+        };
+        let established = handshake::initiate(
+            &mut stream,
+            addr,
+            &params,
+            deadline,
+            MAX_FRAME_PAYLOAD_BYTES,
+        )
+        .map_err(|e| match e {
+            Error::Timeout(_) | Error::Io { .. } => {
+                Error::Unavailable(format!("handshake with {addr} failed: {e}"))
+            }
+            other => other,
+        })?;
+        stream
+            .set_read_timeout(Some(CLIENT_KEEPALIVE_INTERVAL))
+            .map_err(|e| Error::io("setting a read timeout", e))?;
+        let clone = |s: &TcpStream| s.try_clone().map_err(|e| Error::io("cloning a socket", e));
+        let inner = Arc::new(Inner {
+            addr,
+            member: established.acceptor,
+            client_id,
+            salt: established.salt,
+            writer: Mutex::new(clone(&stream)?),
+            control: clone(&stream)?,
+            pending: Mutex::new(Pending {
+                waiters: HashMap::new(),
+                closed: None,
+            }),
+            closed: AtomicBool::new(false),
+            next_request_id: AtomicU64::new(1),
+        });
+        let reader_inner = Arc::clone(&inner);
+        let reader = established.reader;
+        let thread = thread::Builder::new()
+            .name(format!("haven-client-{client_id}-reader"))
+            .spawn(move || read_responses::<Resp>(reader_inner, stream, reader))
+            .map_err(|e| Error::io("spawning the client reader thread", e))?;
+        Ok(ClientConnection {
+            inner,
+            reader: Mutex::new(Some(thread)),
+            _request: PhantomData,
+        })
+    }
+
+    /// Send `request` and wait up to `timeout` for its response.
+    ///
+    /// `Unavailable`: the request was not sent (the connection was down, or broke before the
+    /// whole request was written), so it was certainly not applied. `Timeout`: it was sent and
+    /// no response came (in time, or before the connection broke): it may have been applied.
+    /// `InvalidArgument`: the request does not fit in a frame.
+    pub fn call(&self, request: Req, timeout: Duration) -> Result<Resp> {
+        let deadline = Instant::now() + timeout;
+        let inner = &self.inner;
+        let addr = inner.addr;
+        let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        codec::append_frame(
+            &mut frame,
+            kind::CLIENT_REQUEST,
+            inner.salt,
+            &(request_id, &request),
+        )?;
+        let (tx, rx) = bounded(1);
+        {
+            let mut pending = lock(&inner.pending);
+            if let Some(why) = &pending.closed {
+                return Err(Error::Unavailable(format!(
+                    "connection to {addr} is closed ({why}); request not sent"
+                )));
+            }
+            if pending.waiters.len() >= MAX_CLIENT_INFLIGHT_REQUESTS {
+                return Err(Error::Unavailable(format!(
+                    "{MAX_CLIENT_INFLIGHT_REQUESTS} requests already in flight to {addr}; \
+                     request not sent"
+                )));
+            }
+            pending.waiters.insert(request_id, tx);
+        }
+        let not_sent = |why: String| {
+            lock(&inner.pending).waiters.remove(&request_id);
+            Error::Unavailable(format!("request to {addr} not sent: {why}"))
+        };
+        {
+            let mut writer = lock(&inner.writer);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(not_sent("timed out waiting to write".into()));
+            }
+            if let Err(e) = writer.set_write_timeout(Some(left)) {
+                return Err(not_sent(e.to_string()));
+            }
+            if let Err(e) = writer.write_all(&frame) {
+                // A partial frame is never processed, and the connection is closed so no later
+                // bytes can complete it: the request was not applied.
+                drop(writer);
+                inner.close(&format!("write failed: {e}"));
+                return Err(not_sent(e.to_string()));
+            }
+        }
+        match rx.recv_deadline(deadline) {
+            Ok(response) => Ok(response),
+            Err(RecvTimeoutError::Timeout) => {
+                lock(&inner.pending).waiters.remove(&request_id);
+                Err(Error::Timeout(format!(
+                    "no response from {addr} within {timeout:?}; the request was sent and may \
+                     have been applied"
+                )))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Timeout(format!(
+                "connection to {addr} lost after the request was sent ({}); it may have been \
+                 applied",
+                inner.close_reason()
+            ))),
+        }
+    }
+
+    /// The member that accepted this connection.
+    pub fn member(&self) -> NodeId {
+        self.inner.member
+    }
+
+    /// The client id given at connect.
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// The member's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Whether the connection is down (every call would return `Unavailable`).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// Calls waiting for a response right now.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.inner.pending).waiters.len()
+    }
+
+    /// Close the connection and join its reader thread. Calls in flight end with `Timeout`.
+    pub fn close(&self) {
+        self.inner.close("closed by the client");
+        if let Some(handle) = lock(&self.reader).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl<Req, Resp> Drop for ClientConnection<Req, Resp> {
+    fn drop(&mut self) {
+        self.inner.close("closed by the client");
+        if let Some(handle) = lock(&self.reader).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The reader thread: route responses to their callers; write a keepalive whenever nothing has
+/// arrived for a keepalive interval.
+fn read_responses<Resp: Message>(
+    inner: Arc<Inner<Resp>>,
+    mut stream: TcpStream,
+    mut reader: FrameReader,
+) {
+    let mut keepalive = Vec::new();
+    if codec::append_raw_frame(&mut keepalive, kind::KEEPALIVE, inner.salt, &[]).is_err() {
+        keepalive.clear();
+    }
+    // Bounded: ends when the connection closes or fails (closing it shuts the socket down).
+    let why = loop {
+        if inner.closed.load(Ordering::SeqCst) {
+            break "closed by the client".to_string();
+        }
+        match reader.next(&mut stream) {
+            Ok(Next::Frame {
+                kind: kind::CLIENT_RESPONSE,
+                payload,
+            }) => match codec::decode_value::<(u64, Resp)>(payload) {
+                Ok((request_id, response)) => {
+                    // No waiter: the call timed out already; the late response is dropped.
+                    if let Some(waiter) = lock(&inner.pending).waiters.remove(&request_id) {
+                        let _ = waiter.try_send(response);
+                    }
+                }
+                Err(e) => break format!("undecodable response: {e}"),
+            },
+            Ok(Next::Frame {
+                kind: kind::KEEPALIVE,
+                ..
+            }) => {}
+            Ok(Next::Frame { kind, .. }) => break format!("unexpected frame kind {kind}"),
+            Ok(Next::TimedOut) => {
+                // A writer busy with a request proves liveness well enough; skip the keepalive.
+                if let Ok(mut writer) = inner.writer.try_lock() {
+                    let sent = writer
+                        .set_write_timeout(Some(CLIENT_KEEPALIVE_INTERVAL))
+                        .and_then(|_| writer.write_all(&keepalive));
+                    if let Err(e) = sent {
+                        break format!("keepalive failed: {e}");
+                    }
+                }
+            }
+            Ok(Next::Closed) => break "the member closed the connection".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    inner.close(&why);
+}

@@ -1,0 +1,778 @@
+//! The authenticated handshake that opens every haven connection.
+//!
+//! Four frames (salt 0, payload at most [`MAX_HANDSHAKE_FRAME_BYTES`]), then application frames:
+//!
+//! ```text
+//! initiator                                   acceptor
+//!   Hello { version, cluster, role, expected acceptor, nonce_i }  ->
+//!                          <-  Challenge { acceptor id, nonce_a }   (or Refusal)
+//!   Proof { HMAC(secret, "initiator" ‖ transcript) }              ->
+//!                          <-  Welcome { HMAC(secret, "acceptor" ‖ transcript) }   (or Refusal)
+//! ```
+//!
+//! The transcript binds the protocol version, the cluster id, the initiator's role and id, the
+//! lane, the acceptor's id and both fresh 32-byte nonces, so a proof is valid for exactly one
+//! connection and one direction. The initiator proves first: the acceptor never hands a MAC to
+//! somebody who has not shown the secret. Tags are compared in constant time
+//! (`hmac::Mac::verify_slice`). Either side may answer with a `Refusal` frame carrying a reason;
+//! the receiver turns it into [`Error::Auth`]. `docs/FORMAT.md` gives the byte layout.
+
+use super::wire::{kind, FrameReader, Next};
+use super::{ClusterSecret, Lane};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::limits::MAX_HANDSHAKE_FRAME_BYTES;
+use crate::types::{ClusterId, NodeId};
+use bincode::{Decode, Encode};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// The handshake protocol version this build speaks.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// Length of a nonce and of a MAC tag, in bytes.
+const NONCE_BYTES: usize = 32;
+const TAG_BYTES: usize = 32;
+
+const LABEL_INITIATOR: &[u8] = b"haven/handshake/v1/initiator";
+const LABEL_ACCEPTOR: &[u8] = b"haven/handshake/v1/acceptor";
+const LABEL_SALT: &[u8] = b"haven/handshake/v1/frame-salt";
+
+/// Longest reason text put in a refusal, so that the refusal always fits one handshake frame.
+const MAX_REASON_BYTES: usize = 512;
+
+/// Who opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub(crate) enum Role {
+    /// Another member, sending on one of its lanes.
+    Peer {
+        /// The member's id.
+        node_id: NodeId,
+        /// Which of its lanes this connection is.
+        lane: Lane,
+    },
+    /// A remote client (not a member).
+    Client {
+        /// The id the client chose for itself (its writes are deduplicated by it).
+        client_id: u64,
+    },
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Peer { node_id, lane } => write!(f, "peer {node_id} ({lane} lane)"),
+            Role::Client { client_id } => write!(f, "client {client_id}"),
+        }
+    }
+}
+
+/// The version-independent outer layer of `Hello`: an acceptor of any version can read the
+/// version and refuse cleanly before it tries to understand the body.
+#[derive(Debug, Encode, Decode)]
+struct HelloEnvelope {
+    version: u32,
+    body: Vec<u8>,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct HelloV1 {
+    cluster_id: ClusterId,
+    role: Role,
+    /// The member the initiator thinks it is dialling (None for remote clients).
+    expected_acceptor: Option<NodeId>,
+    nonce: [u8; NONCE_BYTES],
+}
+
+#[derive(Debug, Encode, Decode)]
+struct Challenge {
+    acceptor: NodeId,
+    nonce: [u8; NONCE_BYTES],
+}
+
+#[derive(Debug, Encode, Decode)]
+struct Tag {
+    mac: [u8; TAG_BYTES],
+}
+
+/// Why a connection was refused (on the wire; the receiver turns it into an error).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) enum RefusalCode {
+    /// The initiator speaks a protocol version the acceptor does not.
+    UnsupportedVersion {
+        /// The version the acceptor speaks.
+        supported: u32,
+    },
+    /// The cluster ids differ.
+    WrongCluster,
+    /// The initiating member is not in the acceptor's membership.
+    UnknownNode,
+    /// The acceptor is not the member the initiator meant to dial.
+    WrongAcceptor,
+    /// A MAC did not verify: the cluster secrets differ.
+    BadProof,
+    /// The acceptor does not serve remote clients.
+    ClientsNotServed,
+    /// Too many connections; try later or elsewhere.
+    Busy,
+    /// A handshake frame could not be decoded.
+    Malformed,
+    /// The acceptor is shutting down.
+    ShuttingDown,
+}
+
+/// A refusal frame's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Refusal {
+    /// Machine-readable cause.
+    pub(crate) code: RefusalCode,
+    /// Human-readable explanation.
+    pub(crate) reason: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: RefusalCode, reason: impl Into<String>) -> Refusal {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON_BYTES {
+            let mut cut = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        Refusal { code, reason }
+    }
+
+    /// The error the side that *received* this refusal reports.
+    fn into_received_error(self, addr: SocketAddr) -> Error {
+        let message = format!("{addr} refused the connection: {}", self.reason);
+        match self.code {
+            RefusalCode::Busy | RefusalCode::ShuttingDown => Error::Unavailable(message),
+            _ => Error::Auth(message),
+        }
+    }
+
+    /// The error the side that *sent* this refusal reports (and logs).
+    fn into_sent_error(self) -> Error {
+        match self.code {
+            RefusalCode::Busy | RefusalCode::ShuttingDown => Error::Unavailable(self.reason),
+            _ => Error::Auth(self.reason),
+        }
+    }
+}
+
+/// What the initiator knows before it dials.
+pub(crate) struct InitiatorParams<'a> {
+    pub(crate) cluster_id: ClusterId,
+    pub(crate) secret: &'a ClusterSecret,
+    pub(crate) role: Role,
+    pub(crate) expected_acceptor: Option<NodeId>,
+}
+
+/// What the acceptor checks an initiator against.
+pub(crate) struct AcceptorParams<'a> {
+    pub(crate) node_id: NodeId,
+    pub(crate) cluster_id: ClusterId,
+    pub(crate) secret: &'a ClusterSecret,
+    /// Decides whether this role may connect at all (membership, client slots); runs before
+    /// the proof is checked, so it must not reveal anything secret.
+    pub(crate) admit: &'a dyn Fn(&Role) -> std::result::Result<(), Refusal>,
+}
+
+/// An open, authenticated connection.
+pub(crate) struct Established {
+    /// The other side's id: the acceptor's node id (initiator side) or the initiator's role
+    /// (acceptor side).
+    pub(crate) acceptor: NodeId,
+    pub(crate) role: Role,
+    /// Salt for every application frame on this connection (both directions).
+    pub(crate) salt: u64,
+    /// The reader, already switched to the application frame limit and salt.
+    pub(crate) reader: FrameReader,
+}
+
+/// Fresh random bytes for a nonce.
+fn nonce() -> Result<[u8; NONCE_BYTES]> {
+    let mut out = [0u8; NONCE_BYTES];
+    getrandom::getrandom(&mut out).map_err(|e| {
+        Error::io(
+            "drawing a handshake nonce",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(out)
+}
+
+/// The bytes both MACs and the frame salt are computed over (layout in `docs/FORMAT.md`).
+fn transcript(
+    cluster_id: ClusterId,
+    role: &Role,
+    acceptor: NodeId,
+    nonce_initiator: &[u8; NONCE_BYTES],
+    nonce_acceptor: &[u8; NONCE_BYTES],
+) -> Vec<u8> {
+    let (role_tag, id, lane) = match role {
+        Role::Peer { node_id, lane } => (1u8, node_id.0, lane.wire_tag()),
+        Role::Client { client_id } => (2u8, *client_id, 0u8),
+    };
+    let mut out = Vec::with_capacity(4 + 8 + 1 + 8 + 1 + 8 + 2 * NONCE_BYTES);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&cluster_id.0.to_le_bytes());
+    out.push(role_tag);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(lane);
+    out.extend_from_slice(&acceptor.0.to_le_bytes());
+    out.extend_from_slice(nonce_initiator);
+    out.extend_from_slice(nonce_acceptor);
+    out
+}
+
+fn keyed(secret: &ClusterSecret, label: &[u8], transcript: &[u8]) -> Result<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .map_err(|_| Error::InvalidArgument("cluster secret cannot key HMAC-SHA256".into()))?;
+    // The label's length goes first so that no label is a prefix of another's input.
+    mac.update(&[label.len() as u8]);
+    mac.update(label);
+    mac.update(transcript);
+    Ok(mac)
+}
+
+fn tag(secret: &ClusterSecret, label: &[u8], transcript: &[u8]) -> Result<[u8; TAG_BYTES]> {
+    Ok(keyed(secret, label, transcript)?
+        .finalize()
+        .into_bytes()
+        .into())
+}
+
+/// Constant-time check of a received tag.
+fn verify(secret: &ClusterSecret, label: &[u8], transcript: &[u8], received: &[u8]) -> bool {
+    match keyed(secret, label, transcript) {
+        Ok(mac) => mac.verify_slice(received).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn frame_salt(secret: &ClusterSecret, transcript: &[u8]) -> Result<u64> {
+    let bytes = tag(secret, LABEL_SALT, transcript)?;
+    let mut salt = [0u8; 8];
+    salt.copy_from_slice(bytes.get(..8).unwrap_or(&[0; 8]));
+    Ok(u64::from_le_bytes(salt))
+}
+
+fn remaining(deadline: Instant, what: &str) -> Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::Timeout(format!(
+            "handshake not finished in time ({what})"
+        )));
+    }
+    Ok(left)
+}
+
+fn write_frame<T: Encode>(
+    stream: &mut TcpStream,
+    kind: u8,
+    value: &T,
+    deadline: Instant,
+) -> Result<()> {
+    let mut buf = Vec::new();
+    codec::append_frame(&mut buf, kind, 0, value)?;
+    stream
+        .set_write_timeout(Some(remaining(deadline, "writing")?))
+        .map_err(|e| Error::io("setting a write timeout", e))?;
+    stream
+        .write_all(&buf)
+        .map_err(|e| Error::io("writing a handshake frame", e))
+}
+
+/// Best effort: tell the other side why, then give up. A failed write changes nothing.
+fn refuse(stream: &mut TcpStream, refusal: Refusal, deadline: Instant) -> Error {
+    let deadline = deadline.max(Instant::now() + Duration::from_millis(100));
+    let _ = write_frame(stream, kind::REFUSAL, &refusal, deadline);
+    refusal.into_sent_error()
+}
+
+/// Read the next handshake frame and return its kind and payload. A refusal from the other side
+/// becomes an error here.
+fn read_frame(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    addr: SocketAddr,
+    deadline: Instant,
+    what: &str,
+) -> Result<(u8, Vec<u8>)> {
+    // Bounded by the deadline: every timed-out read re-checks it.
+    loop {
+        stream
+            .set_read_timeout(Some(remaining(deadline, what)?))
+            .map_err(|e| Error::io("setting a read timeout", e))?;
+        match reader.next(stream)? {
+            Next::Frame {
+                kind: kind::REFUSAL,
+                payload,
+            } => {
+                let refusal: Refusal = codec::decode_value(payload)?;
+                return Err(refusal.into_received_error(addr));
+            }
+            Next::Frame { kind, payload } => return Ok((kind, payload.to_vec())),
+            Next::TimedOut => {}
+            Next::Closed => {
+                return Err(Error::Unavailable(format!(
+                    "{addr} closed the connection during the handshake ({what})"
+                )))
+            }
+        }
+    }
+}
+
+fn expect_kind(found: u8, wanted: u8, what: &str) -> Result<()> {
+    if found == wanted {
+        Ok(())
+    } else {
+        Err(Error::corrupt(
+            0,
+            format!("expected a {what} frame (kind {wanted}), got kind {found}"),
+        ))
+    }
+}
+
+/// Run the initiator's side on a connected stream. `addr` is only used in messages.
+pub(crate) fn initiate(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    params: &InitiatorParams<'_>,
+    deadline: Instant,
+    max_payload: usize,
+) -> Result<Established> {
+    let nonce_initiator = nonce()?;
+    let hello = HelloV1 {
+        cluster_id: params.cluster_id,
+        role: params.role,
+        expected_acceptor: params.expected_acceptor,
+        nonce: nonce_initiator,
+    };
+    let envelope = HelloEnvelope {
+        version: PROTOCOL_VERSION,
+        body: codec::encode_value(&hello)?,
+    };
+    write_frame(stream, kind::HELLO, &envelope, deadline)?;
+
+    let mut reader = FrameReader::new(MAX_HANDSHAKE_FRAME_BYTES, 0);
+    let (found, payload) = read_frame(stream, &mut reader, addr, deadline, "challenge")?;
+    expect_kind(found, kind::CHALLENGE, "challenge")?;
+    let challenge: Challenge = codec::decode_value(&payload)?;
+    if let Some(expected) = params.expected_acceptor {
+        if challenge.acceptor != expected {
+            let refusal = Refusal::new(
+                RefusalCode::WrongAcceptor,
+                format!(
+                    "{addr} is member {}, not {expected} as configured",
+                    challenge.acceptor
+                ),
+            );
+            return Err(refuse(stream, refusal, deadline));
+        }
+    }
+    let transcript = transcript(
+        params.cluster_id,
+        &params.role,
+        challenge.acceptor,
+        &nonce_initiator,
+        &challenge.nonce,
+    );
+    let proof = Tag {
+        mac: tag(params.secret, LABEL_INITIATOR, &transcript)?,
+    };
+    write_frame(stream, kind::PROOF, &proof, deadline)?;
+
+    let (found, payload) = read_frame(stream, &mut reader, addr, deadline, "welcome")?;
+    expect_kind(found, kind::WELCOME, "welcome")?;
+    let welcome: Tag = codec::decode_value(&payload)?;
+    if !verify(params.secret, LABEL_ACCEPTOR, &transcript, &welcome.mac) {
+        let refusal = Refusal::new(
+            RefusalCode::BadProof,
+            format!(
+                "{addr} ({}) did not prove knowledge of the cluster secret: the secrets differ",
+                challenge.acceptor
+            ),
+        );
+        return Err(refuse(stream, refusal, deadline));
+    }
+    let salt = frame_salt(params.secret, &transcript)?;
+    reader.set_limits(max_payload, salt);
+    Ok(Established {
+        acceptor: challenge.acceptor,
+        role: params.role,
+        salt,
+        reader,
+    })
+}
+
+/// Run the acceptor's side on an accepted stream. Every refusal has already been sent to the
+/// initiator (best effort) when this returns an error; the caller logs it with `addr`.
+pub(crate) fn accept(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    params: &AcceptorParams<'_>,
+    deadline: Instant,
+    max_payload: usize,
+) -> Result<Established> {
+    let mut reader = FrameReader::new(MAX_HANDSHAKE_FRAME_BYTES, 0);
+    let (found, payload) = read_frame(stream, &mut reader, addr, deadline, "hello")?;
+    expect_kind(found, kind::HELLO, "hello")?;
+    let malformed = |e: Error| Refusal::new(RefusalCode::Malformed, format!("bad hello: {e}"));
+    let envelope: HelloEnvelope = match codec::decode_value(&payload) {
+        Ok(envelope) => envelope,
+        Err(e) => return Err(refuse(stream, malformed(e), deadline)),
+    };
+    if envelope.version != PROTOCOL_VERSION {
+        let refusal = Refusal::new(
+            RefusalCode::UnsupportedVersion {
+                supported: PROTOCOL_VERSION,
+            },
+            format!(
+                "handshake protocol version {} is not supported (member {} speaks version {})",
+                envelope.version, params.node_id, PROTOCOL_VERSION
+            ),
+        );
+        return Err(refuse(stream, refusal, deadline));
+    }
+    let hello: HelloV1 = match codec::decode_value(&envelope.body) {
+        Ok(hello) => hello,
+        Err(e) => return Err(refuse(stream, malformed(e), deadline)),
+    };
+    if hello.cluster_id != params.cluster_id {
+        let refusal = Refusal::new(
+            RefusalCode::WrongCluster,
+            format!(
+                "{} belongs to cluster {}, but member {} belongs to cluster {}",
+                hello.role, hello.cluster_id, params.node_id, params.cluster_id
+            ),
+        );
+        return Err(refuse(stream, refusal, deadline));
+    }
+    if let Some(expected) = hello.expected_acceptor {
+        if expected != params.node_id {
+            let refusal = Refusal::new(
+                RefusalCode::WrongAcceptor,
+                format!(
+                    "{} dialled {expected} but reached member {}: check the peer addresses",
+                    hello.role, params.node_id
+                ),
+            );
+            return Err(refuse(stream, refusal, deadline));
+        }
+    }
+    if let Err(refusal) = (params.admit)(&hello.role) {
+        return Err(refuse(stream, refusal, deadline));
+    }
+
+    let nonce_acceptor = nonce()?;
+    let challenge = Challenge {
+        acceptor: params.node_id,
+        nonce: nonce_acceptor,
+    };
+    write_frame(stream, kind::CHALLENGE, &challenge, deadline)?;
+    let transcript = transcript(
+        params.cluster_id,
+        &hello.role,
+        params.node_id,
+        &hello.nonce,
+        &nonce_acceptor,
+    );
+
+    let (found, payload) = read_frame(stream, &mut reader, addr, deadline, "proof")?;
+    expect_kind(found, kind::PROOF, "proof")?;
+    let proof: Tag = match codec::decode_value(&payload) {
+        Ok(proof) => proof,
+        Err(e) => return Err(refuse(stream, malformed(e), deadline)),
+    };
+    if !verify(params.secret, LABEL_INITIATOR, &transcript, &proof.mac) {
+        let refusal = Refusal::new(
+            RefusalCode::BadProof,
+            format!(
+                "the proof of {} does not verify with the secret of member {}: the cluster \
+                 secrets differ",
+                hello.role, params.node_id
+            ),
+        );
+        return Err(refuse(stream, refusal, deadline));
+    }
+    let welcome = Tag {
+        mac: tag(params.secret, LABEL_ACCEPTOR, &transcript)?,
+    };
+    write_frame(stream, kind::WELCOME, &welcome, deadline)?;
+    let salt = frame_salt(params.secret, &transcript)?;
+    reader.set_limits(max_payload, salt);
+    Ok(Established {
+        acceptor: params.node_id,
+        role: hello.role,
+        salt,
+        reader,
+    })
+}
+
+/// Decode a refusal that arrives after the handshake (the initiator rejected our welcome).
+pub(crate) fn decode_late_refusal(payload: &[u8]) -> String {
+    match codec::decode_value::<Refusal>(payload) {
+        Ok(refusal) => refusal.reason,
+        Err(e) => format!("undecodable refusal: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    fn secret(s: &[u8]) -> ClusterSecret {
+        ClusterSecret::new(s.to_vec()).unwrap()
+    }
+
+    fn pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server, addr)
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    fn peer(n: u64) -> Role {
+        Role::Peer {
+            node_id: NodeId(n),
+            lane: Lane::Control,
+        }
+    }
+
+    /// Run a real acceptor on one thread and the initiator on this one.
+    fn run(
+        initiator_secret: &[u8],
+        acceptor_secret: &[u8],
+        role: Role,
+    ) -> (Result<Established>, Result<Established>) {
+        let (mut client, mut server, addr) = pair();
+        let acceptor_secret = secret(acceptor_secret);
+        let acceptor = thread::spawn(move || {
+            let admit = |_: &Role| Ok(());
+            let params = AcceptorParams {
+                node_id: NodeId(1),
+                cluster_id: ClusterId(7),
+                secret: &acceptor_secret,
+                admit: &admit,
+            };
+            accept(&mut server, addr, &params, deadline(), 1024)
+        });
+        let initiator_secret = secret(initiator_secret);
+        let params = InitiatorParams {
+            cluster_id: ClusterId(7),
+            secret: &initiator_secret,
+            role,
+            expected_acceptor: Some(NodeId(1)),
+        };
+        let initiated = initiate(&mut client, addr, &params, deadline(), 1024);
+        (initiated, acceptor.join().unwrap())
+    }
+
+    #[test]
+    fn both_sides_agree_on_ids_and_a_fresh_salt() {
+        let (a, b) = run(b"0123456789abcdef", b"0123456789abcdef", peer(2));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.acceptor, NodeId(1));
+        assert_eq!(b.role, peer(2));
+        assert_eq!(a.salt, b.salt);
+        // Fresh nonces: a second connection gets another salt.
+        let (c, _) = run(b"0123456789abcdef", b"0123456789abcdef", peer(2));
+        assert_ne!(c.unwrap().salt, a.salt);
+    }
+
+    #[test]
+    fn wrong_secret_is_refused_by_the_acceptor_with_a_reason() {
+        let (a, b) = run(b"0123456789abcdef", b"fedcba9876543210", peer(2));
+        match a {
+            Err(Error::Auth(m)) => assert!(m.contains("secrets differ"), "{m}"),
+            Err(other) => panic!("expected Auth, got {other:?}"),
+            Ok(_) => panic!("expected Auth, got a connection"),
+        }
+        match b {
+            Err(Error::Auth(m)) => assert!(m.contains("peer n2"), "{m}"),
+            Err(other) => panic!("expected Auth, got {other:?}"),
+            Ok(_) => panic!("expected Auth, got a connection"),
+        }
+    }
+
+    #[test]
+    fn impostor_acceptor_without_the_secret_is_detected_by_the_initiator() {
+        // The impostor skips the proof check and signs its welcome with a guessed secret.
+        let (mut client, mut server, addr) = pair();
+        let impostor = thread::spawn(move || {
+            let mut reader = FrameReader::new(MAX_HANDSHAKE_FRAME_BYTES, 0);
+            read_frame(&mut server, &mut reader, addr, deadline(), "hello").unwrap();
+            let challenge = Challenge {
+                acceptor: NodeId(1),
+                nonce: [3; NONCE_BYTES],
+            };
+            write_frame(&mut server, kind::CHALLENGE, &challenge, deadline()).unwrap();
+            read_frame(&mut server, &mut reader, addr, deadline(), "proof").unwrap();
+            let welcome = Tag {
+                mac: [0x55; TAG_BYTES],
+            };
+            write_frame(&mut server, kind::WELCOME, &welcome, deadline()).unwrap();
+            // The initiator answers with a refusal frame naming the reason.
+            read_frame(&mut server, &mut reader, addr, deadline(), "refusal").err()
+        });
+        let s = secret(b"0123456789abcdef");
+        let params = InitiatorParams {
+            cluster_id: ClusterId(7),
+            secret: &s,
+            role: peer(2),
+            expected_acceptor: Some(NodeId(1)),
+        };
+        match initiate(&mut client, addr, &params, deadline(), 1024) {
+            Err(Error::Auth(m)) => assert!(m.contains("did not prove"), "{m}"),
+            Err(other) => panic!("expected Auth, got {other:?}"),
+            Ok(_) => panic!("expected Auth, got a connection"),
+        }
+        match impostor.join().unwrap() {
+            Some(Error::Auth(m)) => assert!(m.contains("did not prove"), "{m}"),
+            other => panic!("impostor should have received a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unsupported_version_is_refused_with_the_supported_version() {
+        let (mut client, mut server, addr) = pair();
+        let acceptor = thread::spawn(move || {
+            let s = secret(b"0123456789abcdef");
+            let admit = |_: &Role| Ok(());
+            let params = AcceptorParams {
+                node_id: NodeId(1),
+                cluster_id: ClusterId(7),
+                secret: &s,
+                admit: &admit,
+            };
+            accept(&mut server, addr, &params, deadline(), 1024).err()
+        });
+        // A future initiator: version 99, a body this build cannot read.
+        let envelope = HelloEnvelope {
+            version: 99,
+            body: vec![0xEE; 40],
+        };
+        write_frame(&mut client, kind::HELLO, &envelope, deadline()).unwrap();
+        let mut reader = FrameReader::new(MAX_HANDSHAKE_FRAME_BYTES, 0);
+        match read_frame(&mut client, &mut reader, addr, deadline(), "challenge") {
+            Err(Error::Auth(m)) => {
+                assert!(m.contains("version 99 is not supported"), "{m}");
+                assert!(m.contains("speaks version 1"), "{m}");
+            }
+            other => panic!("expected Auth, got {other:?}"),
+        }
+        assert!(matches!(acceptor.join().unwrap(), Some(Error::Auth(_))));
+    }
+
+    #[test]
+    fn transcript_binds_every_field() {
+        let n1 = [1u8; NONCE_BYTES];
+        let n2 = [2u8; NONCE_BYTES];
+        let base = transcript(ClusterId(1), &peer(2), NodeId(3), &n1, &n2);
+        let variants = [
+            transcript(ClusterId(9), &peer(2), NodeId(3), &n1, &n2),
+            transcript(ClusterId(1), &peer(4), NodeId(3), &n1, &n2),
+            transcript(
+                ClusterId(1),
+                &Role::Peer {
+                    node_id: NodeId(2),
+                    lane: Lane::Bulk,
+                },
+                NodeId(3),
+                &n1,
+                &n2,
+            ),
+            transcript(
+                ClusterId(1),
+                &Role::Client { client_id: 2 },
+                NodeId(3),
+                &n1,
+                &n2,
+            ),
+            transcript(ClusterId(1), &peer(2), NodeId(5), &n1, &n2),
+            transcript(ClusterId(1), &peer(2), NodeId(3), &n2, &n1),
+        ];
+        for v in variants {
+            assert_ne!(v, base);
+        }
+        let s = secret(b"0123456789abcdef");
+        let t = tag(&s, LABEL_INITIATOR, &base).unwrap();
+        assert!(verify(&s, LABEL_INITIATOR, &base, &t));
+        // A tag is only valid in its own direction.
+        assert!(!verify(&s, LABEL_ACCEPTOR, &base, &t));
+        assert!(!verify(&s, LABEL_INITIATOR, &base, &t[..31]));
+    }
+
+    #[test]
+    fn wire_layout_matches_format_md() {
+        // Known answers computed independently (Python `hmac`/`struct`) from the layout in
+        // docs/FORMAT.md; a change here is a protocol change.
+        let s = secret(b"0123456789abcdef");
+        let t = transcript(
+            ClusterId(7),
+            &peer(2),
+            NodeId(1),
+            &[1; NONCE_BYTES],
+            &[2; NONCE_BYTES],
+        );
+        assert_eq!(t.len(), 94);
+        let expected = "6898e1628670a8c188fbc6718b7170566f9db33bdc1ce03a1adcced47676bd5a";
+        let got: String = tag(&s, LABEL_INITIATOR, &t)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(frame_salt(&s, &t).unwrap(), 15530878953702455390);
+
+        // Message payloads: varint ids, raw 32-byte arrays, enum variants as varints.
+        let challenge = Challenge {
+            acceptor: NodeId(2),
+            nonce: [7; NONCE_BYTES],
+        };
+        let mut expected = vec![2u8];
+        expected.extend_from_slice(&[7; NONCE_BYTES]);
+        assert_eq!(codec::encode_value(&challenge).unwrap(), expected);
+        let refusal = Refusal::new(RefusalCode::UnsupportedVersion { supported: 1 }, "x");
+        assert_eq!(codec::encode_value(&refusal).unwrap(), vec![0, 1, 1, b'x']);
+        let hello = HelloV1 {
+            cluster_id: ClusterId(42),
+            role: Role::Client { client_id: 300 },
+            expected_acceptor: None,
+            nonce: [9; NONCE_BYTES],
+        };
+        let mut expected = vec![42u8, 1, 251, 0x2c, 0x01, 0];
+        expected.extend_from_slice(&[9; NONCE_BYTES]);
+        let body = codec::encode_value(&hello).unwrap();
+        assert_eq!(body, expected);
+        let envelope = HelloEnvelope {
+            version: PROTOCOL_VERSION,
+            body: body.clone(),
+        };
+        let mut expected = vec![1u8, body.len() as u8];
+        expected.extend_from_slice(&body);
+        assert_eq!(codec::encode_value(&envelope).unwrap(), expected);
+    }
+
+    #[test]
+    fn refusal_reason_is_truncated_to_fit_a_handshake_frame() {
+        let refusal = Refusal::new(RefusalCode::Malformed, "é".repeat(1000));
+        let mut buf = Vec::new();
+        codec::append_frame(&mut buf, kind::REFUSAL, 0, &refusal).unwrap();
+        assert!(buf.len() <= codec::frame_len(MAX_HANDSHAKE_FRAME_BYTES));
+    }
+}

@@ -1,0 +1,584 @@
+//! Inbound connections: the acceptor's handshake, then a reader per connection: peer lanes
+//! deliver `(from, message)`, client connections deliver [`ClientEvent`]s and are answered
+//! through [`ClientHandle`].
+
+use super::config::LogLevel;
+use super::handshake::{self, AcceptorParams, Refusal, RefusalCode, Role};
+use super::transport::Shared;
+use super::wire::{kind, FrameReader, Next};
+use super::Message;
+use crate::codec;
+use crate::limits::{MAX_CLIENT_INFLIGHT_REQUESTS, MAX_FRAME_PAYLOAD_BYTES};
+use crate::types::NodeId;
+use crossbeam_channel::{bounded, select, Receiver, SendTimeoutError, Sender, TrySendError};
+use std::cell::Cell;
+use std::fmt;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How often a reader blocked on a full delivery channel checks for shutdown.
+const DELIVERY_POLL: Duration = Duration::from_millis(100);
+
+/// Hand `item` to `tx`, waiting while the channel is full (TCP then pushes back on the other
+/// side) but giving up when the transport stops. Returns false if the item was not delivered.
+fn deliver<T>(tx: &Sender<T>, mut item: T, stopping: &AtomicBool) -> bool {
+    // Bounded by shutdown: each round waits at most DELIVERY_POLL and re-checks `stopping`.
+    loop {
+        match tx.send_timeout(item, DELIVERY_POLL) {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Disconnected(_)) => return false,
+            Err(SendTimeoutError::Timeout(back)) => {
+                if stopping.load(Ordering::SeqCst) {
+                    return false;
+                }
+                item = back;
+            }
+        }
+    }
+}
+
+/// Decrements the pending-handshake count however the handshake ends.
+struct PendingGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The thread of one inbound connection: handshake, then serve it until it closes.
+pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
+    shared: Arc<Shared<M, Req, Resp>>,
+    id: u64,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+) {
+    let established = {
+        let _pending = PendingGuard(&shared.pending_handshakes);
+        // Set when `admit` reserves a client slot, so a later failure can release it.
+        let reserved_client_slot = Cell::new(false);
+        let admit = |role: &Role| admit(&shared, role, &reserved_client_slot);
+        let params = AcceptorParams {
+            node_id: shared.config.node_id,
+            cluster_id: shared.config.cluster_id,
+            secret: &shared.config.secret,
+            admit: &admit,
+        };
+        let deadline = Instant::now() + shared.config.handshake_timeout;
+        let outcome = handshake::accept(
+            &mut stream,
+            addr,
+            &params,
+            deadline,
+            MAX_FRAME_PAYLOAD_BYTES,
+        );
+        if outcome.is_err() && reserved_client_slot.get() {
+            shared
+                .counters
+                .client_connections
+                .fetch_sub(1, Ordering::SeqCst);
+        }
+        outcome
+    };
+    match established {
+        Err(e) => {
+            shared
+                .counters
+                .handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if !shared.is_stopping() {
+                shared.log(
+                    LogLevel::Warn,
+                    &format!("refused connection from {addr}: {e}"),
+                );
+            }
+        }
+        Ok(est) => {
+            shared
+                .counters
+                .handshakes_accepted
+                .fetch_add(1, Ordering::Relaxed);
+            shared.register_role(id, est.role);
+            let setup = stream
+                .set_read_timeout(Some(shared.config.idle_timeout))
+                .and_then(|_| stream.set_write_timeout(Some(shared.config.write_timeout)));
+            if let Err(e) = setup {
+                shared.log(LogLevel::Warn, &format!("connection from {addr}: {e}"));
+            } else if shared.is_stopping() {
+                // Shutdown drained the registry while we were in the handshake.
+            } else {
+                match est.role {
+                    Role::Peer { node_id, .. } if !shared.is_peer(node_id) => {
+                        // Removed while its handshake ran (`remove_peer` only closes
+                        // connections whose role is registered, which ours now is).
+                        shared.log(
+                            LogLevel::Warn,
+                            &format!("closing {} from {addr}: no longer a peer", est.role),
+                        );
+                    }
+                    Role::Peer { node_id, .. } => {
+                        shared.log(
+                            LogLevel::Info,
+                            &format!("accepted {} from {addr}", est.role),
+                        );
+                        serve_peer(&shared, node_id, est.role, &mut stream, est.reader);
+                    }
+                    Role::Client { client_id } => {
+                        let salt = est.salt;
+                        serve_client(&shared, id, client_id, addr, &mut stream, salt, est.reader);
+                    }
+                }
+            }
+            // The slot `admit` reserved is held for the connection's whole life.
+            if let Role::Client { .. } = est.role {
+                shared
+                    .counters
+                    .client_connections
+                    .fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    shared.unregister(id);
+}
+
+/// Decide, before the proof, whether `role` may connect at all.
+fn admit<M: Message, Req: Message, Resp: Message>(
+    shared: &Shared<M, Req, Resp>,
+    role: &Role,
+    reserved_client_slot: &Cell<bool>,
+) -> std::result::Result<(), Refusal> {
+    let me = shared.config.node_id;
+    if shared.is_stopping() {
+        return Err(Refusal::new(
+            RefusalCode::ShuttingDown,
+            format!("member {me} is shutting down"),
+        ));
+    }
+    match *role {
+        Role::Peer { node_id, .. } if node_id == me => Err(Refusal::new(
+            RefusalCode::UnknownNode,
+            format!("{role} claims this member's own id {me}"),
+        )),
+        Role::Peer { node_id, .. } if !shared.is_peer(node_id) => {
+            let members: Vec<String> = shared.peer_ids().iter().map(|p| p.to_string()).collect();
+            Err(Refusal::new(
+                RefusalCode::UnknownNode,
+                format!(
+                    "{node_id} is not a member known to {me} (its peers: [{}])",
+                    members.join(", ")
+                ),
+            ))
+        }
+        Role::Peer { .. } => Ok(()),
+        Role::Client { .. } if shared.clients.is_none() => Err(Refusal::new(
+            RefusalCode::ClientsNotServed,
+            format!("member {me} does not serve remote clients"),
+        )),
+        Role::Client { .. } => {
+            let max = shared.config.max_client_connections;
+            let slots = &shared.counters.client_connections;
+            if slots.fetch_add(1, Ordering::SeqCst) >= max {
+                slots.fetch_sub(1, Ordering::SeqCst);
+                return Err(Refusal::new(
+                    RefusalCode::Busy,
+                    format!("member {me} already serves {max} client connections"),
+                ));
+            }
+            reserved_client_slot.set(true);
+            Ok(())
+        }
+    }
+}
+
+/// Read a peer lane until it closes, delivering each message as `(from, message)`.
+fn serve_peer<M: Message, Req: Message, Resp: Message>(
+    shared: &Shared<M, Req, Resp>,
+    from: NodeId,
+    role: Role,
+    stream: &mut TcpStream,
+    mut reader: FrameReader,
+) {
+    let close = |why: String| shared.log(LogLevel::Warn, &format!("closing {role}: {why}"));
+    // Bounded: ends when the connection closes, fails, idles out, or the transport stops.
+    loop {
+        match reader.next(stream) {
+            Ok(Next::Frame {
+                kind: kind::PEER_MESSAGE,
+                payload,
+            }) => match codec::decode_value::<M>(payload) {
+                Ok(msg) => {
+                    if !deliver(&shared.inbound, (from, msg), &shared.stopping) {
+                        break;
+                    }
+                    shared
+                        .counters
+                        .messages_received
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    close(format!("undecodable message: {e}"));
+                    break;
+                }
+            },
+            Ok(Next::Frame {
+                kind: kind::KEEPALIVE,
+                ..
+            }) => {}
+            Ok(Next::Frame {
+                kind: kind::REFUSAL,
+                payload,
+            }) => {
+                let reason = handshake::decode_late_refusal(payload);
+                close(format!("it refused our welcome: {reason}"));
+                break;
+            }
+            Ok(Next::Frame { kind, .. }) => {
+                close(format!("unexpected frame kind {kind}"));
+                break;
+            }
+            Ok(Next::TimedOut) => {
+                close(format!(
+                    "nothing received for {:?}",
+                    shared.config.idle_timeout
+                ));
+                break;
+            }
+            Ok(Next::Closed) => break,
+            Err(e) => {
+                if !shared.is_stopping() {
+                    close(e.to_string());
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// What a remote-client connection delivers to the runtime.
+pub enum ClientEvent<Req, Resp> {
+    /// A request. Answer it with `conn.respond(request_id, response)`, from any thread, in any
+    /// order.
+    Request {
+        /// The connection it came on.
+        conn: ClientHandle<Resp>,
+        /// The client's id for this request (unique per connection while in flight).
+        request_id: u64,
+        /// The request.
+        request: Req,
+    },
+    /// The connection closed; it delivers nothing more and `respond` on it returns false. Sent
+    /// after every request of the connection.
+    Closed {
+        /// The connection that closed.
+        conn: ClientHandle<Resp>,
+    },
+}
+
+impl<Req: fmt::Debug, Resp> fmt::Debug for ClientEvent<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientEvent::Request {
+                conn,
+                request_id,
+                request,
+            } => f
+                .debug_struct("Request")
+                .field("conn", conn)
+                .field("request_id", request_id)
+                .field("request", request)
+                .finish(),
+            ClientEvent::Closed { conn } => f.debug_struct("Closed").field("conn", conn).finish(),
+        }
+    }
+}
+
+struct ClientConnInner<Resp> {
+    connection_id: u64,
+    client_id: u64,
+    peer_addr: SocketAddr,
+    responses: Sender<(u64, Resp)>,
+    closed: AtomicBool,
+    /// Dropped to wake the writer thread when the connection closes.
+    close_signal: Mutex<Option<Sender<()>>>,
+    /// Why the connection was closed from this side because of a fault, for the log.
+    fault: Mutex<Option<String>>,
+    stream: TcpStream,
+}
+
+impl<Resp> ClientConnInner<Resp> {
+    fn close_for(&self, fault: String) {
+        self.fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(fault);
+        self.close();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.close_signal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// One remote-client connection, as the runtime sees it: cloneable, cheap, usable from any
+/// thread. Responses are queued for the connection's writer thread, so `respond` never blocks
+/// on the network.
+pub struct ClientHandle<Resp> {
+    inner: Arc<ClientConnInner<Resp>>,
+}
+
+impl<Resp> Clone for ClientHandle<Resp> {
+    fn clone(&self) -> Self {
+        ClientHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<Resp> fmt::Debug for ClientHandle<Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientHandle")
+            .field("connection_id", &self.inner.connection_id)
+            .field("client_id", &self.inner.client_id)
+            .field("peer_addr", &self.inner.peer_addr)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl<Resp> ClientHandle<Resp> {
+    /// Queue the response to `request_id`. Returns false if the connection is closed. A client
+    /// that does not read its responses (more than
+    /// [`MAX_CLIENT_INFLIGHT_REQUESTS`] queued) is disconnected: its pending calls time out.
+    pub fn respond(&self, request_id: u64, response: Resp) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        match self.inner.responses.try_send((request_id, response)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.inner.close_for(format!(
+                    "it does not read its responses ({MAX_CLIENT_INFLIGHT_REQUESTS} queued)"
+                ));
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Close the connection (the client's calls in flight end with `Timeout`).
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// The id the client gave in its handshake.
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// This member's id for the connection (unique while the transport runs).
+    pub fn connection_id(&self) -> u64 {
+        self.inner.connection_id
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer_addr
+    }
+}
+
+/// Serve one client connection: this thread reads requests, a second one writes responses.
+fn serve_client<M: Message, Req: Message, Resp: Message>(
+    shared: &Shared<M, Req, Resp>,
+    connection_id: u64,
+    client_id: u64,
+    addr: SocketAddr,
+    stream: &mut TcpStream,
+    salt: u64,
+    mut reader: FrameReader,
+) {
+    let Some(events) = shared.clients.as_ref() else {
+        return;
+    };
+    let (Ok(write_half), Ok(control)) = (stream.try_clone(), stream.try_clone()) else {
+        shared.log(
+            LogLevel::Warn,
+            &format!("client {client_id} at {addr}: cannot clone socket"),
+        );
+        return;
+    };
+    let (responses, queued) = bounded(MAX_CLIENT_INFLIGHT_REQUESTS);
+    let (close_signal, closed) = bounded::<()>(0);
+    let inner = Arc::new(ClientConnInner {
+        connection_id,
+        client_id,
+        peer_addr: addr,
+        responses,
+        closed: AtomicBool::new(false),
+        close_signal: Mutex::new(Some(close_signal)),
+        fault: Mutex::new(None),
+        stream: control,
+    });
+    let handle = ClientHandle {
+        inner: Arc::clone(&inner),
+    };
+    let writer_inner = Arc::clone(&inner);
+    let writer = thread::Builder::new()
+        .name(format!(
+            "haven-net-{}-client-{connection_id}-w",
+            shared.config.node_id
+        ))
+        .spawn({
+            let log = Arc::clone(&shared.config.log);
+            let name = format!("{}: client {client_id} at {addr}", shared.config.node_id);
+            move || {
+                let warn = |what: String| log(LogLevel::Warn, &format!("{name}: {what}"));
+                client_writer(writer_inner, write_half, salt, queued, closed, warn)
+            }
+        });
+    let writer = match writer {
+        Ok(writer) => writer,
+        Err(e) => {
+            shared.log(
+                LogLevel::Warn,
+                &format!("client {client_id} at {addr}: {e}"),
+            );
+            return;
+        }
+    };
+    let close = |why: String| {
+        shared.log(
+            LogLevel::Warn,
+            &format!("closing client {client_id} at {addr}: {why}"),
+        )
+    };
+    // Bounded: ends when the connection closes, fails, idles out, or the transport stops.
+    loop {
+        match reader.next(stream) {
+            Ok(Next::Frame {
+                kind: kind::CLIENT_REQUEST,
+                payload,
+            }) => match codec::decode_value::<(u64, Req)>(payload) {
+                Ok((request_id, request)) => {
+                    let event = ClientEvent::Request {
+                        conn: handle.clone(),
+                        request_id,
+                        request,
+                    };
+                    if !deliver(events, event, &shared.stopping) {
+                        break;
+                    }
+                    shared
+                        .counters
+                        .client_requests_received
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    close(format!("undecodable request: {e}"));
+                    break;
+                }
+            },
+            Ok(Next::Frame {
+                kind: kind::KEEPALIVE,
+                ..
+            }) => {}
+            Ok(Next::Frame { kind, .. }) => {
+                close(format!("unexpected frame kind {kind}"));
+                break;
+            }
+            Ok(Next::TimedOut) => {
+                close(format!(
+                    "nothing received for {:?}",
+                    shared.config.idle_timeout
+                ));
+                break;
+            }
+            Ok(Next::Closed) => break,
+            Err(e) => {
+                if !shared.is_stopping() && !handle.is_closed() {
+                    close(e.to_string());
+                }
+                break;
+            }
+        }
+    }
+    inner.close();
+    let _ = writer.join();
+    if let Some(fault) = inner.fault.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        close(fault);
+    }
+    if !shared.is_stopping() {
+        deliver(
+            events,
+            ClientEvent::Closed { conn: handle },
+            &shared.stopping,
+        );
+    }
+}
+
+/// Write queued responses, coalescing whatever is queued into one write.
+fn client_writer<Resp: Message>(
+    inner: Arc<ClientConnInner<Resp>>,
+    mut stream: TcpStream,
+    salt: u64,
+    queued: Receiver<(u64, Resp)>,
+    closed: Receiver<()>,
+    warn: impl Fn(String),
+) {
+    let mut batch = Vec::new();
+    // Bounded: ends when the connection closes (the close signal disconnects) or a write fails.
+    loop {
+        let first = select! {
+            recv(queued) -> msg => match msg {
+                Ok(msg) => msg,
+                Err(_) => break,
+            },
+            recv(closed) -> _ => break,
+        };
+        batch.clear();
+        let mut pending = Some(first);
+        let mut count = 0usize;
+        // Bounded by the queue's capacity.
+        while let Some((request_id, response)) = pending.take() {
+            // An oversize response is dropped; the client's call times out.
+            let framed = codec::append_frame(
+                &mut batch,
+                kind::CLIENT_RESPONSE,
+                salt,
+                &(request_id, &response),
+            );
+            if let Err(e) = framed {
+                warn(format!("response to request {request_id} dropped: {e}"));
+            }
+            count += 1;
+            if batch.len() < 256 * 1024 && count < MAX_CLIENT_INFLIGHT_REQUESTS {
+                pending = queued.try_recv().ok();
+            }
+        }
+        if inner.closed.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(e) = stream.write_all(&batch) {
+            inner.close_for(format!("writing responses failed: {e}"));
+            break;
+        }
+        if batch.capacity() > 4 * 1024 * 1024 {
+            batch = Vec::new();
+        }
+    }
+    inner.close();
+}
