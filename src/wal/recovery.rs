@@ -13,7 +13,7 @@
 //! - After replay, every live index must be held by a replayed record; otherwise a segment is
 //!   missing and the WAL refuses to open.
 
-use super::record::{decode_record, Record, SegmentHeader, WAL_FORMAT_VERSION};
+use super::record::{decode_record, Record, SegmentHeader};
 use super::segment::{parse_segment_name, read_all, segment_path, PREPARED_EXT};
 use super::state::{LogState, RecordPos};
 use crate::codec::{
@@ -513,7 +513,6 @@ pub(crate) fn recover(dir: &Path, cache_limit: usize, max_segment_bytes: u64) ->
     report.segments_replayed = segments.len();
     report.records_replayed = replay.records;
     report.live_entries = state.last_index().0 - state.compacted().0 .0;
-    debug_assert!(WAL_FORMAT_VERSION == 1);
     Ok(Recovered {
         state,
         segments,

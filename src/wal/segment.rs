@@ -71,8 +71,9 @@ pub(crate) fn sync_data(file: &File, faults: Option<&FaultInjector>) -> std::io:
     file.sync_data()
 }
 
-/// fsync a directory, so that creations, renames and deletions in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+/// fsync a directory, so that creations, renames and deletions in it are durable. (Shared with
+/// the data directory, which writes `meta` the same way.)
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))

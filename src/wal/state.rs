@@ -261,12 +261,6 @@ impl LogState {
             .collect()
     }
 
-    /// Records in the index (for tests and reports).
-    #[cfg(test)]
-    pub fn record_count(&self) -> usize {
-        self.records.len()
-    }
-
     /// Check every internal invariant; panics with the first one broken. Used by tests and by
     /// recovery (once, after replay).
     pub fn check_invariants(&self) {
