@@ -105,3 +105,50 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// `(offset, frame length, kind)` of every record in a segment file, up to the first zero header.
+pub fn frames(path: &Path) -> Vec<(u64, u64, u8)> {
+    use haven::codec::{FrameHeader, FRAME_HEADER_BYTES};
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at + FRAME_HEADER_BYTES <= data.len() {
+        let head: [u8; FRAME_HEADER_BYTES] = data[at..at + FRAME_HEADER_BYTES].try_into().unwrap();
+        let Ok(h) = FrameHeader::parse(&head, usize::MAX) else {
+            break;
+        };
+        out.push((at as u64, h.frame_len() as u64, h.kind));
+        at += h.frame_len();
+    }
+    out
+}
+
+/// Overwrite bytes of a file in place.
+pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Flip every bit of one byte of a file.
+pub fn flip_byte(path: &Path, offset: u64) {
+    let data = std::fs::read(path).unwrap();
+    patch(path, offset, &[!data[offset as usize]]);
+}
+
+/// A tiny deterministic generator for seeded loops (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
