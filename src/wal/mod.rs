@@ -469,8 +469,11 @@ impl Wal {
                 core.drain_and_turn(&self.submit_rx, Some(own));
                 drop(core);
                 let result = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                // No result: the turn panicked before acknowledging (the log is now fatal).
                 return result.unwrap_or_else(|| {
-                    panic!("wal: a turn ended without acknowledging the caller's own batch")
+                    Err(self.shared.fatal_error().unwrap_or_else(|| {
+                        Error::Fatal("the wal writer stopped mid-turn".into())
+                    }))
                 });
             }
         }

@@ -413,7 +413,15 @@ impl Writer {
             turn.push(own);
         }
         if !turn.is_empty() {
-            self.turn(&mut turn);
+            // An internal invariant broken mid-turn panics (with its message on stderr); the
+            // log then stops taking writes rather than leaving callers waiting forever.
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut turn)));
+            if outcome.is_err() {
+                self.shared
+                    .set_fatal("the wal writer panicked (an internal invariant broke)".into());
+                turn.clear();
+            }
         }
         self.turn_buf = turn;
         disconnected
