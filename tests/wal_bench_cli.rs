@@ -11,7 +11,11 @@ fn bench_wal_json_prints_one_object_with_every_field() {
         .arg(tmp.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
@@ -23,7 +27,10 @@ fn bench_wal_json_prints_one_object_with_every_field() {
     });
     assert_eq!(depth, Some(0), "unbalanced: {json}");
     for batch in [1, 16, 256] {
-        assert!(json.contains(&format!("\"batch_entries\":{batch},")), "{json}");
+        assert!(
+            json.contains(&format!("\"batch_entries\":{batch},")),
+            "{json}"
+        );
     }
     for field in [
         "entries_per_sec",
@@ -33,7 +40,11 @@ fn bench_wal_json_prints_one_object_with_every_field() {
         "floor_p99_ms",
         "ratio_p50_to_floor",
     ] {
-        assert_eq!(json.matches(&format!("\"{field}\":")).count(), 3, "{field}: {json}");
+        assert_eq!(
+            json.matches(&format!("\"{field}\":")).count(),
+            3,
+            "{field}: {json}"
+        );
     }
     // The measurement cleans up after itself.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);

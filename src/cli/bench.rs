@@ -59,6 +59,18 @@ impl Run {
 }
 
 /// One batch size's result.
+/// p50/p99 of a 4 KiB pwrite + fdatasync under each way of preparing a file.
+struct PreallocRow {
+    mode: &'static str,
+    run: Run,
+}
+
+/// Everything measured.
+struct Report {
+    rows: Vec<Row>,
+    prealloc: Vec<PreallocRow>,
+}
+
 struct Row {
     batch: usize,
     record_bytes: usize,
@@ -99,16 +111,16 @@ pub fn run_wal(args: &WalBenchArgs) -> Result<()> {
     if owned {
         let _ = std::fs::remove_dir_all(&root);
     }
-    let rows = result?;
+    let report = result?;
     if args.json {
-        println!("{}", to_json(&root, &fs, args.seconds, &rows));
+        println!("{}", to_json(&root, &fs, args.seconds, &report));
     } else {
-        print_table(&root, &fs, &rows);
+        print_table(&root, &fs, &report);
     }
     Ok(())
 }
 
-fn measure_all(root: &Path, duration: Duration) -> Result<Vec<Row>> {
+fn measure_all(root: &Path, duration: Duration) -> Result<Report> {
     let mut rows = Vec::new();
     for (k, &batch) in BATCHES.iter().enumerate() {
         let record_bytes = frame_len(encode_value(&make_batch(1, 1, batch))?.len());
@@ -126,7 +138,17 @@ fn measure_all(root: &Path, duration: Duration) -> Result<Vec<Row>> {
             floor,
         });
     }
-    Ok(rows)
+    // Why the WAL zero-fills its segments rather than fallocating them (docs/ARCHITECTURE.md).
+    let mut prealloc = Vec::new();
+    for (mode, how) in [
+        ("zero-filled", Prealloc::Zeroed),
+        ("fallocated", Prealloc::Fallocated),
+        ("appending", Prealloc::Appending),
+    ] {
+        let run = measure_file(&root.join("prealloc"), 4096, 1, duration / 2, how)?;
+        prealloc.push(PreallocRow { mode, run });
+    }
+    Ok(Report { rows, prealloc })
 }
 
 fn make_batch(first: u64, term: u64, count: usize) -> Vec<Entry> {
@@ -173,7 +195,28 @@ fn measure_wal(dir: &Path, batch: usize, duration: Duration) -> Result<Run> {
     })
 }
 
+/// How the floor's file is prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prealloc {
+    /// Zero-filled and synced (what the WAL does): writes overwrite allocated, written blocks.
+    Zeroed,
+    /// `fallocate`d and synced: writes land in unwritten extents.
+    Fallocated,
+    /// Empty: every write extends the file.
+    Appending,
+}
+
 fn measure_floor(path: &Path, bytes: usize, batch: usize, duration: Duration) -> Result<Run> {
+    measure_file(path, bytes, batch, duration, Prealloc::Zeroed)
+}
+
+fn measure_file(
+    path: &Path,
+    bytes: usize,
+    batch: usize,
+    duration: Duration,
+    prealloc: Prealloc,
+) -> Result<Run> {
     let io = |what: &str| {
         let what = format!("{what} {}", path.display());
         move |e| Error::io(what, e)
@@ -185,15 +228,48 @@ fn measure_floor(path: &Path, bytes: usize, batch: usize, duration: Duration) ->
         .truncate(true)
         .open(path)
         .map_err(io("creating"))?;
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..FLOOR_FILE_BYTES >> 20 {
-        file.write_all(&zeros).map_err(io("zero-filling"))?;
+    match prealloc {
+        Prealloc::Zeroed => {
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..FLOOR_FILE_BYTES >> 20 {
+                file.write_all(&zeros).map_err(io("zero-filling"))?;
+            }
+        }
+        Prealloc::Fallocated => {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: fallocate on a file descriptor we own; no memory is involved.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, FLOOR_FILE_BYTES as i64) };
+            if rc != 0 {
+                return Err(Error::io(
+                    format!("fallocate of {}", path.display()),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Prealloc::Appending => {}
     }
     file.sync_all().map_err(io("syncing"))?;
     let buf = vec![0x5Au8; bytes];
     let mut offset = 0u64;
     let mut write = |file: &File| -> Result<Duration> {
         if offset + bytes as u64 > FLOOR_FILE_BYTES {
+            // A fallocated or growing file would turn into a rewritten one: start a new file.
+            if prealloc != Prealloc::Zeroed {
+                file.set_len(0).map_err(io("truncating"))?;
+                if prealloc == Prealloc::Fallocated {
+                    use std::os::unix::io::AsRawFd;
+                    // SAFETY: as above.
+                    let rc =
+                        unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, FLOOR_FILE_BYTES as i64) };
+                    if rc != 0 {
+                        return Err(Error::io(
+                            format!("fallocate of {}", path.display()),
+                            std::io::Error::last_os_error(),
+                        ));
+                    }
+                }
+                file.sync_all().map_err(io("syncing"))?;
+            }
             offset = 0;
         }
         let start = Instant::now();
@@ -256,8 +332,9 @@ fn json_string(s: &str) -> String {
     out
 }
 
-fn to_json(root: &Path, fs: &str, seconds: f64, rows: &[Row]) -> String {
-    let results: Vec<String> = rows
+fn to_json(root: &Path, fs: &str, seconds: f64, report: &Report) -> String {
+    let results: Vec<String> = report
+        .rows
         .iter()
         .map(|r| {
             format!(
@@ -276,12 +353,25 @@ fn to_json(root: &Path, fs: &str, seconds: f64, rows: &[Row]) -> String {
             )
         })
         .collect();
+    let prealloc: Vec<String> = report
+        .prealloc
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"file\":{},\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}",
+                json_string(p.mode),
+                ms(p.run.percentile(0.50)),
+                ms(p.run.percentile(0.99))
+            )
+        })
+        .collect();
     format!(
         "{{\"bench\":\"wal\",\"dir\":{},\"filesystem\":{},\"entry_bytes\":{ENTRY_BYTES},\
-         \"seconds_per_run\":{seconds},\"results\":[{}]}}",
+         \"seconds_per_run\":{seconds},\"results\":[{}],\"preallocation_4k_fdatasync\":[{}]}}",
         json_string(&root.display().to_string()),
         json_string(fs),
-        results.join(",")
+        results.join(","),
+        prealloc.join(",")
     )
 }
 
@@ -289,7 +379,8 @@ fn ratio(wal: &Run, floor: &Run) -> f64 {
     ms(wal.percentile(0.50)) / ms(floor.percentile(0.50)).max(1e-9)
 }
 
-fn print_table(root: &Path, fs: &str, rows: &[Row]) {
+fn print_table(root: &Path, fs: &str, report: &Report) {
+    let rows = &report.rows;
     println!(
         "haven bench wal: {} ({fs}), entries of {ENTRY_BYTES} bytes",
         root.display()
@@ -321,6 +412,15 @@ fn print_table(root: &Path, fs: &str, rows: &[Row]) {
             ms(r.floor.percentile(0.50)),
             ms(r.floor.percentile(0.99)),
             ratio(&r.wal, &r.floor),
+        );
+    }
+    println!("4 KiB pwrite + fdatasync by how the file was prepared:");
+    for p in &report.prealloc {
+        println!(
+            "  {:<12} p50 {:.3} ms  p99 {:.3} ms",
+            p.mode,
+            ms(p.run.percentile(0.50)),
+            ms(p.run.percentile(0.99))
         );
     }
 }

@@ -471,9 +471,10 @@ impl Wal {
                 let result = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
                 // No result: the turn panicked before acknowledging (the log is now fatal).
                 return result.unwrap_or_else(|| {
-                    Err(self.shared.fatal_error().unwrap_or_else(|| {
-                        Error::Fatal("the wal writer stopped mid-turn".into())
-                    }))
+                    Err(self
+                        .shared
+                        .fatal_error()
+                        .unwrap_or_else(|| Error::Fatal("the wal writer stopped mid-turn".into())))
                 });
             }
         }
