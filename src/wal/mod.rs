@@ -238,8 +238,9 @@ impl Wal {
             .map_err(|e| Error::io(format!("creating wal directory {}", dir.display()), e))?;
         let segment_bytes = options.segment_bytes_rounded();
         // The largest file recovery accepts: a normal segment, or one grown for an oversize record.
-        let max_segment =
-            segment_bytes.max(writer::oversize_segment_bytes(MAX_FRAME_PAYLOAD_BYTES));
+        let max_segment = segment_bytes.max(writer::oversize_segment_bytes(
+            crate::codec::frame_len(MAX_FRAME_PAYLOAD_BYTES),
+        ));
         let recovered = recovery::recover(&dir, options.cache_bytes, max_segment)?;
         let report = recovered.report.clone();
         let shared = Arc::new(Shared {

@@ -22,7 +22,6 @@ use super::segment::{
 };
 use super::state::{LogState, RecordPos};
 use super::{Request, SegmentRef, Shared};
-use crate::codec::frame_len;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_ENTRY_BYTES, MAX_WAL_BATCH_ENTRIES};
 use crate::types::{Entry, HardState, LogIndex, Term};
@@ -45,9 +44,13 @@ const MAX_DRAIN_BATCHES: usize = 1024;
 /// taken alone).
 const MAX_DRAIN_BYTES: usize = 64 << 20;
 
-/// Size of a segment made for one record of `payload_len` bytes that does not fit a normal one.
-pub(crate) fn oversize_segment_bytes(payload_len: usize) -> u64 {
-    ((SEGMENT_HEADER_BOUND + frame_len(payload_len)) as u64).next_multiple_of(4096)
+/// Capacity of the write buffer kept between turns.
+const BUF_KEEP_BYTES: usize = 4 << 20;
+
+/// Size of a segment made for one record of `frame_bytes` (whole frame) that does not fit a
+/// normal one: room for the segment header and the record, rounded up to 4096.
+pub(crate) fn oversize_segment_bytes(frame_bytes: usize) -> u64 {
+    ((SEGMENT_HEADER_BOUND + frame_bytes) as u64).next_multiple_of(4096)
 }
 
 type Prepared = Result<(PathBuf, File)>;
@@ -353,7 +356,7 @@ impl Writer {
             faults,
             active,
             starts,
-            buf: Vec::with_capacity(1 << 20),
+            buf: Vec::with_capacity(BUF_KEEP_BYTES),
             tentative,
             segment_bytes,
             oversize_count: 0,
@@ -685,6 +688,10 @@ impl Writer {
             .map_err(|e| Error::io(format!("writing {}", self.active.path.display()), e))?;
         self.active.written += self.buf.len() as u64;
         self.buf.clear();
+        if self.buf.capacity() > BUF_KEEP_BYTES {
+            // A burst of large batches must not pin its buffer for the life of the log.
+            self.buf = Vec::with_capacity(BUF_KEEP_BYTES);
+        }
         Ok(())
     }
 
