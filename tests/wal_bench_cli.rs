@@ -32,6 +32,13 @@ fn bench_wal_json_prints_one_object_with_every_field() {
             "{json}"
         );
     }
+    let (results, prealloc) = json
+        .split_once("\"preallocation_4k_fdatasync\":")
+        .expect("the preallocation comparison");
+    for file in ["zero-filled", "fallocated", "appending"] {
+        assert!(prealloc.contains(&format!("\"file\":\"{file}\"")), "{json}");
+    }
+    assert_eq!(prealloc.matches("\"p50_ms\":").count(), 3, "{json}");
     for field in [
         "entries_per_sec",
         "p50_ms",
@@ -41,7 +48,7 @@ fn bench_wal_json_prints_one_object_with_every_field() {
         "ratio_p50_to_floor",
     ] {
         assert_eq!(
-            json.matches(&format!("\"{field}\":")).count(),
+            results.matches(&format!("\"{field}\":")).count(),
             3,
             "{field}: {json}"
         );

@@ -52,7 +52,7 @@ use crate::codec::read_frame;
 use crate::error::{Error, Result};
 use crate::limits::{
     DEFAULT_WAL_CACHE_BYTES, DEFAULT_WAL_SEGMENT_BYTES, MAX_FRAME_PAYLOAD_BYTES,
-    MIN_WAL_SEGMENT_BYTES,
+    MIN_WAL_SEGMENT_BYTES, WAL_SUBMIT_QUEUE,
 };
 use crate::types::{Entry, HardState, LogIndex, Term};
 use crossbeam_channel::{Receiver, Select, Sender};
@@ -65,9 +65,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
-
-/// Batches that may wait for the writer before [`Wal::submit`] feels back-pressure.
-pub const WAL_SUBMIT_QUEUE: usize = 4096;
 
 /// How a [`Wal`] is configured.
 #[derive(Debug, Clone)]
@@ -425,10 +422,18 @@ impl Wal {
         Ok(out)
     }
 
-    /// Queue `batch`; `on_durable` runs on the writer thread once the batch is durable (after
-    /// the fdatasync that covers it; reads reflect the batch by then), or with the error that
-    /// stopped it: `InvalidArgument` (nothing of the batch was written: a gap, a truncation of
-    /// committed entries, a decreasing term...), `Fatal` (the log stopped taking writes).
+    /// Queue `batch`; `on_durable` runs once the batch is durable (after the fdatasync that
+    /// covers it; reads reflect the batch by then), or with the error that stopped it:
+    /// `InvalidArgument` (nothing of the batch was written: a gap, a truncation of committed
+    /// entries, a decreasing term...), `Fatal` (the log stopped taking writes).
+    ///
+    /// Gaps are `InvalidArgument`, not a panic: the WAL is shared by the whole node, and a
+    /// caller's bug must not take the log down with it; the Raft core treats the error as the
+    /// bug it is.
+    ///
+    /// Callbacks run in submission order on the thread doing the turn (the writer thread, or a
+    /// thread inside [`Wal::write`]) while it holds the writer lock: keep them short, and never
+    /// write to the WAL from one.
     ///
     /// Does not wait for IO. It blocks only when [`WAL_SUBMIT_QUEUE`] batches are already
     /// waiting (back-pressure). Batches become durable in submission order.

@@ -23,7 +23,9 @@ use super::segment::{
 use super::state::{LogState, RecordPos};
 use super::{Request, SegmentRef, Shared};
 use crate::error::{Error, Result};
-use crate::limits::{MAX_ENTRY_BYTES, MAX_WAL_BATCH_ENTRIES};
+use crate::limits::{
+    MAX_ENTRY_BYTES, MAX_WAL_BATCH_ENTRIES, MAX_WAL_DRAIN_BATCHES, MAX_WAL_DRAIN_BYTES,
+};
 use crate::types::{Entry, HardState, LogIndex, Term};
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
@@ -38,11 +40,6 @@ use std::thread::JoinHandle;
 pub(crate) const SEGMENT_HEADER_BOUND: usize = 128;
 /// Upper bound of a hard-state, truncate or compaction frame.
 const SMALL_RECORD_BOUND: usize = 64;
-/// Most batches taken in one turn of the writer.
-const MAX_DRAIN_BATCHES: usize = 1024;
-/// Most entry payload bytes taken in one turn of the writer (a larger single batch is still
-/// taken alone).
-const MAX_DRAIN_BYTES: usize = 64 << 20;
 
 /// Capacity of the write buffer kept between turns.
 const BUF_KEEP_BYTES: usize = 4 << 20;
@@ -394,7 +391,7 @@ impl Writer {
         let mut turn = std::mem::take(&mut self.turn_buf);
         let mut bytes = 0usize;
         let mut disconnected = false;
-        while turn.len() < MAX_DRAIN_BATCHES && bytes < MAX_DRAIN_BYTES {
+        while turn.len() < MAX_WAL_DRAIN_BATCHES && bytes < MAX_WAL_DRAIN_BYTES {
             match queue.try_recv() {
                 Ok(req) => {
                     bytes += req
