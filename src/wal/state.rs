@@ -115,6 +115,18 @@ impl LogState {
 
     /// Append entries that start at `last + 1`, stored in the records `positions`.
     pub fn append(&mut self, entries: Vec<Entry>, positions: &[RecordPos]) {
+        let mut evicted = Vec::new();
+        self.append_evicting(entries, positions, &mut evicted);
+    }
+
+    /// [`LogState::append`], moving the entries the cache lets go of into `evicted`, so the
+    /// caller can free them after releasing its locks and acknowledging its callers.
+    pub fn append_evicting(
+        &mut self,
+        entries: Vec<Entry>,
+        positions: &[RecordPos],
+        evicted: &mut Vec<Entry>,
+    ) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return;
         };
@@ -150,7 +162,10 @@ impl LogState {
             }
             while self.cache_bytes > self.cache_limit {
                 match self.cache.pop_front() {
-                    Some(e) => self.cache_bytes -= e.size_bytes(),
+                    Some(e) => {
+                        self.cache_bytes -= e.size_bytes();
+                        evicted.push(e);
+                    }
                     None => break,
                 }
             }

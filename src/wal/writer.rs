@@ -288,6 +288,8 @@ pub(crate) struct Writer {
     pub removed_at_start: Vec<PathBuf>,
     /// Reused between turns to avoid an allocation per turn.
     turn_buf: Vec<Request>,
+    /// Entries the cache let go of this turn, freed after the callbacks ran.
+    evicted: Vec<Entry>,
 }
 
 impl Writer {
@@ -359,6 +361,7 @@ impl Writer {
             oversize_count: 0,
             removed_at_start: Vec::new(),
             turn_buf: Vec::new(),
+            evicted: Vec::new(),
         };
         if needs_header {
             writer.starts.retain(|&(seq, _)| seq != writer.active.seq);
@@ -477,6 +480,8 @@ impl Writer {
         for ack in acks {
             ack(Ok(()));
         }
+        // Freed only now: dropping a few hundred entries is not free, and nobody waits for it.
+        self.evicted.clear();
     }
 
     /// Apply the turn's changes to the published state; true if a compaction was among them.
@@ -490,7 +495,11 @@ impl Writer {
                     compacted = true;
                 }
                 Op::Truncate(from) => published.log.truncate(from),
-                Op::Append(entries, positions) => published.log.append(entries, &positions),
+                Op::Append(entries, positions) => {
+                    published
+                        .log
+                        .append_evicting(entries, &positions, &mut self.evicted)
+                }
                 Op::HardState(hs) => published.log.set_hard_state(hs),
                 Op::NewSegment(seq, seg) => {
                     published.segments.insert(seq, seg);
