@@ -28,7 +28,7 @@ const TEST_NAME: &str = "wal_crash_kill_9_never_loses_acknowledged_entries";
 const CHILD_ENV: &str = "HAVEN_WAL_CRASH_CHILD";
 const ROUNDS: u64 = 25;
 const CHILD_MAX_LIFETIME: Duration = Duration::from_secs(10);
-const TOTAL_BUDGET: Duration = Duration::from_secs(40);
+const TOTAL_BUDGET: Duration = Duration::from_secs(30);
 
 fn options() -> WalOptions {
     WalOptions {
