@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod datadir;
 pub mod error;
 pub mod limits;
 pub mod log;

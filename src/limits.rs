@@ -41,6 +41,16 @@ pub const MAX_WAL_BATCH_ENTRIES: usize = 4096;
 /// Bytes of recent entries the WAL keeps in memory to serve reads without touching disk.
 pub const DEFAULT_WAL_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
+/// Batches queued for the WAL writer before `Wal::submit` feels back-pressure.
+pub const WAL_SUBMIT_QUEUE: usize = 4096;
+
+/// Most batches the WAL writer takes in one turn (one write, one fdatasync).
+pub const MAX_WAL_DRAIN_BATCHES: usize = 1024;
+
+/// Most entry payload bytes the WAL writer takes in one turn (a larger single batch is still
+/// taken alone).
+pub const MAX_WAL_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
 /// Soft cap on the entry bytes in one AppendEntries message (a single larger entry is still sent
 /// alone, so this never blocks progress).
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
@@ -110,3 +120,6 @@ const _: () = assert!(MAX_RETAINED_RESULT_BYTES < MAX_COMMAND_BYTES);
 const _: () = assert!(MIN_WAL_SEGMENT_BYTES <= DEFAULT_WAL_SEGMENT_BYTES);
 const _: () = assert!(MAX_HANDSHAKE_FRAME_BYTES < MAX_FRAME_PAYLOAD_BYTES);
 const _: () = assert!(PEER_BULK_SEND_QUEUE * SNAPSHOT_CHUNK_BYTES <= MAX_INFLIGHT_BYTES);
+// A turn never waits for more batches than can be queued, and always fits a maximal entry.
+const _: () = assert!(MAX_WAL_DRAIN_BATCHES <= WAL_SUBMIT_QUEUE);
+const _: () = assert!(MAX_ENTRY_BYTES <= MAX_WAL_DRAIN_BYTES);

@@ -1,24 +1,10 @@
 //! The `haven` command-line tool.
 
-use clap::{Parser, Subcommand};
+mod cli;
 
-/// haven: an embeddable, replicated, fault-tolerant storage engine.
-#[derive(Parser)]
-#[command(name = "haven", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the version of the haven library this binary was built with.
-    Version,
-}
+use clap::Parser;
 
 fn main() {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Version => println!("haven {}", env!("CARGO_PKG_VERSION")),
-    }
+    let code = cli::run(cli::Cli::parse());
+    std::process::exit(code);
 }

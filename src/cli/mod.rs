@@ -1,0 +1,54 @@
+//! The `haven` command line: argument parsing and the commands that do not need a cluster.
+
+pub mod bench;
+
+use clap::{Parser, Subcommand};
+
+/// haven: an embeddable, replicated, fault-tolerant storage engine.
+#[derive(Parser, Debug)]
+#[command(name = "haven", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the version of the haven library this binary was built with.
+    Version,
+    /// Measure a part of haven on this machine.
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
+}
+
+/// What `haven bench` measures.
+#[derive(Subcommand, Debug)]
+pub enum BenchTarget {
+    /// Synced WAL appends of 256-byte entries in batches of 1, 16 and 256, against the raw
+    /// floor (write + fdatasync of as many bytes to a plain preallocated file).
+    Wal(bench::WalBenchArgs),
+}
+
+/// Run the parsed command; the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Version => {
+            println!("haven {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Bench {
+            target: BenchTarget::Wal(args),
+        } => match bench::run_wal(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("haven bench wal: {e}");
+                1
+            }
+        },
+    }
+}

@@ -1,0 +1,101 @@
+//! Design rule 4: a failed fdatasync is fatal for the log. It is never retried, the batches it
+//! covered are not acknowledged, and every later write is refused with `Fatal`.
+
+mod wal_common;
+
+use haven::wal::{FaultInjector, Wal, WalOptions, WriteBatch};
+use haven::{Error, ErrorCode, LogIndex};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+use wal_common::*;
+
+#[test]
+fn failed_fdatasync_stops_all_writes_and_is_never_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let options = WalOptions {
+        faults: Some(Arc::clone(&faults)),
+        ..small_options()
+    };
+    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    append(&wal, 1, 10, 1, 100);
+    assert!(wal.failure().is_none());
+
+    faults.fail_syncs();
+    let err = wal
+        .write(WriteBatch {
+            entries: entries(11, 12, 1, 100),
+            ..WriteBatch::default()
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Fatal, "{err}");
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    let syncs_after_failure = faults.sync_count();
+
+    // Not acknowledged, so not visible to readers.
+    assert_eq!(wal.last_index(), LogIndex(10));
+    assert!(matches!(wal.failure(), Some(Error::Fatal(_))));
+
+    // Every later write is refused, blocking or not, and no fdatasync is attempted again.
+    for attempt in 0..3 {
+        let err = wal
+            .write(WriteBatch {
+                entries: entries(11, 11, 1, 10),
+                ..WriteBatch::default()
+            })
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Fatal, "attempt {attempt}: {err}");
+    }
+    let (tx, rx) = mpsc::channel();
+    wal.submit(
+        WriteBatch {
+            hard_state: Some(hard_state(2, 0)),
+            ..WriteBatch::default()
+        },
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
+    let result = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(matches!(result, Err(Error::Fatal(_))), "{result:?}");
+    assert_eq!(
+        faults.sync_count(),
+        syncs_after_failure,
+        "a failed fdatasync was retried"
+    );
+
+    // Reads of acknowledged entries still work.
+    assert_eq!(read_all(&wal).len(), 10);
+    drop(wal);
+
+    // After a restart (the operator's decision) every acknowledged entry is there.
+    let (wal, _) = Wal::open(dir.path(), small_options()).unwrap();
+    assert!(wal.last_index() >= LogIndex(10));
+    read_all(&wal);
+}
+
+#[test]
+fn queued_batches_behind_a_failed_fdatasync_all_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let options = WalOptions {
+        faults: Some(Arc::clone(&faults)),
+        ..small_options()
+    };
+    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    faults.fail_syncs();
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=50u64 {
+        let tx = tx.clone();
+        wal.submit(
+            WriteBatch {
+                entries: entries(i, i, 1, 10),
+                ..WriteBatch::default()
+            },
+            Box::new(move |r| tx.send((i, r)).unwrap()),
+        );
+    }
+    for _ in 0..50 {
+        let (i, r) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(r, Err(Error::Fatal(_))), "batch {i}: {r:?}");
+    }
+    assert_eq!(wal.last_index(), LogIndex(0));
+}
