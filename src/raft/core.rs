@@ -1322,8 +1322,13 @@ impl<S: LogStore> Raft<S> {
         };
         p.recent_active = true;
         p.acked_round = p.acked_round.max(round);
-        if p.state == ReplicationState::Probe {
-            p.probe_sent = false; // the follower is reachable: probe again
+        match p.state {
+            // The follower is reachable: probe again.
+            ReplicationState::Probe => p.probe_sent = false,
+            // A full window may be full of lost messages: let one more through. If the
+            // follower misses entries it rejects it, and probing finds where the logs match.
+            ReplicationState::Replicate if p.inflights.full() => p.inflights.free_first(),
+            _ => {}
         }
         if p.match_index < last {
             self.replicate_pending = true;

@@ -60,6 +60,13 @@ impl Inflights {
         }
     }
 
+    /// Forget the oldest message (it may have been lost).
+    pub(crate) fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.messages.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.messages.clear();
         self.bytes = 0;
