@@ -113,10 +113,19 @@ fn sim_same_seed_same_trace() {
     assert_ne!(a.trace_hash, b.trace_hash, "different seeds, same trace");
 }
 
-fn finds_bug(bug: InjectedBug) {
+fn finds_bug(bug: InjectedBug, profile: Option<u64>) {
     let count = env_u64("HAVEN_SIM_SEEDS", 2_000);
     let start = env_u64("HAVEN_SIM_SEED_START", 0);
-    let (failures, _) = run_seeds(start, count, |cfg| cfg.bug = Some(bug));
+    let (failures, _) = run_seeds(start, count, |cfg| {
+        cfg.bug = Some(bug);
+        cfg.profile = profile.or(cfg.profile);
+    });
+    // Only safety violations count: a broken rule may also stall progress, which is not what
+    // this test is about.
+    let failures: Vec<String> = failures
+        .into_iter()
+        .filter(|f| !f.contains("liveness"))
+        .collect();
     eprintln!(
         "{bug:?}: {} of {count} seeds caught it; first: {}",
         failures.len(),
@@ -130,10 +139,12 @@ fn finds_bug(bug: InjectedBug) {
 
 #[test]
 fn sim_catches_votes_without_log_check_5_4_1() {
-    finds_bug(InjectedBug::VoteWithoutLogCheck);
+    finds_bug(InjectedBug::VoteWithoutLogCheck, None);
 }
 
 #[test]
 fn sim_catches_commit_of_previous_term_by_count_5_4_2() {
-    finds_bug(InjectedBug::CommitPreviousTermByCount);
+    // Storm seeds only: frequent leader changes and one-entry appends open the window.
+    finds_bug(InjectedBug::CommitPreviousTermByCount, Some(1));
 }
+

@@ -56,7 +56,8 @@ pub struct Config {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InjectedBug {
-    /// Commit an entry of a previous term once it is on a majority (violates 5.4.2).
+    /// Commit an entry of a previous term once it is on a majority (violates 5.4.2), and skip
+    /// the new leader's no-op entry (which would otherwise hide the violation).
     CommitPreviousTermByCount,
     /// Grant votes without checking that the candidate's log is up to date (violates 5.4.1).
     VoteWithoutLogCheck,

@@ -1097,13 +1097,17 @@ impl<S: LogStore> Raft<S> {
         // (which follows all of them) commits.
         self.pending_conf_index = last;
         self.noop_index = last.next();
-        self.log.push(Entry {
-            group: self.config.group,
-            term: self.term,
-            index: self.noop_index,
-            kind: EntryKind::Noop,
-            data: Vec::new(),
-        });
+        // The injected 5.4.2 bug also skips the no-op, which otherwise masks it (a no-op of
+        // the new term reaches a majority together with the older entries).
+        if self.config.injected_bug != Some(InjectedBug::CommitPreviousTermByCount) {
+            self.log.push(Entry {
+                group: self.config.group,
+                term: self.term,
+                index: self.noop_index,
+                kind: EntryKind::Noop,
+                data: Vec::new(),
+            });
+        }
         self.replicate_pending = true;
     }
 
@@ -1413,7 +1417,9 @@ impl<S: LogStore> Raft<S> {
             }
             let next = p.next_index;
             let has_entries = next <= last;
-            if !has_entries && (sent_any || !with_commit) {
+            // A probe finds where the logs match even when there is nothing new to send.
+            let must_probe = p.state == ReplicationState::Probe && p.match_index.next() < next;
+            if !has_entries && (sent_any || !(with_commit || must_probe)) {
                 return Ok(());
             }
             let prev = next.prev();

@@ -49,6 +49,8 @@ pub struct SimConfig {
     pub lin_budget: u64,
     /// Print every event to stderr.
     pub verbose: bool,
+    /// Force a fault profile (0 calm, 1 storm, 2-3 mixed) instead of deriving it from the seed.
+    pub profile: Option<u64>,
 }
 
 impl SimConfig {
@@ -62,6 +64,7 @@ impl SimConfig {
             bug: None,
             lin_budget: 2_000_000,
             verbose: false,
+            profile: None,
         }
     }
 }
@@ -147,6 +150,11 @@ struct Chaos {
     max_disk_delay: u64,
     partition_odds: u64,
     crash_odds: u64,
+    down_max_ticks: u64,
+    /// Chance that a new leader is killed a few ticks into its term (before it can replicate
+    /// much): the schedule of the Raft paper's figure 8.
+    leader_kill_per_mille: u64,
+    partition_max_ticks: u64,
     pause_odds: u64,
     transfer_odds: u64,
     change_odds: u64,
@@ -166,6 +174,8 @@ pub struct Sim {
     /// Directed links that are cut: (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
     partition_until: u64,
+    /// (tick, node) crashes scheduled for new leaders.
+    leader_kills: Vec<(u64, usize)>,
     clients: Vec<ClientState>,
     history: Vec<OpRecord>,
     event_clock: u64,
@@ -213,14 +223,32 @@ type SimResult<T> = Result<T, String>;
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let mut rng = SplitMix64::new(cfg.seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED);
-        let calm = rng.chance(1, 4);
+        // Profiles: a quarter of the seeds are calm (no drops, partitions or crashes), a
+        // quarter are storms (frequent short crashes and partitions: elections in quick
+        // succession, which is what exposes commit-rule bugs), the rest in between.
+        let (calm, storm) = (profile(&cfg) == 0, profile(&cfg) == 1);
         let chaos = Chaos {
             drop_per_mille: if calm { 0 } else { rng.below(80) },
             dup_per_mille: rng.below(40),
             max_delay: 1 + rng.below(4),
             max_disk_delay: rng.below(4),
-            partition_odds: if calm { 2000 } else { 80 + rng.below(200) },
-            crash_odds: if calm { 2000 } else { 150 + rng.below(300) },
+            partition_odds: match (calm, storm) {
+                (true, _) => 1_000_000,
+                (_, true) => 15 + rng.below(40),
+                _ => 80 + rng.below(200),
+            },
+            partition_max_ticks: if storm { 40 } else { 200 },
+            crash_odds: match (calm, storm) {
+                (true, _) => 1_000_000,
+                (_, true) => 10 + rng.below(40),
+                _ => 150 + rng.below(300),
+            },
+            down_max_ticks: if storm { 40 } else { 150 },
+            leader_kill_per_mille: match (calm, storm) {
+                (true, _) => 0,
+                (_, true) => 300 + rng.below(400),
+                _ => rng.below(100),
+            },
             pause_odds: 200 + rng.below(400),
             transfer_odds: 100 + rng.below(300),
             change_odds: 80 + rng.below(200),
@@ -274,6 +302,7 @@ impl Sim {
             packet_seq: 0,
             blocked: BTreeSet::new(),
             partition_until: 0,
+            leader_kills: Vec::new(),
             clients,
             history: Vec::new(),
             event_clock: 0,
@@ -294,10 +323,22 @@ impl Sim {
         let mut c = Config::new(id, mix(cfg.seed, mix(id.0, incarnation)));
         c.election_ticks = ELECTION_TICKS;
         c.heartbeat_ticks = 2;
+        // PreVote and CheckQuorum are on by default; turning them off in some seeds covers
+        // those configurations and makes elections more disruptive.
+        c.pre_vote = mix(cfg.seed, 0x93E) % 4 != 0;
+        c.check_quorum = lease || mix(cfg.seed, 0xC0) % 4 != 0;
         c.lease_read_ticks = lease.then_some(ELECTION_TICKS - 2);
-        // Small windows and messages so flow control is exercised.
-        c.max_append_entries = 8;
-        c.max_inflight_msgs = 4;
+        // Small windows and messages so flow control is exercised; tiny ones in some seeds
+        // (replication then advances a few entries at a time).
+        // Storms replicate one entry at a time: a new leader's older entries then travel
+        // apart from its own, which is the window the 5.4.2 rule guards.
+        let flow = if profile(cfg) == 1 {
+            mix(cfg.seed, 0xF10) % 2
+        } else {
+            mix(cfg.seed, 0xF10) % 4
+        };
+        c.max_append_entries = [1, 2, 8, 8][flow as usize];
+        c.max_inflight_msgs = [1, 2, 4, 4][flow as usize];
         c.max_append_bytes = 4096;
         c.max_inflight_bytes = 16384;
         c.injected_bug = cfg.bug;
@@ -419,7 +460,17 @@ impl Sim {
             let states: Vec<String> = self
                 .nodes
                 .iter()
-                .map(|n| format!("{:?}", n.raft))
+                .map(|n| match &n.raft {
+                    Some(r) => {
+                        let progress: Vec<_> = self
+                            .nodes
+                            .iter()
+                            .filter_map(|p| r.progress(p.id).map(|pr| (p.id, pr)))
+                            .collect();
+                        format!("{r:?} first {} members {:?} progress {progress:?}", r.first_index(), r.membership())
+                    }
+                    None => "down".into(),
+                })
                 .collect();
             return self.fail(format!(
                 "liveness: no leader committed within {} ticks of the heal: {states:?}",
@@ -440,10 +491,23 @@ impl Sim {
         if self.blocked.is_empty() && self.rng.chance(1, self.chaos.partition_odds) {
             self.partition();
         }
+        let due: Vec<usize> = self
+            .leader_kills
+            .iter()
+            .filter(|(at, _)| *at <= self.now)
+            .map(|&(_, i)| i)
+            .collect();
+        self.leader_kills.retain(|(at, _)| *at > self.now);
+        for i in due {
+            if self.nodes[i].raft.is_some() {
+                let down = 3 + self.rng.below(30);
+                self.crash(i, down);
+            }
+        }
         if self.rng.chance(1, self.chaos.crash_odds) {
             let i = self.rng.below(n) as usize;
             if self.nodes[i].raft.is_some() {
-                let down = 5 + self.rng.below(150);
+                let down = 5 + self.rng.below(self.chaos.down_max_ticks);
                 self.crash(i, down);
             }
         }
@@ -512,7 +576,7 @@ impl Sim {
                 }
             }
         }
-        self.partition_until = self.now + 20 + self.rng.below(200);
+        self.partition_until = self.now + 10 + self.rng.below(self.chaos.partition_max_ticks);
         self.log(|| {
             format!(
                 "partition kind {kind} {side_a:?} | {side_b:?} until {}",
@@ -777,6 +841,10 @@ impl Sim {
             self.log(|| format!("{id} soft state {ss:?}"));
             if ss.role == Role::Leader {
                 self.check_new_leader(i)?;
+                if !self.healed && self.rng.chance(self.chaos.leader_kill_per_mille, 1000) {
+                    let at = self.now + 1 + self.rng.below(6);
+                    self.leader_kills.push((at, i));
+                }
             }
         }
         if let Some(hs) = rd.hard_state {
@@ -1075,7 +1143,12 @@ impl Sim {
                     self.registry.insert(key, value);
                 }
             }
-            if let Some(Some((t, _))) = self.committed.get(e.index.0 as usize) {
+            // A lagging node may legitimately write a stale entry where others committed
+            // another one; it may never write one below its own commit index.
+            let committed_here = e.index <= raft.commit_index();
+            if let (true, Some(Some((t, _)))) =
+                (committed_here, self.committed.get(e.index.0 as usize))
+            {
                 if *t != e.term {
                     return self.fail(format!(
                         "committed entry lost: {} overwrites committed ({}, {t}) with term {}",
@@ -1239,6 +1312,11 @@ impl Sim {
         self.report.trace_hash = self.trace;
         Ok(self.report)
     }
+}
+
+/// The seed's fault profile: 0 calm, 1 storm, 2 and 3 in between.
+fn profile(cfg: &SimConfig) -> u64 {
+    cfg.profile.unwrap_or(mix(cfg.seed, 0xC4A05) % 4)
 }
 
 /// Lease reads are on for a third of the seeds (decided from the seed alone).
