@@ -49,6 +49,9 @@ pub struct SimConfig {
     pub lin_budget: u64,
     /// Print every event to stderr.
     pub verbose: bool,
+    /// Runtime bug: serve reads from the local state machine without ReadIndex (stale reads
+    /// on followers and deposed leaders); the linearizability check must notice.
+    pub local_reads: bool,
     /// Force a fault profile (0 calm, 1 storm, 2-3 mixed) instead of deriving it from the seed.
     pub profile: Option<u64>,
 }
@@ -65,6 +68,7 @@ impl SimConfig {
             lin_budget: 2_000_000,
             verbose: false,
             profile: None,
+            local_reads: false,
         }
     }
 }
@@ -1220,6 +1224,11 @@ impl Sim {
         });
         self.clients[c].busy = Some(index);
         self.clients[c].seq += 1;
+        if op == Op::Read && self.cfg.local_reads {
+            let value = self.nodes[target].kv.get(key);
+            self.complete(index, Completion::Ok(OpResult::Read(value)));
+            return Ok(());
+        }
         let raft = self.nodes[target].raft.as_mut().expect("running");
         let result = match op {
             Op::Read => raft.read_index((index as u64).to_le_bytes().to_vec()).map(|_| None),
