@@ -609,6 +609,9 @@ impl<S: LogStore> Raft<S> {
             return Ok(());
         }
         self.transfer = Some((to, 0, false));
+        if let Some(p) = self.progress.get_mut(&to) {
+            p.send_empty = true; // make sure catching up starts now, not at the next heartbeat
+        }
         self.maybe_send_timeout_now(to);
         self.replicate_pending = true;
         Ok(())
@@ -1335,6 +1338,10 @@ impl<S: LogStore> Raft<S> {
             _ => {}
         }
         if p.match_index < last {
+            // The follower lags: send what it misses, or at least an empty AppendEntries at
+            // `next_index - 1`, which it rejects if earlier messages were lost; the leader
+            // then probes back to where the logs match.
+            p.send_empty = true;
             self.replicate_pending = true;
         }
         self.advance_reads();
@@ -1418,7 +1425,8 @@ impl<S: LogStore> Raft<S> {
             let next = p.next_index;
             let has_entries = next <= last;
             // A probe finds where the logs match even when there is nothing new to send.
-            let must_probe = p.state == ReplicationState::Probe && p.match_index.next() < next;
+            let must_probe = (p.state == ReplicationState::Probe || p.send_empty)
+                && p.match_index.next() < next;
             if !has_entries && (sent_any || !(with_commit || must_probe)) {
                 return Ok(());
             }
@@ -1452,6 +1460,7 @@ impl<S: LogStore> Raft<S> {
             let p = self.progress.get_mut(&to).expect("checked above");
             let commit = self.log.commit;
             p.sent_entries(sent_last, count, bytes);
+            p.send_empty = false;
             let probing = p.state == ReplicationState::Probe;
             let m = self.message(
                 to,

@@ -91,6 +91,9 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// The highest leadership-confirmation round this member answered.
     pub(crate) acked_round: u64,
+    /// Send an AppendEntries at the next chance even if it carries no entries (a heartbeat
+    /// answer showed the follower lagging).
+    pub(crate) send_empty: bool,
 }
 
 impl Progress {
@@ -103,6 +106,7 @@ impl Progress {
             inflights: Inflights::new(max_messages, max_bytes),
             recent_active: false,
             acked_round: 0,
+            send_empty: false,
         }
     }
 
