@@ -3,8 +3,8 @@
 //! test can build the exact interleaving it is about.
 
 use haven::raft::{
-    Config, InjectedBug, LogStore, MemLogStore, Membership, MembershipChange, Message,
-    MessageBody, Raft, RaftError, ReadState, ReplicationState, Role, SnapshotMeta, StorageError,
+    Config, InjectedBug, LogStore, MemLogStore, Membership, MembershipChange, Message, MessageBody,
+    Raft, RaftError, ReadState, ReplicationState, Role, SnapshotMeta, StorageError,
 };
 use haven::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -110,7 +110,10 @@ impl Cluster {
     /// Deliver until `done` holds; panics if the network goes quiet first.
     fn deliver_until(&mut self, done: impl Fn(&Cluster) -> bool) {
         while !done(self) {
-            assert!(self.deliver_one().is_some(), "network quiet before the condition held");
+            assert!(
+                self.deliver_one().is_some(),
+                "network quiet before the condition held"
+            );
         }
     }
 
@@ -170,7 +173,8 @@ impl Cluster {
         let mut cfg = config(id);
         configure(&mut cfg);
         let applied = store.snapshot_meta().unwrap().index;
-        self.nodes.insert(id, Raft::new(cfg, store, applied).unwrap());
+        self.nodes
+            .insert(id, Raft::new(cfg, store, applied).unwrap());
     }
 
     /// Make `id` the leader.
@@ -252,7 +256,10 @@ fn election_timeouts_are_randomized_in_range_5_2() {
             r.tick().unwrap();
             ticks += 1;
         }
-        assert!((10..20).contains(&ticks), "timeout {ticks} outside [10, 20)");
+        assert!(
+            (10..20).contains(&ticks),
+            "timeout {ticks} outside [10, 20)"
+        );
         seen.insert(ticks);
     }
     assert!(seen.len() >= 5, "timeouts not spread: {seen:?}");
@@ -379,7 +386,11 @@ fn proposals_are_batched_into_one_append_per_follower() {
         .filter(|m| matches!(&m.body, MessageBody::AppendEntries { entries, .. } if entries.len() == 64))
         .collect();
     assert_eq!(appends.len(), 2, "one message of 64 entries per follower");
-    assert_eq!(rd.entries.len(), 64, "and one write for the leader's own log");
+    assert_eq!(
+        rd.entries.len(),
+        64,
+        "and one write for the leader's own log"
+    );
 }
 
 #[test]
@@ -405,7 +416,12 @@ fn leader_counts_itself_only_once_its_write_is_durable() {
     let rd = c.node_mut(1).ready().unwrap();
     assert_eq!(rd.entries.len(), 1);
     // n2 persists and answers: with the leader's own undurable write that is no quorum.
-    let to_2 = rd.messages.iter().find(|m| m.to == NodeId(2)).unwrap().clone();
+    let to_2 = rd
+        .messages
+        .iter()
+        .find(|m| m.to == NodeId(2))
+        .unwrap()
+        .clone();
     c.node_mut(2).step(to_2).unwrap();
     let rd2 = c.node_mut(2).ready().unwrap();
     c.node_mut(2).store_mut().append(&rd2.entries);
@@ -413,7 +429,10 @@ fn leader_counts_itself_only_once_its_write_is_durable() {
     for m in rd2.persisted_messages {
         c.node_mut(1).step(m).unwrap();
     }
-    assert!(c.node(1).commit_index() < index, "committed before its own write was durable");
+    assert!(
+        c.node(1).commit_index() < index,
+        "committed before its own write was durable"
+    );
     let raft = c.node_mut(1);
     raft.store_mut().append(&rd.entries);
     raft.advance_persisted(rd.number).unwrap();
@@ -486,7 +505,11 @@ fn figure_8(bug: Option<InjectedBug>) -> (Cluster, LogIndex) {
 #[test]
 fn commit_previous_term_entries_only_by_current_term_5_4_2() {
     let (mut c, old) = figure_8(None);
-    assert_eq!(c.log(3)[old.0 as usize - 1], (old.0, 1), "the old entry is on a majority");
+    assert_eq!(
+        c.log(3)[old.0 as usize - 1],
+        (old.0, 1),
+        "the old entry is on a majority"
+    );
     assert!(
         c.node(1).commit_index() < old,
         "an entry of an earlier term was committed by counting replicas"
@@ -522,7 +545,11 @@ fn counting_replicas_of_an_earlier_term_loses_committed_entries_5_4_2() {
     c.deliver();
     let at = old.0 as usize - 1;
     assert_eq!(c.log(2)[at], (old.0, 2));
-    assert_eq!(c.log(3)[at], (old.0, 2), "the committed entry was overwritten on n3");
+    assert_eq!(
+        c.log(3)[at],
+        (old.0, 2),
+        "the committed entry was overwritten on n3"
+    );
 }
 
 #[test]
@@ -577,7 +604,11 @@ fn prevote_keeps_a_partitioned_node_from_raising_its_term_9_6() {
         c.tick_all();
         c.deliver();
     }
-    assert_eq!(c.node(1).role(), Role::Leader, "the returning node did not disrupt");
+    assert_eq!(
+        c.node(1).role(),
+        Role::Leader,
+        "the returning node did not disrupt"
+    );
     assert_eq!(c.node(1).term(), term);
     assert_eq!(c.node(3).leader(), Some(NodeId(1)));
 }
@@ -661,7 +692,10 @@ fn leader_transfer_aborts_after_an_election_timeout_3_10() {
     assert_eq!(c.node(1).transfer_target(), None);
     assert_eq!(c.node(1).role(), Role::Leader);
     assert!(c.node_mut(1).propose(vec![b"ok".to_vec()]).is_ok());
-    assert!(c.node_mut(1).transfer_leadership(NodeId(9)).is_err(), "not a voter");
+    assert!(
+        c.node_mut(1).transfer_leadership(NodeId(9)).is_err(),
+        "not a voter"
+    );
 }
 
 // ----- 4 membership -----
@@ -669,7 +703,8 @@ fn leader_transfer_aborts_after_an_election_timeout_3_10() {
 fn add_learner(c: &mut Cluster, leader: u64, id: u64) {
     let cfg = config(id);
     let store = MemLogStore::new(Membership::default());
-    c.nodes.insert(id, Raft::new(cfg, store, LogIndex(0)).unwrap());
+    c.nodes
+        .insert(id, Raft::new(cfg, store, LogIndex(0)).unwrap());
     c.node_mut(leader)
         .change_membership(MembershipChange::AddLearner {
             id: NodeId(id),
@@ -720,7 +755,9 @@ fn membership_changes_one_at_a_time_4_1() {
     while fresh.node(1).role() != Role::Leader {
         fresh.tick(1);
         for _ in 0..3 {
-            let Some(m) = fresh.queue.pop_front() else { break };
+            let Some(m) = fresh.queue.pop_front() else {
+                break;
+            };
             if !matches!(m.body, MessageBody::AppendEntries { .. }) {
                 fresh.queue.push_back(m);
                 fresh.deliver_one();
@@ -795,7 +832,10 @@ fn configuration_reverts_when_its_entry_is_truncated_4_1() {
         .unwrap();
     c.process(1);
     c.deliver();
-    assert!(c.node(2).membership().is_learner(NodeId(6)), "in force when appended");
+    assert!(
+        c.node(2).membership().is_learner(NodeId(6)),
+        "in force when appended"
+    );
     assert!(c.node(1).commit_index() < c.node(1).last_index());
     // n3 leads a later term without that entry; n2's copy is truncated away.
     c.isolated.clear();
@@ -809,7 +849,10 @@ fn configuration_reverts_when_its_entry_is_truncated_4_1() {
         c.deliver();
     }
     assert_eq!(c.log(2), c.log(3));
-    assert!(!c.node(2).membership().contains(NodeId(6)), "reverted with the truncation");
+    assert!(
+        !c.node(2).membership().contains(NodeId(6)),
+        "reverted with the truncation"
+    );
 }
 
 #[test]
@@ -831,7 +874,9 @@ fn removed_leader_steps_down_once_the_removal_commits_4_2_2() {
     for _ in 0..100 {
         c.tick_all();
         c.deliver();
-        leader = [2, 3].into_iter().find(|&i| c.node(i).role() == Role::Leader);
+        leader = [2, 3]
+            .into_iter()
+            .find(|&i| c.node(i).role() == Role::Leader);
         if leader.is_some() {
             break;
         }
@@ -852,7 +897,10 @@ fn read_index_needs_the_terms_noop_and_a_quorum_6_4() {
     c.deliver();
     c.node_mut(1).read_index(b"r1".to_vec()).unwrap();
     c.process(1);
-    assert!(c.reads.get(&1).is_none_or(|r| r.is_empty()), "no answer before a quorum");
+    assert!(
+        c.reads.get(&1).is_none_or(|r| r.is_empty()),
+        "no answer before a quorum"
+    );
     c.deliver();
     let r = c.reads.get_mut(&1).unwrap().pop().unwrap();
     assert_eq!(r.context, b"r1");
@@ -880,7 +928,12 @@ fn read_index_waits_for_the_new_leaders_noop_6_4() {
         c.tick(1);
         c.deliver();
     }
-    let r = c.reads.get_mut(&1).unwrap().pop().expect("answered once the no-op committed");
+    let r = c
+        .reads
+        .get_mut(&1)
+        .unwrap()
+        .pop()
+        .expect("answered once the no-op committed");
     assert!(r.index.unwrap() >= LogIndex(1));
 }
 
@@ -895,14 +948,20 @@ fn read_index_on_a_follower_goes_through_the_leader_6_4() {
     c.deliver();
     let r = c.reads.get_mut(&2).unwrap().pop().unwrap();
     assert_eq!(r.index, Some(index));
-    assert!(c.delivered.iter().any(|&(f, t, k)| f == 2 && t == 1 && k == "ReadIndex"));
+    assert!(c
+        .delivered
+        .iter()
+        .any(|&(f, t, k)| f == 2 && t == 1 && k == "ReadIndex"));
     // Each request gets a fresh index.
     let index2 = c.propose(1, b"b");
     c.deliver();
     c.node_mut(2).read_index(b"g".to_vec()).unwrap();
     c.process(2);
     c.deliver();
-    assert_eq!(c.reads.get_mut(&2).unwrap().pop().unwrap().index, Some(index2));
+    assert_eq!(
+        c.reads.get_mut(&2).unwrap().pop().unwrap().index,
+        Some(index2)
+    );
     // No leader known: refused with a hint of none.
     let mut lone = Cluster::new(3, |_| {});
     assert!(matches!(
@@ -948,8 +1007,14 @@ fn propose_on_a_follower_returns_the_leader_hint() {
         c.node_mut(1).propose(Vec::<Vec<u8>>::new()),
         Err(RaftError::InvalidArgument(_))
     ));
-    let p = c.node_mut(1).propose(vec![b"x".to_vec(), b"y".to_vec()]).unwrap();
-    assert_eq!((p.first, p.last, p.term), (LogIndex(2), LogIndex(3), Term(1)));
+    let p = c
+        .node_mut(1)
+        .propose(vec![b"x".to_vec(), b"y".to_vec()])
+        .unwrap();
+    assert_eq!(
+        (p.first, p.last, p.term),
+        (LogIndex(2), LogIndex(3), Term(1))
+    );
 }
 
 #[test]
@@ -1009,7 +1074,10 @@ fn follower_behind_a_compaction_gets_a_snapshot_7() {
         while let Some(m) = c.queue.pop_front() {
             if let MessageBody::Snapshot { meta } = &m.body {
                 sent = Some(meta.clone());
-                assert_eq!(c.node(1).progress(NodeId(3)).unwrap().2, ReplicationState::Snapshot { index: snap });
+                assert_eq!(
+                    c.node(1).progress(NodeId(3)).unwrap().2,
+                    ReplicationState::Snapshot { index: snap }
+                );
                 // The first transfer fails: the leader goes back to probing.
                 c.node_mut(1).report_snapshot(NodeId(3), false);
                 break;
@@ -1023,7 +1091,10 @@ fn follower_behind_a_compaction_gets_a_snapshot_7() {
     }
     let meta = sent.expect("a snapshot was sent");
     assert_eq!(meta.index, snap);
-    assert!(matches!(c.node(1).progress(NodeId(3)).unwrap().2, ReplicationState::Probe));
+    assert!(matches!(
+        c.node(1).progress(NodeId(3)).unwrap().2,
+        ReplicationState::Probe
+    ));
     // The retry succeeds: the runtime stored the data and steps the message in.
     let mut installed = false;
     for _ in 0..10 {
@@ -1034,7 +1105,8 @@ fn follower_behind_a_compaction_gets_a_snapshot_7() {
                 let rd = c.node_mut(3).ready().unwrap();
                 assert_eq!(rd.snapshot.as_ref().map(|s| s.index), Some(snap));
                 let raft = c.node_mut(3);
-                raft.store_mut().install_snapshot(rd.snapshot.clone().unwrap());
+                raft.store_mut()
+                    .install_snapshot(rd.snapshot.clone().unwrap());
                 if let Some(hs) = rd.hard_state {
                     raft.store_mut().set_hard_state(hs);
                 }
@@ -1111,13 +1183,20 @@ fn snapshot_install_discards_a_conflicting_log_and_takes_its_membership_7() {
     let rd = r.ready().unwrap();
     assert_eq!(rd.snapshot, Some(meta.clone()));
     assert!(rd.committed_entries.is_empty());
-    assert!(matches!(r.log_term(LogIndex(3)), Err(StorageError::Compacted)));
+    assert!(matches!(
+        r.log_term(LogIndex(3)),
+        Err(StorageError::Compacted)
+    ));
     r.store_mut().install_snapshot(meta);
     r.advance_persisted(rd.number).unwrap();
     assert_eq!(r.store().last_index(), LogIndex(10));
     assert!(rd.persisted_messages.iter().any(|m| matches!(
         m.body,
-        MessageBody::AppendEntriesResponse { success: true, index: LogIndex(10), .. }
+        MessageBody::AppendEntriesResponse {
+            success: true,
+            index: LogIndex(10),
+            ..
+        }
     )));
 }
 
@@ -1179,8 +1258,14 @@ fn vote_and_append_answers_wait_for_persistence() {
     let rd = c.node_mut(1).ready().unwrap();
     assert!(rd.hard_state.is_some(), "term and vote to persist");
     assert!(rd.messages.is_empty());
-    assert_eq!(rd.persisted_messages.len(), 2, "vote requests only after the vote is durable");
-    c.node_mut(2).step(rd.persisted_messages[0].clone()).unwrap();
+    assert_eq!(
+        rd.persisted_messages.len(),
+        2,
+        "vote requests only after the vote is durable"
+    );
+    c.node_mut(2)
+        .step(rd.persisted_messages[0].clone())
+        .unwrap();
     let rd2 = c.node_mut(2).ready().unwrap();
     assert_eq!(rd2.hard_state.unwrap().vote, Some(NodeId(1)));
     assert!(rd2.messages.is_empty());
@@ -1278,7 +1363,10 @@ fn storage_errors_propagate_and_corrupt_membership_is_an_error() {
             break;
         }
     }
-    assert!(matches!(err, Some(RaftError::Storage(haven::Error::Io { .. }))));
+    assert!(matches!(
+        err,
+        Some(RaftError::Storage(haven::Error::Io { .. }))
+    ));
 
     inner.append(&[Entry {
         group: Default::default(),
@@ -1306,7 +1394,10 @@ fn same_inputs_and_seed_give_the_same_outputs() {
                 }
             }
         }
-        (c.delivered.clone(), (1..=3).map(|i| c.log(i)).collect::<Vec<_>>())
+        (
+            c.delivered.clone(),
+            (1..=3).map(|i| c.log(i)).collect::<Vec<_>>(),
+        )
     };
     let (a, b) = (run(), run());
     assert_eq!(a, b);

@@ -96,7 +96,10 @@ fn sim_seeds() {
         failures.join("\n")
     );
     // The runs must have done real work, or the checks above prove nothing.
-    assert!(sum(|r| r.ops_ok) > count * 20, "too few operations completed");
+    assert!(
+        sum(|r| r.ops_ok) > count * 20,
+        "too few operations completed"
+    );
     assert!(sum(|r| r.elections) >= count, "too few elections");
 }
 
@@ -147,7 +150,6 @@ fn sim_catches_commit_of_previous_term_by_count_5_4_2() {
     // Storm seeds only: frequent leader changes and one-entry appends open the window.
     finds_bug(InjectedBug::CommitPreviousTermByCount, Some(1));
 }
-
 
 #[test]
 fn sim_catches_stale_local_reads() {

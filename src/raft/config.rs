@@ -107,13 +107,19 @@ impl Config {
             }
         }
         if self.max_append_bytes == 0 || self.max_append_bytes > MAX_APPEND_BYTES {
-            return bad(format!("max_append_bytes must be in 1..={MAX_APPEND_BYTES}"));
+            return bad(format!(
+                "max_append_bytes must be in 1..={MAX_APPEND_BYTES}"
+            ));
         }
         if self.max_append_entries == 0 || self.max_append_entries > MAX_APPEND_ENTRIES {
-            return bad(format!("max_append_entries must be in 1..={MAX_APPEND_ENTRIES}"));
+            return bad(format!(
+                "max_append_entries must be in 1..={MAX_APPEND_ENTRIES}"
+            ));
         }
         if self.max_inflight_msgs == 0 || self.max_inflight_msgs > MAX_INFLIGHT_MSGS {
-            return bad(format!("max_inflight_msgs must be in 1..={MAX_INFLIGHT_MSGS}"));
+            return bad(format!(
+                "max_inflight_msgs must be in 1..={MAX_INFLIGHT_MSGS}"
+            ));
         }
         if self.max_inflight_bytes < self.max_append_bytes
             || self.max_inflight_bytes > MAX_INFLIGHT_BYTES

@@ -270,7 +270,10 @@ impl<S: LogStore> Raft<S> {
         if hard.commit > last {
             return Err(RaftError::Storage(Error::corrupt(
                 0,
-                format!("hard state commit {} beyond the log's end {last}", hard.commit),
+                format!(
+                    "hard state commit {} beyond the log's end {last}",
+                    hard.commit
+                ),
             )));
         }
         if applied < snapshot.index || applied > last {
@@ -398,7 +401,8 @@ impl<S: LogStore> Raft<S> {
 
     /// Entries `[lo, hi)` of the log (stable and unstable).
     pub fn log_entries(&self, lo: LogIndex, hi: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        self.log.entries(lo, hi.min(self.last_index().next()), usize::MAX, usize::MAX)
+        self.log
+            .entries(lo, hi.min(self.last_index().next()), usize::MAX, usize::MAX)
     }
 
     /// The configuration in force (the latest one in the log).
@@ -475,7 +479,9 @@ impl<S: LogStore> Raft<S> {
                     .membership()
                     .voters
                     .keys()
-                    .filter(|&&v| v == self.id || self.progress.get(&v).is_some_and(|p| p.recent_active))
+                    .filter(|&&v| {
+                        v == self.id || self.progress.get(&v).is_some_and(|p| p.recent_active)
+                    })
                     .count();
                 if active < self.membership().quorum() {
                     self.become_follower(self.term, None);
@@ -1425,8 +1431,8 @@ impl<S: LogStore> Raft<S> {
             let next = p.next_index;
             let has_entries = next <= last;
             // A probe finds where the logs match even when there is nothing new to send.
-            let must_probe = (p.state == ReplicationState::Probe || p.send_empty)
-                && p.match_index.next() < next;
+            let must_probe =
+                (p.state == ReplicationState::Probe || p.send_empty) && p.match_index.next() < next;
             if !has_entries && (sent_any || !(with_commit || must_probe)) {
                 return Ok(());
             }

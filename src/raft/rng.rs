@@ -59,6 +59,9 @@ mod tests {
             assert!(v < 10);
             seen[v as usize] = true;
         }
-        assert!(seen.iter().all(|&s| s), "every value in [0,10) drawn: {seen:?}");
+        assert!(
+            seen.iter().all(|&s| s),
+            "every value in [0,10) drawn: {seen:?}"
+        );
     }
 }

@@ -55,8 +55,12 @@ pub trait LogStore {
     /// Entries in `[lo, hi)`, stopping early once `max_bytes` (by [`Entry::size_bytes`]) is
     /// reached, but always at least one entry when `lo < hi`. `Err(Compacted)` if
     /// `lo < first_index()`; `hi` must not exceed `last_index() + 1`.
-    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: usize)
-        -> Result<Vec<Entry>, StorageError>;
+    fn entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError>;
     /// The latest snapshot's metadata (index 0 when no snapshot was ever taken).
     fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError>;
 }

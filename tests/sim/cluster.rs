@@ -25,8 +25,8 @@ use crate::kv::{Command, Kv, Outcome, Request};
 use crate::lincheck::{self, Completion, Op, OpResult, Operation};
 use haven::raft::rng::SplitMix64;
 use haven::raft::{
-    Config, InjectedBug, LogStore, MemLogStore, Membership, MembershipChange, Message,
-    MessageBody, Raft, RaftError, Ready, Role, SnapshotMeta, StorageError,
+    Config, InjectedBug, LogStore, MemLogStore, Membership, MembershipChange, Message, MessageBody,
+    Raft, RaftError, Ready, Role, SnapshotMeta, StorageError,
 };
 use haven::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -259,8 +259,9 @@ impl Sim {
             snapshot_fail_per_mille: rng.below(300),
             snapshot_interval: [0, 10, 25, 60][rng.below(4) as usize],
         };
-        let membership =
-            Membership::with_voters((1..=cfg.nodes as u64).map(|i| (NodeId(i), format!("n{i}:7000"))));
+        let membership = Membership::with_voters(
+            (1..=cfg.nodes as u64).map(|i| (NodeId(i), format!("n{i}:7000"))),
+        );
         let lease = lease_on(cfg.seed);
         let mut nodes = Vec::new();
         for i in 0..cfg.nodes {
@@ -471,7 +472,11 @@ impl Sim {
                             .iter()
                             .filter_map(|p| r.progress(p.id).map(|pr| (p.id, pr)))
                             .collect();
-                        format!("{r:?} first {} members {:?} progress {progress:?}", r.first_index(), r.membership())
+                        format!(
+                            "{r:?} first {} members {:?} progress {progress:?}",
+                            r.first_index(),
+                            r.membership()
+                        )
                     }
                     None => "down".into(),
                 })
@@ -640,7 +645,6 @@ impl Sim {
         Ok(())
     }
 
-
     fn leader_index(&self) -> Option<usize> {
         (0..self.nodes.len())
             .filter(|&i| self.is_running(i))
@@ -695,7 +699,12 @@ impl Sim {
         if r.is_ok() {
             self.report.membership_changes += 1;
         }
-        self.log(|| format!("membership change {change:?} at {}: {r:?}", self.nodes[l].id));
+        self.log(|| {
+            format!(
+                "membership change {change:?} at {}: {r:?}",
+                self.nodes[l].id
+            )
+        });
         self.drain(l)
     }
 
@@ -709,7 +718,11 @@ impl Sim {
                     .raft
                     .as_ref()
                     .map(|r| r.store().snapshot_meta().expect("mem store").index);
-                assert_eq!(stored, Some(meta.index), "snapshot message matches the store");
+                assert_eq!(
+                    stored,
+                    Some(meta.index),
+                    "snapshot message matches the store"
+                );
                 self.report.snapshots_sent += 1;
                 Some(node.snap_data.clone())
             }
@@ -793,7 +806,8 @@ impl Sim {
         }
         for (until, packet) in deferred {
             self.packet_seq += 1;
-            self.net.insert((until.max(self.now + 1), self.packet_seq), packet);
+            self.net
+                .insert((until.max(self.now + 1), self.packet_seq), packet);
         }
         Ok(())
     }
@@ -816,7 +830,15 @@ impl Sim {
         }
         self.trace = h;
         if self.cfg.verbose {
-            self.log(|| format!("deliver {} -> {} t{} {:?}", m.from, m.to, m.term.0, short(&m.body)));
+            self.log(|| {
+                format!(
+                    "deliver {} -> {} t{} {:?}",
+                    m.from,
+                    m.to,
+                    m.term.0,
+                    short(&m.body)
+                )
+            });
         }
     }
 
@@ -825,7 +847,10 @@ impl Sim {
     /// Take and handle every `Ready` the node has.
     fn drain(&mut self, i: usize) -> SimResult<()> {
         loop {
-            let raft = self.nodes[i].raft.as_mut().expect("draining a running node");
+            let raft = self.nodes[i]
+                .raft
+                .as_mut()
+                .expect("draining a running node");
             if !raft.has_ready() {
                 return Ok(());
             }
@@ -861,7 +886,9 @@ impl Sim {
                     return self.fail(format!("{id}: snapshot install without data"));
                 };
                 if incoming != meta {
-                    return self.fail(format!("{id}: installing {meta:?}, data is for {incoming:?}"));
+                    return self.fail(format!(
+                        "{id}: installing {meta:?}, data is for {incoming:?}"
+                    ));
                 }
                 self.log(|| format!("{id} installs snapshot at {}", meta.index));
                 let node = &mut self.nodes[i];
@@ -979,7 +1006,10 @@ impl Sim {
             }
             EntryKind::Noop => None,
         };
-        node.raft.as_mut().expect("running").advance_applied(e.index);
+        node.raft
+            .as_mut()
+            .expect("running")
+            .advance_applied(e.index);
         if let Some((op, term)) = node.proposals.remove(&e.index) {
             if term == e.term {
                 let result = match outcome {
@@ -1029,7 +1059,10 @@ impl Sim {
         let term = match raft.log_term(node.applied) {
             Ok(Some(t)) => t,
             other => {
-                let msg = format!("{}: no term for applied {}: {other:?}", node.id, node.applied);
+                let msg = format!(
+                    "{}: no term for applied {}: {other:?}",
+                    node.id, node.applied
+                );
                 return self.fail(msg);
             }
         };
@@ -1051,13 +1084,17 @@ impl Sim {
         self.report.elections += 1;
         if let Some(&other) = self.leaders.get(&term) {
             if other != id {
-                return self.fail(format!("election safety: {other} and {id} both lead term {term}"));
+                return self.fail(format!(
+                    "election safety: {other} and {id} both lead term {term}"
+                ));
             }
         }
         self.leaders.insert(term, id);
         // Leader completeness: every entry committed in an earlier term is in our log.
         for (idx, c) in self.committed.iter().enumerate() {
-            let Some((entry_term, observed)) = *c else { continue };
+            let Some((entry_term, observed)) = *c else {
+                continue;
+            };
             if observed >= term {
                 continue;
             }
@@ -1231,7 +1268,9 @@ impl Sim {
         }
         let raft = self.nodes[target].raft.as_mut().expect("running");
         let result = match op {
-            Op::Read => raft.read_index((index as u64).to_le_bytes().to_vec()).map(|_| None),
+            Op::Read => raft
+                .read_index((index as u64).to_le_bytes().to_vec())
+                .map(|_| None),
             Op::Write(value) | Op::Cas(_, value) => {
                 let command = match op {
                     Op::Cas(expected, new) => Command::Cas { key, expected, new },
@@ -1250,7 +1289,9 @@ impl Sim {
                 self.nodes[target].reads.insert(index as u64, index);
             }
             Ok(Some(p)) => {
-                self.nodes[target].proposals.insert(p.first, (index, p.term));
+                self.nodes[target]
+                    .proposals
+                    .insert(p.first, (index, p.term));
             }
             Err(RaftError::NotLeader { leader }) => {
                 self.clients[c].leader_hint = leader;

@@ -456,7 +456,9 @@ mod tests {
                 }
                 for w1 in 0..h.len() {
                     let Op::Write(v1) = h[w1].op else { continue };
-                    if h[w1].key != h[r].key || h[w1].completion != Completion::Ok(OpResult::Written) {
+                    if h[w1].key != h[r].key
+                        || h[w1].completion != Completion::Ok(OpResult::Written)
+                    {
                         continue;
                     }
                     for w2 in 0..h.len() {
@@ -481,7 +483,10 @@ mod tests {
                 );
             }
         }
-        assert!(found >= 10, "stale reads injected into only {found} histories");
+        assert!(
+            found >= 10,
+            "stale reads injected into only {found} histories"
+        );
     }
 
     #[test]
@@ -509,7 +514,10 @@ mod tests {
                 completion: Completion::Ok(OpResult::Read(finals[0])),
             });
             assert!(
-                matches!(check(&lost, BUDGET), Err(CheckError::NotLinearizable { key: 0, .. })),
+                matches!(
+                    check(&lost, BUDGET),
+                    Err(CheckError::NotLinearizable { key: 0, .. })
+                ),
                 "seed {seed}: lost write accepted"
             );
             h.push(Operation {
