@@ -61,7 +61,7 @@ impl SimConfig {
         SimConfig {
             seed,
             nodes: if seed % 2 == 0 { 3 } else { 5 },
-            ticks: 2_000,
+            ticks: 4_000,
             heal_ticks: 400,
             liveness_ticks: 250,
             bug: None,
@@ -83,6 +83,9 @@ pub struct Report {
     pub ops_failed: u64,
     pub ops_unknown: u64,
     pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub reads_ok: u64,
+    pub transfers_completed: u64,
     pub membership_changes: u64,
     pub crashes: u64,
 }
@@ -180,6 +183,8 @@ pub struct Sim {
     partition_until: u64,
     /// (tick, node) crashes scheduled for new leaders.
     leader_kills: Vec<(u64, usize)>,
+    /// The target of the last leadership transfer requested.
+    transfer_target: Option<NodeId>,
     clients: Vec<ClientState>,
     history: Vec<OpRecord>,
     event_clock: u64,
@@ -308,6 +313,7 @@ impl Sim {
             blocked: BTreeSet::new(),
             partition_until: 0,
             leader_kills: Vec::new(),
+            transfer_target: None,
             clients,
             history: Vec::new(),
             event_clock: 0,
@@ -534,6 +540,9 @@ impl Sim {
                 let target = NodeId(1 + self.rng.below(n));
                 let raft = self.nodes[l].raft.as_mut().expect("leader runs");
                 let r = raft.transfer_leadership(target);
+                if r.is_ok() {
+                    self.transfer_target = Some(target);
+                }
                 self.log(|| format!("transfer {} -> {target}: {r:?}", self.nodes[l].id));
                 self.drain(l)?;
             }
@@ -870,6 +879,9 @@ impl Sim {
             self.log(|| format!("{id} soft state {ss:?}"));
             if ss.role == Role::Leader {
                 self.check_new_leader(i)?;
+                if self.transfer_target.take() == Some(id) {
+                    self.report.transfers_completed += 1;
+                }
                 if !self.healed && self.rng.chance(self.chaos.leader_kill_per_mille, 1000) {
                     let at = self.now + 1 + self.rng.below(6);
                     self.leader_kills.push((at, i));
@@ -891,6 +903,7 @@ impl Sim {
                     ));
                 }
                 self.log(|| format!("{id} installs snapshot at {}", meta.index));
+                self.report.snapshots_installed += 1;
                 let node = &mut self.nodes[i];
                 node.kv = data.clone();
                 node.applied = meta.index;
@@ -1314,6 +1327,9 @@ impl Sim {
         match completion {
             Completion::Ok(r) => {
                 self.report.ops_ok += 1;
+                if matches!(r, OpResult::Read(_)) {
+                    self.report.reads_ok += 1;
+                }
                 self.trace = mix(self.trace, mix(op as u64, format!("{r:?}").len() as u64));
             }
             Completion::Fail => self.report.ops_failed += 1,
