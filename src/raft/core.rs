@@ -454,7 +454,8 @@ impl<S: LogStore> Raft<S> {
         if self.role == Role::Leader {
             return self.tick_leader();
         }
-        self.election_elapsed += 1;
+        // Saturating: a node outside the configuration ticks forever without campaigning.
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.randomized_election_ticks && self.promotable() {
             let pre = self.config.pre_vote;
             self.campaign(pre, false)?;
@@ -798,11 +799,13 @@ impl<S: LogStore> Raft<S> {
                     );
                     self.msgs.push(reply);
                 }
-                MessageBody::RequestVote { pre_vote: true, .. } => {
+                MessageBody::RequestVote { pre_vote, .. } => {
+                    // Refuse with our term (figure 2), so a candidate that fell behind in
+                    // terms catches up instead of campaigning below us forever.
                     let reply = self.message(
                         m.from,
                         MessageBody::RequestVoteResponse {
-                            pre_vote: true,
+                            pre_vote: *pre_vote,
                             granted: false,
                         },
                     );

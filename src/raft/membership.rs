@@ -205,6 +205,19 @@ mod tests {
     }
 
     #[test]
+    fn payload_layout_is_stable() {
+        // Version 1, then voters {1: "a"} and no learners: map length, id, string length,
+        // bytes; map length 0. See docs/FORMAT.md ("Membership entry").
+        let m = Membership::with_voters([(NodeId(1), "a")]);
+        assert_eq!(m.encode(), vec![1, 1, 1, 1, b'a', 0]);
+        let both = [1, 1, 1, 1, b'a', 1, 1, 1, b'a'];
+        assert!(matches!(
+            Membership::decode(&both),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
     fn single_server_changes_are_checked() {
         let m = three();
         assert_eq!(m.quorum(), 2);

@@ -162,4 +162,59 @@ mod tests {
         assert_eq!(decode_value::<Message>(&bytes).unwrap(), m);
         assert!(decode_value::<Message>(&bytes[..bytes.len() - 1]).is_err());
     }
+
+    /// The byte layout documented in docs/FORMAT.md ("Raft messages"); a change here is a
+    /// wire-format change.
+    #[test]
+    fn wire_layout_is_stable() {
+        let heartbeat = Message {
+            group: GroupId(0),
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(3),
+            body: MessageBody::Heartbeat {
+                commit: LogIndex(5),
+                round: 300,
+            },
+        };
+        // group, from, to, term, variant 4, commit, round (300 = tag 251 + u16 LE).
+        assert_eq!(
+            encode_value(&heartbeat).unwrap(),
+            vec![0, 1, 2, 3, 4, 5, 251, 0x2c, 0x01]
+        );
+        let append = Message {
+            body: MessageBody::AppendEntries {
+                prev_log_index: LogIndex(4),
+                prev_log_term: Term(2),
+                entries: vec![Entry {
+                    group: GroupId(0),
+                    term: Term(3),
+                    index: LogIndex(5),
+                    kind: EntryKind::Membership,
+                    data: vec![0xAA],
+                }],
+                leader_commit: LogIndex(4),
+            },
+            ..heartbeat.clone()
+        };
+        // ... variant 2, prev index, prev term, 1 entry (group, term, index, kind 2, data len 1,
+        // data), leader commit.
+        assert_eq!(
+            encode_value(&append).unwrap(),
+            vec![0, 1, 2, 3, 2, 4, 2, 1, 0, 3, 5, 2, 1, 0xAA, 4]
+        );
+        let vote = Message {
+            body: MessageBody::RequestVote {
+                pre_vote: true,
+                last_log_index: LogIndex(7),
+                last_log_term: Term(2),
+                transfer: false,
+            },
+            ..heartbeat
+        };
+        assert_eq!(
+            encode_value(&vote).unwrap(),
+            vec![0, 1, 2, 3, 0, 1, 7, 2, 0]
+        );
+    }
 }

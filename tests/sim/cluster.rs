@@ -145,6 +145,8 @@ struct OpRecord {
     invoked: u64,
     completed: u64,
     completion: Option<Completion>,
+    /// The client's sequence number of this request (writes).
+    seq: u64,
     node: usize,
     deadline: u64,
 }
@@ -195,6 +197,9 @@ pub struct Sim {
     committed: Vec<Option<(Term, Term)>>,
     applied_at: Vec<Option<u64>>,
     registry: HashMap<(LogIndex, Term), (u64, Option<Term>)>,
+    /// Every client request applied anywhere, with its outcome: the ground truth that
+    /// resolves unknown outcomes at the end of a run.
+    applied_requests: HashMap<(u64, u64), Outcome>,
     heal_commit_base: LogIndex,
     live: bool,
     trace: u64,
@@ -322,6 +327,7 @@ impl Sim {
             committed: Vec::new(),
             applied_at: Vec::new(),
             registry: HashMap::new(),
+            applied_requests: HashMap::new(),
             heal_commit_base: LogIndex(0),
             live: false,
             trace: cfg.seed,
@@ -1008,7 +1014,11 @@ impl Sim {
                 let Some(req) = Request::decode(&e.data) else {
                     return self.fail(format!("{id}: undecodable command at {}", e.index));
                 };
-                Some(node.kv.apply(&req))
+                let outcome = node.kv.apply(&req);
+                self.applied_requests
+                    .entry((req.client, req.seq))
+                    .or_insert(outcome);
+                Some(outcome)
             }
             EntryKind::Membership => {
                 match Membership::from_entry(e) {
@@ -1262,6 +1272,7 @@ impl Sim {
         };
         self.event_clock += 1;
         let index = self.history.len();
+        self.clients[c].seq += 1;
         self.history.push(OpRecord {
             client: self.clients[c].id,
             key,
@@ -1269,11 +1280,11 @@ impl Sim {
             invoked: self.event_clock,
             completed: 0,
             completion: None,
+            seq: self.clients[c].seq,
             node: target,
             deadline: self.now + OP_TIMEOUT_TICKS,
         });
         self.clients[c].busy = Some(index);
-        self.clients[c].seq += 1;
         if op == Op::Read && self.cfg.local_reads {
             let value = self.nodes[target].kv.get(key);
             self.complete(index, Completion::Ok(OpResult::Read(value)));
@@ -1357,16 +1368,34 @@ impl Sim {
                 self.complete(op, Completion::Info);
             }
         }
+        // Unknown outcomes (timeouts, crashes) are resolved from the simulator's ground
+        // truth: a write that was applied somewhere took effect, with the outcome it had,
+        // at some point after its invocation (its completion moves to the end of the run);
+        // one that was never applied did not take effect. Reads only ever observe applied
+        // state, so this is exact, and it keeps the search small.
+        let end = self.event_clock + 1;
         let history: Vec<Operation> = self
             .history
             .iter()
-            .map(|r| Operation {
-                process: r.client,
-                key: r.key,
-                op: r.op,
-                invoked: r.invoked,
-                completed: r.completed,
-                completion: r.completion.expect("all completed"),
+            .map(|r| {
+                let mut completion = r.completion.expect("all completed");
+                let mut completed = r.completed;
+                if completion == Completion::Info && r.op != Op::Read {
+                    completion = match self.applied_requests.get(&(r.client, r.seq)) {
+                        Some(Outcome::Written) => Completion::Ok(OpResult::Written),
+                        Some(Outcome::Cas(b)) => Completion::Ok(OpResult::Cas(*b)),
+                        None => Completion::Fail,
+                    };
+                    completed = end;
+                }
+                Operation {
+                    process: r.client,
+                    key: r.key,
+                    op: r.op,
+                    invoked: r.invoked,
+                    completed,
+                    completion,
+                }
             })
             .collect();
         if let Err(e) = lincheck::check(&history, self.cfg.lin_budget) {
