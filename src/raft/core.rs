@@ -1170,19 +1170,22 @@ impl<S: LogStore> Raft<S> {
                     );
                 }
                 let truncates = at <= self.log.last_index();
-                self.log.append(&entries[k..]);
-                let mut changed = false;
+                // Decode configurations first: a corrupt one fails before the log changes.
+                let mut configs = Vec::new();
+                for e in &entries[k..] {
+                    if let Some(m) = Membership::from_entry(e).map_err(RaftError::Storage)? {
+                        configs.push((e.index, m));
+                    }
+                }
+                let mut entries = entries;
+                self.log.append(entries.split_off(k));
+                let mut changed = !configs.is_empty();
                 if truncates {
                     let before = self.config_history.len();
                     self.config_history.retain(|(i, _)| *i < at);
-                    changed = before != self.config_history.len();
+                    changed |= before != self.config_history.len();
                 }
-                for e in &entries[k..] {
-                    if let Some(m) = Membership::from_entry(e).map_err(RaftError::Storage)? {
-                        self.config_history.push((e.index, m));
-                        changed = true;
-                    }
-                }
+                self.config_history.extend(configs);
                 if changed {
                     self.membership_changed()?;
                 }

@@ -176,7 +176,7 @@ impl<S: LogStore> RaftLog<S> {
 
     /// Append consecutive `entries`, replacing any suffix from the first one's index. Panics if
     /// that would remove a committed entry (Raft's state machine safety).
-    pub(crate) fn append(&mut self, entries: &[Entry]) {
+    pub(crate) fn append(&mut self, entries: Vec<Entry>) {
         let Some(first) = entries.first() else {
             return;
         };
@@ -203,7 +203,7 @@ impl<S: LogStore> RaftLog<S> {
             self.unstable.truncate((after - self.offset) as usize);
         }
         self.handed_out = self.handed_out.min(after - 1);
-        self.unstable.extend(entries.iter().cloned());
+        self.unstable.extend(entries);
     }
 
     /// Append one entry built in place (the leader's proposals).
