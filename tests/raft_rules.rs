@@ -1403,3 +1403,83 @@ fn same_inputs_and_seed_give_the_same_outputs() {
     assert_eq!(a, b);
     assert!(a.0.len() > 100);
 }
+
+// ----- regressions found by the simulator -----
+
+/// Broke: in Replicate, once the in-flight window was full of lost AppendEntries, nothing was
+/// ever sent again (the window only drains on acknowledgements).
+#[test]
+fn regression_full_window_of_lost_appends_recovers() {
+    let mut c = Cluster::new(3, |cfg| {
+        quiet(cfg);
+        cfg.max_append_entries = 1;
+        cfg.max_inflight_msgs = 2;
+    });
+    c.elect(1);
+    c.propose(1, b"0");
+    c.deliver();
+    assert_eq!(
+        c.node(1).progress(NodeId(2)).unwrap().2,
+        ReplicationState::Replicate
+    );
+    c.isolated.insert(2);
+    for i in 1..6u8 {
+        c.propose(1, &[i]);
+    }
+    c.deliver(); // the window to n2 fills with messages that are lost
+    c.isolated.clear();
+    for _ in 0..10 {
+        c.tick(1);
+        c.deliver();
+    }
+    assert_eq!(c.log(2), c.log(1));
+}
+
+/// Broke: a follower that lost the last AppendEntries (window not full, next index past the
+/// end of the leader's log) was never sent anything again until a new proposal arrived.
+#[test]
+fn regression_lost_last_append_is_resent_after_a_heartbeat_answer() {
+    let mut c = Cluster::new(3, quiet);
+    c.elect(1);
+    c.isolated.insert(2);
+    let index = c.propose(1, b"lost on the way to n2");
+    c.deliver();
+    c.isolated.clear();
+    c.tick(1);
+    c.deliver();
+    assert_eq!(c.node(2).last_index(), index);
+    assert_eq!(c.node(1).progress(NodeId(2)).unwrap().0, index);
+}
+
+/// Broke: a node whose term ran ahead (it kept campaigning for a configuration it alone still
+/// believed in) ignored the lower-term vote requests of the candidate everybody needed, which
+/// kept campaigning one term below it forever. A refusal now carries the higher term.
+#[test]
+fn regression_candidate_behind_in_terms_learns_the_term_from_a_refusal_5_1() {
+    let mut c = Cluster::new(3, quiet);
+    c.elect(1);
+    c.isolated.extend([1, 3]);
+    for _ in 0..5 {
+        c.start_campaign(2);
+    }
+    c.deliver();
+    let high = c.node(2).term();
+    assert!(high > c.node(3).term());
+    c.isolated.clear();
+    c.isolated.insert(1);
+    c.start_campaign(3);
+    c.deliver();
+    assert!(
+        c.node(3).term() >= high,
+        "n3 learned n2's term from its refusal"
+    );
+    // And from there the two can elect a leader.
+    for _ in 0..10 {
+        c.start_campaign(3);
+        c.deliver();
+        if c.node(3).role() == Role::Leader || c.node(2).role() == Role::Leader {
+            return;
+        }
+    }
+    panic!("no leader among n2 and n3");
+}
