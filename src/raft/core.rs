@@ -294,7 +294,7 @@ impl<S: LogStore> Raft<S> {
             }
             next = LogIndex(next.0 + batch.len().max(1) as u64);
         }
-        let log = RaftLog::new(store, commit, applied);
+        let log = RaftLog::new(config.id, store, commit, applied);
         let soft = SoftState {
             role: Role::Follower,
             leader: None,

@@ -8,10 +8,12 @@
 
 use super::message::SnapshotMeta;
 use super::storage::{LogStore, StorageError};
-use crate::types::{Entry, LogIndex, Term};
+use crate::types::{Entry, LogIndex, NodeId, Term};
 use std::collections::VecDeque;
 
 pub(crate) struct RaftLog<S> {
+    /// This node (for invariant-violation messages).
+    id: NodeId,
     pub(crate) store: S,
     /// Index of `unstable[0]`.
     offset: u64,
@@ -32,9 +34,10 @@ pub(crate) struct RaftLog<S> {
 type Res<T> = Result<T, StorageError>;
 
 impl<S: LogStore> RaftLog<S> {
-    pub(crate) fn new(store: S, commit: LogIndex, applied: LogIndex) -> RaftLog<S> {
+    pub(crate) fn new(id: NodeId, store: S, commit: LogIndex, applied: LogIndex) -> RaftLog<S> {
         let last = store.last_index().0;
         RaftLog {
+            id,
             store,
             offset: last + 1,
             unstable: VecDeque::new(),
@@ -105,8 +108,11 @@ impl<S: LogStore> RaftLog<S> {
         match self.term(index)? {
             Some(t) => Ok(t),
             None => panic!(
-                "log has no entry at {index} (last {}), yet it must",
-                self.last_index()
+                "node {}: log has no entry at index {index} (last index {}, commit {}), yet it \
+                 must",
+                self.id,
+                self.last_index(),
+                self.commit
             ),
         }
     }
@@ -183,14 +189,18 @@ impl<S: LogStore> RaftLog<S> {
         let after = first.index.0;
         assert!(
             after > self.commit.0,
-            "truncating committed entry {} (commit {})",
+            "node {}: appending index {} term {} would truncate a committed entry (commit {})",
+            self.id,
             first.index,
+            first.term,
             self.commit
         );
         assert!(
             after <= self.last_index().0 + 1,
-            "append at {} leaves a gap after {}",
+            "node {}: appending index {} term {} leaves a gap after index {}",
+            self.id,
             first.index,
+            first.term,
             self.last_index()
         );
         if after == self.offset + self.unstable.len() as u64 {
