@@ -1483,3 +1483,68 @@ fn regression_candidate_behind_in_terms_learns_the_term_from_a_refusal_5_1() {
     }
     panic!("no leader among n2 and n3");
 }
+
+// ----- 6.4.1 lease details -----
+
+/// The lease runs from the *start* of the heartbeat round a quorum confirmed, not from when
+/// the answers arrived: followers may have started their election timers at the start.
+#[test]
+fn lease_runs_from_the_start_of_the_confirmed_round_6_4_1() {
+    let mut c = Cluster::new(3, |cfg| cfg.lease_read_ticks = Some(8));
+    c.elect(1);
+    c.tick(1); // round r starts at tick T
+    let held: Vec<Message> = c.queue.drain(..).collect();
+    for _ in 0..5 {
+        c.tick(1); // later rounds are lost
+        c.queue.clear();
+    }
+    c.queue.extend(held);
+    c.deliver(); // round r is confirmed at T + 5: lease until T + 8
+    c.node_mut(1).read_index(b"in lease".to_vec()).unwrap();
+    let rd = c.node_mut(1).ready().unwrap();
+    assert_eq!(rd.read_states.len(), 1, "served from the lease at T + 5");
+    for _ in 0..3 {
+        c.tick(1);
+        c.queue.clear();
+    }
+    c.node_mut(1).read_index(b"expired".to_vec()).unwrap();
+    let rd = c.node_mut(1).ready().unwrap();
+    assert!(rd.read_states.is_empty(), "the lease ended at T + 8");
+    assert!(
+        rd.messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })),
+        "a confirmation round instead"
+    );
+}
+
+/// Once the leader tells a follower to take over (TimeoutNow), that follower is elected
+/// without waiting for the lease: no lease read may be served for the rest of the term.
+#[test]
+fn no_lease_reads_after_timeout_now_3_10() {
+    let mut c = Cluster::new(3, |cfg| cfg.lease_read_ticks = Some(8));
+    c.elect(1);
+    c.tick(1);
+    c.deliver();
+    c.node_mut(1).read_index(b"before".to_vec()).unwrap();
+    assert_eq!(c.node_mut(1).ready().unwrap().read_states.len(), 1);
+    c.node_mut(1).transfer_leadership(NodeId(2)).unwrap();
+    let rd = c.node_mut(1).ready().unwrap();
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::TimeoutNow)));
+    // The TimeoutNow is lost; the transfer times out; the term goes on.
+    for _ in 0..12 {
+        c.tick(1);
+        c.deliver();
+    }
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node(1).transfer_target(), None);
+    c.node_mut(1).read_index(b"after".to_vec()).unwrap();
+    let rd = c.node_mut(1).ready().unwrap();
+    assert!(rd.read_states.is_empty(), "no lease read after TimeoutNow");
+    c.queue.extend(rd.messages);
+    c.deliver();
+    assert_eq!(c.reads[&1].last().unwrap().context, b"after", "served by ReadIndex");
+}
