@@ -1546,5 +1546,9 @@ fn no_lease_reads_after_timeout_now_3_10() {
     assert!(rd.read_states.is_empty(), "no lease read after TimeoutNow");
     c.queue.extend(rd.messages);
     c.deliver();
-    assert_eq!(c.reads[&1].last().unwrap().context, b"after", "served by ReadIndex");
+    assert_eq!(
+        c.reads[&1].last().unwrap().context,
+        b"after",
+        "served by ReadIndex"
+    );
 }

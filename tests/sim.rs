@@ -168,6 +168,11 @@ fn sim_catches_commit_of_previous_term_by_count_5_4_2() {
 }
 
 #[test]
+fn sim_catches_reads_without_leadership_confirmation_6_4() {
+    finds_bug(InjectedBug::ReadWithoutQuorumCheck, None);
+}
+
+#[test]
 fn sim_catches_stale_local_reads() {
     // Reads served from any node's local state, bypassing ReadIndex: the history checker
     // must reject some runs (a follower or deposed leader lags behind the last write).

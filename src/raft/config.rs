@@ -61,6 +61,9 @@ pub enum InjectedBug {
     CommitPreviousTermByCount,
     /// Grant votes without checking that the candidate's log is up to date (violates 5.4.1).
     VoteWithoutLogCheck,
+    /// Answer ReadIndex at once, without a quorum confirming the leadership (violates 6.4:
+    /// a deposed leader serves stale reads).
+    ReadWithoutQuorumCheck,
 }
 
 impl Config {

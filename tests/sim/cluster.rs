@@ -116,6 +116,8 @@ struct Node {
     down_until: Option<u64>,
     paused_until: Option<u64>,
     paused_at: u64,
+    /// The pause also stopped the node's clock (no missed ticks on resume).
+    clock_frozen: bool,
     incarnation: u64,
     /// Proposals: index -> (op, term).
     proposals: BTreeMap<LogIndex, (usize, Term)>,
@@ -290,6 +292,7 @@ impl Sim {
                 down_until: None,
                 paused_until: None,
                 paused_at: 0,
+                clock_frozen: false,
                 incarnation: 0,
                 proposals: BTreeMap::new(),
                 reads: BTreeMap::new(),
@@ -535,10 +538,20 @@ impl Sim {
         if self.rng.chance(1, self.chaos.pause_odds) {
             let i = self.rng.below(n) as usize;
             if self.is_running(i) {
-                let until = self.now + 3 + self.rng.below(40);
-                self.log(|| format!("pause {} until {until}", self.nodes[i].id));
+                // Without lease reads nothing depends on clocks: then half of the pauses also
+                // freeze the node's clock (it resumes believing no time passed, as after a
+                // long GC pause), which leaves deposed leaders that still think they lead.
+                let frozen = !lease_on(self.cfg.seed) && self.rng.chance(1, 2);
+                let until = self.now + 3 + self.rng.below(if frozen { 80 } else { 40 });
+                self.log(|| {
+                    format!(
+                        "pause {} until {until} (clock frozen: {frozen})",
+                        self.nodes[i].id
+                    )
+                });
                 self.nodes[i].paused_until = Some(until);
                 self.nodes[i].paused_at = self.now;
+                self.nodes[i].clock_frozen = frozen;
             }
         }
         if self.rng.chance(1, self.chaos.transfer_odds) {
@@ -645,7 +658,11 @@ impl Sim {
                 self.nodes[i].paused_until = None;
                 // The clock ran on while the process was frozen: deliver the missed ticks
                 // (a runtime derives ticks from a monotonic clock), then the backlog.
-                let missed = self.now - self.nodes[i].paused_at;
+                let missed = if self.nodes[i].clock_frozen {
+                    0
+                } else {
+                    self.now - self.nodes[i].paused_at
+                };
                 self.log(|| format!("resume {} after {missed} ticks", self.nodes[i].id));
                 for _ in 0..missed {
                     let raft = self.nodes[i].raft.as_mut().expect("paused nodes run");
