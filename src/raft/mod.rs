@@ -49,7 +49,8 @@
 //! carrying only [`SnapshotMeta`]. The runtime intercepts that message, streams the data
 //! itself, reports the outcome to the leader with [`Raft::report_snapshot`], and on the
 //! follower steps the message into the core once the data is durable there. The core then
-//! returns it in [`Ready::snapshot`].
+//! returns it in [`Ready::snapshot`] — unless the follower's log already covers it (then the
+//! data is not needed and `Ready::snapshot` stays `None`).
 //!
 //! # Safety rules implemented here (Raft paper / Ongaro's dissertation)
 //!
