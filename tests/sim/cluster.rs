@@ -443,6 +443,10 @@ impl Sim {
         self.chaos.drop_per_mille = 0;
         self.chaos.dup_per_mille = 0;
         self.chaos.snapshot_fail_per_mille = 0;
+        // Raft's timing requirement: a round trip (network + disk at both ends) well below the
+        // election timeout spread. The fault phase may violate it; the heal restores it.
+        self.chaos.max_delay = self.chaos.max_delay.min(2);
+        self.chaos.max_disk_delay = self.chaos.max_disk_delay.min(1);
         for i in 0..self.nodes.len() {
             if self.nodes[i].down_until.is_some() {
                 self.nodes[i].down_until = Some(self.now);
