@@ -5,16 +5,20 @@
 //! `docs/FORMAT.md` for every byte haven writes.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod codec;
 pub mod datadir;
 pub mod error;
 pub mod limits;
 pub mod log;
 pub mod net;
+pub mod node;
 pub mod raft;
 pub mod sm;
 pub mod types;
 pub mod wal;
 
+pub use client::{Client, ClientOptions, ReadMode};
 pub use error::{Error, ErrorCode, Result};
+pub use node::{Config, Node};
 pub use types::{ClusterId, Entry, EntryKind, GroupId, HardState, LogIndex, NodeId, Term};

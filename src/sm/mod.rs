@@ -107,6 +107,23 @@ fn open_error(path: &Path, e: sled::Error) -> Error {
     }
 }
 
+/// The membership payload stored in the snapshot file at `path` (the payload of the last
+/// membership entry the snapshot covers), `None` if the snapshot covers none. Reads and verifies
+/// the whole file. The runtime needs it on restart to tell the Raft core the configuration at
+/// its compaction point when the state machine has already applied beyond that point.
+pub fn snapshot_membership(path: impl AsRef<Path>) -> Result<Option<Vec<u8>>> {
+    let mut membership = None;
+    snapshot::read_snapshot(path.as_ref(), |pairs| {
+        for (key, value) in pairs {
+            if key == KEY_MEMBERSHIP {
+                membership = Some(value);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(membership)
+}
+
 /// What is cached in memory about the state tree (all of it also stored in the tree).
 struct Cached {
     applied: (LogIndex, Term),

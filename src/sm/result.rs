@@ -40,7 +40,7 @@ pub struct KeyValue {
 }
 
 /// One page of a range scan.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
 pub struct RangePage {
     /// Keys in order, at most the limit asked for.
     pub entries: Vec<KeyValue>,

@@ -1,0 +1,404 @@
+//! The request and response types of the client API: one set, used by the in-process backend,
+//! by the remote backend on the wire (`docs/FORMAT.md`, "Client protocol"), and by members
+//! forwarding requests to their leader.
+//!
+//! These types depend on nothing above `sm`, so both `node` (which serves them) and the client
+//! library (which sends them) can use them without depending on each other's internals.
+
+use crate::error::{Error, ErrorCode};
+use crate::sm::{Command, CommandResult, RangePage, VersionedValue};
+use crate::types::{LogIndex, NodeId, Term};
+use bincode::{Decode, Encode};
+
+/// Version of the client protocol carried in every [`ClientRequest`]. A member refuses a
+/// request of a newer version with `UnsupportedVersion`.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 1;
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Encode, Decode)]
+pub enum ReadMode {
+    /// Linearizable: the member confirms with a quorum that the leader is still the leader
+    /// (ReadIndex, or the leader's lease when the cluster enables lease reads) and waits until it
+    /// has applied everything committed at that point. Sees every write acknowledged before the
+    /// read started.
+    #[default]
+    Linearizable,
+    /// Served from the member's local state at once, without contacting anyone: fast, may be
+    /// stale (it misses writes the member has not applied yet).
+    Stale,
+}
+
+/// A read operation.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum ReadOp {
+    /// The value of one key.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Keys in `[start, end)` in key order (`end` `None`: to the last key), at most `limit`.
+    Range {
+        /// First key (inclusive); may be empty.
+        start: Vec<u8>,
+        /// End key (exclusive); `None` for no upper bound.
+        end: Option<Vec<u8>>,
+        /// Most keys returned, in `1..=MAX_SCAN_LIMIT`.
+        limit: u32,
+    },
+}
+
+/// A membership or leadership operation. Each waits until it took effect (the change is
+/// committed, or the new leader is elected).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum AdminOp {
+    /// Add a non-voting member (it receives the log and catches up; it does not vote).
+    AddLearner {
+        /// The new member's id.
+        id: NodeId,
+        /// Where the other members reach it (`host:port`).
+        address: String,
+    },
+    /// Make a learner a voter.
+    PromoteLearner {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Remove a voter or a learner.
+    RemoveMember {
+        /// The member.
+        id: NodeId,
+    },
+    /// Hand leadership to another voter.
+    TransferLeadership {
+        /// The voter to become leader.
+        to: NodeId,
+    },
+}
+
+/// One request to a member.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Request {
+    /// A state-machine command (put, delete, compare-and-swap, delete-range, txn, register).
+    /// Goes through the leader and the log.
+    Write(Command),
+    /// A read.
+    Read {
+        /// What to read.
+        op: ReadOp,
+        /// How fresh it must be.
+        mode: ReadMode,
+    },
+    /// The answering member's view of the cluster.
+    Status,
+    /// The answering member's applied index and state hash (reads the whole state).
+    StateHash,
+    /// A membership or leadership change.
+    Admin(AdminOp),
+}
+
+impl Request {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Write(_) => "write",
+            Request::Read { .. } => "read",
+            Request::Status => "status",
+            Request::StateHash => "state_hash",
+            Request::Admin(_) => "admin",
+        }
+    }
+}
+
+/// What a member answers.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Response {
+    /// The result of a [`Request::Write`].
+    Write(CommandResult),
+    /// The result of a [`ReadOp::Get`]: `None` if the key is absent.
+    Value(Option<VersionedValue>),
+    /// The result of a [`ReadOp::Range`].
+    Range(RangePage),
+    /// The answer to [`Request::Status`].
+    Status(Status),
+    /// The answer to [`Request::StateHash`].
+    StateHash {
+        /// The applied index the hash covers.
+        applied: LogIndex,
+        /// sha256 of the state (`docs/FORMAT.md`, "State hash").
+        hash: [u8; 32],
+    },
+    /// An [`AdminOp`] took effect.
+    Done,
+}
+
+/// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct WireError {
+    /// The [`ErrorCode`] value.
+    pub code: i32,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl From<&Error> for WireError {
+    fn from(e: &Error) -> WireError {
+        WireError {
+            code: e.code() as i32,
+            message: match e {
+                // The variant's own prefix is added again on the other side.
+                Error::InvalidArgument(m)
+                | Error::Unavailable(m)
+                | Error::Timeout(m)
+                | Error::Auth(m)
+                | Error::DataDir(m)
+                | Error::Fatal(m) => m.clone(),
+                other => other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Error {
+        let m = e.message;
+        match e.code {
+            c if c == ErrorCode::InvalidArgument as i32 => Error::InvalidArgument(m),
+            c if c == ErrorCode::Unavailable as i32 => Error::Unavailable(m),
+            c if c == ErrorCode::Timeout as i32 => Error::Timeout(m),
+            c if c == ErrorCode::Auth as i32 => Error::Auth(m),
+            c if c == ErrorCode::DataDir as i32 => Error::DataDir(m),
+            c if c == ErrorCode::Corrupt as i32 => Error::corrupt(0, m),
+            c if c == ErrorCode::Io as i32 => Error::io(m, std::io::Error::other("on the member")),
+            // UnsupportedVersion carries static names that cannot cross the wire; Fatal and
+            // unknown codes (from a newer member) are failures of that member.
+            _ => Error::Fatal(format!("member reports error code {}: {m}", e.code)),
+        }
+    }
+}
+
+/// The frame a remote client sends: the protocol version, how long the member may work on the
+/// request, and the request.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ClientRequest {
+    /// [`CLIENT_PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The member answers within this many milliseconds (`Timeout` or `Unavailable` if it
+    /// cannot); capped by the member.
+    pub timeout_ms: u32,
+    /// The request.
+    pub request: Request,
+}
+
+/// The frame a member answers with.
+pub type ClientResponse = Result<Response, WireError>;
+
+/// A member's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum NodeRole {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Checking whether it could win an election (pre-vote).
+    PreCandidate,
+    /// Campaigning.
+    Candidate,
+    /// Leads.
+    Leader,
+    /// Not serving: shut down or stopped by a storage failure.
+    Stopped,
+}
+
+/// One member as seen from the answering member.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MemberStatus {
+    /// The member's id.
+    pub id: NodeId,
+    /// Where members reach it.
+    pub address: String,
+    /// Voter (`true`) or learner.
+    pub voter: bool,
+    /// The leader's replication progress for it (the highest index known to be on it); `None`
+    /// unless the answering member leads (its own entry then shows its durable index).
+    pub match_index: Option<LogIndex>,
+    /// Milliseconds since the answering member last heard from it (`None`: never, or itself).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// A latency histogram: `counts[i]` observations took less than `2^i` microseconds (and at
+/// least `2^(i-1)`); the last bucket holds everything slower.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
+pub struct Histogram {
+    /// Observation counts per power-of-two bucket.
+    pub counts: Vec<u64>,
+}
+
+impl Histogram {
+    /// Buckets: below 1 µs, below 2 µs, ... below 2^26 µs (~67 s), then the rest.
+    pub const BUCKETS: usize = 28;
+
+    /// An empty histogram.
+    pub fn new() -> Histogram {
+        Histogram {
+            counts: vec![0; Self::BUCKETS],
+        }
+    }
+
+    /// Count one observation of `micros` microseconds.
+    pub fn record(&mut self, micros: u64) {
+        let bucket = (64 - micros.leading_zeros() as usize).min(Self::BUCKETS - 1);
+        if self.counts.len() < Self::BUCKETS {
+            self.counts.resize(Self::BUCKETS, 0);
+        }
+        self.counts[bucket] += 1;
+    }
+
+    /// Total observations.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// An upper bound (bucket edge, in microseconds) of the `p` quantile (`0.0..=1.0`).
+    pub fn quantile_upper_micros(&self, p: f64) -> u64 {
+        let total = self.total();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return 1u64 << i;
+            }
+        }
+        1u64 << (self.counts.len() - 1)
+    }
+}
+
+/// Counters of one member since it started (monotonic), for monitoring.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
+pub struct Counters {
+    /// Write commands proposed by this member while it led.
+    pub proposals: u64,
+    /// Requests forwarded to the leader.
+    pub forwarded: u64,
+    /// Linearizable reads served.
+    pub reads: u64,
+    /// Entries applied to the state machine.
+    pub entries_applied: u64,
+    /// WAL batches written (one fdatasync each, shared by a group commit).
+    pub wal_writes: u64,
+    /// Latency of WAL writes as the driver sees it (queueing + write + fdatasync).
+    pub wal_write_latency: Histogram,
+    /// Snapshots this member wrote.
+    pub snapshots_taken: u64,
+    /// Snapshot transfers to followers that completed.
+    pub snapshots_sent: u64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_received: u64,
+    /// Peer messages the transport dropped (queue full, peer unreachable, failed write).
+    pub transport_drops: u64,
+    /// Elections this member started (real, not pre-vote).
+    pub elections_started: u64,
+}
+
+/// A member's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Status {
+    /// The answering member.
+    pub id: NodeId,
+    /// Its role.
+    pub role: NodeRole,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Highest index it knows committed.
+    pub commit_index: LogIndex,
+    /// Highest index its state machine applied.
+    pub applied_index: LogIndex,
+    /// First index in its log (the one after its latest snapshot).
+    pub first_index: LogIndex,
+    /// Last index in its log.
+    pub last_index: LogIndex,
+    /// The configuration in force, with the leader's view of each member when it leads.
+    pub members: Vec<MemberStatus>,
+    /// Counters.
+    pub counters: Counters,
+    /// Why the member stopped, if a storage failure stopped it.
+    pub failure: Option<String>,
+}
+
+impl Status {
+    /// The address of member `id` in the configuration, if it is a member.
+    pub fn address_of(&self, id: NodeId) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.address.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_value, encode_value};
+
+    #[test]
+    fn wire_errors_keep_code_and_message() {
+        for e in [
+            Error::InvalidArgument("bad key".into()),
+            Error::Unavailable("no leader".into()),
+            Error::Timeout("late".into()),
+            Error::Fatal("disk".into()),
+        ] {
+            let wire = WireError::from(&e);
+            let back = Error::from(wire.clone());
+            assert_eq!(back.code(), e.code());
+            assert_eq!(back.to_string(), e.to_string());
+        }
+        let unknown = Error::from(WireError {
+            code: 99,
+            message: "from the future".into(),
+        });
+        assert_eq!(unknown.code(), ErrorCode::Fatal);
+    }
+
+    #[test]
+    fn histogram_buckets_by_power_of_two() {
+        let mut h = Histogram::new();
+        h.record(0);
+        h.record(1);
+        h.record(100);
+        h.record(u64::MAX);
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[7], 1); // 64 <= 100 < 128
+        assert_eq!(h.counts[Histogram::BUCKETS - 1], 1);
+        assert_eq!(h.total(), 4);
+        assert_eq!(h.quantile_upper_micros(0.5), 2);
+    }
+
+    #[test]
+    fn requests_round_trip_through_the_codec() {
+        let request = ClientRequest {
+            version: CLIENT_PROTOCOL_VERSION,
+            timeout_ms: 500,
+            request: Request::Read {
+                op: ReadOp::Range {
+                    start: b"a".to_vec(),
+                    end: None,
+                    limit: 10,
+                },
+                mode: ReadMode::Stale,
+            },
+        };
+        let bytes = encode_value(&request).unwrap();
+        assert_eq!(decode_value::<ClientRequest>(&bytes).unwrap(), request);
+        let response: ClientResponse = Err(WireError {
+            code: 2,
+            message: "x".into(),
+        });
+        let bytes = encode_value(&response).unwrap();
+        assert_eq!(decode_value::<ClientResponse>(&bytes).unwrap(), response);
+    }
+}

@@ -1,0 +1,396 @@
+//! The apply thread: owns the [`StateMachine`]. Applies committed entries in batches, answers
+//! the proposers waiting for them, serves reads once the applied index reaches their read
+//! index, takes snapshots and restores the ones received from a leader.
+//!
+//! It runs beside the driver so that a large sled batch, a snapshot being written or a restore
+//! never delays the driver's ticks, heartbeats or WAL submissions.
+
+use super::reply::Reply;
+use super::{Internal, SharedCounters};
+use crate::client::proto::{ReadOp, Response};
+use crate::error::{Error, Result};
+use crate::event;
+use crate::log::Level;
+use crate::raft::{Membership, SnapshotMeta};
+use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
+use crate::types::{Entry, LogIndex, NodeId, Term};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A proposer waiting for its entry: answered when index `index` is applied. If the entry
+/// applied there has another term, the proposal was overwritten: NOT applied.
+pub(crate) struct Waiter {
+    pub(crate) index: LogIndex,
+    pub(crate) term: Term,
+    pub(crate) reply: Reply,
+}
+
+/// A read waiting to be served.
+pub(crate) struct PendingRead {
+    pub(crate) op: ReadOp,
+    pub(crate) reply: Reply,
+    pub(crate) deadline: Instant,
+}
+
+/// Work for the apply thread, in the order the driver produced it.
+pub(crate) enum ApplyTask {
+    /// Apply committed entries (consecutive) and answer their waiters.
+    Apply {
+        entries: Vec<Entry>,
+        waiters: Vec<Waiter>,
+    },
+    /// Replace the state by a snapshot received from the leader (its install is durable in the
+    /// WAL). Waiters at or below its index can no longer learn their outcome.
+    Restore {
+        meta: SnapshotMeta,
+        path: PathBuf,
+        orphans: Vec<Waiter>,
+    },
+    /// Serve these linearizable reads once `index` is applied.
+    Reads {
+        index: LogIndex,
+        reads: Vec<PendingRead>,
+    },
+    /// Serve a read from the current state, now.
+    StaleRead(PendingRead),
+    /// Answer with the applied index and the state hash.
+    StateHash(Reply),
+    /// Take a snapshot now (tests, operators); answers with its index.
+    TakeSnapshot(Sender<Result<LogIndex>>),
+    /// Finish the queue, flush, and stop.
+    Stop,
+}
+
+/// When to take a snapshot.
+pub(crate) struct SnapshotPolicy {
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+}
+
+pub(crate) struct Applier {
+    pub(crate) id: NodeId,
+    pub(crate) sm: StateMachine,
+    pub(crate) snap_dir: PathBuf,
+    pub(crate) tasks: Receiver<ApplyTask>,
+    pub(crate) internal: Sender<Internal>,
+    pub(crate) counters: Arc<SharedCounters>,
+    pub(crate) policy: SnapshotPolicy,
+    /// Reads waiting for the applied index, by read index.
+    pub(crate) reads: BTreeMap<LogIndex, Vec<PendingRead>>,
+    pub(crate) entries_since_snapshot: u64,
+    pub(crate) bytes_since_snapshot: u64,
+    /// Set after a failure: the machine applies nothing more.
+    pub(crate) failed: Option<String>,
+}
+
+/// Most apply tasks merged into one state-machine batch.
+const MAX_MERGED_TASKS: usize = 64;
+/// Most entry bytes merged into one state-machine batch.
+const MAX_MERGED_BYTES: usize = 16 << 20;
+
+impl Applier {
+    pub(crate) fn run(mut self) {
+        // A task taken from the queue while merging Apply tasks, handled next.
+        let mut next: Option<ApplyTask> = None;
+        loop {
+            let task = match next.take() {
+                Some(task) => task,
+                None => {
+                    let wait = self
+                        .next_read_deadline()
+                        .map_or(Duration::from_millis(100), |d| {
+                            d.saturating_duration_since(Instant::now())
+                        });
+                    match self.tasks.recv_timeout(wait) {
+                        Ok(task) => task,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.expire_reads();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            match task {
+                ApplyTask::Apply { entries, waiters } => {
+                    next = self.apply_merged(entries, waiters);
+                }
+                ApplyTask::Restore {
+                    meta,
+                    path,
+                    orphans,
+                } => self.restore(meta, path, orphans),
+                ApplyTask::Reads { index, reads } => {
+                    self.reads.entry(index).or_default().extend(reads);
+                    self.serve_reads();
+                }
+                ApplyTask::StaleRead(read) => self.serve(read),
+                ApplyTask::StateHash(reply) => {
+                    let (applied, _) = self.sm.applied();
+                    reply.send(
+                        self.sm
+                            .state_hash()
+                            .map(|hash| Response::StateHash { applied, hash }),
+                    );
+                }
+                ApplyTask::TakeSnapshot(done) => {
+                    let _ = done.send(self.snapshot());
+                }
+                ApplyTask::Stop => {
+                    self.fail_reads(|| Error::Unavailable("the member is shutting down".into()));
+                    if let Err(e) = self.sm.flush() {
+                        event!(Level::Warn, node: Some(self.id.0), term: None,
+                            "state_flush_failed", error = e);
+                    }
+                    break;
+                }
+            }
+            self.expire_reads();
+        }
+    }
+
+    /// Apply this batch together with the Apply tasks already queued behind it, as one
+    /// state-machine batch (one sled batch). Returns the first other task met, to be handled
+    /// next.
+    fn apply_merged(
+        &mut self,
+        mut entries: Vec<Entry>,
+        mut waiters: Vec<Waiter>,
+    ) -> Option<ApplyTask> {
+        let mut bytes: usize = entries.iter().map(Entry::size_bytes).sum();
+        let mut next = None;
+        for _ in 0..MAX_MERGED_TASKS {
+            if bytes >= MAX_MERGED_BYTES {
+                break;
+            }
+            match self.tasks.try_recv() {
+                Ok(ApplyTask::Apply {
+                    entries: more,
+                    waiters: more_waiters,
+                }) => {
+                    bytes += more.iter().map(Entry::size_bytes).sum::<usize>();
+                    entries.extend(more);
+                    waiters.extend(more_waiters);
+                }
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.apply(entries, waiters);
+        next
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, waiters: Vec<Waiter>) {
+        if let Some(why) = &self.failed {
+            for w in waiters {
+                w.reply.fail(Error::Fatal(why.clone()));
+            }
+            return;
+        }
+        let count = entries.len() as u64;
+        let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+        match self.sm.apply(&entries) {
+            Ok(outcomes) => {
+                answer_waiters(&outcomes, waiters);
+                self.counters
+                    .entries_applied
+                    .fetch_add(count, Ordering::Relaxed);
+                let (applied, _) = self.sm.applied();
+                self.counters.applied.store(applied.0, Ordering::Relaxed);
+                let _ = self.internal.send(Internal::Applied(applied));
+                self.entries_since_snapshot += count;
+                self.bytes_since_snapshot += bytes;
+                self.serve_reads();
+                if self.entries_since_snapshot >= self.policy.entries
+                    || self.bytes_since_snapshot >= self.policy.bytes
+                {
+                    if let Err(e) = self.snapshot() {
+                        event!(Level::Error, node: Some(self.id.0), term: None,
+                            "snapshot_failed", error = e);
+                    }
+                }
+            }
+            Err(e) => {
+                let why = format!("applying entries failed: {e}");
+                event!(Level::Error, node: Some(self.id.0), term: None, "apply_failed",
+                    error = e);
+                for w in waiters {
+                    w.reply.fail(Error::Fatal(why.clone()));
+                }
+                self.fail(why);
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.fail_reads(|| Error::Fatal(why.clone()));
+        let _ = self.internal.send(Internal::Fatal(why.clone()));
+        self.failed = Some(why);
+    }
+
+    /// Write a snapshot of the current state and tell the driver, which compacts the log
+    /// behind it.
+    fn snapshot(&mut self) -> Result<LogIndex> {
+        if let Some(why) = &self.failed {
+            return Err(Error::Fatal(why.clone()));
+        }
+        let membership = match self.sm.membership() {
+            Some(bytes) => Membership::decode(&bytes)?,
+            None => Membership::default(),
+        };
+        let started = Instant::now();
+        let file = self.sm.write_snapshot(&self.snap_dir)?;
+        self.entries_since_snapshot = 0;
+        self.bytes_since_snapshot = 0;
+        self.counters
+            .snapshots_taken
+            .fetch_add(1, Ordering::Relaxed);
+        event!(Level::Info, node: Some(self.id.0), term: None, "snapshot_taken",
+            index = file.index.0, bytes = file.size,
+            ms = started.elapsed().as_millis());
+        let meta = SnapshotMeta {
+            index: file.index,
+            term: file.term,
+            membership,
+        };
+        let _ = self.internal.send(Internal::SnapshotTaken(meta));
+        Ok(file.index)
+    }
+
+    fn restore(&mut self, meta: SnapshotMeta, path: PathBuf, orphans: Vec<Waiter>) {
+        for w in orphans {
+            w.reply.fail(Error::Timeout(
+                "the member installed a snapshot from the leader; the proposal's outcome is \
+                 unknown"
+                    .into(),
+            ));
+        }
+        if self.failed.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        match self.sm.restore_snapshot(&path) {
+            Ok(file) => {
+                self.entries_since_snapshot = 0;
+                self.bytes_since_snapshot = 0;
+                self.counters.applied.store(file.index.0, Ordering::Relaxed);
+                event!(Level::Info, node: Some(self.id.0), term: None, "snapshot_restored",
+                    index = meta.index.0, ms = started.elapsed().as_millis());
+                let _ = self.internal.send(Internal::Applied(file.index));
+                self.serve_reads();
+            }
+            Err(e) => {
+                event!(Level::Error, node: Some(self.id.0), term: None, "restore_failed",
+                    error = e, path = path.display());
+                self.fail(format!("restoring snapshot {} failed: {e}", path.display()));
+            }
+        }
+    }
+
+    fn serve(&self, read: PendingRead) {
+        if let Some(why) = &self.failed {
+            read.reply.fail(Error::Fatal(why.clone()));
+            return;
+        }
+        let result = match &read.op {
+            ReadOp::Get { key } => self.sm.get(key).map(Response::Value),
+            ReadOp::Range { start, end, limit } => self
+                .sm
+                .range(start, end.as_deref(), *limit as usize)
+                .map(Response::Range),
+        };
+        read.reply.send(result);
+    }
+
+    fn serve_reads(&mut self) {
+        let (applied, _) = self.sm.applied();
+        while let Some(entry) = self.reads.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for read in entry.remove() {
+                self.serve(read);
+            }
+        }
+    }
+
+    fn next_read_deadline(&self) -> Option<Instant> {
+        self.reads.values().flatten().map(|r| r.deadline).min()
+    }
+
+    fn expire_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for reads in self.reads.values_mut() {
+            let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(reads)
+                .into_iter()
+                .partition(|r| r.deadline <= now);
+            *reads = kept;
+            for r in expired {
+                r.reply.fail(Error::Timeout(
+                    "the member did not apply up to the read index in time".into(),
+                ));
+            }
+        }
+        self.reads.retain(|_, reads| !reads.is_empty());
+    }
+
+    fn fail_reads(&mut self, error: impl Fn() -> Error) {
+        for (_, reads) in std::mem::take(&mut self.reads) {
+            for r in reads {
+                r.reply.fail(error());
+            }
+        }
+    }
+}
+
+/// Answer each waiter from the outcome at its index.
+fn answer_waiters(outcomes: &[ApplyOutcome], waiters: Vec<Waiter>) {
+    let Some(first) = outcomes.first().map(|o| o.index) else {
+        for w in waiters {
+            w.reply.fail(Error::Timeout(
+                "the entry was applied before (replay); its outcome is unknown".into(),
+            ));
+        }
+        return;
+    };
+    for w in waiters {
+        let outcome = w
+            .index
+            .0
+            .checked_sub(first.0)
+            .and_then(|offset| outcomes.get(offset as usize));
+        let Some(outcome) = outcome else {
+            w.reply.fail(Error::Timeout(format!(
+                "entry {} was not in the applied batch; its outcome is unknown",
+                w.index
+            )));
+            continue;
+        };
+        if outcome.term != w.term {
+            w.reply.fail(Error::Unavailable(format!(
+                "the proposal at index {} was replaced by a later leader's entry (term {} \
+                 instead of {}); it was not applied",
+                w.index, outcome.term, w.term
+            )));
+            continue;
+        }
+        let response = match &outcome.result {
+            EntryResult::Command { result, .. } => Ok(Response::Write(result.clone())),
+            EntryResult::Membership | EntryResult::Noop => Ok(Response::Done),
+            EntryResult::Malformed { reason } => Err(Error::InvalidArgument(format!(
+                "the command could not be decoded: {reason}"
+            ))),
+        };
+        w.reply.send(response);
+    }
+}

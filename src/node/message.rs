@@ -1,0 +1,89 @@
+//! What members send each other over the transport (`docs/FORMAT.md`, "Peer messages").
+
+use crate::client::proto::{ClientResponse, Request};
+use crate::raft::Message;
+use crate::types::{LogIndex, Term};
+use bincode::{Decode, Encode};
+
+/// One message between members. Raft messages and the small snapshot-transfer control messages
+/// go on the control lane; snapshot chunks on the bulk lane.
+#[derive(Debug, Clone, Encode, Decode)]
+pub enum PeerMessage {
+    /// A Raft message for the peer's core.
+    Raft(Message),
+    /// A follower forwards a client request to the leader it knows.
+    Forward {
+        /// The follower's id for the request (echoed in the reply).
+        id: u64,
+        /// How long the leader may work on it, in milliseconds.
+        timeout_ms: u32,
+        /// The request.
+        request: Request,
+    },
+    /// The leader's answer to a [`PeerMessage::Forward`].
+    ForwardReply {
+        /// The follower's id for the request.
+        id: u64,
+        /// The answer.
+        response: ClientResponse,
+    },
+    /// A follower asks the leader for the snapshot bytes at `offset` of the snapshot
+    /// (`index`, `term`) the leader told it to install.
+    SnapshotRequest {
+        /// The snapshot's last included index.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+        /// Byte offset of the next chunk.
+        offset: u64,
+    },
+    /// The leader's answer to a [`PeerMessage::SnapshotRequest`], on the bulk lane.
+    SnapshotChunk {
+        /// The snapshot's last included index.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+        /// sha256 of the snapshot (as in its file name); the follower checks the file against
+        /// it once complete.
+        sha256: [u8; 32],
+        /// Byte offset of `data` in the file.
+        offset: u64,
+        /// At most `SNAPSHOT_CHUNK_BYTES` bytes.
+        data: Vec<u8>,
+        /// This chunk ends the file.
+        done: bool,
+    },
+    /// The leader no longer has that snapshot (a newer one replaced it): give up; the leader
+    /// will offer the newer one.
+    SnapshotGone {
+        /// The snapshot's last included index.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+    },
+    /// A follower reports the outcome of a snapshot transfer, so the leader can tell its core
+    /// (`Raft::report_snapshot`).
+    SnapshotDone {
+        /// The snapshot's last included index.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+        /// Whether the follower stored and verified it.
+        ok: bool,
+    },
+}
+
+impl PeerMessage {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerMessage::Raft(m) => m.body.name(),
+            PeerMessage::Forward { .. } => "forward",
+            PeerMessage::ForwardReply { .. } => "forward_reply",
+            PeerMessage::SnapshotRequest { .. } => "snapshot_request",
+            PeerMessage::SnapshotChunk { .. } => "snapshot_chunk",
+            PeerMessage::SnapshotGone { .. } => "snapshot_gone",
+            PeerMessage::SnapshotDone { .. } => "snapshot_done",
+        }
+    }
+}
