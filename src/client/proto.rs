@@ -169,8 +169,9 @@ impl From<WireError> for Error {
             c if c == ErrorCode::DataDir as i32 => Error::DataDir(m),
             c if c == ErrorCode::Corrupt as i32 => Error::corrupt(0, m),
             c if c == ErrorCode::Io as i32 => Error::io(m, std::io::Error::other("on the member")),
-            // UnsupportedVersion carries static names that cannot cross the wire; Fatal and
-            // unknown codes (from a newer member) are failures of that member.
+            c if c == ErrorCode::Fatal as i32 => Error::Fatal(m),
+            // UnsupportedVersion carries static names that cannot cross the wire; unknown codes
+            // (from a newer member) are failures of that member.
             _ => Error::Fatal(format!("member reports error code {}: {m}", e.code)),
         }
     }
