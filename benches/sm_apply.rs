@@ -78,5 +78,154 @@ fn apply_puts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply_puts);
+/// The cluster benchmark's shape: many sessions, each with one write in flight, so a batch of
+/// N entries carries one put from each of N different clients (keys spread over 100k).
+fn apply_many_clients(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sm_apply_put_many_clients");
+    group.measurement_time(Duration::from_secs(5));
+    for &clients in &[1usize, 64, 256] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sm = StateMachine::open(dir.path().join("state"), 64 << 20).expect("open");
+        let registrations: Vec<Entry> = (1..=clients as u64)
+            .map(|index| Entry {
+                group: GroupId(0),
+                term: Term(1),
+                index: LogIndex(index),
+                kind: EntryKind::Normal,
+                data: Command {
+                    client_id: 0,
+                    seq: 0,
+                    op: Op::RegisterClient,
+                }
+                .encode()
+                .expect("encodable"),
+            })
+            .collect();
+        sm.apply(&registrations).expect("register");
+        let mut seq = 0u64;
+        group.throughput(Throughput::Elements(clients as u64));
+        group.bench_with_input(
+            BenchmarkId::new("batch_of_one_per_client", clients),
+            &clients,
+            |b, &clients| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        seq += 1;
+                        let first = sm.applied().0 .0 + 1;
+                        let entries: Vec<Entry> = (0..clients as u64)
+                            .map(|i| {
+                                let index = first + i;
+                                let cmd = Command {
+                                    client_id: i + 1,
+                                    seq,
+                                    op: Op::Put {
+                                        key: format!("key-{:08}", (index * 7919) % 100_000)
+                                            .into_bytes(),
+                                        value: vec![b'v'; 100],
+                                    },
+                                };
+                                Entry {
+                                    group: GroupId(0),
+                                    term: Term(1),
+                                    index: LogIndex(index),
+                                    kind: EntryKind::Normal,
+                                    data: cmd.encode().expect("encodable"),
+                                }
+                            })
+                            .collect();
+                        let start = Instant::now();
+                        sm.apply(&entries).expect("apply");
+                        total += start.elapsed();
+                    }
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+/// What the node's apply thread does under load: `apply_deferred` batches of 64 puts (one per
+/// client, 256 clients), flushed to sled every 32 batches, with a 32 MiB record cache, on a
+/// state whose 100k keys already exist (steady state: updates, not inserts).
+fn apply_deferred_steady_state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sm_apply_deferred");
+    group.measurement_time(Duration::from_secs(5));
+    let clients = 256u64;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut sm = StateMachine::open_with_record_cache(dir.path().join("state"), 32 << 20, 32 << 20)
+        .expect("open");
+    let register: Vec<Entry> = (1..=clients)
+        .map(|index| Entry {
+            group: GroupId(0),
+            term: Term(1),
+            index: LogIndex(index),
+            kind: EntryKind::Normal,
+            data: Command {
+                client_id: 0,
+                seq: 0,
+                op: Op::RegisterClient,
+            }
+            .encode()
+            .expect("encodable"),
+        })
+        .collect();
+    sm.apply(&register).expect("register");
+    let mut seq = 0u64;
+    let mut next_key = 0u64;
+    let mut make_batch = |sm: &StateMachine, size: u64| -> Vec<Entry> {
+        seq += 1;
+        let first = sm.applied().0 .0 + 1;
+        (0..size)
+            .map(|i| {
+                next_key = (next_key + 7919) % 100_000;
+                let cmd = Command {
+                    client_id: 1 + (first + i) % clients,
+                    seq: seq * 1000 + i,
+                    op: Op::Put {
+                        key: format!("key-{next_key:08}").into_bytes(),
+                        value: vec![b'v'; 100],
+                    },
+                };
+                Entry {
+                    group: GroupId(0),
+                    term: Term(1),
+                    index: LogIndex(first + i),
+                    kind: EntryKind::Normal,
+                    data: cmd.encode().expect("encodable"),
+                }
+            })
+            .collect()
+    };
+    // Create every key once.
+    for _ in 0..(100_000 / 1000) {
+        let batch = make_batch(&sm, 1000);
+        sm.apply(&batch).expect("apply");
+    }
+    group.throughput(Throughput::Elements(64 * 32));
+    group.bench_function("64x32_then_flush", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let batches: Vec<Vec<Entry>> = (0..32).map(|_| make_batch(&sm, 64)).collect();
+                let start = Instant::now();
+                for batch in &batches {
+                    sm.apply_deferred(batch).expect("apply");
+                }
+                sm.flush_pending().expect("flush");
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    apply_puts,
+    apply_many_clients,
+    apply_deferred_steady_state
+);
 criterion_main!(benches);

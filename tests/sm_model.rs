@@ -272,6 +272,10 @@ enum Between {
     Nothing,
     Reopen,
     SnapshotRestore,
+    /// Write the pending writes of deferred batches to sled.
+    Flush,
+    /// Lose the pending writes (a crash), reopen and replay the log from the applied index.
+    CrashAndReplay,
 }
 
 fn between() -> impl Strategy<Value = Between> {
@@ -279,6 +283,8 @@ fn between() -> impl Strategy<Value = Between> {
         6 => Just(Between::Nothing),
         1 => Just(Between::Reopen),
         1 => Just(Between::SnapshotRestore),
+        1 => Just(Between::Flush),
+        1 => Just(Between::CrashAndReplay),
     ]
 }
 
@@ -288,9 +294,11 @@ proptest! {
     #[test]
     fn random_commands_match_btreemap_model(
         steps in proptest::collection::vec((sender(), op()), 1..60),
-        batch_sizes in proptest::collection::vec((1usize..8, between()), 1..20),
+        batch_sizes in proptest::collection::vec((1usize..8, between(), any::<bool>()), 1..20),
+        record_cache in prop_oneof![Just(0usize), Just(2048), Just(1 << 20)],
     ) {
-        let mut h = Harness::new();
+        // A 2 KiB record cache evicts all the time; 1 MiB holds everything.
+        let mut h = Harness::with_record_cache(record_cache);
         let mut model = Model::default();
         // Two registered clients (indexes 1 and 2), tracked by the model too.
         let clients = [h.register(), h.register()];
@@ -319,18 +327,27 @@ proptest! {
         let mut rest = commands.as_slice();
         let mut plan = batch_sizes.iter().cycle();
         while !rest.is_empty() {
-            let &(size, after) = plan.next().unwrap();
+            let &(size, after, deferred) = plan.next().unwrap();
             let (batch, tail) = rest.split_at(size.min(rest.len()));
             rest = tail;
             let first = h.next_index();
-            let results = h.apply_batch(batch);
+            let results = h.apply_batch_with(batch, deferred);
             for (i, (cmd, got)) in batch.iter().zip(results).enumerate() {
                 let expected = model.apply(first + i as u64, cmd);
                 prop_assert_eq!(got, expected, "command {:?} at index {}", cmd, first + i as u64);
             }
             match after {
                 Between::Nothing => {}
-                Between::Reopen => h = h.reopen(),
+                Between::Reopen => {
+                    h.sm.flush_pending().unwrap();
+                    h = h.reopen();
+                }
+                Between::Flush => h.sm.flush_pending().unwrap(),
+                Between::CrashAndReplay => {
+                    let before = h.sm.state_hash().unwrap();
+                    h = h.crash_and_replay();
+                    prop_assert_eq!(h.sm.state_hash().unwrap(), before);
+                }
                 Between::SnapshotRestore => {
                     let snap = h.sm.write_snapshot(h.snap_dir()).unwrap();
                     let mut fresh = Harness::new();

@@ -83,9 +83,16 @@ pub(crate) struct Applier {
     pub(crate) reads: BTreeMap<LogIndex, Vec<PendingRead>>,
     pub(crate) entries_since_snapshot: u64,
     pub(crate) bytes_since_snapshot: u64,
+    /// When the oldest write still pending in the state machine was applied.
+    pub(crate) pending_since: Option<Instant>,
     /// Set after a failure: the machine applies nothing more.
     pub(crate) failed: Option<String>,
 }
+
+/// Flush the state machine's pending writes to sled once this many are pending...
+const FLUSH_PENDING_WRITES: usize = 16_384;
+/// ... or once the oldest has waited this long.
+const FLUSH_PENDING_AFTER: Duration = Duration::from_millis(100);
 
 /// Most apply tasks merged into one state-machine batch.
 const MAX_MERGED_TASKS: usize = 64;
@@ -100,8 +107,14 @@ impl Applier {
             let task = match next.take() {
                 Some(task) => task,
                 None => {
-                    let wait = self
-                        .next_read_deadline()
+                    let wake = [
+                        self.next_read_deadline(),
+                        self.pending_since.map(|t| t + FLUSH_PENDING_AFTER),
+                    ];
+                    let wait = wake
+                        .into_iter()
+                        .flatten()
+                        .min()
                         .map_or(Duration::from_millis(100), |d| {
                             d.saturating_duration_since(Instant::now())
                         });
@@ -109,6 +122,7 @@ impl Applier {
                         Ok(task) => task,
                         Err(RecvTimeoutError::Timeout) => {
                             self.expire_reads();
+                            self.maybe_flush();
                             continue;
                         }
                         Err(RecvTimeoutError::Disconnected) => break,
@@ -150,6 +164,29 @@ impl Applier {
                 }
             }
             self.expire_reads();
+            self.maybe_flush();
+        }
+    }
+
+    /// Write the state machine's pending writes to sled when enough are pending or the oldest
+    /// has waited long enough (see `StateMachine::apply_deferred`: one sled batch has a high
+    /// fixed cost, so many applied batches share one).
+    fn maybe_flush(&mut self) {
+        let Some(since) = self.pending_since else {
+            return;
+        };
+        if self.failed.is_some() {
+            return;
+        }
+        if self.sm.pending_writes() < FLUSH_PENDING_WRITES && since.elapsed() < FLUSH_PENDING_AFTER
+        {
+            return;
+        }
+        self.pending_since = None;
+        if let Err(e) = self.sm.flush_pending() {
+            event!(Level::Error, node: Some(self.id.0), term: None, "state_flush_failed",
+                error = e);
+            self.fail(format!("writing applied entries to the state failed: {e}"));
         }
     }
 
@@ -196,8 +233,11 @@ impl Applier {
         }
         let count = entries.len() as u64;
         let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
-        match self.sm.apply(&entries) {
+        match self.sm.apply_deferred(&entries) {
             Ok(outcomes) => {
+                if self.pending_since.is_none() && self.sm.pending_writes() > 0 {
+                    self.pending_since = Some(Instant::now());
+                }
                 answer_waiters(&outcomes, waiters);
                 self.counters
                     .entries_applied
@@ -278,6 +318,7 @@ impl Applier {
         let started = Instant::now();
         match self.sm.restore_snapshot(&path) {
             Ok(file) => {
+                self.pending_since = None; // the restore replaced the pending writes
                 self.entries_since_snapshot = 0;
                 self.bytes_since_snapshot = 0;
                 self.counters.applied.store(file.index.0, Ordering::Relaxed);

@@ -61,7 +61,8 @@ pub struct Config {
     /// How long a leader waits for a follower to ask for the next snapshot chunk before it
     /// reports the transfer failed (and starts another later).
     pub snapshot_transfer_timeout_ms: u64,
-    /// sled's page cache, in bytes.
+    /// Memory for the state machine's caches, in bytes: half is sled's page cache, half a cache
+    /// of recently used records in front of sled.
     pub state_cache_bytes: u64,
     /// Size of one WAL segment file.
     pub wal_segment_bytes: u64,

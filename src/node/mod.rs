@@ -333,6 +333,7 @@ impl Node {
             reads: Default::default(),
             entries_since_snapshot: 0,
             bytes_since_snapshot: 0,
+            pending_since: None,
             failed: None,
         };
         let apply = spawn(format!("haven-{}-apply", id.0), move || applier.run())?;
@@ -548,11 +549,17 @@ fn transport_log_sink(id: NodeId) -> LogSink {
 }
 
 /// Open the state machine, retrying while sled still holds the lock of a handle this process
-/// dropped moments ago (see `sm`).
+/// dropped moments ago (see `sm`). Half of `cache_bytes` is sled's page cache, half the
+/// record cache in front of it.
 fn open_state_machine(data_dir: &DataDir, cache_bytes: u64) -> Result<StateMachine> {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let record_cache = (cache_bytes / 2) as usize;
     loop {
-        match StateMachine::open(data_dir.state_dir(), cache_bytes) {
+        match StateMachine::open_with_record_cache(
+            data_dir.state_dir(),
+            cache_bytes - cache_bytes / 2,
+            record_cache,
+        ) {
             Err(Error::DataDir(_)) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }

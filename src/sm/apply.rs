@@ -40,6 +40,8 @@ pub(crate) fn compare_holds(view: &Overlay<'_>, compare: &Compare) -> Result<boo
 pub(crate) struct Applier<'t> {
     pub(crate) overlay: Overlay<'t>,
     pub(crate) client_count: usize,
+    /// The applied index sled holds: keys embedding a later index are not in sled.
+    pub(crate) flushed: LogIndex,
 }
 
 impl Applier<'_> {
@@ -75,8 +77,13 @@ impl Applier<'_> {
             });
         }
         let result = self.execute(&cmd.op, index)?;
-        self.overlay
-            .remove(client_order_key(record.last_index, cmd.client_id));
+        let old_order = client_order_key(record.last_index, cmd.client_id);
+        if record.last_index > self.flushed {
+            // Written after the last flush: sled never saw it, so no removal needs to reach it.
+            self.overlay.discard(old_order);
+        } else {
+            self.overlay.remove(old_order);
+        }
         self.overlay
             .insert(client_order_key(index, cmd.client_id), Vec::new());
         let updated = ClientRecord {

@@ -128,14 +128,14 @@ impl HashingWriter {
 /// Write the pairs of `tree` (a consistent state at `index`/`term`: the caller applies nothing
 /// meanwhile) as a snapshot file in `dir`.
 pub(crate) fn write_snapshot(
-    tree: &sled::Tree,
+    pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
     index: LogIndex,
     term: Term,
     dir: &Path,
 ) -> Result<SnapshotMeta> {
     fs::create_dir_all(dir).map_err(|e| io_error("creating snapshot directory", dir, e))?;
     let temp_path = dir.join(format!("{:020}-{:020}{TEMP_SUFFIX}", index.0, term.0));
-    let written = write_temp(tree, index, term, &temp_path);
+    let written = write_temp(pairs, index, term, &temp_path);
     let (size, sha256) = match written {
         Ok(done) => done,
         Err(e) => {
@@ -157,7 +157,7 @@ pub(crate) fn write_snapshot(
 }
 
 fn write_temp(
-    tree: &sled::Tree,
+    pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
     index: LogIndex,
     term: Term,
     temp_path: &Path,
@@ -181,11 +181,10 @@ fn write_temp(
     let mut records = 0u64;
     let mut chunk: Pairs = Vec::new();
     let mut chunk_bytes = 0usize;
-    for item in tree.iter() {
-        let (key, value) =
-            item.map_err(|e| super::store::sled_error("reading the state for a snapshot", e))?;
+    for item in pairs {
+        let (key, value) = item?;
         chunk_bytes += key.len() + value.len();
-        chunk.push((key.to_vec(), value.to_vec()));
+        chunk.push((key, value));
         records += 1;
         if chunk_bytes >= SNAPSHOT_CHUNK_BYTES {
             frame.clear();

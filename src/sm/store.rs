@@ -9,7 +9,8 @@ use crate::codec::{decode_value, encode_value};
 use crate::error::{Error, Result};
 use crate::types::{LogIndex, Term};
 use bincode::{Decode, Encode};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{btree_map, BTreeMap, HashMap};
 use std::ops::Bound;
 
 /// Prefix of user keys: `k` ‖ key -> [`VersionedValue`].
@@ -129,39 +130,203 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8]) -> Result<()> {
 /// Raw (key, value) pairs of the state tree, in key order.
 pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A view of the tree plus writes not yet in sled. Reads see the writes; `into_batch` turns them
-/// into one atomic sled batch. With no writes it is simply a read view of the tree.
+/// A write not yet in sled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// The key now holds this value.
+    Put(Vec<u8>),
+    /// The key is removed (sled may hold it).
+    Remove,
+    /// The key is absent and sled does not hold it either (it was written after the last
+    /// flush): drop any pending write of it, write nothing to sled.
+    Forget,
+}
+
+impl Write {
+    fn value(&self) -> Option<&Vec<u8>> {
+        match self {
+            Write::Put(v) => Some(v),
+            Write::Remove | Write::Forget => None,
+        }
+    }
+}
+
+/// Writes not yet in sled, by key.
+pub(crate) type Writes = BTreeMap<Vec<u8>, Write>;
+
+/// Add `writes` (newer) to `pending` (older).
+pub(crate) fn merge_writes(pending: &mut Writes, writes: Writes) {
+    for (key, write) in writes {
+        match write {
+            Write::Forget => {
+                pending.remove(&key);
+            }
+            other => {
+                pending.insert(key, other);
+            }
+        }
+    }
+}
+
+/// Recently read or written records of the tree, in memory: a sled read costs microseconds
+/// (a tree walk, epoch pinning, page materialization), a hash lookup a fraction of that. The
+/// cache holds what the *tree* holds for a key (`None`: known absent); pending writes are
+/// looked up before it, and a flush copies what it writes into it, so it never disagrees with
+/// the tree. Bounded by bytes; when full, an arbitrary tenth of it is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct RecordCache {
+    map: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+    limit: usize,
+}
+
+/// Bytes charged per cached record on top of its key and value (map slot, allocations).
+const CACHE_OVERHEAD_BYTES: usize = 64;
+
+impl RecordCache {
+    pub(crate) fn new(limit: usize) -> RecordCache {
+        RecordCache {
+            map: HashMap::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+        key.len() + value.as_ref().map_or(0, Vec::len) + CACHE_OVERHEAD_BYTES
+    }
+
+    /// What the tree holds for `key`, if cached.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.map.get(key).cloned()
+    }
+
+    /// Record that the tree holds `value` for `key`.
+    pub(crate) fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if self.limit == 0 {
+            return;
+        }
+        let cost = Self::cost(&key, &value);
+        if cost > self.limit / 16 {
+            // A huge record would evict many small ones; forget the key instead.
+            if let Some(old) = self.map.remove(&key) {
+                self.bytes -= Self::cost(&key, &old);
+            }
+            return;
+        }
+        if self.bytes + cost > self.limit {
+            self.evict();
+        }
+        if let Some(old) = self.map.insert(key.clone(), value) {
+            self.bytes -= Self::cost(&key, &old);
+        }
+        self.bytes += cost;
+    }
+
+    /// Drop about a tenth of the cache (whatever the map yields first: arbitrary, cheap).
+    fn evict(&mut self) {
+        let target = self.limit - self.limit / 10;
+        let mut doomed = Vec::new();
+        let mut freed = 0;
+        for (key, value) in &self.map {
+            if self.bytes - freed <= target {
+                break;
+            }
+            freed += Self::cost(key, value);
+            doomed.push(key.clone());
+        }
+        for key in doomed {
+            self.map.remove(&key);
+        }
+        self.bytes -= freed;
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A view of the tree plus writes not yet in sled: optionally a base of pending writes (the
+/// machine's, borrowed) and the overlay's own newer writes. Reads see both; `into_writes`
+/// hands the own writes back (to merge into the pending ones, or to make a batch).
 pub(crate) struct Overlay<'t> {
     tree: &'t sled::Tree,
-    /// `None` marks a removal.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    base: Option<&'t Writes>,
+    cache: Option<&'t RefCell<RecordCache>>,
+    writes: Writes,
 }
 
 impl<'t> Overlay<'t> {
+    /// A view of the tree alone.
+    #[cfg(test)]
     pub(crate) fn new(tree: &'t sled::Tree) -> Overlay<'t> {
         Overlay {
             tree,
+            base: None,
+            cache: None,
             writes: BTreeMap::new(),
         }
     }
 
+    /// A view of the tree (through `cache`) with `pending` on top; own writes go above both.
+    pub(crate) fn with_pending(
+        tree: &'t sled::Tree,
+        pending: &'t Writes,
+        cache: &'t RefCell<RecordCache>,
+    ) -> Overlay<'t> {
+        Overlay {
+            tree,
+            base: Some(pending),
+            cache: Some(cache),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// The overlay's own writes.
+    pub(crate) fn into_writes(self) -> Writes {
+        self.writes
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(pending) = self.writes.get(key) {
-            return Ok(pending.clone());
+        if let Some(write) = self.writes.get(key) {
+            return Ok(write.value().cloned());
+        }
+        if let Some(write) = self.base.and_then(|b| b.get(key)) {
+            return Ok(write.value().cloned());
+        }
+        if let Some(cached) = self.cache.and_then(|c| c.borrow().get(key)) {
+            return Ok(cached);
         }
         let stored = self
             .tree
             .get(key)
-            .map_err(|e| sled_error("reading the state", e))?;
-        Ok(stored.map(|v| v.to_vec()))
+            .map_err(|e| sled_error("reading the state", e))?
+            .map(|v| v.to_vec());
+        if let Some(cache) = self.cache {
+            cache.borrow_mut().insert(key.to_vec(), stored.clone());
+        }
+        Ok(stored)
     }
 
     pub(crate) fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+        self.writes.insert(key, Write::Put(value));
     }
 
     pub(crate) fn remove(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+        self.writes.insert(key, Write::Remove);
+    }
+
+    /// Remove a key that the tree is known not to hold (it was written after the last flush):
+    /// no removal needs to reach sled.
+    pub(crate) fn discard(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, Write::Forget);
+    }
+
+    /// Every (key, value) pair with `start <= key < end` (`end` `None`: no upper bound), in key
+    /// order, merging the tree with the pending writes.
+    pub(crate) fn iter(&self, start: &[u8], end: Option<&[u8]>) -> Merged<'_> {
+        merged(self.tree, self.base, &self.writes, start, end)
     }
 
     /// Up to `limit` (key, value) pairs with `start <= key < end` (`end` `None`: no upper
@@ -172,67 +337,158 @@ impl<'t> Overlay<'t> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Pairs, bool)> {
-        let upper = match end {
-            // An empty range (BTreeMap::range would panic on an inverted one).
-            Some(end) if end <= start => return Ok((Vec::new(), false)),
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
-        };
-        let range = (Bound::Included(start), upper);
-        let mut stored = self.tree.range::<&[u8], _>(range).peekable();
-        let mut pending = self.writes.range::<[u8], _>(range).peekable();
         let mut out = Vec::new();
-        loop {
-            // Pick the smaller of the two heads; on a tie the pending write wins.
-            let stored_key = match stored.peek() {
-                Some(Ok((k, _))) => Some(k.to_vec()),
-                Some(Err(_)) => {
-                    return match stored.next() {
-                        Some(Err(e)) => Err(sled_error("scanning the state", e)),
-                        _ => Err(Error::Fatal("sled iterator changed under a scan".into())),
-                    }
-                }
-                None => None,
-            };
-            let take_pending = match (&stored_key, pending.peek()) {
-                (_, None) => false,
-                (None, Some(_)) => true,
-                (Some(sk), Some((pk, _))) => pk.as_slice() <= sk.as_slice(),
-            };
-            let item = if take_pending {
-                let Some((pk, pv)) = pending.next() else {
-                    break;
-                };
-                if stored_key.as_deref() == Some(pk.as_slice()) {
-                    stored.next();
-                }
-                pv.as_ref().map(|v| (pk.clone(), v.clone()))
-            } else {
-                match stored.next() {
-                    Some(Ok((k, v))) => Some((k.to_vec(), v.to_vec())),
-                    Some(Err(e)) => return Err(sled_error("scanning the state", e)),
-                    None => break,
-                }
-            };
-            if let Some(item) = item {
-                if out.len() == limit {
-                    return Ok((out, true));
-                }
-                out.push(item);
+        for item in self.iter(start, end) {
+            let item = item?;
+            if out.len() == limit {
+                return Ok((out, true));
             }
+            out.push(item);
         }
         Ok((out, false))
     }
 
+    /// One sled batch of the own writes (the base is not included).
+    #[cfg(test)]
     pub(crate) fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
+        batch_of(self.writes, None)
+    }
+}
+
+/// One sled batch holding `writes`; with a cache, it learns what the tree will hold.
+pub(crate) fn batch_of(writes: Writes, cache: Option<&RefCell<RecordCache>>) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    let mut cache = cache.map(RefCell::borrow_mut);
+    for (key, write) in writes {
+        match write {
+            Write::Put(value) => {
+                if let Some(cache) = cache.as_mut() {
+                    cache.insert(key.clone(), Some(value.clone()));
+                }
+                batch.insert(key, value);
+            }
+            Write::Remove => {
+                if let Some(cache) = cache.as_mut() {
+                    cache.insert(key.clone(), None);
+                }
+                batch.remove(key);
+            }
+            Write::Forget => {}
+        }
+    }
+    batch
+}
+
+type WriteRange<'a> = std::iter::Peekable<btree_map::Range<'a, Vec<u8>, Write>>;
+
+/// The tree's pairs in `[start, end)` merged with the pending writes `base` and the newer
+/// `writes` (a newer write wins; a removal hides the older pair).
+pub(crate) fn merged<'a>(
+    tree: &sled::Tree,
+    base: Option<&'a Writes>,
+    writes: &'a Writes,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> Merged<'a> {
+    if end.is_some_and(|end| end <= start) {
+        return Merged { sources: None };
+    }
+    let upper = match end {
+        Some(end) => Bound::Excluded(end.to_vec()),
+        None => Bound::Unbounded,
+    };
+    let range = (Bound::Included(start.to_vec()), upper);
+    let base = base.map(|b| b.range::<Vec<u8>, _>(range.clone()).peekable());
+    let newer = writes.range::<Vec<u8>, _>(range.clone()).peekable();
+    Merged {
+        sources: Some((tree.range::<Vec<u8>, _>(range).peekable(), base, newer)),
+    }
+}
+
+/// See [`merged`].
+pub(crate) struct Merged<'a> {
+    #[allow(clippy::type_complexity)]
+    sources: Option<(
+        std::iter::Peekable<sled::Iter>,
+        Option<WriteRange<'a>>,
+        WriteRange<'a>,
+    )>,
+}
+
+/// The next pending write in key order from `base` and `newer` (newer wins on equal keys).
+fn next_write<'a>(
+    base: &mut Option<WriteRange<'a>>,
+    newer: &mut WriteRange<'a>,
+) -> Option<(&'a Vec<u8>, &'a Write)> {
+    let base_key = base.as_mut().and_then(|b| b.peek().map(|(k, _)| *k));
+    let newer_key = newer.peek().map(|(k, _)| *k);
+    match (base_key, newer_key) {
+        (None, None) => None,
+        (Some(_), None) => base.as_mut()?.next(),
+        (None, Some(_)) => newer.next(),
+        (Some(b), Some(n)) => {
+            if b < n {
+                base.as_mut()?.next()
+            } else {
+                if b == n {
+                    base.as_mut()?.next();
+                }
+                newer.next()
             }
         }
-        batch
+    }
+}
+
+fn peek_write_key<'a>(
+    base: &mut Option<WriteRange<'a>>,
+    newer: &mut WriteRange<'a>,
+) -> Option<&'a Vec<u8>> {
+    let base_key = base.as_mut().and_then(|b| b.peek().map(|(k, _)| *k));
+    let newer_key = newer.peek().map(|(k, _)| *k);
+    match (base_key, newer_key) {
+        (Some(b), Some(n)) => Some(b.min(n)),
+        (b, n) => b.or(n),
+    }
+}
+
+impl Iterator for Merged<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (stored, base, newer) = self.sources.as_mut()?;
+        loop {
+            let stored_key = match stored.peek() {
+                Some(Ok((k, _))) => Some(k.clone()),
+                Some(Err(_)) => {
+                    return match stored.next() {
+                        Some(Err(e)) => Some(Err(sled_error("scanning the state", e))),
+                        _ => Some(Err(Error::Fatal(
+                            "sled iterator changed under a scan".into(),
+                        ))),
+                    }
+                }
+                None => None,
+            };
+            let take_pending = match (&stored_key, peek_write_key(base, newer)) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(sk), Some(pk)) => pk.as_slice() <= sk.as_ref(),
+            };
+            if take_pending {
+                let (pk, write) = next_write(base, newer)?;
+                if stored_key.as_deref() == Some(pk.as_slice()) {
+                    stored.next();
+                }
+                match write.value() {
+                    Some(v) => return Some(Ok((pk.clone(), v.clone()))),
+                    None => continue,
+                }
+            }
+            return match stored.next()? {
+                Ok((k, v)) => Some(Ok((k.to_vec(), v.to_vec()))),
+                Err(e) => Some(Err(sled_error("scanning the state", e))),
+            };
+        }
     }
 }
 

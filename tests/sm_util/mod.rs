@@ -58,13 +58,22 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub sm: StateMachine,
     pub term: u64,
+    /// Every entry given to the machine, for replaying after a simulated crash.
+    pub log: Vec<Entry>,
+    /// Bytes of the record cache the machine is opened with (0: none).
+    pub record_cache_bytes: usize,
 }
 
 /// Open a machine, retrying while sled still holds the lock of a handle this process just
 /// dropped (sled releases it lazily; `StateMachine::open` reports it as `DataDir`).
 pub fn open_retrying(path: &Path) -> StateMachine {
+    open_retrying_with(path, 0)
+}
+
+/// [`open_retrying`] with a record cache of `record_cache_bytes`.
+pub fn open_retrying_with(path: &Path, record_cache_bytes: usize) -> StateMachine {
     for _ in 0..500 {
-        match StateMachine::open(path, CACHE_BYTES) {
+        match StateMachine::open_with_record_cache(path, CACHE_BYTES, record_cache_bytes) {
             Ok(sm) => return sm,
             Err(e) if e.code() == ErrorCode::DataDir => {
                 std::thread::sleep(std::time::Duration::from_millis(10))
@@ -77,9 +86,20 @@ pub fn open_retrying(path: &Path) -> StateMachine {
 
 impl Harness {
     pub fn new() -> Harness {
+        Harness::with_record_cache(0)
+    }
+
+    /// A machine with a record cache of `bytes` (small ones force evictions).
+    pub fn with_record_cache(bytes: usize) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let sm = open_retrying(&dir.path().join("state"));
-        Harness { dir, sm, term: 1 }
+        let sm = open_retrying_with(&dir.path().join("state"), bytes);
+        Harness {
+            dir,
+            sm,
+            term: 1,
+            log: Vec::new(),
+            record_cache_bytes: bytes,
+        }
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -92,10 +112,38 @@ impl Harness {
 
     /// Close and reopen the machine (sled flushes on drop).
     pub fn reopen(self) -> Harness {
-        let Harness { dir, sm, term } = self;
+        let Harness {
+            dir,
+            sm,
+            term,
+            log,
+            record_cache_bytes,
+        } = self;
         drop(sm);
-        let sm = open_retrying(&dir.path().join("state"));
-        Harness { dir, sm, term }
+        let sm = open_retrying_with(&dir.path().join("state"), record_cache_bytes);
+        Harness {
+            dir,
+            sm,
+            term,
+            log,
+            record_cache_bytes,
+        }
+    }
+
+    /// Drop the machine without flushing its pending writes (as a crash loses them), reopen
+    /// it, and replay the logged entries after the applied index it came back with, as the
+    /// runtime does on start.
+    pub fn crash_and_replay(self) -> Harness {
+        let mut h = self.reopen();
+        let applied = h.sm.applied().0 .0;
+        let replay: Vec<Entry> = h
+            .log
+            .iter()
+            .filter(|e| e.index.0 > applied)
+            .cloned()
+            .collect();
+        h.sm.apply(&replay).unwrap();
+        h
     }
 
     pub fn next_index(&self) -> u64 {
@@ -104,13 +152,24 @@ impl Harness {
 
     /// Apply `cmds` as one batch of consecutive entries; one result per command.
     pub fn apply_batch(&mut self, cmds: &[Command]) -> Vec<CommandResult> {
+        self.apply_batch_with(cmds, false)
+    }
+
+    /// Apply `cmds` as one batch; `deferred`: with `apply_deferred` (nothing reaches sled until
+    /// a flush).
+    pub fn apply_batch_with(&mut self, cmds: &[Command], deferred: bool) -> Vec<CommandResult> {
         let first = self.next_index();
         let entries: Vec<Entry> = cmds
             .iter()
             .enumerate()
             .map(|(i, cmd)| command_entry(first + i as u64, self.term, cmd))
             .collect();
-        let outcomes = self.sm.apply(&entries).unwrap();
+        self.log.extend(entries.iter().cloned());
+        let outcomes = if deferred {
+            self.sm.apply_deferred(&entries).unwrap()
+        } else {
+            self.sm.apply(&entries).unwrap()
+        };
         assert_eq!(outcomes.len(), cmds.len());
         outcomes.iter().map(command_result).collect()
     }

@@ -1,0 +1,365 @@
+//! `haven bench cluster`: a 3-member cluster of `haven serve` child processes on loopback (real
+//! fdatasync, in a directory under the working directory, so on its filesystem, not a tmpfs),
+//! driven by N closed-loop writers over the remote client, each with its own session: each
+//! writer puts a value, waits for the answer, and puts the next.
+//!
+//! Reports ops/s, p50/p99/max latency and each member's resident memory (VmHWM, VmRSS).
+
+use haven::net::ClusterSecret;
+use haven::{Client, ClientOptions, ClusterId, Error, Result};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SECRET: &[u8] = b"haven bench cluster secret";
+const CLUSTER: ClusterId = ClusterId(7);
+/// Distinct keys written (a mix of inserts and overwrites; bounds the state's size).
+const KEYSPACE: u64 = 100_000;
+
+/// Options of `haven bench cluster`.
+#[derive(clap::Args, Debug)]
+pub struct ClusterBenchArgs {
+    /// Members in the cluster.
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    /// Closed-loop writers (each one session, one write in flight).
+    #[arg(long, default_value_t = 16)]
+    pub writers: usize,
+    /// Seconds to measure (after one second of warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 100)]
+    pub value_bytes: usize,
+    /// TCP connections the writers share (default: one per 32 writers, at most 8).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory for the members' data (default: a new directory under the current one).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A `haven serve` child, killed and reaped on drop.
+struct Member {
+    child: Option<Child>,
+}
+
+impl Member {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then SIGKILL if it does not exit in time.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Removes the bench directory on drop (when we created it).
+struct TempDir(Option<PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Resident memory of a process from /proc: (VmHWM, VmRSS) in KiB.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io("finding free ports", e))?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map_err(|e| Error::io("finding free ports", e))
+        })
+        .collect()
+}
+
+fn start_member(
+    exe: &Path,
+    dir: &Path,
+    id: usize,
+    addrs: &[SocketAddr],
+    secret_file: &Path,
+) -> Result<Member> {
+    let peers: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let log = std::fs::File::create(dir.join(format!("n{id}.log")))
+        .map_err(|e| Error::io("creating a member log", e))?;
+    let child = Command::new(exe)
+        .arg("serve")
+        .args(["--id", &id.to_string()])
+        .args(["--listen", &addrs[id - 1].to_string()])
+        .args(["--peers", &peers.join(",")])
+        .arg("--data-dir")
+        .arg(dir.join(format!("n{id}")))
+        .arg("--secret-file")
+        .arg(secret_file)
+        .args(["--cluster-id", &CLUSTER.0.to_string()])
+        .env("HAVEN_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| Error::io("starting haven serve", e))?;
+    Ok(Member { child: Some(child) })
+}
+
+/// What one writer measured.
+struct WriterResult {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    f64::from(sorted[rank - 1]) / 1000.0
+}
+
+/// Run the benchmark; prints the report.
+pub fn run(args: &ClusterBenchArgs) -> Result<()> {
+    if args.members == 0 || args.members > 7 {
+        return Err(Error::InvalidArgument("--members must be 1 to 7".into()));
+    }
+    if args.writers == 0 || args.writers > 4096 {
+        return Err(Error::InvalidArgument("--writers must be 1 to 4096".into()));
+    }
+    if args.value_bytes > haven::limits::MAX_VALUE_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "--value-bytes is over the limit of {}",
+            haven::limits::MAX_VALUE_BYTES
+        )));
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+        return Err(Error::InvalidArgument(
+            "--seconds must be in (0, 3600]".into(),
+        ));
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the haven binary", e))?;
+    let (dir, _cleanup) = match &args.dir {
+        Some(d) => (d.clone(), TempDir(None)),
+        None => {
+            let d = std::env::current_dir()
+                .map_err(|e| Error::io("reading the working directory", e))?
+                .join(format!("haven-bench-cluster-{}", std::process::id()));
+            (d.clone(), TempDir(Some(d)))
+        }
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, SECRET).map_err(|e| Error::io("writing the secret", e))?;
+    let addrs = free_addrs(args.members)?;
+    let mut members = Vec::new();
+    for id in 1..=args.members {
+        members.push(start_member(&exe, &dir, id, &addrs, &secret_file)?);
+    }
+    let secret = ClusterSecret::new(SECRET.to_vec())?;
+    let addr_strings: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let addr_refs: Vec<&str> = addr_strings.iter().map(String::as_str).collect();
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+
+    // Wait for a leader: a client connects (finding the leader) and a write succeeds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let probe = loop {
+        match Client::connect(&addr_refs, CLUSTER, &secret, options.clone())
+            .and_then(|c| c.put(b"bench-ready", b"1").map(|_| c))
+        {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(Error::Unavailable(format!("cluster did not start: {e}"))),
+        }
+    };
+    let leader = probe.status()?.leader;
+    drop(probe);
+
+    let connections = args
+        .connections
+        .unwrap_or_else(|| args.writers.div_ceil(32).min(8))
+        .clamp(1, args.writers);
+    let clients: Vec<Client> = (0..connections)
+        .map(|_| Client::connect(&addr_refs, CLUSTER, &secret, options.clone()))
+        .collect::<Result<_>>()?;
+
+    let value = vec![b'v'; args.value_bytes];
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for w in 0..args.writers {
+        let client = clients[w % connections].clone();
+        let value = value.clone();
+        let stop = Arc::clone(&stop);
+        let measuring = Arc::clone(&measuring);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("bench-writer-{w}"))
+                .spawn(move || {
+                    let mut result = WriterResult {
+                        latencies_us: Vec::with_capacity(1 << 16),
+                        errors: 0,
+                    };
+                    let mut n: u64 = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let k = (w as u64 * 7919 + n * 104_729) % KEYSPACE;
+                        let key = format!("key-{k:08}");
+                        n += 1;
+                        let start = Instant::now();
+                        let ok = client.put(key.as_bytes(), &value).is_ok();
+                        if measuring.load(Ordering::Relaxed) {
+                            if ok {
+                                let us = start.elapsed().as_micros().min(u128::from(u32::MAX));
+                                result.latencies_us.push(us as u32);
+                            } else {
+                                result.errors += 1;
+                            }
+                        }
+                    }
+                    result
+                })
+                .map_err(|e| Error::io("spawning a writer", e))?,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1)); // warm-up: sessions registered, caches warm
+    measuring.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(args.seconds));
+    measuring.store(false, Ordering::SeqCst);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        if let Ok(r) = h.join() {
+            latencies.extend(r.latencies_us);
+            errors += r.errors;
+        }
+    }
+    let memory: Vec<(usize, Option<(u64, u64)>)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i + 1, m.pid().and_then(memory_kib)))
+        .collect();
+    drop(clients);
+    for m in &mut members {
+        m.stop();
+    }
+    latencies.sort_unstable();
+    let ops = latencies.len() as f64 / elapsed.as_secs_f64();
+    let p50 = percentile(&latencies, 0.50);
+    let p99 = percentile(&latencies, 0.99);
+    let max = latencies.last().map_or(0.0, |&l| f64::from(l) / 1000.0);
+    if args.json {
+        let mem: Vec<String> = memory
+            .iter()
+            .map(|(id, m)| {
+                let (hwm, rss) = m.unwrap_or((0, 0));
+                format!(r#"{{"id":{id},"vm_hwm_kib":{hwm},"vm_rss_kib":{rss}}}"#)
+            })
+            .collect();
+        println!(
+            r#"{{"members":{},"writers":{},"connections":{},"value_bytes":{},"seconds":{:.3},"ops":{},"errors":{},"ops_per_sec":{:.1},"p50_ms":{:.3},"p99_ms":{:.3},"max_ms":{:.3},"leader":{},"memory":[{}]}}"#,
+            args.members,
+            args.writers,
+            connections,
+            args.value_bytes,
+            elapsed.as_secs_f64(),
+            latencies.len(),
+            errors,
+            ops,
+            p50,
+            p99,
+            max,
+            leader.map_or(0, |l| l.0),
+            mem.join(",")
+        );
+    } else {
+        println!(
+            "haven bench cluster: {} members, {} writers over {} connections, {}-byte values, \
+             {:.1} s",
+            args.members,
+            args.writers,
+            connections,
+            args.value_bytes,
+            elapsed.as_secs_f64()
+        );
+        println!(
+            "  {:.0} ops/s   p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms   errors {}",
+            ops, p50, p99, max, errors
+        );
+        for (id, m) in memory {
+            match m {
+                Some((hwm, rss)) => println!(
+                    "  member {id}: VmHWM {:.1} MiB, VmRSS {:.1} MiB{}",
+                    hwm as f64 / 1024.0,
+                    rss as f64 / 1024.0,
+                    if leader.map(|l| l.0 as usize) == Some(id) {
+                        " (leader)"
+                    } else {
+                        ""
+                    }
+                ),
+                None => println!("  member {id}: memory unknown"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! `haven serve`: run one member in the foreground until SIGTERM or SIGINT.
+
+use haven::net::ClusterSecret;
+use haven::node::{Config, Node};
+use haven::{ClusterId, Error, NodeId, Result};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Options of `haven serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This member's id (not 0).
+    #[arg(long)]
+    pub id: u64,
+    /// Address to listen on for peers and clients (HOST:PORT).
+    #[arg(long)]
+    pub listen: String,
+    /// Every founding member as ID=HOST:PORT, comma separated, this one included. With
+    /// --join: the running cluster's members to contact, plus this one.
+    #[arg(long)]
+    pub peers: String,
+    /// The data directory (created if missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// File holding the cluster secret (16 to 1024 bytes; a trailing newline is ignored).
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    /// The cluster's id.
+    #[arg(long, default_value_t = 1)]
+    pub cluster_id: u64,
+    /// Join a running cluster as a new member (empty data directory) instead of founding one.
+    #[arg(long)]
+    pub join: bool,
+    /// Raft tick in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Minimum election timeout in milliseconds (each timeout is drawn from [t, 2t)).
+    #[arg(long, default_value_t = 150)]
+    pub election_timeout_ms: u64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// Take a snapshot every this many applied entries.
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind the newest snapshot.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_trailing_entries: u64,
+    /// The state machine's page cache in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub state_cache_mib: u64,
+    /// Serve linearizable reads from the leader's lease (needs bounded clock drift).
+    #[arg(long)]
+    pub lease_reads: bool,
+}
+
+/// Parse `1=host:port,2=host:port`.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>> {
+    let mut peers = BTreeMap::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, address) = item.split_once('=').ok_or_else(|| {
+            Error::InvalidArgument(format!("--peers: {item:?} is not ID=HOST:PORT"))
+        })?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| Error::InvalidArgument(format!("--peers: {id:?} is not a node id")))?;
+        if peers
+            .insert(NodeId(id), address.trim().to_string())
+            .is_some()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "--peers: node id {id} is listed twice"
+            )));
+        }
+    }
+    if peers.is_empty() {
+        return Err(Error::InvalidArgument("--peers: no member listed".into()));
+    }
+    Ok(peers)
+}
+
+/// Build the member's configuration from the arguments.
+pub fn config(args: &ServeArgs) -> Result<Config> {
+    let listen: SocketAddr = haven::node::resolve_address(&args.listen)
+        .map_err(|e| Error::InvalidArgument(format!("--listen: {e}")))?;
+    let members = parse_peers(&args.peers)?;
+    let mut secret = std::fs::read(&args.secret_file).map_err(|e| {
+        Error::io(
+            format!("reading the secret file {}", args.secret_file.display()),
+            e,
+        )
+    })?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    let secret = ClusterSecret::new(secret)
+        .map_err(|e| Error::InvalidArgument(format!("--secret-file: {e}")))?;
+    let mut config = Config::new(
+        NodeId(args.id),
+        ClusterId(args.cluster_id),
+        &args.data_dir,
+        listen,
+        members,
+        secret,
+    );
+    config.join = args.join;
+    config.tick_ms = args.tick_ms;
+    config.election_timeout_ms = args.election_timeout_ms;
+    config.heartbeat_interval_ms = args.heartbeat_ms;
+    config.snapshot_entries = args.snapshot_entries;
+    config.snapshot_trailing_entries = args.snapshot_trailing_entries;
+    config.state_cache_bytes = args.state_cache_mib << 20;
+    config.lease_reads = args.lease_reads;
+    Ok(config)
+}
+
+/// Block SIGTERM and SIGINT in this thread (and so in every thread started after), so that
+/// [`wait_for_signal`] receives them instead of the default handler killing the process.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a sigset_t we own; no Rust invariants involved.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` is a valid signal set and `signal` a valid out-pointer.
+    unsafe {
+        libc::sigwait(set, &mut signal);
+    }
+    signal
+}
+
+/// Run a member until SIGTERM/SIGINT; the process exit code.
+pub fn run(args: &ServeArgs) -> i32 {
+    let config = match config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("haven serve: {e}");
+            return 2;
+        }
+    };
+    let signals = block_signals();
+    let node = match Node::open(config) {
+        Ok(node) => node,
+        Err(e) => {
+            haven::event!(haven::log::Level::Error, node: Some(args.id), term: None,
+                "open_failed", error = e);
+            eprintln!("haven serve: {e}");
+            return 1;
+        }
+    };
+    let signal = wait_for_signal(&signals);
+    haven::event!(haven::log::Level::Info, node: Some(args.id), term: None,
+        "signal_received", signal = signal);
+    match node.shutdown() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("haven serve: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_name_the_problem() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=localhost:7002").unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[&NodeId(2)], "localhost:7002");
+        assert!(parse_peers("1=a,1=b")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert!(parse_peers("x=a")
+            .unwrap_err()
+            .to_string()
+            .contains("node id"));
+        assert!(parse_peers("1:a")
+            .unwrap_err()
+            .to_string()
+            .contains("ID=HOST:PORT"));
+        assert!(parse_peers("").is_err());
+    }
+}
