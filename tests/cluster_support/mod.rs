@@ -72,9 +72,20 @@ impl Cluster {
     /// Start `n` founding members with ids 1..=n, each configured by `tune` after the defaults
     /// and [`fast`].
     pub fn start(n: usize, tune: impl Fn(&mut Config)) -> Cluster {
+        Cluster::start_routed(n, &free_addrs(n), |_, _| None, tune)
+    }
+
+    /// Start `n` members listening on `addrs`; member i dials member j at `route(i, j)` when it
+    /// gives one (a fault-injecting proxy), else at j's address.
+    pub fn start_routed(
+        n: usize,
+        addrs: &[SocketAddr],
+        route: impl Fn(usize, usize) -> Option<SocketAddr>,
+        tune: impl Fn(&mut Config),
+    ) -> Cluster {
         quiet_logs();
         let dir = tempfile::tempdir().unwrap();
-        let addrs = free_addrs(n);
+        let addrs = addrs.to_vec();
         let members: BTreeMap<NodeId, String> = addrs
             .iter()
             .enumerate()
@@ -91,6 +102,11 @@ impl Cluster {
                     secret(),
                 );
                 fast(&mut c);
+                for j in (0..n).filter(|&j| j != i) {
+                    if let Some(addr) = route(i, j) {
+                        c.peer_routes.insert(NodeId(j as u64 + 1), addr);
+                    }
+                }
                 tune(&mut c);
                 c
             })
