@@ -41,10 +41,10 @@ fn a_wrong_secret_or_cluster_id_is_refused_as_auth() {
         Client::connect(&[&addr], ClusterId(1), &secret(), ClientOptions::default()).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Auth, "{e}");
     // Nothing was written by those attempts, and the member still serves the right client.
-    let before = cluster.node(0).status().unwrap().commit_index;
+    let before = cluster.wait_converged(WAIT);
     let good = remote_client(&cluster.addrs, ClientOptions::default()).unwrap();
     assert!(good.get(b"k").unwrap().is_none());
-    assert_eq!(cluster.node(0).status().unwrap().commit_index, before);
+    assert_eq!(cluster.wait_converged(WAIT), before);
 }
 
 #[test]

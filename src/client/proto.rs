@@ -380,6 +380,23 @@ mod tests {
     }
 
     #[test]
+    fn wire_layout_is_stable() {
+        // docs/FORMAT.md, "Client protocol".
+        let request = ClientRequest {
+            version: 1,
+            timeout_ms: 500,
+            request: Request::Read {
+                op: ReadOp::Get { key: b"k".to_vec() },
+                mode: ReadMode::Linearizable,
+            },
+        };
+        assert_eq!(
+            encode_value(&request).unwrap(),
+            [0x01, 0xfb, 0xf4, 0x01, 0x01, 0x00, 0x01, 0x6b, 0x00]
+        );
+    }
+
+    #[test]
     fn requests_round_trip_through_the_codec() {
         let request = ClientRequest {
             version: CLIENT_PROTOCOL_VERSION,
