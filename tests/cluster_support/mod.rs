@@ -50,11 +50,12 @@ pub fn quiet_logs() {
     }
 }
 
-/// Fast timings for tests: tick 5 ms, election 50-100 ms, heartbeat 10 ms.
+/// Fast timings for tests: tick 5 ms, election 100-200 ms, heartbeat 20 ms (several test
+/// clusters share two cores: shorter timeouts elect spuriously under that load).
 pub fn fast(config: &mut Config) {
     config.tick_ms = 5;
-    config.election_timeout_ms = 50;
-    config.heartbeat_interval_ms = 10;
+    config.election_timeout_ms = 100;
+    config.heartbeat_interval_ms = 20;
     config.state_cache_bytes = 8 << 20;
     config.wal_segment_bytes = 1 << 20;
     config.wal_cache_bytes = 4 << 20;
