@@ -14,7 +14,8 @@ use crate::log::Level;
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
 use crate::types::{Entry, LogIndex, NodeId, Term};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use super::queue::{Received, WorkReceiver};
+use crossbeam_channel::Sender;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -75,7 +76,7 @@ pub(crate) struct Applier {
     pub(crate) id: NodeId,
     pub(crate) sm: StateMachine,
     pub(crate) snap_dir: PathBuf,
-    pub(crate) tasks: Receiver<ApplyTask>,
+    pub(crate) tasks: WorkReceiver<ApplyTask>,
     pub(crate) internal: Sender<Internal>,
     pub(crate) counters: Arc<SharedCounters>,
     pub(crate) policy: SnapshotPolicy,
@@ -125,13 +126,13 @@ impl Applier {
                             d.saturating_duration_since(Instant::now())
                         });
                     match self.tasks.recv_timeout(wait) {
-                        Ok(task) => task,
-                        Err(RecvTimeoutError::Timeout) => {
+                        Received::Item(task) => task,
+                        Received::Timeout => {
                             self.expire_reads();
                             self.maybe_flush();
                             continue;
                         }
-                        Err(RecvTimeoutError::Disconnected) => break,
+                        Received::Closed => break,
                     }
                 }
             };
@@ -213,7 +214,7 @@ impl Applier {
                 break;
             }
             match self.tasks.try_recv() {
-                Ok(ApplyTask::Apply {
+                Some(ApplyTask::Apply {
                     entries: more,
                     waiters: more_waiters,
                 }) => {
@@ -221,11 +222,11 @@ impl Applier {
                     entries.extend(more);
                     waiters.extend(more_waiters);
                 }
-                Ok(other) => {
+                Some(other) => {
                     next = Some(other);
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         self.apply(entries, waiters);

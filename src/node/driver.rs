@@ -4,6 +4,7 @@
 use super::apply::{ApplyTask, PendingRead, Waiter};
 use super::config::resolve_address;
 use super::message::PeerMessage;
+use super::queue::WorkSender;
 use super::reply::Reply;
 use super::store::WalStore;
 use super::transfer::TransferTask;
@@ -43,7 +44,7 @@ pub(crate) struct Channels {
     pub(crate) clients: Receiver<ClientEvent<ClientRequest, ClientResponse>>,
     pub(crate) internal: Receiver<Internal>,
     pub(crate) internal_tx: Sender<Internal>,
-    pub(crate) apply: Sender<ApplyTask>,
+    pub(crate) apply: WorkSender<ApplyTask>,
     pub(crate) transfer: Sender<TransferTask>,
 }
 
@@ -412,7 +413,7 @@ impl Driver {
                 deadline,
             } => self.on_request(request, reply, deadline),
             Input::TakeSnapshot(done) => {
-                let _ = self.ch.apply.send(ApplyTask::TakeSnapshot(done));
+                self.ch.apply.send(ApplyTask::TakeSnapshot(done));
                 Ok(())
             }
             Input::Shutdown => {
@@ -483,7 +484,7 @@ impl Driver {
                 };
                 match mode {
                     ReadMode::Stale => {
-                        let _ = self.ch.apply.send(ApplyTask::StaleRead(read));
+                        self.ch.apply.send(ApplyTask::StaleRead(read));
                     }
                     ReadMode::Linearizable => {
                         if self.raft.leader().is_some() {
@@ -504,7 +505,7 @@ impl Driver {
                 Ok(())
             }
             Request::StateHash => {
-                let _ = self.ch.apply.send(ApplyTask::StateHash(reply));
+                self.ch.apply.send(ApplyTask::StateHash(reply));
                 Ok(())
             }
             Request::Admin(op) => self.route_to_leader(Pending {
@@ -768,7 +769,7 @@ impl Driver {
         match state.index {
             Some(index) => {
                 self.stats.reads += batch.reads.len() as u64;
-                let _ = self.ch.apply.send(ApplyTask::Reads {
+                self.ch.apply.send(ApplyTask::Reads {
                     index,
                     reads: batch.reads,
                 });
@@ -963,7 +964,7 @@ impl Driver {
             snapshot_term = meta.term.0
         );
         self.snapshots = vec![meta.clone()];
-        let _ = self.ch.apply.send(ApplyTask::Restore {
+        self.ch.apply.send(ApplyTask::Restore {
             meta: meta.clone(),
             path,
             orphans,
@@ -985,7 +986,7 @@ impl Driver {
             let (index, (term, reply, _)) = first.remove_entry();
             waiters.push(Waiter { index, term, reply });
         }
-        let _ = self.ch.apply.send(ApplyTask::Apply { entries, waiters });
+        self.ch.apply.send(ApplyTask::Apply { entries, waiters });
     }
 
     fn send_raft(&mut self, m: Message) {
@@ -1475,7 +1476,7 @@ impl Driver {
         }
         let unknown = || Error::Timeout("the member shut down before the outcome was known".into());
         self.fail_waiting(unknown, unknown);
-        let _ = self.ch.apply.send(ApplyTask::Stop);
+        self.ch.apply.send(ApplyTask::Stop);
         let _ = self.ch.transfer.send(TransferTask::Stop);
         dlog!(self, Level::Info, "driver_stopped");
     }
@@ -1522,7 +1523,7 @@ impl Driver {
             },
             || Error::Fatal(why.clone()),
         );
-        let _ = self.ch.apply.send(ApplyTask::Stop);
+        self.ch.apply.send(ApplyTask::Stop);
         let _ = self.ch.transfer.send(TransferTask::Stop);
         self.transport.shutdown();
     }

@@ -41,6 +41,7 @@ mod apply;
 mod config;
 mod driver;
 mod message;
+mod queue;
 mod reply;
 mod store;
 mod transfer;
@@ -305,7 +306,7 @@ impl Node {
 
         let (input_tx, input_rx) = bounded(INPUT_QUEUE);
         let (internal_tx, internal_rx) = unbounded();
-        let (apply_tx, apply_rx) = unbounded();
+        let (apply_tx, apply_rx) = queue::work_queue();
         let (transfer_tx, transfer_rx) = unbounded();
         let counters = Arc::new(SharedCounters::default());
         counters.applied.store(applied.0, Ordering::Relaxed);
