@@ -166,3 +166,32 @@ fn bad_command_lines_exit_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret"));
     assert!(!std::path::Path::new(data).exists());
 }
+
+#[test]
+fn a_failed_fdatasync_stops_the_member_and_the_others_go_on() {
+    let faults = std::sync::Arc::new(haven::wal::FaultInjector::new());
+    let faulty = faults.clone();
+    let cluster = Cluster::start(3, move |c| {
+        if c.id == NodeId(1) {
+            c.wal_faults = Some(faulty.clone());
+        }
+    });
+    cluster.wait_leader(WAIT);
+    cluster.node(1).client().put(b"before", b"1").unwrap();
+    faults.fail_syncs();
+    // Member 1's next write fails its fdatasync: it stops, and says why.
+    let failed = cluster_support::wait_for("member 1 to stop", WAIT, || {
+        let _ = cluster.node(1).client().put(b"during", b"2");
+        match cluster.node(0).status() {
+            Err(e) if e.code() == ErrorCode::Fatal => Some(e),
+            _ => None,
+        }
+    });
+    assert!(failed.to_string().contains("fdatasync") || failed.to_string().contains("wal"));
+    let e = cluster.node(0).client().put(b"k", b"v").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Fatal, "{e}");
+    // The two others still form a quorum.
+    let put = cluster.node(2).client().put(b"after", b"3").unwrap();
+    assert!(put.revision.0 > 0);
+    assert!(cluster.node(1).client().get(b"after").unwrap().is_some());
+}

@@ -5,6 +5,7 @@
 //! It runs beside the driver so that a large sled batch, a snapshot being written or a restore
 //! never delays the driver's ticks, heartbeats or WAL submissions.
 
+use super::queue::{Received, WorkReceiver};
 use super::reply::Reply;
 use super::{Internal, SharedCounters};
 use crate::client::proto::{ReadOp, Response};
@@ -14,7 +15,6 @@ use crate::log::Level;
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
 use crate::types::{Entry, LogIndex, NodeId, Term};
-use super::queue::{Received, WorkReceiver};
 use crossbeam_channel::Sender;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -140,6 +140,14 @@ macro_rules! dlog {
     };
 }
 
+/// A failed WAL write stops the member (the WAL refuses every later write anyway).
+fn wal_failure(e: Error) -> Error {
+    match e {
+        Error::Fatal(m) => Error::Fatal(format!("WAL write failed: {m}")),
+        other => Error::Fatal(format!("WAL write failed: {other}")),
+    }
+}
+
 fn storage(e: RaftError) -> Error {
     match e {
         RaftError::Storage(e) => e,
@@ -820,9 +828,7 @@ impl Driver {
                 // back, which is most of a follower's share of a write's latency. Messages
                 // that arrive meanwhile queue up and share the next write.
                 let started = Instant::now();
-                self.wal
-                    .write(batch)
-                    .map_err(|e| Error::Fatal(format!("the WAL write failed: {e}")))?;
+                self.wal.write(batch).map_err(wal_failure)?;
                 self.stats.wal_writes += 1;
                 self.stats
                     .wal_write_latency
@@ -888,7 +894,7 @@ impl Driver {
     }
 
     fn on_persisted(&mut self, number: u64, result: Result<()>) -> Result<()> {
-        result.map_err(|e| Error::Fatal(format!("the WAL write failed: {e}")))?;
+        result.map_err(wal_failure)?;
         let Some(write) = self.in_flight.pop_front() else {
             panic!(
                 "node {} term {}: WAL acknowledged write {number} with none in flight, index {}",

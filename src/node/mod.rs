@@ -257,7 +257,7 @@ impl Node {
         let wal_options = WalOptions {
             segment_bytes: config.wal_segment_bytes,
             cache_bytes: config.wal_cache_bytes,
-            faults: None,
+            faults: config.wal_faults.clone(),
         };
         let (wal, report) = Wal::open(data_dir.wal_dir(), wal_options)?;
         if let Some(torn) = &report.torn_tail {
