@@ -325,7 +325,8 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// Counters.
     pub counters: Counters,
-    /// Why the member stopped, if a storage failure stopped it.
+    /// Why the member stopped, if a storage failure stopped it (then `role` is
+    /// [`NodeRole::Stopped`]; a running member reports `None`).
     pub failure: Option<String>,
 }
 

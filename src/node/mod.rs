@@ -419,10 +419,29 @@ impl Node {
 
     /// This member's view: role, term, leader, commit and applied index, members (with the
     /// leader's replication progress when this member leads), counters.
+    ///
+    /// A member stopped by a storage failure answers with role [`NodeRole::Stopped`] and the
+    /// cause in [`Status::failure`] (the rest is empty: its core is gone).
     pub fn status(&self) -> Result<Status> {
-        match self.call(Request::Status)? {
-            Response::Status(status) => Ok(status),
-            other => Err(unexpected(&other)),
+        match self.call(Request::Status) {
+            Ok(Response::Status(status)) => Ok(status),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => match lock(&self.shared.failure).clone() {
+                Some(why) => Ok(Status {
+                    id: self.shared.id,
+                    role: NodeRole::Stopped,
+                    term: Term(0),
+                    leader: None,
+                    commit_index: LogIndex(0),
+                    applied_index: LogIndex(0),
+                    first_index: LogIndex(0),
+                    last_index: LogIndex(0),
+                    members: Vec::new(),
+                    counters: Default::default(),
+                    failure: Some(why),
+                }),
+                None => Err(e),
+            },
         }
     }
 
