@@ -5,7 +5,7 @@
 //! It runs beside the driver so that a large sled batch, a snapshot being written or a restore
 //! never delays the driver's ticks, heartbeats or WAL submissions.
 
-use super::queue::{Received, WorkReceiver};
+use super::queue::{Received, Waking, WorkReceiver};
 use super::reply::Reply;
 use super::{Internal, SharedCounters};
 use crate::client::proto::{ReadOp, Response};
@@ -77,7 +77,7 @@ pub(crate) struct Applier {
     pub(crate) sm: StateMachine,
     pub(crate) snap_dir: PathBuf,
     pub(crate) tasks: WorkReceiver<ApplyTask>,
-    pub(crate) internal: Sender<Internal>,
+    pub(crate) internal: Waking<Internal>,
     pub(crate) counters: Arc<SharedCounters>,
     pub(crate) policy: SnapshotPolicy,
     /// Reads waiting for the applied index, by read index.
@@ -253,7 +253,7 @@ impl Applier {
                     .fetch_add(count, Ordering::Relaxed);
                 let (applied, _) = self.sm.applied();
                 self.counters.applied.store(applied.0, Ordering::Relaxed);
-                let _ = self.internal.send(Internal::Applied(applied));
+                self.internal.send(Internal::Applied(applied));
                 self.entries_since_snapshot += count;
                 self.bytes_since_snapshot += bytes;
                 self.serve_reads();
@@ -280,7 +280,7 @@ impl Applier {
 
     fn fail(&mut self, why: String) {
         self.fail_reads(|| Error::Fatal(why.clone()));
-        let _ = self.internal.send(Internal::Fatal(why.clone()));
+        self.internal.send(Internal::Fatal(why.clone()));
         self.failed = Some(why);
     }
 
@@ -309,7 +309,7 @@ impl Applier {
             term: file.term,
             membership,
         };
-        let _ = self.internal.send(Internal::SnapshotTaken(meta));
+        self.internal.send(Internal::SnapshotTaken(meta));
         Ok(file.index)
     }
 
@@ -333,7 +333,7 @@ impl Applier {
                 self.counters.applied.store(file.index.0, Ordering::Relaxed);
                 event!(Level::Info, node: Some(self.id.0), term: None, "snapshot_restored",
                     index = meta.index.0, ms = started.elapsed().as_millis());
-                let _ = self.internal.send(Internal::Applied(file.index));
+                self.internal.send(Internal::Applied(file.index));
                 self.serve_reads();
             }
             Err(e) => {

@@ -4,7 +4,7 @@
 use super::apply::{ApplyTask, PendingRead, Waiter};
 use super::config::resolve_address;
 use super::message::PeerMessage;
-use super::queue::WorkSender;
+use super::queue::{Parker, Waking, WorkSender};
 use super::reply::Reply;
 use super::store::WalStore;
 use super::transfer::TransferTask;
@@ -24,7 +24,7 @@ use crate::raft::{
 };
 use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
 use crate::wal::{Wal, WriteBatch};
-use crossbeam_channel::{never, select, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -43,7 +43,8 @@ pub(crate) struct Channels {
     pub(crate) peers: Receiver<(NodeId, PeerMessage)>,
     pub(crate) clients: Receiver<ClientEvent<ClientRequest, ClientResponse>>,
     pub(crate) internal: Receiver<Internal>,
-    pub(crate) internal_tx: Sender<Internal>,
+    pub(crate) internal_tx: Waking<Internal>,
+    pub(crate) parker: Arc<Parker>,
     pub(crate) apply: WorkSender<ApplyTask>,
     pub(crate) transfer: Sender<TransferTask>,
 }
@@ -231,40 +232,46 @@ impl Driver {
     }
 
     fn iteration(&mut self) -> Result<()> {
-        let mut timeout = self.next_tick.saturating_duration_since(Instant::now());
-        for _ in 0..MAX_INPUTS_PER_ITERATION {
-            if !self.wait_one(timeout)? {
+        let mut handled = 0;
+        while handled < MAX_INPUTS_PER_ITERATION {
+            if self.poll_one()? {
+                handled += 1;
+                continue;
+            }
+            if handled > 0 {
                 break;
             }
-            timeout = Duration::ZERO;
+            let now = Instant::now();
+            if now >= self.next_tick {
+                break;
+            }
+            // Nothing queued: sleep until a producer wakes us or the next tick is due.
+            self.ch.parker.park_timeout(self.next_tick - now);
         }
         self.on_clock()?;
         self.flush()
     }
 
-    /// Handle one input, waiting up to `timeout` for it. `false` if none came.
-    fn wait_one(&mut self, timeout: Duration) -> Result<bool> {
-        select! {
-            recv(self.ch.internal) -> m => {
-                if let Ok(m) = m {
-                    self.on_internal(m)?;
-                }
-            }
-            recv(self.ch.peers) -> m => match m {
-                Ok((from, msg)) => self.on_peer(from, msg)?,
-                Err(_) => self.ch.peers = never(),
-            },
-            recv(self.ch.clients) -> m => match m {
-                Ok(event) => self.on_client_event(event),
-                Err(_) => self.ch.clients = never(),
-            },
-            recv(self.ch.inputs) -> m => match m {
-                Ok(input) => self.on_input(input)?,
-                Err(_) => self.ch.inputs = never(),
-            },
-            default(timeout) => return Ok(false),
+    /// Handle one queued input, if any (internal events first: WAL completions free held
+    /// messages). Never blocks.
+    fn poll_one(&mut self) -> Result<bool> {
+        if let Ok(m) = self.ch.internal.try_recv() {
+            self.on_internal(m)?;
+            return Ok(true);
         }
-        Ok(true)
+        if let Ok((from, msg)) = self.ch.peers.try_recv() {
+            self.on_peer(from, msg)?;
+            return Ok(true);
+        }
+        if let Ok(event) = self.ch.clients.try_recv() {
+            self.on_client_event(event);
+            return Ok(true);
+        }
+        if let Ok(input) = self.ch.inputs.try_recv() {
+            self.on_input(input)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     // ----- the clock -----
@@ -456,7 +463,7 @@ impl Driver {
         // the next iteration (the core's state is then already marked failed).
         if let Err(e) = self.on_request(request.request, reply, Instant::now() + timeout) {
             self.shared.set_failure(&e.to_string());
-            let _ = self.ch.internal_tx.send(Internal::Fatal(e.to_string()));
+            self.ch.internal_tx.send(Internal::Fatal(e.to_string()));
         }
     }
 
@@ -562,7 +569,7 @@ impl Driver {
         for w in std::mem::take(&mut self.waiting_leader) {
             let p = w.pending;
             if let Err(e) = self.on_request(p.request, p.reply, p.deadline) {
-                let _ = self.ch.internal_tx.send(Internal::Fatal(e.to_string()));
+                self.ch.internal_tx.send(Internal::Fatal(e.to_string()));
             }
         }
     }
@@ -888,7 +895,7 @@ impl Driver {
         self.wal.submit(
             batch,
             Box::new(move |result| {
-                let _ = tx.send(Internal::Persisted { number, result });
+                tx.send(Internal::Persisted { number, result });
             }),
         );
     }

@@ -167,3 +167,65 @@ mod tests {
         ));
     }
 }
+
+/// Wakes one consumer that polls several channels: producers call [`Parker::notify`] after
+/// sending, the consumer polls every channel and, when all are empty, parks until notified (or a
+/// timeout). Unlike a channel select it never spins or yields before parking. A notification
+/// that comes between the consumer's last poll and its park is kept, so none is lost.
+#[derive(Default)]
+pub(crate) struct Parker {
+    notified: Mutex<bool>,
+    ready: Condvar,
+}
+
+impl Parker {
+    pub(crate) fn notify(&self) {
+        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
+        if !*notified {
+            *notified = true;
+            drop(notified);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Wait until notified (returns at once if a notification is pending) or `timeout`.
+    pub(crate) fn park_timeout(&self, timeout: Duration) {
+        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
+        if !*notified {
+            notified = self
+                .ready
+                .wait_timeout(notified, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *notified = false;
+    }
+}
+
+/// A channel sender that wakes the consumer's [`Parker`] after each send.
+pub(crate) struct Waking<T> {
+    tx: crossbeam_channel::Sender<T>,
+    parker: Arc<Parker>,
+}
+
+impl<T> Clone for Waking<T> {
+    fn clone(&self) -> Self {
+        Waking {
+            tx: self.tx.clone(),
+            parker: Arc::clone(&self.parker),
+        }
+    }
+}
+
+impl<T> Waking<T> {
+    pub(crate) fn new(tx: crossbeam_channel::Sender<T>, parker: Arc<Parker>) -> Waking<T> {
+        Waking { tx, parker }
+    }
+
+    /// Send (never blocks: the channel is unbounded) and wake the consumer.
+    pub(crate) fn send(&self, item: T) {
+        if self.tx.send(item).is_ok() {
+            self.parker.notify();
+        }
+    }
+}
