@@ -160,8 +160,8 @@ impl Cluster {
         }
     }
 
-    /// Simulate a crash: drop without the leadership hand-over (the driver still stops its
-    /// threads; what was not durable is lost from the member's point of view, as after kill).
+    /// Restart member `i`: a graceful stop (if running), then open it again from its data
+    /// directory. (Crashes are `kill -9` of `haven serve` processes, in `cluster_process.rs`.)
     pub fn restart(&mut self, i: usize) {
         self.stop(i);
         self.nodes[i] = Some(Node::open(self.configs[i].clone()).expect("reopen member"));
