@@ -5,7 +5,7 @@
 //! | thread | owns | does |
 //! |--------|------|------|
 //! | driver (`haven-{id}-driver`) | the Raft core (over [`LogStore`](crate::raft::LogStore) on the WAL) | ticks, peer messages, client requests, proposals, ReadIndex, Ready handling, forwarding |
-//! | apply (`haven-{id}-apply`) | the [`StateMachine`](crate::sm::StateMachine) | applies committed entries, answers proposers and reads, snapshots, restores |
+//! | apply (`haven-{id}-apply`) | the `sm::StateMachine` | applies committed entries, answers proposers and reads, snapshots, restores |
 //! | transfer (`haven-{id}-snap`) | snapshot files in flight | serves snapshot chunks (leader), fetches them (follower) |
 //! | WAL writer + preparer | the log files | group commit (see `wal`) |
 //! | transport threads | sockets | see `net` |
