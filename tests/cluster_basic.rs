@@ -177,3 +177,20 @@ fn a_restarted_member_catches_up() {
     assert!(status.applied_index >= cluster.node(leader).status().unwrap().commit_index);
     assert_eq!(status.id, NodeId(down as u64 + 1));
 }
+
+#[test]
+fn lease_reads_when_enabled_still_see_every_acknowledged_write() {
+    let cluster = Cluster::start(3, |c| c.lease_reads = true);
+    let leader = cluster.wait_leader(LEADER_WAIT);
+    let readers: Vec<_> = cluster.running().map(|(_, n)| n.client()).collect();
+    let writer = cluster.node(leader).client();
+    for round in 0..30u32 {
+        writer.put(b"lease", &round.to_le_bytes()).unwrap();
+        for r in &readers {
+            let got = r.get(b"lease").unwrap().unwrap();
+            assert_eq!(got.value, round.to_le_bytes(), "round {round}");
+        }
+    }
+    let status = cluster.node(leader).status().unwrap();
+    assert!(status.counters.reads >= 30, "{status:?}");
+}
