@@ -105,13 +105,36 @@ pub struct Cluster {
     options: MemberOptions,
 }
 
-/// `n` free loopback ports (bound, then released: another process could take one in between,
-/// which shows up as a member that exits at once; [`Cluster::start_member`] retries).
+/// `n` free loopback ports for the members' listeners. They are chosen below the kernel's
+/// ephemeral range when it leaves room (ports 10000-30000 by default): a killed member's port
+/// stays free for the seconds it is down, and an outgoing connection could otherwise be given
+/// it as its local port and make the restart fail.
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut found: Vec<TcpListener> = Vec::new();
+    if ephemeral_low > 11_000 {
+        let span = u64::from(ephemeral_low.min(30_000) - 10_000);
+        let mut bytes = [0u8; 8];
+        getrandom::getrandom(&mut bytes).expect("random bytes");
+        let mut rng = haven::raft::rng::SplitMix64::new(u64::from_le_bytes(bytes));
+        // Bounded: at most 1000 tries, then the kernel's choice below.
+        for _ in 0..1000 {
+            if found.len() == n {
+                break;
+            }
+            let port = 10_000 + rng.below(span) as u16;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                found.push(l);
+            }
+        }
+    }
+    while found.len() < n {
+        found.push(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
+    }
+    found
         .iter()
         .map(|l| l.local_addr().expect("local address"))
         .collect()
@@ -188,8 +211,8 @@ impl Cluster {
             .args(["--cluster-id", &CLUSTER.0.to_string()])
             // Small snapshot intervals, so that a member that was down or cut off for a few
             // seconds catches up through a snapshot transfer, not only from the log.
-            .args(["--snapshot-entries", "20000"])
-            .args(["--snapshot-trailing-entries", "2000"])
+            .args(["--snapshot-entries", "5000"])
+            .args(["--snapshot-trailing-entries", "1000"])
             .env("HAVEN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -245,6 +268,11 @@ impl Cluster {
     /// Whether member `i` has a process (running or paused).
     pub fn is_running(&self, i: usize) -> bool {
         lock(&self.processes.slots)[i].child.is_some()
+    }
+
+    /// Whether member `i` is paused.
+    pub fn is_paused(&self, i: usize) -> bool {
+        lock(&self.processes.slots)[i].paused
     }
 
     /// SIGSTOP member `i`.
@@ -353,6 +381,16 @@ impl Cluster {
 
     /// A client of member `i` alone (status, state hash).
     pub fn member_client(&self, i: usize, request_timeout: Duration) -> haven::Result<Client> {
+        self.member_client_with(i, request_timeout, ReadMode::Linearizable)
+    }
+
+    /// A client of member `i` alone, reading with `read_mode`.
+    pub fn member_client_with(
+        &self,
+        i: usize,
+        request_timeout: Duration,
+        read_mode: ReadMode,
+    ) -> haven::Result<Client> {
         let addr = self.addrs[i].to_string();
         Client::connect(
             &[addr.as_str()],
@@ -361,7 +399,7 @@ impl Cluster {
             ClientOptions {
                 request_timeout,
                 connect_timeout: request_timeout,
-                read_mode: ReadMode::Linearizable,
+                read_mode,
                 prefer_leader: false,
             },
         )

@@ -2,8 +2,11 @@
 //!
 //! Faults: SIGKILL a minority, the leader, or a majority (restarted at the heal); SIGSTOP the
 //! leader or a minority (SIGCONT at the heal); partitions through the proxies (random halves, a
-//! bridge, the leader isolated, the leader's outbound or inbound links cut); and slow links.
-//! Every fault lasts 2-4 s and every heal 2-4 s. Because each fault is healed completely before
+//! bridge, the leader isolated, the leader's outbound or inbound links cut); slow links; and
+//! three churns that act again and again within their window: a crash loop (kill a member,
+//! restart it a moment later, kill another), short pauses of whoever leads (100-600 ms, around
+//! the election timeout, where a deposed leader may not know it yet), and a partition that
+//! changes every few hundred milliseconds. Every fault lasts 2-4 s and every heal 2-4 s. Because each fault is healed completely before
 //! the next, and the last one when the load ends, the final phase always starts from a cluster
 //! that can form a majority.
 //!
@@ -82,92 +85,196 @@ fn sleep_watching(
     !stop.load(Ordering::SeqCst)
 }
 
-/// Inject one fault; a description for the history.
-fn inject(cluster: &Cluster, rng: &mut SplitMix64) -> (&'static str, String) {
+/// A fault that keeps acting during its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Churn {
+    /// Restart the member that is down, or kill a random one.
+    CrashLoop,
+    /// Resume the paused member, or pause whoever leads.
+    PauseLeaderLoop,
+    /// A new random partition, or a heal.
+    FlappingPartition,
+}
+
+/// The member that says it leads; a random one if none does right now.
+fn leader(cluster: &Cluster, rng: &mut SplitMix64) -> usize {
+    cluster
+        .leader(Duration::from_millis(300))
+        .unwrap_or_else(|| rng.below(cluster.n as u64) as usize)
+}
+
+/// One step of a churn; how long until the next.
+fn churn_step(
+    churn: Churn,
+    cluster: &Cluster,
+    history: &History,
+    rng: &mut SplitMix64,
+) -> Duration {
+    let n = cluster.n;
+    match churn {
+        Churn::CrashLoop => {
+            if let Some(down) = (0..n).find(|&i| !cluster.is_running(i)) {
+                cluster.start_member(down);
+                history.nemesis("restart", names(&[down]));
+            } else {
+                let victim = rng.below(n as u64) as usize;
+                cluster.kill(victim);
+                history.nemesis("kill", names(&[victim]));
+            }
+            Duration::from_millis(200 + rng.below(700))
+        }
+        Churn::PauseLeaderLoop => {
+            if let Some(paused) = (0..n).find(|&i| cluster.is_paused(i)) {
+                cluster.resume(paused);
+                history.nemesis("resume", names(&[paused]));
+            } else {
+                let l = leader(cluster, rng);
+                cluster.pause(l);
+                history.nemesis("pause", names(&[l]));
+            }
+            Duration::from_millis(100 + rng.below(500))
+        }
+        Churn::FlappingPartition => {
+            if rng.chance(1, 3) {
+                cluster.links.heal();
+                history.nemesis("heal-links", String::new());
+            } else {
+                let minority = (n - 1) / 2;
+                let order = shuffled(rng, n);
+                let groups = vec![order[..minority].to_vec(), order[minority..].to_vec()];
+                cluster.partition(&groups);
+                history.nemesis("partition", group_names(&groups));
+            }
+            Duration::from_millis(200 + rng.below(600))
+        }
+    }
+}
+
+/// Every fault kind, by the name the history and `HAVEN_JEPSEN_FAULTS` use. Kills of a
+/// minority are listed twice: they are the commonest failure in practice.
+pub const FAULTS: &[&str] = &[
+    "kill",
+    "kill",
+    "kill-leader",
+    "kill-majority",
+    "pause-leader",
+    "pause",
+    "partition-halves",
+    "partition-bridge",
+    "partition-leader",
+    "cut-leader-one-way",
+    "slow-links",
+    "crash-loop",
+    "pause-leader-loop",
+    "flapping-partition",
+];
+
+/// Inject the fault `kind`; a description for the history and the churn to keep running.
+fn inject(
+    kind: &'static str,
+    cluster: &Cluster,
+    rng: &mut SplitMix64,
+) -> (&'static str, String, Option<Churn>) {
     let n = cluster.n;
     let minority = (n - 1) / 2;
-    // The member that says it leads; a random one if none does right now.
-    let leader = |rng: &mut SplitMix64| {
-        cluster
-            .leader(Duration::from_millis(300))
-            .unwrap_or_else(|| rng.below(n as u64) as usize)
+    let kill = |victims: Vec<usize>| {
+        for &i in &victims {
+            cluster.kill(i);
+        }
+        names(&victims)
     };
-    match rng.below(11) {
-        0 | 1 => {
+    let detail = match kind {
+        "kill" => {
             let count = 1 + rng.below(minority as u64) as usize;
-            let victims: Vec<usize> = shuffled(rng, n).into_iter().take(count).collect();
-            for &i in &victims {
-                cluster.kill(i);
-            }
-            ("kill", names(&victims))
+            kill(shuffled(rng, n).into_iter().take(count).collect())
         }
-        2 => {
-            let l = leader(rng);
-            cluster.kill(l);
-            ("kill-leader", names(&[l]))
-        }
-        3 => {
-            let victims: Vec<usize> = shuffled(rng, n).into_iter().take(minority + 1).collect();
-            for &i in &victims {
-                cluster.kill(i);
-            }
-            ("kill-majority", names(&victims))
-        }
-        4 => {
-            let l = leader(rng);
+        "kill-leader" => kill(vec![leader(cluster, rng)]),
+        "kill-majority" => kill(shuffled(rng, n).into_iter().take(minority + 1).collect()),
+        "pause-leader" => {
+            let l = leader(cluster, rng);
             cluster.pause(l);
-            ("pause-leader", names(&[l]))
+            names(&[l])
         }
-        5 => {
+        "pause" => {
             let count = 1 + rng.below(minority as u64) as usize;
             let victims: Vec<usize> = shuffled(rng, n).into_iter().take(count).collect();
             for &i in &victims {
                 cluster.pause(i);
             }
-            ("pause", names(&victims))
+            names(&victims)
         }
-        6 => {
+        "partition-halves" => {
             let order = shuffled(rng, n);
             let groups = vec![order[..minority].to_vec(), order[minority..].to_vec()];
             cluster.partition(&groups);
-            ("partition-halves", group_names(&groups))
+            group_names(&groups)
         }
-        7 => {
+        "partition-bridge" => {
             // Two sides that each see the bridge member in the middle, and not each other.
             let order = shuffled(rng, n);
             let mid = n / 2;
             let groups = vec![order[..=mid].to_vec(), order[mid..].to_vec()];
             cluster.partition(&groups);
-            ("partition-bridge", group_names(&groups))
+            group_names(&groups)
         }
-        8 => {
-            let l = leader(rng);
+        "partition-leader" => {
+            let l = leader(cluster, rng);
             let rest: Vec<usize> = (0..n).filter(|&i| i != l).collect();
             let groups = vec![vec![l], rest];
             cluster.partition(&groups);
-            ("partition-leader", group_names(&groups))
+            group_names(&groups)
         }
-        9 => {
-            let l = leader(rng);
+        "cut-leader-one-way" => {
+            let l = leader(cluster, rng);
             let outbound = rng.chance(1, 2);
             cluster.cut_one_way(l, outbound, Mode::Cut);
-            let what = if outbound {
-                "cut-leader-outbound"
-            } else {
-                "cut-leader-inbound"
-            };
-            (what, names(&[l]))
+            let direction = if outbound { "outbound" } else { "inbound" };
+            format!("{} {direction}", names(&[l]))
         }
-        _ => {
+        "slow-links" => {
             let delay = Duration::from_millis(5 + rng.below(40));
             cluster.set_all_links(Mode::Delay(delay));
-            ("slow-links", format!("{delay:?} on every link"))
+            format!("{delay:?} on every link")
         }
+        "crash-loop" | "pause-leader-loop" | "flapping-partition" => String::new(),
+        other => panic!("unknown fault kind {other:?}"),
+    };
+    let churn = match kind {
+        "crash-loop" => Some(Churn::CrashLoop),
+        "pause-leader-loop" => Some(Churn::PauseLeaderLoop),
+        "flapping-partition" => Some(Churn::FlappingPartition),
+        _ => None,
+    };
+    (kind, detail, churn)
+}
+
+/// The fault kinds to draw from: all, or those named in `filter` (comma separated).
+pub fn fault_kinds(filter: Option<&str>) -> Vec<&'static str> {
+    let Some(filter) = filter else {
+        return FAULTS.to_vec();
+    };
+    let wanted: Vec<&str> = filter.split(',').map(str::trim).collect();
+    for w in &wanted {
+        assert!(
+            FAULTS.contains(w),
+            "HAVEN_JEPSEN_FAULTS: unknown fault {w:?}; known: {FAULTS:?}"
+        );
     }
+    FAULTS
+        .iter()
+        .copied()
+        .filter(|f| wanted.contains(f))
+        .collect()
 }
 
 /// Run the schedule until `stop`, then heal. Everything is healed when this returns.
-pub fn run(cluster: &Cluster, history: &History, seed: u64, stop: &AtomicBool) -> NemesisReport {
+pub fn run(
+    cluster: &Cluster,
+    history: &History,
+    seed: u64,
+    kinds: &[&'static str],
+    stop: &AtomicBool,
+) -> NemesisReport {
     let mut rng = SplitMix64::new(seed ^ 0x006e_656d_6573_6973);
     let crashes = Mutex::new(Vec::new());
     let mut faults = 0;
@@ -176,11 +283,20 @@ pub fn run(cluster: &Cluster, history: &History, seed: u64, stop: &AtomicBool) -
     let mut running = sleep_watching(cluster, history, &crashes, stop, Duration::from_secs(2));
     // Bounded: every round sleeps at least 4 s and `stop` ends it.
     while running {
-        let (what, detail) = inject(cluster, &mut rng);
+        let kind = kinds[rng.below(kinds.len() as u64) as usize];
+        let (what, detail, churn) = inject(kind, cluster, &mut rng);
         faults += 1;
         history.nemesis(what, detail);
-        let fault_time = between(&mut rng);
-        running = sleep_watching(cluster, history, &crashes, stop, fault_time);
+        let fault_end = Instant::now() + between(&mut rng);
+        // Bounded by `fault_end`.
+        while running && Instant::now() < fault_end {
+            let next = match churn {
+                Some(churn) => churn_step(churn, cluster, history, &mut rng),
+                None => fault_end.saturating_duration_since(Instant::now()),
+            };
+            let next = next.min(fault_end.saturating_duration_since(Instant::now()));
+            running = sleep_watching(cluster, history, &crashes, stop, next);
+        }
         watch_crashes(cluster, history, &crashes);
         let restarted = cluster.heal_all();
         history.nemesis("heal", format!("restarted [{}]", names(&restarted)));

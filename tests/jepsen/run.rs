@@ -34,6 +34,8 @@ pub struct Settings {
     pub keep: bool,
     /// `HAVEN_JEPSEN_LEASE_READS=1`: members serve linearizable reads from the leader lease.
     pub lease_reads: bool,
+    /// `HAVEN_JEPSEN_FAULTS`: the fault kinds to draw from (comma separated; default all).
+    pub faults: Vec<&'static str>,
     /// Keys being written at a time.
     pub active_keys: usize,
     /// Operations issued on a key before a fresh key replaces it.
@@ -83,6 +85,7 @@ impl Settings {
             seed,
             keep: env_flag("HAVEN_JEPSEN_KEEP"),
             lease_reads: env_flag("HAVEN_JEPSEN_LEASE_READS"),
+            faults: nemesis::fault_kinds(std::env::var("HAVEN_JEPSEN_FAULTS").ok().as_deref()),
             // At most `clients` (8 by default) contend for a key; 4 keys keep contention high.
             active_keys: 4,
             ops_per_key: 400,
@@ -149,7 +152,7 @@ pub fn jepsen(settings: &Settings) {
     let started = Instant::now();
     println!(
         "jepsen: seed {} (replay with HAVEN_JEPSEN_SEED={}), {} members, {} clients, {} s of \
-         load{}",
+         load{}{}",
         settings.seed,
         settings.seed,
         settings.members,
@@ -159,6 +162,11 @@ pub fn jepsen(settings: &Settings) {
             ", lease reads"
         } else {
             ""
+        },
+        if settings.faults.len() < nemesis::FAULTS.len() {
+            format!(", faults {:?}", settings.faults)
+        } else {
+            String::new()
         }
     );
     let unix = std::time::SystemTime::now()
@@ -276,7 +284,8 @@ fn phases(
             .into_iter()
             .map(|t| s.spawn(move || workload::run_client(t)))
             .collect();
-        let nemesis = s.spawn(|| nemesis::run(&cluster, history, settings.seed, &stop));
+        let nemesis =
+            s.spawn(|| nemesis::run(&cluster, history, settings.seed, &settings.faults, &stop));
         let load_end = load_started + Duration::from_secs(settings.seconds);
         let mut next_progress = load_started + Duration::from_secs(10);
         // Bounded by the load duration.
