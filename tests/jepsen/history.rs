@@ -177,6 +177,16 @@ impl History {
         lock(&self.inner).events.clone()
     }
 
+    /// How many events so far.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).events.len()
+    }
+
+    /// The counts so far (without copying the events).
+    pub fn summary(&self) -> Summary {
+        summarize(&lock(&self.inner).events)
+    }
+
     /// Seconds since the clock started (for progress lines).
     pub fn elapsed_s(&self) -> f64 {
         self.start.elapsed().as_secs_f64()

@@ -293,7 +293,7 @@ fn phases(
             std::thread::sleep(Duration::from_millis(100));
             if Instant::now() >= next_progress {
                 next_progress += Duration::from_secs(10);
-                let s = history::summarize(&history.events());
+                let s = history.summary();
                 println!("jepsen: {:>5.1} s: {s}", history.elapsed_s());
             }
         }
@@ -326,7 +326,7 @@ fn phases(
     cluster.wait_for_agreed_leader(Duration::from_secs(30))?;
     let all_keys = keys.all_keys();
     let before = read_all(&cluster, history, &keys, &all_keys)?;
-    let events_before_restart = history.events();
+    let before_restart = history.len();
 
     // ----- full restart, read every key again -----
     history.nemesis("kill-all", String::new());
@@ -340,7 +340,7 @@ fn phases(
     cluster.wait_for_agreed_leader(Duration::from_secs(30))?;
     let after = read_all(&cluster, history, &keys, &all_keys)?;
     let events = history.events();
-    if let Err(e) = check::check_restart_values(&events_before_restart, &before, &after) {
+    if let Err(e) = check::check_restart_values(&events[..before_restart], &before, &after) {
         problems.push(format!("durability across the full restart:\n{e}"));
     }
 
