@@ -335,6 +335,17 @@ impl Cluster {
         self.links.partition(&refs);
     }
 
+    /// Like [`Cluster::partition`], with `mode` on the links between groups.
+    pub fn partition_with(&self, groups: &[Vec<usize>], mode: Mode) {
+        for i in 0..self.n {
+            for j in (0..self.n).filter(|&j| j != i) {
+                let together = groups.iter().any(|g| g.contains(&i) && g.contains(&j));
+                self.links
+                    .set(i, j, if together { Mode::Pass } else { mode });
+            }
+        }
+    }
+
     /// Set every link out of (`outbound`) or into member `i`.
     pub fn cut_one_way(&self, i: usize, outbound: bool, mode: Mode) {
         for j in (0..self.n).filter(|&j| j != i) {

@@ -2,7 +2,8 @@
 //!
 //! Faults: SIGKILL a minority, the leader, or a majority (restarted at the heal); SIGSTOP the
 //! leader or a minority (SIGCONT at the heal); partitions through the proxies (random halves, a
-//! bridge, the leader isolated, the leader's outbound or inbound links cut); slow links; and
+//! bridge, the leader isolated, the leader's outbound or inbound links cut, or halves whose
+//! links hold every byte and deliver them at the heal); slow links (5-205 ms); and
 //! three churns that act again and again within their window: a crash loop (kill a member,
 //! restart it a moment later, kill another), short pauses of whoever leads (100-600 ms, around
 //! the election timeout, where a deposed leader may not know it yet), and a partition that
@@ -162,6 +163,7 @@ pub const FAULTS: &[&str] = &[
     "partition-halves",
     "partition-bridge",
     "partition-leader",
+    "blackhole-halves",
     "cut-leader-one-way",
     "slow-links",
     "crash-loop",
@@ -217,6 +219,14 @@ fn inject(
             cluster.partition(&groups);
             group_names(&groups)
         }
+        "blackhole-halves" => {
+            // Like partition-halves, but the links hold what crosses them and deliver it all
+            // at the heal: seconds-old messages on connections that never broke.
+            let order = shuffled(rng, n);
+            let groups = vec![order[..minority].to_vec(), order[minority..].to_vec()];
+            cluster.partition_with(&groups, Mode::Blackhole);
+            group_names(&groups)
+        }
         "partition-leader" => {
             let l = leader(cluster, rng);
             let rest: Vec<usize> = (0..n).filter(|&i| i != l).collect();
@@ -232,7 +242,9 @@ fn inject(
             format!("{} {direction}", names(&[l]))
         }
         "slow-links" => {
-            let delay = Duration::from_millis(5 + rng.below(40));
+            // Up to about the election timeout (150-300 ms): elections under way while
+            // messages arrive late.
+            let delay = Duration::from_millis(5 + rng.below(200));
             cluster.set_all_links(Mode::Delay(delay));
             format!("{delay:?} on every link")
         }

@@ -36,7 +36,7 @@ pub struct Settings {
     pub lease_reads: bool,
     /// `HAVEN_JEPSEN_FAULTS`: the fault kinds to draw from (comma separated; default all).
     pub faults: Vec<&'static str>,
-    /// Keys being written at a time.
+    /// `HAVEN_JEPSEN_KEYS`: keys being written at a time, default 4.
     pub active_keys: usize,
     /// Operations issued on a key before a fresh key replaces it.
     pub ops_per_key: u64,
@@ -86,8 +86,12 @@ impl Settings {
             keep: env_flag("HAVEN_JEPSEN_KEEP"),
             lease_reads: env_flag("HAVEN_JEPSEN_LEASE_READS"),
             faults: nemesis::fault_kinds(std::env::var("HAVEN_JEPSEN_FAULTS").ok().as_deref()),
-            // At most `clients` (8 by default) contend for a key; 4 keys keep contention high.
-            active_keys: 4,
+            // Every client may contend for every key; 4 keys for 8 clients keep contention
+            // high. At least one key per 4 clients: 16 clients on one key (every operation
+            // concurrent with 15 others, commuting reads) overran the search budget although
+            // the history was linearizable (a larger budget proved it).
+            active_keys: (env_u64("HAVEN_JEPSEN_KEYS").unwrap_or(4) as usize)
+                .clamp(clients.div_ceil(4), 64),
             ops_per_key: 400,
             request_timeout: Duration::from_millis(1000),
         }
