@@ -192,8 +192,9 @@ pub fn jepsen(settings: &Settings) {
         succeeded: false,
     };
     // Every phase has its own bound; this catches what they miss.
+    let limit = env_u64("HAVEN_JEPSEN_WATCHDOG_SECONDS").unwrap_or(settings.seconds + 300);
     let _watchdog = Watchdog::start(
-        Duration::from_secs(settings.seconds + 300),
+        Duration::from_secs(limit),
         settings.seed,
         Arc::clone(&processes),
         Arc::clone(&history),
@@ -284,6 +285,8 @@ fn phases(
     }
     let load_started = Instant::now();
     let (anomalies, nemesis_report) = std::thread::scope(|s| {
+        // `scope` joins every thread before it lets a panic out: make sure they all stop.
+        let _stop_on_panic = StopOnDrop(&stop);
         let handles: Vec<_> = clients
             .into_iter()
             .map(|t| s.spawn(move || workload::run_client(t)))
@@ -394,6 +397,15 @@ fn phases(
         load_time,
         total_time: Duration::ZERO,
     })
+}
+
+/// Sets the flag when dropped (also while unwinding).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Read every key through a client of the whole cluster, recording each attempt; retries a
