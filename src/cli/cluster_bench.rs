@@ -95,6 +95,27 @@ impl Drop for TempDir {
     }
 }
 
+/// CPU time (user + system) a process has used, in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, i.e. 12 and 13 after the name.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second (for /proc CPU times).
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
 /// Resident memory of a process from /proc: (VmHWM, VmRSS) in KiB.
 fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -279,11 +300,26 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
         );
     }
     std::thread::sleep(Duration::from_secs(1)); // warm-up: sessions registered, caches warm
+    let pids: Vec<Option<u32>> = members
+        .iter()
+        .map(Member::pid)
+        .chain(std::iter::once(Some(std::process::id())))
+        .collect();
+    let cpu_before: Vec<Option<u64>> = pids.iter().map(|p| p.and_then(cpu_ticks)).collect();
     measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(args.seconds));
     measuring.store(false, Ordering::SeqCst);
     let elapsed = started.elapsed();
+    // CPU seconds each member (and, last, this process: the writers) used while measuring.
+    let cpu_seconds: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(p, before)| match (p.and_then(cpu_ticks), before) {
+            (Some(after), Some(before)) => after.saturating_sub(*before) as f64,
+            _ => 0.0,
+        } / ticks_per_second())
+        .collect();
     stop.store(true, Ordering::SeqCst);
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -304,6 +340,9 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
     }
     latencies.sort_unstable();
     let ops = latencies.len() as f64 / elapsed.as_secs_f64();
+    let count = latencies.len().max(1) as f64;
+    let cpu_us_per_op: Vec<f64> = cpu_seconds.iter().map(|s| s * 1e6 / count).collect();
+    let total_cpu_us_per_op: f64 = cpu_us_per_op.iter().sum();
     let p50 = percentile(&latencies, 0.50);
     let p99 = percentile(&latencies, 0.99);
     let max = latencies.last().map_or(0.0, |&l| f64::from(l) / 1000.0);
@@ -312,11 +351,14 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
             .iter()
             .map(|(id, m)| {
                 let (hwm, rss) = m.unwrap_or((0, 0));
-                format!(r#"{{"id":{id},"vm_hwm_kib":{hwm},"vm_rss_kib":{rss}}}"#)
+                let cpu = cpu_us_per_op.get(id - 1).copied().unwrap_or(0.0);
+                format!(
+                    r#"{{"id":{id},"vm_hwm_kib":{hwm},"vm_rss_kib":{rss},"cpu_us_per_op":{cpu:.1}}}"#
+                )
             })
             .collect();
         println!(
-            r#"{{"members":{},"writers":{},"connections":{},"value_bytes":{},"seconds":{:.3},"ops":{},"errors":{},"ops_per_sec":{:.1},"p50_ms":{:.3},"p99_ms":{:.3},"max_ms":{:.3},"leader":{},"memory":[{}]}}"#,
+            r#"{{"members":{},"writers":{},"connections":{},"value_bytes":{},"seconds":{:.3},"ops":{},"errors":{},"ops_per_sec":{:.1},"p50_ms":{:.3},"p99_ms":{:.3},"max_ms":{:.3},"leader":{},"client_cpu_us_per_op":{:.1},"total_cpu_us_per_op":{:.1},"memory":[{}]}}"#,
             args.members,
             args.writers,
             connections,
@@ -329,6 +371,8 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
             p99,
             max,
             leader.map_or(0, |l| l.0),
+            cpu_us_per_op.last().copied().unwrap_or(0.0),
+            total_cpu_us_per_op,
             mem.join(",")
         );
     } else {
@@ -345,10 +389,16 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
             "  {:.0} ops/s   p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms   errors {}",
             ops, p50, p99, max, errors
         );
+        println!(
+            "  CPU per op: {:.1} us in total, {:.1} us in the writers' process",
+            total_cpu_us_per_op,
+            cpu_us_per_op.last().copied().unwrap_or(0.0)
+        );
         for (id, m) in memory {
+            let cpu = cpu_us_per_op.get(id - 1).copied().unwrap_or(0.0);
             match m {
                 Some((hwm, rss)) => println!(
-                    "  member {id}: VmHWM {:.1} MiB, VmRSS {:.1} MiB{}",
+                    "  member {id}: VmHWM {:.1} MiB, VmRSS {:.1} MiB, CPU {cpu:.1} us/op{}",
                     hwm as f64 / 1024.0,
                     rss as f64 / 1024.0,
                     if leader.map(|l| l.0 as usize) == Some(id) {

@@ -325,7 +325,8 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// Counters.
     pub counters: Counters,
-    /// Why the member stopped, if a storage failure stopped it.
+    /// Why the member stopped, if a storage failure stopped it (then `role` is
+    /// [`NodeRole::Stopped`]; a running member reports `None`).
     pub failure: Option<String>,
 }
 
@@ -377,6 +378,23 @@ mod tests {
         assert_eq!(h.counts[Histogram::BUCKETS - 1], 1);
         assert_eq!(h.total(), 4);
         assert_eq!(h.quantile_upper_micros(0.5), 2);
+    }
+
+    #[test]
+    fn wire_layout_is_stable() {
+        // docs/FORMAT.md, "Client protocol".
+        let request = ClientRequest {
+            version: 1,
+            timeout_ms: 500,
+            request: Request::Read {
+                op: ReadOp::Get { key: b"k".to_vec() },
+                mode: ReadMode::Linearizable,
+            },
+        };
+        assert_eq!(
+            encode_value(&request).unwrap(),
+            [0x01, 0xfb, 0xf4, 0x01, 0x01, 0x00, 0x01, 0x6b, 0x00]
+        );
     }
 
     #[test]

@@ -8,14 +8,13 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_CLIENT_INFLIGHT_REQUESTS, MAX_FRAME_PAYLOAD_BYTES};
 use crate::types::{ClusterId, NodeId};
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::marker::PhantomData;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -23,10 +22,63 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Where one call's response lands. A mutex and a condition variable rather than a channel:
+/// with hundreds of threads waiting on one connection, a channel's spin-then-yield before
+/// parking costs more CPU than the call itself; this parks at once.
+struct Slot<Resp> {
+    state: Mutex<SlotState<Resp>>,
+    ready: Condvar,
+}
+
+enum SlotState<Resp> {
+    Waiting,
+    Answered(Resp),
+    /// The connection closed (or the reader gave up on the call): no answer will come.
+    Abandoned,
+}
+
+impl<Resp> Slot<Resp> {
+    fn new() -> Arc<Slot<Resp>> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState::Waiting),
+            ready: Condvar::new(),
+        })
+    }
+
+    fn finish(&self, outcome: SlotState<Resp>) {
+        let mut state = lock(&self.state);
+        if matches!(*state, SlotState::Waiting) {
+            *state = outcome;
+            self.ready.notify_one();
+        }
+    }
+
+    /// The response, `Err(true)` if the slot was abandoned, `Err(false)` at the deadline.
+    fn wait(&self, deadline: Instant) -> std::result::Result<Resp, bool> {
+        let mut state = lock(&self.state);
+        loop {
+            match std::mem::replace(&mut *state, SlotState::Waiting) {
+                SlotState::Answered(r) => return Ok(r),
+                SlotState::Abandoned => return Err(true),
+                SlotState::Waiting => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(false);
+            }
+            state = self
+                .ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
 /// Calls waiting for their response, by request id. `closed` lives under the same lock so that
 /// a call can never register after the reader has failed every waiter.
 struct Pending<Resp> {
-    waiters: HashMap<u64, Sender<Resp>>,
+    waiters: HashMap<u64, Arc<Slot<Resp>>>,
     closed: Option<String>,
 }
 
@@ -53,7 +105,9 @@ impl<Resp> Inner<Resp> {
         if pending.closed.is_none() {
             pending.closed = Some(why.to_string());
         }
-        pending.waiters.clear();
+        for (_, slot) in pending.waiters.drain() {
+            slot.finish(SlotState::Abandoned);
+        }
     }
 
     fn close_reason(&self) -> String {
@@ -171,7 +225,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             inner.salt,
             &(request_id, &request),
         )?;
-        let (tx, rx) = bounded(1);
+        let slot = Slot::new();
         {
             let mut pending = lock(&inner.pending);
             if let Some(why) = &pending.closed {
@@ -185,7 +239,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
                      request not sent"
                 )));
             }
-            pending.waiters.insert(request_id, tx);
+            pending.waiters.insert(request_id, Arc::clone(&slot));
         }
         let not_sent = |why: String| {
             lock(&inner.pending).waiters.remove(&request_id);
@@ -208,16 +262,16 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
                 return Err(not_sent(e.to_string()));
             }
         }
-        match rx.recv_deadline(deadline) {
+        match slot.wait(deadline) {
             Ok(response) => Ok(response),
-            Err(RecvTimeoutError::Timeout) => {
+            Err(false) => {
                 lock(&inner.pending).waiters.remove(&request_id);
                 Err(Error::Timeout(format!(
                     "no response from {addr} within {timeout:?}; the request was sent and may \
                      have been applied"
                 )))
             }
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Timeout(format!(
+            Err(true) => Err(Error::Timeout(format!(
                 "connection to {addr} lost after the request was sent ({}); it may have been \
                  applied",
                 inner.close_reason()
@@ -291,8 +345,9 @@ fn read_responses<Resp: Message>(
             }) => match codec::decode_value::<(u64, Resp)>(payload) {
                 Ok((request_id, response)) => {
                     // No waiter: the call timed out already; the late response is dropped.
-                    if let Some(waiter) = lock(&inner.pending).waiters.remove(&request_id) {
-                        let _ = waiter.try_send(response);
+                    let waiter = lock(&inner.pending).waiters.remove(&request_id);
+                    if let Some(slot) = waiter {
+                        slot.finish(SlotState::Answered(response));
                     }
                 }
                 Err(e) => break format!("undecodable response: {e}"),

@@ -124,7 +124,14 @@ pub struct TransportConfig {
     pub max_client_connections: usize,
     /// Where log lines go.
     pub log: LogSink,
+    /// Called after each peer message or client event is handed to its channel. A consumer
+    /// that waits on several channels can park on its own primitive and be woken by this,
+    /// instead of a channel select that spins and yields before it parks.
+    pub on_deliver: Option<DeliverHook>,
 }
+
+/// See [`TransportConfig::on_deliver`].
+pub type DeliverHook = Arc<dyn Fn() + Send + Sync>;
 
 impl fmt::Debug for TransportConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -168,6 +175,7 @@ impl TransportConfig {
             reconnect_backoff_max: Duration::from_secs(1),
             max_client_connections: 256,
             log: stderr_log_sink(),
+            on_deliver: None,
         }
     }
 

@@ -25,11 +25,21 @@ const DELIVERY_POLL: Duration = Duration::from_millis(100);
 
 /// Hand `item` to `tx`, waiting while the channel is full (TCP then pushes back on the other
 /// side) but giving up when the transport stops. Returns false if the item was not delivered.
-fn deliver<T>(tx: &Sender<T>, mut item: T, stopping: &AtomicBool) -> bool {
+fn deliver<T>(
+    tx: &Sender<T>,
+    mut item: T,
+    stopping: &AtomicBool,
+    hook: Option<&super::DeliverHook>,
+) -> bool {
     // Bounded by shutdown: each round waits at most DELIVERY_POLL and re-checks `stopping`.
     loop {
         match tx.send_timeout(item, DELIVERY_POLL) {
-            Ok(()) => return true,
+            Ok(()) => {
+                if let Some(hook) = hook {
+                    hook();
+                }
+                return true;
+            }
             Err(SendTimeoutError::Disconnected(_)) => return false,
             Err(SendTimeoutError::Timeout(back)) => {
                 if stopping.load(Ordering::SeqCst) {
@@ -212,7 +222,12 @@ fn serve_peer<M: Message, Req: Message, Resp: Message>(
                 payload,
             }) => match codec::decode_value::<M>(payload) {
                 Ok(msg) => {
-                    if !deliver(&shared.inbound, (from, msg), &shared.stopping) {
+                    if !deliver(
+                        &shared.inbound,
+                        (from, msg),
+                        &shared.stopping,
+                        shared.config.on_deliver.as_ref(),
+                    ) {
                         break;
                     }
                     shared
@@ -479,7 +494,12 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
                         request_id,
                         request,
                     };
-                    if !deliver(events, event, &shared.stopping) {
+                    if !deliver(
+                        events,
+                        event,
+                        &shared.stopping,
+                        shared.config.on_deliver.as_ref(),
+                    ) {
                         break;
                     }
                     shared
@@ -526,6 +546,7 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
             events,
             ClientEvent::Closed { conn: handle },
             &shared.stopping,
+            shared.config.on_deliver.as_ref(),
         );
     }
 }

@@ -78,8 +78,8 @@ mod wire;
 
 pub use client::ClientConnection;
 pub use config::{
-    stderr_log_sink, ClusterSecret, LogLevel, LogSink, TransportConfig, CLIENT_KEEPALIVE_INTERVAL,
-    MAX_SECRET_BYTES, MIN_SECRET_BYTES,
+    stderr_log_sink, ClusterSecret, DeliverHook, LogLevel, LogSink, TransportConfig,
+    CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES, MIN_SECRET_BYTES,
 };
 pub use inbound::{ClientEvent, ClientHandle};
 pub use transport::Transport;

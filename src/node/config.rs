@@ -7,9 +7,11 @@ use crate::limits::{
 };
 use crate::net::ClusterSecret;
 use crate::types::{ClusterId, NodeId};
+use crate::wal::FaultInjector;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest request timeout a member accepts (a remote client's is capped to it).
@@ -74,6 +76,9 @@ pub struct Config {
     pub serve_clients: bool,
     /// Most remote-client connections served at once.
     pub max_client_connections: usize,
+    /// Test seam: make the WAL's fdatasync fail on demand.
+    #[doc(hidden)]
+    pub wal_faults: Option<Arc<FaultInjector>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -125,10 +130,13 @@ impl Config {
             snapshot_transfer_timeout_ms: 10_000,
             state_cache_bytes: 64 << 20,
             wal_segment_bytes: DEFAULT_WAL_SEGMENT_BYTES,
-            wal_cache_bytes: DEFAULT_WAL_CACHE_BYTES,
+            // Half the WAL's default: followers that lag further read from disk, and the
+            // member's memory stays well under 200 MiB.
+            wal_cache_bytes: DEFAULT_WAL_CACHE_BYTES / 2,
             request_timeout_ms: 5_000,
             serve_clients: true,
             max_client_connections: 256,
+            wal_faults: None,
         }
     }
 

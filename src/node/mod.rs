@@ -41,6 +41,7 @@ mod apply;
 mod config;
 mod driver;
 mod message;
+mod queue;
 mod reply;
 mod store;
 mod transfer;
@@ -50,6 +51,7 @@ pub use self::message::PeerMessage;
 
 use self::apply::{Applier, SnapshotPolicy};
 use self::driver::Driver;
+use self::queue::{Parker, Waking};
 use self::reply::Reply;
 use self::store::WalStore;
 use self::transfer::{ServeLimit, Transfer};
@@ -122,6 +124,8 @@ pub(crate) struct SharedCounters {
 pub(crate) struct NodeShared {
     pub(crate) id: NodeId,
     pub(crate) inputs: Sender<Input>,
+    /// Wakes the driver after an input is queued.
+    pub(crate) parker: Arc<Parker>,
     pub(crate) stopped: AtomicBool,
     pub(crate) failure: Mutex<Option<String>>,
     pub(crate) request_timeout: Duration,
@@ -159,7 +163,7 @@ impl NodeShared {
             deadline,
         };
         match self.inputs.send_deadline(input, deadline) {
-            Ok(()) => {}
+            Ok(()) => self.parker.notify(),
             Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => {
                 return Err(Error::Unavailable(format!(
                     "member {} is overloaded: its request queue stayed full",
@@ -256,7 +260,7 @@ impl Node {
         let wal_options = WalOptions {
             segment_bytes: config.wal_segment_bytes,
             cache_bytes: config.wal_cache_bytes,
-            faults: None,
+            faults: config.wal_faults.clone(),
         };
         let (wal, report) = Wal::open(data_dir.wal_dir(), wal_options)?;
         if let Some(torn) = &report.torn_tail {
@@ -285,6 +289,7 @@ impl Node {
         }
         let raft = Raft::new(raft_config, store, applied).map_err(Error::from)?;
 
+        let parker = Arc::new(Parker::default());
         let (peer_tx, peer_rx) = bounded(PEER_QUEUE);
         let (client_tx, client_rx) = bounded(INPUT_QUEUE);
         let mut transport_config = TransportConfig::new(
@@ -295,6 +300,8 @@ impl Node {
         );
         transport_config.max_client_connections = config.max_client_connections;
         transport_config.log = transport_log_sink(id);
+        let wake = Arc::clone(&parker);
+        transport_config.on_deliver = Some(Arc::new(move || wake.notify()));
         let transport = Arc::new(NodeTransport::start(
             transport_config,
             &[],
@@ -305,7 +312,8 @@ impl Node {
 
         let (input_tx, input_rx) = bounded(INPUT_QUEUE);
         let (internal_tx, internal_rx) = unbounded();
-        let (apply_tx, apply_rx) = unbounded();
+        let internal_tx = Waking::new(internal_tx, Arc::clone(&parker));
+        let (apply_tx, apply_rx) = queue::work_queue();
         let (transfer_tx, transfer_rx) = unbounded();
         let counters = Arc::new(SharedCounters::default());
         counters.applied.store(applied.0, Ordering::Relaxed);
@@ -313,6 +321,7 @@ impl Node {
         let shared = Arc::new(NodeShared {
             id,
             inputs: input_tx,
+            parker: Arc::clone(&parker),
             stopped: AtomicBool::new(false),
             failure: Mutex::new(None),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
@@ -360,6 +369,7 @@ impl Node {
                 clients: client_rx,
                 internal: internal_rx,
                 internal_tx,
+                parker,
                 apply: apply_tx,
                 transfer: transfer_tx,
             },
@@ -418,10 +428,29 @@ impl Node {
 
     /// This member's view: role, term, leader, commit and applied index, members (with the
     /// leader's replication progress when this member leads), counters.
+    ///
+    /// A member stopped by a storage failure answers with role [`NodeRole::Stopped`] and the
+    /// cause in [`Status::failure`] (the rest is empty: its core is gone).
     pub fn status(&self) -> Result<Status> {
-        match self.call(Request::Status)? {
-            Response::Status(status) => Ok(status),
-            other => Err(unexpected(&other)),
+        match self.call(Request::Status) {
+            Ok(Response::Status(status)) => Ok(status),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => match lock(&self.shared.failure).clone() {
+                Some(why) => Ok(Status {
+                    id: self.shared.id,
+                    role: NodeRole::Stopped,
+                    term: Term(0),
+                    leader: None,
+                    commit_index: LogIndex(0),
+                    applied_index: LogIndex(0),
+                    first_index: LogIndex(0),
+                    last_index: LogIndex(0),
+                    members: Vec::new(),
+                    counters: Default::default(),
+                    failure: Some(why),
+                }),
+                None => Err(e),
+            },
         }
     }
 
@@ -466,6 +495,7 @@ impl Node {
             .inputs
             .send(Input::TakeSnapshot(tx))
             .map_err(|_| self.shared.closed_error())?;
+        self.shared.parker.notify();
         rx.recv_timeout(Duration::from_secs(60))
             .map_err(|_| Error::Timeout("no snapshot within a minute".into()))?
     }
@@ -492,6 +522,7 @@ impl Node {
         };
         self.shared.stopped.store(true, Ordering::SeqCst);
         let _ = self.shared.inputs.send(Input::Shutdown);
+        self.shared.parker.notify();
         let _ = running.driver.join();
         let _ = running.apply.join();
         let _ = running.transfer.join();

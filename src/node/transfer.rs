@@ -17,6 +17,7 @@
 //! File IO happens here, never on the driver, so a transfer does not delay heartbeats.
 
 use super::message::PeerMessage;
+use super::queue::Waking;
 use super::{Internal, NodeTransport};
 use crate::error::{Error, Result};
 use crate::event;
@@ -26,7 +27,7 @@ use crate::raft::{Message, MessageBody};
 use crate::sm::{list_snapshots, prune_snapshots, snapshot_file_name, verify_snapshot};
 use crate::types::{LogIndex, NodeId, Term};
 use crate::wal::sync_dir;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -97,7 +98,7 @@ pub(crate) struct Transfer {
     pub(crate) id: NodeId,
     pub(crate) snap_dir: PathBuf,
     pub(crate) tasks: Receiver<TransferTask>,
-    pub(crate) internal: Sender<Internal>,
+    pub(crate) internal: Waking<Internal>,
     pub(crate) transport: Arc<NodeTransport>,
     /// Give up on a download after this long without progress.
     pub(crate) give_up_after: Duration,
@@ -112,7 +113,7 @@ impl Transfer {
         id: NodeId,
         snap_dir: PathBuf,
         tasks: Receiver<TransferTask>,
-        internal: Sender<Internal>,
+        internal: Waking<Internal>,
         transport: Arc<NodeTransport>,
         give_up_after: Duration,
         serve_limit: ServeLimit,
@@ -294,7 +295,7 @@ impl Transfer {
         if let Ok(all) = list_snapshots(&self.snap_dir) {
             if let Some(found) = all.iter().find(|s| s.index == index && s.term == term) {
                 if verify_snapshot(&found.path).is_ok() {
-                    let _ = self.internal.send(Internal::SnapshotFetched {
+                    self.internal.send(Internal::SnapshotFetched {
                         message,
                         path: found.path.clone(),
                     });
@@ -417,7 +418,7 @@ impl Transfer {
                 event!(Level::Info, node: Some(self.id.0), term: None, "snapshot_fetched",
                     from = d.from.0, index = d.index.0, bytes = d.offset,
                     ms = d.started.elapsed().as_millis());
-                let _ = self.internal.send(Internal::SnapshotFetched {
+                self.internal.send(Internal::SnapshotFetched {
                     message: d.message,
                     path,
                 });
@@ -462,8 +463,7 @@ impl Transfer {
                 ok: false,
             },
         );
-        let _ = self
-            .internal
+        self.internal
             .send(Internal::SnapshotFetchFailed { index, term });
     }
 }

@@ -86,14 +86,9 @@ impl Applier<'_> {
         }
         self.overlay
             .insert(client_order_key(index, cmd.client_id), Vec::new());
-        let updated = ClientRecord {
-            last_seq: cmd.seq,
-            last_index: index,
-            result: retain(&result, index),
-        };
-        self.overlay
-            .put_encoded(client_key(cmd.client_id), &updated)?;
-        Ok(result)
+        let record = encode_client_record(cmd.seq, index, result)?;
+        self.overlay.insert(client_key(cmd.client_id), record.bytes);
+        Ok(record.result)
     }
 
     /// Register a client whose id is `index`, evicting the least recently applied client when
@@ -246,13 +241,105 @@ impl Applier<'_> {
     }
 }
 
-/// The form of `result` the client table keeps: the result itself, or, when its encoding is
-/// over `MAX_RETAINED_RESULT_BYTES`, only the revision it was applied at.
-fn retain(result: &CommandResult, index: LogIndex) -> CommandResult {
-    let encoded_len = encode_value(result).map(|bytes| bytes.len());
-    match encoded_len {
-        Ok(len) if len <= MAX_RETAINED_RESULT_BYTES => result.clone(),
-        // Too large to keep, or even to encode: remember only where it applied.
-        _ => CommandResult::NotRetained { revision: index },
+/// A client record, encoded, and the command's result (handed back to avoid a clone).
+struct EncodedRecord {
+    bytes: Vec<u8>,
+    result: CommandResult,
+}
+
+/// Bytes of a bincode varint (see docs/FORMAT.md, "Values").
+fn varint_len(v: u64) -> usize {
+    match v {
+        0..=250 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// Encode the client record after a command, encoding the result once: the record keeps the
+/// result itself or, when the result's encoding is over `MAX_RETAINED_RESULT_BYTES`, only the
+/// revision it was applied at (exactly as if the result had been measured on its own: the
+/// record is `last_seq ‖ last_index ‖ result`, so the result's length is the record's minus the
+/// two varints).
+fn encode_client_record(
+    last_seq: u64,
+    index: LogIndex,
+    result: CommandResult,
+) -> Result<EncodedRecord> {
+    let record = ClientRecord {
+        last_seq,
+        last_index: index,
+        result,
+    };
+    let header = varint_len(last_seq) + varint_len(index.0);
+    if let Ok(bytes) = encode_value(&record) {
+        if bytes.len() - header <= MAX_RETAINED_RESULT_BYTES {
+            return Ok(EncodedRecord {
+                bytes,
+                result: record.result,
+            });
+        }
+    }
+    // Too large to keep, or even to encode: remember only where it applied.
+    let kept = ClientRecord {
+        last_seq,
+        last_index: index,
+        result: CommandResult::NotRetained { revision: index },
+    };
+    Ok(EncodedRecord {
+        bytes: encode_value(&kept)?,
+        result: record.result,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_lengths_match_the_codec() {
+        for v in [
+            0u64,
+            250,
+            251,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+        ] {
+            assert_eq!(varint_len(v), encode_value(&v).unwrap().len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_result_over_the_limit_is_kept_as_its_revision_only() {
+        let small = CommandResult::Rejected {
+            reason: "x".repeat(100),
+        };
+        let record = encode_client_record(3, LogIndex(70_000), small.clone()).unwrap();
+        assert_eq!(record.result, small);
+        let decoded: ClientRecord = crate::codec::decode_value(&record.bytes).unwrap();
+        assert_eq!(decoded.result, small);
+        // The boundary is the result's own length, as before records were encoded once.
+        for extra in [0usize, 1] {
+            let reason_len = MAX_RETAINED_RESULT_BYTES - 3 - 1 + extra; // tag + 3-byte length
+            let result = CommandResult::Rejected {
+                reason: "y".repeat(reason_len),
+            };
+            let result_len = encode_value(&result).unwrap().len();
+            let record = encode_client_record(1, LogIndex(5), result.clone()).unwrap();
+            let decoded: ClientRecord = crate::codec::decode_value(&record.bytes).unwrap();
+            if result_len <= MAX_RETAINED_RESULT_BYTES {
+                assert_eq!(decoded.result, result);
+            } else {
+                assert_eq!(
+                    decoded.result,
+                    CommandResult::NotRetained {
+                        revision: LogIndex(5)
+                    }
+                );
+            }
+        }
     }
 }

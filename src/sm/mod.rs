@@ -170,6 +170,9 @@ pub struct StateMachine {
     pending: Writes,
     /// The applied index sled holds (`cached.applied` includes the pending writes).
     flushed: LogIndex,
+    /// Key and value bytes added to `pending` since the last flush (an upper bound: rewrites
+    /// of a pending key count again).
+    pending_bytes: usize,
     /// Records of the tree kept in memory (see `store::RecordCache`).
     cache: RefCell<RecordCache>,
     /// Set after a storage failure: the in-memory view may no longer match the disk, so the
@@ -282,6 +285,7 @@ impl StateMachine {
             flushed: cached.applied.0,
             cached,
             pending: Writes::new(),
+            pending_bytes: 0,
             cache: RefCell::new(RecordCache::new(record_cache_bytes)),
             failed: None,
         })
@@ -424,7 +428,7 @@ impl StateMachine {
             return Err(self.note_failure(e));
         }
         let writes = overlay.into_writes();
-        merge_writes(&mut self.pending, writes);
+        self.pending_bytes += merge_writes(&mut self.pending, writes);
         self.cached.applied = (applied_index, applied_term);
         self.cached.client_count = client_count;
         if membership.is_some() {
@@ -446,12 +450,18 @@ impl StateMachine {
             return Err(self.note_failure(e));
         }
         self.flushed = self.cached.applied.0;
+        self.pending_bytes = 0;
         Ok(())
     }
 
     /// How many writes are pending (not yet in sled).
     pub fn pending_writes(&self) -> usize {
         self.pending.len()
+    }
+
+    /// About how many key and value bytes are pending (an upper bound).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// The value and metadata of `key`, `None` if absent. `InvalidArgument` for an empty or
@@ -654,6 +664,7 @@ impl StateMachine {
         self.generation = generation;
         // The restored state replaces whatever was pending over the old one.
         self.pending.clear();
+        self.pending_bytes = 0;
         self.cache.borrow_mut().clear();
         self.flushed = cached.applied.0;
         self.cached = cached;

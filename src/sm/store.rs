@@ -154,18 +154,21 @@ impl Write {
 /// Writes not yet in sled, by key.
 pub(crate) type Writes = BTreeMap<Vec<u8>, Write>;
 
-/// Add `writes` (newer) to `pending` (older).
-pub(crate) fn merge_writes(pending: &mut Writes, writes: Writes) {
+/// Add `writes` (newer) to `pending` (older); returns the key and value bytes added.
+pub(crate) fn merge_writes(pending: &mut Writes, writes: Writes) -> usize {
+    let mut bytes = 0;
     for (key, write) in writes {
         match write {
             Write::Forget => {
                 pending.remove(&key);
             }
             other => {
+                bytes += key.len() + other.value().map_or(0, Vec::len);
                 pending.insert(key, other);
             }
         }
     }
+    bytes
 }
 
 /// Recently read or written records of the tree, in memory: a sled read costs microseconds

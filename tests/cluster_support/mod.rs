@@ -50,11 +50,12 @@ pub fn quiet_logs() {
     }
 }
 
-/// Fast timings for tests: tick 5 ms, election 50-100 ms, heartbeat 10 ms.
+/// Fast timings for tests: tick 5 ms, election 100-200 ms, heartbeat 20 ms (several test
+/// clusters share two cores: shorter timeouts elect spuriously under that load).
 pub fn fast(config: &mut Config) {
     config.tick_ms = 5;
-    config.election_timeout_ms = 50;
-    config.heartbeat_interval_ms = 10;
+    config.election_timeout_ms = 100;
+    config.heartbeat_interval_ms = 20;
     config.state_cache_bytes = 8 << 20;
     config.wal_segment_bytes = 1 << 20;
     config.wal_cache_bytes = 4 << 20;
@@ -72,9 +73,20 @@ impl Cluster {
     /// Start `n` founding members with ids 1..=n, each configured by `tune` after the defaults
     /// and [`fast`].
     pub fn start(n: usize, tune: impl Fn(&mut Config)) -> Cluster {
+        Cluster::start_routed(n, &free_addrs(n), |_, _| None, tune)
+    }
+
+    /// Start `n` members listening on `addrs`; member i dials member j at `route(i, j)` when it
+    /// gives one (a fault-injecting proxy), else at j's address.
+    pub fn start_routed(
+        n: usize,
+        addrs: &[SocketAddr],
+        route: impl Fn(usize, usize) -> Option<SocketAddr>,
+        tune: impl Fn(&mut Config),
+    ) -> Cluster {
         quiet_logs();
         let dir = tempfile::tempdir().unwrap();
-        let addrs = free_addrs(n);
+        let addrs = addrs.to_vec();
         let members: BTreeMap<NodeId, String> = addrs
             .iter()
             .enumerate()
@@ -91,6 +103,11 @@ impl Cluster {
                     secret(),
                 );
                 fast(&mut c);
+                for j in (0..n).filter(|&j| j != i) {
+                    if let Some(addr) = route(i, j) {
+                        c.peer_routes.insert(NodeId(j as u64 + 1), addr);
+                    }
+                }
                 tune(&mut c);
                 c
             })
