@@ -23,8 +23,9 @@ use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// Version of the meta file's payload layout.
-pub const META_VERSION: u32 = 1;
+/// Version of the meta file's payload layout written by this build. Version 1 (no founding
+/// digest) is still read.
+pub const META_VERSION: u32 = 2;
 /// Frame kind of the meta record.
 const META_KIND: u8 = 1;
 /// Checksum salt of the meta frame: ASCII "havenmet" (a meta frame never verifies as a WAL
@@ -39,6 +40,17 @@ struct Meta {
     version: u32,
     node_id: NodeId,
     cluster_id: ClusterId,
+    /// Digest of the membership this member founded its cluster with; None for a member that
+    /// joined a running cluster (and for directories written by version 1).
+    founding: Option<[u8; 32]>,
+}
+
+/// The version 1 payload: `Meta` without `founding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+struct MetaV1 {
+    version: u32,
+    node_id: NodeId,
+    cluster_id: ClusterId,
 }
 
 /// An open, locked data directory.
@@ -47,6 +59,7 @@ pub struct DataDir {
     root: PathBuf,
     node_id: NodeId,
     cluster_id: ClusterId,
+    founding: Option<[u8; 32]>,
     /// Holds the flock; closing the file releases it.
     _lock: File,
 }
@@ -66,10 +79,11 @@ impl DataDir {
             .map_err(|e| Error::io(format!("creating data directory {}", root.display()), e))?;
         let lock = lock(&root)?;
         let meta_path = root.join("meta");
-        let wanted = Meta {
+        let mut wanted = Meta {
             version: META_VERSION,
             node_id,
             cluster_id,
+            founding: None,
         };
         match std::fs::read(&meta_path) {
             Ok(bytes) => {
@@ -84,6 +98,7 @@ impl DataDir {
                         cluster_id
                     )));
                 }
+                wanted.founding = found.founding;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // No meta: a new directory, unless a log is already there (then whose it is is
@@ -108,8 +123,32 @@ impl DataDir {
             root,
             node_id,
             cluster_id,
+            founding: wanted.founding,
             _lock: lock,
         })
+    }
+
+    /// Digest of the membership this member founded its cluster with (`None` for a member
+    /// that joined a running cluster, or a directory from before the digest was recorded).
+    pub fn founding_digest(&self) -> Option<[u8; 32]> {
+        self.founding
+    }
+
+    /// Record the founding digest (atomically rewrites `meta`; a no-op if it is unchanged).
+    /// The node sets it once, on the first start, before it writes its first log entry.
+    pub fn set_founding_digest(&mut self, founding: Option<[u8; 32]>) -> Result<()> {
+        if founding == self.founding {
+            return Ok(());
+        }
+        let meta = Meta {
+            version: META_VERSION,
+            node_id: self.node_id,
+            cluster_id: self.cluster_id,
+            founding,
+        };
+        write_meta(&self.root, &meta)?;
+        self.founding = founding;
+        Ok(())
     }
 
     /// The data directory itself.
@@ -190,6 +229,15 @@ fn decode_meta(bytes: &[u8]) -> Result<Meta> {
     // The version is a small varint, so its one byte comes first (as in WAL segment headers).
     match frame.payload.first() {
         Some(&v) if u32::from(v) == META_VERSION => decode_value(frame.payload),
+        Some(1) => {
+            let old: MetaV1 = decode_value(frame.payload)?;
+            Ok(Meta {
+                version: old.version,
+                node_id: old.node_id,
+                cluster_id: old.cluster_id,
+                founding: None,
+            })
+        }
         Some(&v) => Err(Error::UnsupportedVersion {
             what: "meta",
             found: u32::from(v),
@@ -234,16 +282,46 @@ mod tests {
 
     #[test]
     fn meta_round_trips_and_refuses_trailing_bytes() {
-        let meta = Meta {
-            version: META_VERSION,
+        for founding in [None, Some([9; 32])] {
+            let meta = Meta {
+                version: META_VERSION,
+                node_id: NodeId(3),
+                cluster_id: ClusterId(77),
+                founding,
+            };
+            let mut bytes = Vec::new();
+            append_frame(&mut bytes, META_KIND, META_SALT, &meta).unwrap();
+            assert_eq!(decode_meta(&bytes).unwrap(), meta);
+            bytes.extend_from_slice(&[0; 8]);
+            assert!(matches!(decode_meta(&bytes), Err(Error::Corrupt { .. })));
+        }
+        assert!(matches!(decode_meta(&[]), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn version_1_meta_reads_as_no_founding_digest() {
+        let old = MetaV1 {
+            version: 1,
             node_id: NodeId(3),
             cluster_id: ClusterId(77),
         };
         let mut bytes = Vec::new();
-        append_frame(&mut bytes, META_KIND, META_SALT, &meta).unwrap();
-        assert_eq!(decode_meta(&bytes).unwrap(), meta);
-        bytes.extend_from_slice(&[0; 8]);
-        assert!(matches!(decode_meta(&bytes), Err(Error::Corrupt { .. })));
-        assert!(matches!(decode_meta(&[]), Err(Error::Corrupt { .. })));
+        append_frame(&mut bytes, META_KIND, META_SALT, &old).unwrap();
+        let meta = decode_meta(&bytes).unwrap();
+        assert_eq!(
+            (meta.node_id, meta.cluster_id, meta.founding),
+            (NodeId(3), ClusterId(77), None)
+        );
+    }
+
+    #[test]
+    fn founding_digest_is_recorded_and_survives_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::open(tmp.path(), NodeId(2), ClusterId(5)).unwrap();
+        assert_eq!(dir.founding_digest(), None);
+        dir.set_founding_digest(Some([4; 32])).unwrap();
+        drop(dir);
+        let dir = DataDir::open(tmp.path(), NodeId(2), ClusterId(5)).unwrap();
+        assert_eq!(dir.founding_digest(), Some([4; 32]));
     }
 }

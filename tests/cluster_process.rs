@@ -185,3 +185,44 @@ fn sigterm_shuts_a_member_down_gracefully() {
     // The others go on at once (leadership was handed over, no election timeout to wait).
     client.put(b"after", b"1").unwrap();
 }
+
+/// Founding members started with different `--peers` would each write a different entry 1 at
+/// term 0, which Raft cannot tell apart: they must refuse each other at the handshake, while
+/// the members that agree go on. The refusal survives a restart (the digest is in `meta`).
+#[test]
+fn founding_members_with_different_peer_lists_refuse_each_other() {
+    quiet_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(4);
+    let agreeing = &addrs[..3];
+    let mut procs = [
+        ServeProcess::start(dir.path(), 1, agreeing, TIMINGS),
+        ServeProcess::start(dir.path(), 2, agreeing, TIMINGS),
+        // Member 3 believes in a fourth founding member.
+        ServeProcess::start(dir.path(), 3, &addrs, TIMINGS),
+    ];
+    let majority = &addrs[..2];
+    agreed_leader(majority);
+    let client = connect(majority);
+    client.put(b"k", b"v").unwrap();
+    let refused = "different member lists";
+    wait_for("the mismatch to be logged", WAIT, || {
+        procs[2].log_text().contains(refused).then_some(())
+    });
+    // Member 3 never received the write: its state is not the majority's.
+    let (index, hash) = converged(majority);
+    let third = pinned(addrs[2]).expect("member 3 answers");
+    let h = third.state_hash().unwrap();
+    assert!(
+        h.0 < index && h.1 != hash,
+        "member 3 has {h:?}, the majority {index:?}"
+    );
+    // Restarted with the right peers, the directory still carries the digest it was founded
+    // with: still refused, still logged.
+    procs[2].kill();
+    let before = procs[2].log_text().matches(refused).count();
+    procs[2] = ServeProcess::start(dir.path(), 3, agreeing, TIMINGS);
+    wait_for("the mismatch to be logged again", WAIT, || {
+        (procs[2].log_text().matches(refused).count() > before).then_some(())
+    });
+}

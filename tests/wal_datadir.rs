@@ -84,14 +84,14 @@ fn meta_of_a_newer_version_is_unsupported() {
     let bytes = std::fs::read(&meta).unwrap();
     let plen = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
     let mut payload = bytes[16..16 + plen].to_vec();
-    payload[0] = 2;
+    payload[0] = 3;
     let mut frame = Vec::new();
     haven::codec::append_raw_frame(&mut frame, bytes[3], haven::datadir::META_SALT, &payload)
         .unwrap();
     std::fs::write(&meta, &frame).unwrap();
     match DataDir::open(tmp.path(), NodeId(1), ClusterId(7)) {
         Err(Error::UnsupportedVersion { what, found, .. }) => {
-            assert_eq!((what, found), ("meta", 2))
+            assert_eq!((what, found), ("meta", 3))
         }
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }

@@ -162,6 +162,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             secret,
             role: Role::Client { client_id },
             expected_acceptor: None,
+            founding: None,
         };
         let established = handshake::initiate(
             &mut stream,

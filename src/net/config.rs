@@ -128,6 +128,11 @@ pub struct TransportConfig {
     /// that waits on several channels can park on its own primitive and be woken by this,
     /// instead of a channel select that spins and yields before it parks.
     pub on_deliver: Option<DeliverHook>,
+    /// Digest of the membership this member was founded with (`None` for a member that joined
+    /// a running cluster). Sent in every peer handshake: two founding members with different
+    /// digests refuse each other, because they were started with different peer lists and
+    /// their first log entries differ at the same index and term.
+    pub founding_digest: Option<[u8; 32]>,
 }
 
 /// See [`TransportConfig::on_deliver`].
@@ -148,6 +153,7 @@ impl fmt::Debug for TransportConfig {
             .field("reconnect_backoff_min", &self.reconnect_backoff_min)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .field("max_client_connections", &self.max_client_connections)
+            .field("founding_digest", &self.founding_digest.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -176,6 +182,7 @@ impl TransportConfig {
             max_client_connections: 256,
             log: stderr_log_sink(),
             on_deliver: None,
+            founding_digest: None,
         }
     }
 

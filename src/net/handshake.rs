@@ -86,6 +86,10 @@ struct HelloV1 {
     /// The member the initiator thinks it is dialling (None for remote clients).
     expected_acceptor: Option<NodeId>,
     nonce: [u8; NONCE_BYTES],
+    /// Digest of the membership this member was founded with (None for clients and for members
+    /// that joined a running cluster). Two founding members with different digests were given
+    /// different peer lists and must never replicate to each other.
+    founding: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Encode, Decode)]
@@ -123,6 +127,8 @@ pub(crate) enum RefusalCode {
     Malformed,
     /// The acceptor is shutting down.
     ShuttingDown,
+    /// Both sides are founding members but were founded with different memberships.
+    FoundingMismatch,
 }
 
 /// A refusal frame's payload.
@@ -171,6 +177,8 @@ pub(crate) struct InitiatorParams<'a> {
     pub(crate) secret: &'a ClusterSecret,
     pub(crate) role: Role,
     pub(crate) expected_acceptor: Option<NodeId>,
+    /// This member's founding digest (`TransportConfig::founding_digest`); None for clients.
+    pub(crate) founding: Option<[u8; 32]>,
 }
 
 /// What the acceptor checks an initiator against.
@@ -178,6 +186,8 @@ pub(crate) struct AcceptorParams<'a> {
     pub(crate) node_id: NodeId,
     pub(crate) cluster_id: ClusterId,
     pub(crate) secret: &'a ClusterSecret,
+    /// This member's founding digest; an initiator with a different one is refused.
+    pub(crate) founding: Option<[u8; 32]>,
     /// Decides whether this role may connect at all (membership, client slots); runs before
     /// the proof is checked, so it must not reveal anything secret.
     pub(crate) admit: &'a dyn Fn(&Role) -> std::result::Result<(), Refusal>,
@@ -354,6 +364,7 @@ pub(crate) fn initiate(
         role: params.role,
         expected_acceptor: params.expected_acceptor,
         nonce: nonce_initiator,
+        founding: params.founding,
     };
     let envelope = HelloEnvelope {
         version: PROTOCOL_VERSION,
@@ -502,6 +513,21 @@ pub(crate) fn accept(
         );
         return Err(refuse(stream, refusal, deadline));
     }
+    // Checked only once the initiator proved it knows the secret, so a wrong secret is reported
+    // as such and the digest comparison is between authenticated members.
+    if let (Some(theirs), Some(ours)) = (hello.founding, params.founding) {
+        if theirs != ours {
+            let refusal = Refusal::new(
+                RefusalCode::FoundingMismatch,
+                format!(
+                    "{} and member {} were founded with different member lists: every \
+                     founding member must be started with the same peers",
+                    hello.role, params.node_id
+                ),
+            );
+            return Err(refuse(stream, refusal, deadline));
+        }
+    }
     let welcome = Tag {
         mac: tag(params.secret, LABEL_ACCEPTOR, &transcript)?,
     };
@@ -559,6 +585,17 @@ mod tests {
         acceptor_secret: &[u8],
         role: Role,
     ) -> (Result<Established>, Result<Established>) {
+        run_founded(initiator_secret, acceptor_secret, role, None, None)
+    }
+
+    /// [`run`] with founding digests on each side.
+    fn run_founded(
+        initiator_secret: &[u8],
+        acceptor_secret: &[u8],
+        role: Role,
+        initiator_founding: Option<[u8; 32]>,
+        acceptor_founding: Option<[u8; 32]>,
+    ) -> (Result<Established>, Result<Established>) {
         let (mut client, mut server, addr) = pair();
         let acceptor_secret = secret(acceptor_secret);
         let acceptor = thread::spawn(move || {
@@ -567,6 +604,7 @@ mod tests {
                 node_id: NodeId(1),
                 cluster_id: ClusterId(7),
                 secret: &acceptor_secret,
+                founding: acceptor_founding,
                 admit: &admit,
             };
             accept(&mut server, addr, &params, deadline(), 1024)
@@ -577,6 +615,7 @@ mod tests {
             secret: &initiator_secret,
             role,
             expected_acceptor: Some(NodeId(1)),
+            founding: initiator_founding,
         };
         let initiated = initiate(&mut client, addr, &params, deadline(), 1024);
         (initiated, acceptor.join().unwrap())
@@ -592,6 +631,24 @@ mod tests {
         // Fresh nonces: a second connection gets another salt.
         let (c, _) = run(b"0123456789abcdef", b"0123456789abcdef", peer(2));
         assert_ne!(c.unwrap().salt, a.salt);
+    }
+
+    #[test]
+    fn founding_members_with_different_member_lists_are_refused() {
+        let key = b"0123456789abcdef";
+        let (a, b) = run_founded(key, key, peer(2), Some([1; 32]), Some([2; 32]));
+        for side in [a, b] {
+            match side {
+                Err(Error::Auth(m)) => assert!(m.contains("different member lists"), "{m}"),
+                Err(other) => panic!("expected Auth, got {other:?}"),
+                Ok(_) => panic!("expected Auth, got a connection"),
+            }
+        }
+        // Same digest, or a side that joined later (no digest): accepted.
+        let (a, b) = run_founded(key, key, peer(2), Some([1; 32]), Some([1; 32]));
+        assert!(a.is_ok() && b.is_ok());
+        let (a, b) = run_founded(key, key, peer(2), None, Some([1; 32]));
+        assert!(a.is_ok() && b.is_ok());
     }
 
     #[test]
@@ -635,6 +692,7 @@ mod tests {
             secret: &s,
             role: peer(2),
             expected_acceptor: Some(NodeId(1)),
+            founding: None,
         };
         match initiate(&mut client, addr, &params, deadline(), 1024) {
             Err(Error::Auth(m)) => assert!(m.contains("did not prove"), "{m}"),
@@ -657,6 +715,7 @@ mod tests {
                 node_id: NodeId(1),
                 cluster_id: ClusterId(7),
                 secret: &s,
+                founding: None,
                 admit: &admit,
             };
             accept(&mut server, addr, &params, deadline(), 1024).err()
@@ -754,9 +813,12 @@ mod tests {
             role: Role::Client { client_id: 300 },
             expected_acceptor: None,
             nonce: [9; NONCE_BYTES],
+            founding: Some([5; 32]),
         };
         let mut expected = vec![42u8, 1, 251, 0x2c, 0x01, 0];
         expected.extend_from_slice(&[9; NONCE_BYTES]);
+        expected.push(1);
+        expected.extend_from_slice(&[5; 32]);
         let body = codec::encode_value(&hello).unwrap();
         assert_eq!(body, expected);
         let envelope = HelloEnvelope {

@@ -76,6 +76,7 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
             node_id: shared.config.node_id,
             cluster_id: shared.config.cluster_id,
             secret: &shared.config.secret,
+            founding: shared.config.founding_digest,
             admit: &admit,
         };
         let deadline = Instant::now() + shared.config.handshake_timeout;

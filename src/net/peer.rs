@@ -29,6 +29,7 @@ pub(crate) struct SenderContext {
     pub(crate) node_id: NodeId,
     pub(crate) cluster_id: ClusterId,
     pub(crate) secret: ClusterSecret,
+    pub(crate) founding_digest: Option<[u8; 32]>,
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) write_timeout: Duration,
@@ -266,6 +267,7 @@ impl<M: Message> LaneSender<M> {
                 lane: self.lane,
             },
             expected_acceptor: Some(self.peer),
+            founding: self.ctx.founding_digest,
         };
         let deadline = Instant::now() + self.ctx.handshake_timeout;
         let established = handshake::initiate(

@@ -300,6 +300,7 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             node_id: config.node_id,
             cluster_id: config.cluster_id,
             secret: config.secret.clone(),
+            founding_digest: config.founding_digest,
             connect_timeout: config.connect_timeout,
             handshake_timeout: config.handshake_timeout,
             write_timeout: config.write_timeout,

@@ -256,7 +256,7 @@ impl Node {
     pub fn open(config: Config) -> Result<Node> {
         config.validate()?;
         let id = config.id;
-        let data_dir = DataDir::open(&config.data_dir, id, config.cluster_id)?;
+        let mut data_dir = DataDir::open(&config.data_dir, id, config.cluster_id)?;
         let wal_options = WalOptions {
             segment_bytes: config.wal_segment_bytes,
             cache_bytes: config.wal_cache_bytes,
@@ -269,7 +269,7 @@ impl Node {
         }
         let wal = Arc::new(wal);
         let mut sm = open_state_machine(&data_dir, config.state_cache_bytes)?;
-        bootstrap(&wal, &sm, &config)?;
+        bootstrap(&wal, &sm, &mut data_dir, &config)?;
         let snapshot = recover_snapshot(&wal, &mut sm, &data_dir, id)?;
         let (applied, _) = sm.applied();
         if applied > wal.last_index().max(snapshot.index) {
@@ -299,6 +299,7 @@ impl Node {
             config.listen_addr,
         );
         transport_config.max_client_connections = config.max_client_connections;
+        transport_config.founding_digest = data_dir.founding_digest();
         transport_config.log = transport_log_sink(id);
         let wake = Arc::clone(&parker);
         transport_config.on_deliver = Some(Arc::new(move || wake.notify()));
@@ -603,18 +604,28 @@ fn open_state_machine(data_dir: &DataDir, cache_bytes: u64) -> Result<StateMachi
 /// same on every founding member, so that the configuration is part of the replicated state
 /// from the start (every snapshot carries it; a member that joins later learns it from the log
 /// or a snapshot).
-fn bootstrap(wal: &Wal, sm: &StateMachine, config: &Config) -> Result<()> {
+///
+/// The digest of that configuration is recorded in the data directory first (and sent in every
+/// peer handshake from then on): founding members started with different peer lists would each
+/// write a different entry 1 at term 0, which Raft's log matching cannot tell apart, so they
+/// refuse each other instead (docs/FORMAT.md, "Handshake").
+fn bootstrap(wal: &Wal, sm: &StateMachine, data_dir: &mut DataDir, config: &Config) -> Result<()> {
     let fresh = wal.last_index() == LogIndex(0)
         && wal.compacted().0 == LogIndex(0)
         && wal.hard_state() == HardState::default()
         && sm.applied().0 == LogIndex(0);
-    if !fresh || config.join {
+    if !fresh {
         return Ok(());
     }
     let membership = Membership {
         voters: config.members.clone(),
         learners: Default::default(),
     };
+    let digest = (!config.join).then(|| founding_digest(&membership));
+    data_dir.set_founding_digest(digest)?;
+    if config.join {
+        return Ok(());
+    }
     let entry = Entry {
         group: GroupId(0),
         term: Term(0),
@@ -629,6 +640,12 @@ fn bootstrap(wal: &Wal, sm: &StateMachine, config: &Config) -> Result<()> {
     event!(Level::Info, node: Some(config.id.0), term: Some(0), "cluster_bootstrapped",
         voters = config.members.len());
     Ok(())
+}
+
+/// sha256 of a founding membership's encoding (the payload of entry 1).
+fn founding_digest(membership: &Membership) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(membership.encode()).into()
 }
 
 /// The snapshot at the WAL's compaction point: restore it if the state is behind it, and

@@ -41,6 +41,7 @@ struct HelloV1 {
     role: Role,
     expected_acceptor: Option<u64>,
     nonce: [u8; 32],
+    founding: Option<[u8; 32]>,
 }
 
 #[derive(bincode::Decode)]
