@@ -2,7 +2,9 @@
 //! [`kv`] and the README.
 
 pub mod bench;
+pub mod children;
 pub mod cluster_bench;
+pub mod demo;
 pub mod kv;
 pub mod serve;
 pub mod status;
@@ -21,6 +23,10 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Start a 3-member cluster on this machine and show it at work: leader election,
+    /// 10,000 writes, a SIGKILL of the leader and the failover time, every key checked, the
+    /// crashed member restarted and caught up, the status table. Cleans up after itself.
+    Demo(demo::DemoArgs),
     /// Print the version of the haven library this binary was built with.
     Version,
     /// Run one cluster member in the foreground until SIGTERM or SIGINT.
@@ -65,6 +71,7 @@ pub fn run(cli: Cli) -> i32 {
             0
         }
         Command::Serve(args) => serve::run(&args),
+        Command::Demo(args) => demo::run(&args),
         Command::Put(args) => finish("put", kv::put(&args)),
         Command::Get(args) => finish("get", kv::get(&args)),
         Command::Del(args) => finish("del", kv::del(&args)),
