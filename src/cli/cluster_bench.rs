@@ -5,11 +5,10 @@
 //!
 //! Reports ops/s, p50/p99/max latency and each member's resident memory (VmHWM, VmRSS).
 
+use super::children::{free_addrs, start_member, Member, WorkDir};
 use haven::net::ClusterSecret;
 use haven::{Client, ClientOptions, ClusterId, Error, Result};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,56 +42,6 @@ pub struct ClusterBenchArgs {
     /// Directory for the members' data (default: a new directory under the current one).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-}
-
-/// A `haven serve` child, killed and reaped on drop.
-struct Member {
-    child: Option<Child>,
-}
-
-impl Member {
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// SIGTERM, then SIGKILL if it does not exit in time.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Removes the bench directory on drop (when we created it).
-struct TempDir(Option<PathBuf>);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
 
 /// CPU time (user + system) a process has used, in clock ticks, from /proc.
@@ -129,53 +78,6 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmHWM:")?, field("VmRSS:")?))
 }
 
-fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::io("finding free ports", e))?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map_err(|e| Error::io("finding free ports", e))
-        })
-        .collect()
-}
-
-fn start_member(
-    exe: &Path,
-    dir: &Path,
-    id: usize,
-    addrs: &[SocketAddr],
-    secret_file: &Path,
-) -> Result<Member> {
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
-    let log = std::fs::File::create(dir.join(format!("n{id}.log")))
-        .map_err(|e| Error::io("creating a member log", e))?;
-    let child = Command::new(exe)
-        .arg("serve")
-        .args(["--id", &id.to_string()])
-        .args(["--listen", &addrs[id - 1].to_string()])
-        .args(["--peers", &peers.join(",")])
-        .arg("--data-dir")
-        .arg(dir.join(format!("n{id}")))
-        .arg("--secret-file")
-        .arg(secret_file)
-        .args(["--cluster-id", &CLUSTER.0.to_string()])
-        .env("HAVEN_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| Error::io("starting haven serve", e))?;
-    Ok(Member { child: Some(child) })
-}
-
 /// What one writer measured.
 struct WriterResult {
     latencies_us: Vec<u32>,
@@ -209,24 +111,17 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
             "--seconds must be in (0, 3600]".into(),
         ));
     }
-    let exe = std::env::current_exe().map_err(|e| Error::io("finding the haven binary", e))?;
-    let (dir, _cleanup) = match &args.dir {
-        Some(d) => (d.clone(), TempDir(None)),
-        None => {
-            let d = std::env::current_dir()
-                .map_err(|e| Error::io("reading the working directory", e))?
-                .join(format!("haven-bench-cluster-{}", std::process::id()));
-            (d.clone(), TempDir(Some(d)))
-        }
+    let workdir = match &args.dir {
+        Some(d) => WorkDir::given(d)?,
+        None => WorkDir::create("haven-bench-cluster")?,
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let dir = workdir.path();
     let secret_file = dir.join("secret");
     std::fs::write(&secret_file, SECRET).map_err(|e| Error::io("writing the secret", e))?;
     let addrs = free_addrs(args.members)?;
     let mut members = Vec::new();
     for id in 1..=args.members {
-        members.push(start_member(&exe, &dir, id, &addrs, &secret_file)?);
+        members.push(start_member(dir, id, &addrs, &secret_file, CLUSTER, &[])?);
     }
     let secret = ClusterSecret::new(SECRET.to_vec())?;
     let addr_strings: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();

@@ -1,8 +1,13 @@
-//! The `haven` command line: argument parsing and the commands that do not need a cluster.
+//! The `haven` command line: argument parsing and dispatch. Exit codes are documented in
+//! [`kv`] and the README.
 
 pub mod bench;
+pub mod children;
 pub mod cluster_bench;
+pub mod demo;
+pub mod kv;
 pub mod serve;
+pub mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -18,10 +23,27 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Start a 3-member cluster on this machine and show it at work: leader election,
+    /// 10,000 writes, a SIGKILL of the leader and the failover time, every key checked, the
+    /// crashed member restarted and caught up, the status table. Cleans up after itself.
+    Demo(demo::DemoArgs),
     /// Print the version of the haven library this binary was built with.
     Version,
     /// Run one cluster member in the foreground until SIGTERM or SIGINT.
     Serve(serve::ServeArgs),
+    /// Store a value under a key.
+    Put(kv::PutArgs),
+    /// Print a key's value (exit 1, nothing on stdout, if the key is absent).
+    Get(kv::GetArgs),
+    /// Delete a key (exit 1 if it was absent).
+    Del(kv::DelArgs),
+    /// Compare-and-swap: store NEW_VALUE if the key holds --expect VALUE (or is absent, with
+    /// --expect-absent); exit 1 if the comparison failed.
+    Cas(kv::CasArgs),
+    /// Print keys (and values) in key order, one `KEY<TAB>VALUE` line each.
+    Scan(kv::ScanArgs),
+    /// One row per member: role, term, commit and applied index, lag, last contact.
+    Status(status::StatusArgs),
     /// Measure a part of haven on this machine.
     Bench {
         /// What to measure.
@@ -49,6 +71,16 @@ pub fn run(cli: Cli) -> i32 {
             0
         }
         Command::Serve(args) => serve::run(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Put(args) => finish("put", kv::put(&args)),
+        Command::Get(args) => finish("get", kv::get(&args)),
+        Command::Del(args) => finish("del", kv::del(&args)),
+        Command::Cas(args) => finish("cas", kv::cas(&args)),
+        Command::Scan(args) => finish("scan", kv::scan(&args)),
+        Command::Status(args) => finish(
+            "status",
+            status::run(&args).map_err(|e| (kv::exit_code(&e), e.to_string())),
+        ),
         Command::Bench {
             target: BenchTarget::Cluster(args),
         } => match cluster_bench::run(&args) {
@@ -67,5 +99,16 @@ pub fn run(cli: Cli) -> i32 {
                 1
             }
         },
+    }
+}
+
+/// Report a command's outcome: its one stderr line, if it failed, and its exit code.
+fn finish(command: &str, outcome: kv::Outcome) -> i32 {
+    match outcome {
+        Ok(()) => kv::EXIT_OK,
+        Err((code, message)) => {
+            kv::report(command, &message);
+            code
+        }
     }
 }

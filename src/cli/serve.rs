@@ -81,22 +81,22 @@ pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>> {
     Ok(peers)
 }
 
+/// Read a cluster secret file (a trailing newline is ignored, so `echo` can write one).
+pub fn read_secret(path: &std::path::Path) -> Result<ClusterSecret> {
+    let mut secret = std::fs::read(path)
+        .map_err(|e| Error::io(format!("reading the secret file {}", path.display()), e))?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    ClusterSecret::new(secret).map_err(|e| Error::InvalidArgument(format!("--secret-file: {e}")))
+}
+
 /// Build the member's configuration from the arguments.
 pub fn config(args: &ServeArgs) -> Result<Config> {
     let listen: SocketAddr = haven::node::resolve_address(&args.listen)
         .map_err(|e| Error::InvalidArgument(format!("--listen: {e}")))?;
     let members = parse_peers(&args.peers)?;
-    let mut secret = std::fs::read(&args.secret_file).map_err(|e| {
-        Error::io(
-            format!("reading the secret file {}", args.secret_file.display()),
-            e,
-        )
-    })?;
-    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        secret.pop();
-    }
-    let secret = ClusterSecret::new(secret)
-        .map_err(|e| Error::InvalidArgument(format!("--secret-file: {e}")))?;
+    let secret = read_secret(&args.secret_file)?;
     let mut config = Config::new(
         NodeId(args.id),
         ClusterId(args.cluster_id),

@@ -253,7 +253,7 @@ impl Client {
     /// The view of the member this client talks to.
     pub fn status(&self) -> Result<Status> {
         match self.retry(Request::Status, false)? {
-            Response::Status(s) => Ok(s),
+            Response::Status(s) => Ok(*s),
             other => Err(unexpected(&other)),
         }
     }

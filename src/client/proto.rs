@@ -12,7 +12,14 @@ use bincode::{Decode, Encode};
 
 /// Version of the client protocol carried in every [`ClientRequest`]. A member refuses a
 /// request of a newer version with `UnsupportedVersion`.
-pub const CLIENT_PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 appended `snapshots_installed`, `fsync_latency` and `fsync_latency_sum_micros`
+/// to [`Counters`] (and `snapshots_received` now counts fetched snapshots, installed or not).
+pub const CLIENT_PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest client protocol version whose [`Request::Status`] a member answers: a status
+/// encoded by a newer member would not decode in an older client.
+pub const MIN_STATUS_PROTOCOL_VERSION: u32 = 2;
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Encode, Decode)]
@@ -118,8 +125,9 @@ pub enum Response {
     Value(Option<VersionedValue>),
     /// The result of a [`ReadOp::Range`].
     Range(RangePage),
-    /// The answer to [`Request::Status`].
-    Status(Status),
+    /// The answer to [`Request::Status`] (boxed: it is by far the largest answer, and the
+    /// rarest).
+    Status(Box<Status>),
     /// The answer to [`Request::StateHash`].
     StateHash {
         /// The applied index the hash covers.
@@ -232,6 +240,9 @@ pub struct Histogram {
     pub counts: Vec<u64>,
 }
 
+// The WAL counts fdatasync latencies in the same buckets the status reports.
+const _: () = assert!(Histogram::BUCKETS == crate::wal::SYNC_LATENCY_BUCKETS);
+
 impl Histogram {
     /// Buckets: below 1 µs, below 2 µs, ... below 2^26 µs (~67 s), then the rest.
     pub const BUCKETS: usize = 28;
@@ -294,12 +305,19 @@ pub struct Counters {
     pub snapshots_taken: u64,
     /// Snapshot transfers to followers that completed.
     pub snapshots_sent: u64,
-    /// Snapshots received from a leader and installed.
+    /// Snapshots received in full from a leader (their data durable here).
     pub snapshots_received: u64,
     /// Peer messages the transport dropped (queue full, peer unreachable, failed write).
     pub transport_drops: u64,
     /// Elections this member started (real, not pre-vote).
     pub elections_started: u64,
+    /// Snapshots from a leader that replaced this member's state (protocol version 2).
+    pub snapshots_installed: u64,
+    /// Latency of the WAL's fdatasync calls alone, as measured where they are issued
+    /// (protocol version 2).
+    pub fsync_latency: Histogram,
+    /// Sum of all `fsync_latency` observations in microseconds (protocol version 2).
+    pub fsync_latency_sum_micros: u64,
 }
 
 /// A member's view of the cluster.

@@ -164,7 +164,7 @@ impl RemoteBackend {
             request: Request::Status,
         };
         match conn.call(request, timeout)? {
-            Ok(Response::Status(status)) => Ok(status),
+            Ok(Response::Status(status)) => Ok(*status),
             Ok(_) => Err(Error::Unavailable("unexpected answer to status".into())),
             Err(e) => Err(e.into()),
         }

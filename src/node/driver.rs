@@ -12,6 +12,7 @@ use super::{node_role, Config, Input, Internal, NodeShared, NodeTransport, Share
 use crate::client::proto::{
     AdminOp, ClientRequest, ClientResponse, Counters, Histogram, MemberStatus, NodeRole, ReadMode,
     ReadOp, Request, Response, Status, WireError, CLIENT_PROTOCOL_VERSION,
+    MIN_STATUS_PROTOCOL_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::event;
@@ -456,6 +457,14 @@ impl Driver {
             });
             return;
         }
+        if request.version < MIN_STATUS_PROTOCOL_VERSION && request.request == Request::Status {
+            reply.fail(Error::InvalidArgument(format!(
+                "status needs client protocol version {MIN_STATUS_PROTOCOL_VERSION} or newer \
+                 (this client speaks {}): upgrade the client",
+                request.version
+            )));
+            return;
+        }
         let timeout = Duration::from_millis(
             u64::from(request.timeout_ms).min(super::config::MAX_REQUEST_TIMEOUT_MS),
         );
@@ -516,7 +525,7 @@ impl Driver {
                 Ok(())
             }
             Request::Status => {
-                reply.send(Ok(Response::Status(self.status())));
+                reply.send(Ok(Response::Status(Box::new(self.status()))));
                 Ok(())
             }
             Request::StateHash => {
@@ -968,7 +977,7 @@ impl Driver {
             .into_iter()
             .map(|(index, (term, reply, _))| Waiter { index, term, reply })
             .collect();
-        self.stats.snapshots_received += 1;
+        self.stats.snapshots_installed += 1;
         dlog!(
             self,
             Level::Info,
@@ -1298,6 +1307,7 @@ impl Driver {
                     self.fetching = None;
                 }
                 self.install_paths.insert((index, term), path);
+                self.stats.snapshots_received += 1;
                 self.raft.step(message).map_err(storage)?;
                 self.transport.send(
                     from,
@@ -1397,6 +1407,11 @@ impl Driver {
         let mut counters = self.stats.clone();
         counters.entries_applied = self.counters.entries_applied.load(Ordering::Relaxed);
         counters.snapshots_taken = self.counters.snapshots_taken.load(Ordering::Relaxed);
+        let (fsync_counts, fsync_sum) = self.wal.sync_latency().snapshot();
+        counters.fsync_latency = Histogram {
+            counts: fsync_counts,
+        };
+        counters.fsync_latency_sum_micros = fsync_sum;
         counters.transport_drops = self
             .transport
             .peers()

@@ -434,7 +434,7 @@ impl Node {
     /// cause in [`Status::failure`] (the rest is empty: its core is gone).
     pub fn status(&self) -> Result<Status> {
         match self.call(Request::Status) {
-            Ok(Response::Status(status)) => Ok(status),
+            Ok(Response::Status(status)) => Ok(*status),
             Ok(other) => Err(unexpected(&other)),
             Err(e) => match lock(&self.shared.failure).clone() {
                 Some(why) => Ok(Status {

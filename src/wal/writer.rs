@@ -702,8 +702,12 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         sync_data(&self.active.file, self.faults.as_deref())
-            .map_err(|e| Error::io(format!("fdatasync of {}", self.active.path.display()), e))
+            .map_err(|e| Error::io(format!("fdatasync of {}", self.active.path.display()), e))?;
+        let micros = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        self.shared.sync_latency.record(micros);
+        Ok(())
     }
 }
 
