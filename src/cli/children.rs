@@ -4,7 +4,7 @@
 //! and by [`kill_all_registered`] from a signal-handling thread).
 
 use haven::{ClusterId, Error, Result};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -134,19 +134,9 @@ impl Drop for WorkDir {
     }
 }
 
-/// `n` distinct free loopback addresses (bound, then released).
+/// `n` distinct free loopback addresses (see [`haven::net::free_loopback_addrs`]).
 pub fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::io("finding free ports", e))?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map_err(|e| Error::io("finding free ports", e))
-        })
-        .collect()
+    haven::net::free_loopback_addrs(n).map_err(|e| Error::io("finding free ports", e))
 }
 
 /// Start `haven serve` (this same binary) as member `id` (1-based) of `addrs`, data in

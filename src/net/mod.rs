@@ -73,6 +73,7 @@ mod config;
 mod handshake;
 mod inbound;
 mod peer;
+mod ports;
 mod transport;
 mod wire;
 
@@ -82,6 +83,7 @@ pub use config::{
     CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES, MIN_SECRET_BYTES,
 };
 pub use inbound::{ClientEvent, ClientHandle};
+pub use ports::free_loopback_addrs;
 pub use transport::Transport;
 
 use bincode::{Decode, Encode};

@@ -8,7 +8,7 @@ use haven::net::ClusterSecret;
 use haven::node::{Config, Node};
 use haven::{Client, ClientOptions, ClusterId, Error, NodeId};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,10 +23,7 @@ pub fn secret() -> ClusterSecret {
 /// `n` distinct free loopback ports (bound and released; a collision with another process is
 /// possible but rare, and shows as a bind error at start).
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    haven::net::free_loopback_addrs(n).expect("free loopback ports")
 }
 
 /// Poll `f` every 10 ms until it returns `Some`, or panic after `timeout` naming `what`.

@@ -17,7 +17,7 @@ use haven::client::NodeRole;
 use haven::net::ClusterSecret;
 use haven::{Client, ClientOptions, ClusterId, ReadMode};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -105,39 +105,10 @@ pub struct Cluster {
     options: MemberOptions,
 }
 
-/// `n` free loopback ports for the members' listeners. They are chosen below the kernel's
-/// ephemeral range when it leaves room (ports 10000-30000 by default): a killed member's port
-/// stays free for the seconds it is down, and an outgoing connection could otherwise be given
-/// it as its local port and make the restart fail.
+/// `n` free loopback ports for the members' listeners, below the kernel's ephemeral range
+/// (a killed member's port stays free for the seconds it is down).
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let mut found: Vec<TcpListener> = Vec::new();
-    if ephemeral_low > 11_000 {
-        let span = u64::from(ephemeral_low.min(30_000) - 10_000);
-        let mut bytes = [0u8; 8];
-        getrandom::getrandom(&mut bytes).expect("random bytes");
-        let mut rng = haven::raft::rng::SplitMix64::new(u64::from_le_bytes(bytes));
-        // Bounded: at most 1000 tries, then the kernel's choice below.
-        for _ in 0..1000 {
-            if found.len() == n {
-                break;
-            }
-            let port = 10_000 + rng.below(span) as u16;
-            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-                found.push(l);
-            }
-        }
-    }
-    while found.len() < n {
-        found.push(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
-    }
-    found
-        .iter()
-        .map(|l| l.local_addr().expect("local address"))
-        .collect()
+    haven::net::free_loopback_addrs(n).expect("free loopback ports")
 }
 
 impl Cluster {
