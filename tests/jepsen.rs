@@ -327,12 +327,19 @@ fn pairing_rejects_a_malformed_history() {
 // ----- the router's reading of the handshake -----
 
 /// A `Hello` frame as docs/FORMAT.md lays it out: envelope { version 1, body }, body
-/// `cluster_id role expected_acceptor nonce`.
+/// `cluster_id role expected_acceptor nonce founding` (no founding digest for clients, one for
+/// peers).
 fn hello_frame(role: &[u8], expected_acceptor: &[u8]) -> Vec<u8> {
     let mut body = vec![0x2a]; // cluster id 42
     body.extend_from_slice(role);
     body.extend_from_slice(expected_acceptor);
     body.extend_from_slice(&[7u8; 32]);
+    if role[0] == 0 {
+        body.push(1);
+        body.extend_from_slice(&[9u8; 32]);
+    } else {
+        body.push(0);
+    }
     let mut envelope = vec![1, body.len() as u8];
     envelope.extend_from_slice(&body);
     let mut frame = Vec::new();
