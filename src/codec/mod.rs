@@ -14,7 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::limits::MAX_FRAME_PAYLOAD_BYTES;
-use bincode::{Decode, Encode};
+use bincode::{BorrowDecode, Decode, Encode};
 
 /// First two bytes of every frame: ASCII "HV".
 pub const FRAME_MAGIC: [u8; 2] = *b"HV";
@@ -65,6 +65,19 @@ pub fn encode_value<T: Encode>(value: &T) -> Result<Vec<u8>> {
 /// buffer came from and can add context with [`Error::in_file`]).
 pub fn decode_value<T: Decode<()>>(bytes: &[u8]) -> Result<T> {
     match bincode::decode_from_slice::<T, _>(bytes, config()) {
+        Ok((value, read)) if read == bytes.len() => Ok(value),
+        Ok((_, read)) => Err(Error::corrupt(
+            read as u64,
+            format!("{} trailing bytes after value", bytes.len() - read),
+        )),
+        Err(e) => Err(Error::corrupt(0, format!("cannot decode value: {e}"))),
+    }
+}
+
+/// [`decode_value`] for a type that borrows from `bytes` (byte slices are not copied). Same
+/// checks: all of `bytes` must be one value, any defect is `Corrupt`.
+pub fn decode_borrowed<'a, T: BorrowDecode<'a, ()>>(bytes: &'a [u8]) -> Result<T> {
+    match bincode::borrow_decode_from_slice::<T, _>(bytes, config()) {
         Ok((value, read)) if read == bytes.len() => Ok(value),
         Ok((_, read)) => Err(Error::corrupt(
             read as u64,

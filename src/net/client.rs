@@ -82,12 +82,36 @@ struct Pending<Resp> {
     closed: Option<String>,
 }
 
+/// The write half and the write timeout it has now (a `setsockopt` per call was one of the
+/// three syscalls of a call; it is set again only when the call's time left is not within
+/// [timeout, 2 * timeout]: a write then gives up at the earliest after half of the time left,
+/// at the latest when it is spent, and the request counts as not sent).
+struct Writer {
+    stream: TcpStream,
+    timeout: Option<Duration>,
+}
+
+impl Writer {
+    /// Let a blocked write give up within `left` (and not before `left / 2`).
+    fn limit_to(&mut self, left: Duration) -> std::io::Result<()> {
+        let fits = self
+            .timeout
+            .is_some_and(|t| t <= left && left <= t.saturating_mul(2));
+        if !fits {
+            let timeout = (left * 3 / 4).max(Duration::from_millis(1)).min(left);
+            self.stream.set_write_timeout(Some(timeout))?;
+            self.timeout = Some(timeout);
+        }
+        Ok(())
+    }
+}
+
 struct Inner<Resp> {
     addr: SocketAddr,
     member: NodeId,
     client_id: u64,
     salt: u64,
-    writer: Mutex<TcpStream>,
+    writer: Mutex<Writer>,
     /// A clone used only to shut the socket down.
     control: TcpStream,
     pending: Mutex<Pending<Resp>>,
@@ -186,7 +210,10 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             member: established.acceptor,
             client_id,
             salt: established.salt,
-            writer: Mutex::new(clone(&stream)?),
+            writer: Mutex::new(Writer {
+                stream: clone(&stream)?,
+                timeout: None,
+            }),
             control: clone(&stream)?,
             pending: Mutex::new(Pending {
                 waiters: HashMap::new(),
@@ -252,10 +279,10 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             if left.is_zero() {
                 return Err(not_sent("timed out waiting to write".into()));
             }
-            if let Err(e) = writer.set_write_timeout(Some(left)) {
+            if let Err(e) = writer.limit_to(left) {
                 return Err(not_sent(e.to_string()));
             }
-            if let Err(e) = writer.write_all(&frame) {
+            if let Err(e) = writer.stream.write_all(&frame) {
                 // A partial frame is never processed, and the connection is closed so no later
                 // bytes can complete it: the request was not applied.
                 drop(writer);
@@ -362,8 +389,8 @@ fn read_responses<Resp: Message>(
                 // A writer busy with a request proves liveness well enough; skip the keepalive.
                 if let Ok(mut writer) = inner.writer.try_lock() {
                     let sent = writer
-                        .set_write_timeout(Some(CLIENT_KEEPALIVE_INTERVAL))
-                        .and_then(|_| writer.write_all(&keepalive));
+                        .limit_to(CLIENT_KEEPALIVE_INTERVAL)
+                        .and_then(|_| writer.stream.write_all(&keepalive));
                     if let Err(e) = sent {
                         break format!("keepalive failed: {e}");
                     }

@@ -6,11 +6,11 @@
 use super::command::{Command, Compare, Op, Txn, TxnOp, UNTRACKED_CLIENT};
 use super::result::{
     CasResult, CommandResult, DeleteRangeResult, DeleteResult, KeyMeta, PutResult, TxnOpResult,
-    TxnResult, VersionedValue,
+    TxnResult,
 };
 use super::store::{
-    client_id_of, client_key, client_order_key, kv_key, ClientRecord, Overlay, PREFIX_CLIENT_ORDER,
-    PREFIX_KV,
+    client_id_of, client_key, client_order_key, kv_key, ClientRecord, Overlay, StoredValueRef,
+    PREFIX_CLIENT_ORDER, PREFIX_KV,
 };
 use crate::codec::encode_value;
 use crate::error::{Error, Result};
@@ -177,7 +177,7 @@ impl Applier<'_> {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8], index: LogIndex) -> Result<PutResult> {
-        let previous = self.overlay.get_value(key)?.map(|v| v.meta);
+        let previous = self.overlay.get_meta(key)?;
         let meta = match previous {
             Some(prev) => KeyMeta {
                 create_revision: prev.create_revision,
@@ -190,10 +190,7 @@ impl Applier<'_> {
                 version: 1,
             },
         };
-        let stored = VersionedValue {
-            value: value.to_vec(),
-            meta,
-        };
+        let stored = StoredValueRef { value, meta };
         self.overlay.put_encoded(kv_key(key), &stored)?;
         Ok(PutResult {
             revision: index,
@@ -202,7 +199,7 @@ impl Applier<'_> {
     }
 
     fn delete(&mut self, key: &[u8], index: LogIndex) -> Result<DeleteResult> {
-        let previous = self.overlay.get_value(key)?.map(|v| v.meta);
+        let previous = self.overlay.get_meta(key)?;
         if previous.is_some() {
             self.overlay.remove(kv_key(key));
         }

@@ -278,6 +278,8 @@ impl StateMachine {
             }
         }
         let cached = load_cached(&tree)?;
+        let mut cache = RecordCache::new(record_cache_bytes);
+        cache.load_metas(&tree)?;
         Ok(StateMachine {
             db,
             tree,
@@ -286,7 +288,7 @@ impl StateMachine {
             cached,
             pending: Writes::new(),
             pending_bytes: 0,
-            cache: RefCell::new(RecordCache::new(record_cache_bytes)),
+            cache: RefCell::new(cache),
             failed: None,
         })
     }
@@ -665,7 +667,11 @@ impl StateMachine {
         // The restored state replaces whatever was pending over the old one.
         self.pending.clear();
         self.pending_bytes = 0;
-        self.cache.borrow_mut().clear();
+        // Learns the new tree's keys (or, if that fails, holds nothing: never the old tree's).
+        if let Err(e) = self.cache.borrow_mut().load_metas(&self.tree) {
+            self.cache.borrow_mut().clear();
+            return Err(e);
+        }
         self.flushed = cached.applied.0;
         self.cached = cached;
         // The old tree is no longer the state; if dropping it fails, open drops it next time.
