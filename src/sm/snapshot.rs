@@ -11,6 +11,7 @@
 
 use super::store::{
     check_pair, decode_record, AppliedRecord, Pairs, KEY_APPLIED, KEY_LAYOUT, LAYOUT_VERSION,
+    OLDEST_LAYOUT_VERSION,
 };
 use crate::codec::{append_frame, verify_frame, FrameHeader, FRAME_HEADER_BYTES};
 use crate::error::{Error, Result};
@@ -353,7 +354,7 @@ fn read_snapshot_inner(
             supported: LAYOUT_VERSION,
         });
     }
-    if header.layout_version != LAYOUT_VERSION {
+    if header.layout_version < OLDEST_LAYOUT_VERSION {
         return Err(Error::corrupt(
             0,
             "snapshot has an unknown state layout version",
@@ -379,7 +380,8 @@ fn read_snapshot_inner(
                     if last_key.as_ref().is_some_and(|last| last >= key) {
                         return Err(bad("snapshot keys out of order".into()));
                     }
-                    check_pair(key, value).map_err(|e| bad(format!("snapshot record: {e}")))?;
+                    check_pair(key, value, header.layout_version)
+                        .map_err(|e| bad(format!("snapshot record: {e}")))?;
                     if key == KEY_APPLIED {
                         let applied: AppliedRecord = decode_record("applied", value)?;
                         if applied.index != header.index || applied.term != header.term {
