@@ -726,6 +726,7 @@ impl StateMachine {
 mod tests {
     use super::*;
     use crate::types::GroupId;
+    use store::check_pair;
 
     fn entry(index: u64, cmd: &Command) -> Entry {
         Entry {
@@ -797,7 +798,21 @@ mod tests {
             .unwrap();
         let hash = sm.state_hash();
         assert!(hash.is_err(), "layout 2 has no `l` keys");
-        upgrade_layout(&sm.tree).unwrap();
+        let expected = sm.cached.clients.clone();
+        sm.flush().unwrap();
+        drop(sm);
+        // Open converts it (sled releases its lock lazily: retry, as the runtime does).
+        let mut attempts = 0;
+        let sm = loop {
+            match StateMachine::open(dir.path().join("state"), 1 << 20) {
+                Err(e) if e.code() == ErrorCode::DataDir && attempts < 250 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(sm.cached.clients, expected);
         assert_eq!(sm.tree.scan_prefix([PREFIX_CLIENT_ORDER]).count(), 0);
         let layout: u32 =
             decode_record("layout", &sm.tree.get(KEY_LAYOUT).unwrap().unwrap()).unwrap();
@@ -805,5 +820,59 @@ mod tests {
         let order = ClientOrder::load(&sm.tree).unwrap();
         assert_eq!(order, sm.cached.clients);
         assert_eq!(order.oldest(), Some((LogIndex(2), 2)));
+    }
+
+    #[test]
+    fn a_layout_1_snapshot_restores_without_its_stored_client_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = StateMachine::open(dir.path().join("a"), 1 << 20).unwrap();
+        source
+            .apply(&[
+                entry(1, &register()),
+                entry(2, &register()),
+                entry(3, &put(1, 1)),
+            ])
+            .unwrap();
+        // The same state as layout 1 stored it: `l` keys and `mlayout` = 1.
+        let empty = Writes::new();
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = merged(&source.tree, None, &empty, &[], None)
+            .map(|p| p.unwrap())
+            .map(|(k, v)| {
+                if k == KEY_LAYOUT {
+                    (k, encode_value(&1u32).unwrap())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        for (last_index, client_id) in [(3u64, 1u64), (2, 2)] {
+            let mut key = vec![PREFIX_CLIENT_ORDER];
+            key.extend_from_slice(&last_index.to_be_bytes());
+            key.extend_from_slice(&client_id.to_be_bytes());
+            pairs.push((key, Vec::new()));
+        }
+        pairs.sort();
+        let snap_dir = dir.path().join("snap");
+        let file = snapshot::write_snapshot_of_layout(
+            pairs.into_iter().map(Ok),
+            LogIndex(3),
+            Term(1),
+            &snap_dir,
+            1,
+        )
+        .unwrap();
+        // Layout 2 refuses `l` keys in a snapshot that says it is layout 2.
+        assert!(check_pair(&[PREFIX_CLIENT_ORDER; 17], b"", LAYOUT_VERSION).is_err());
+        let mut restored = StateMachine::open(dir.path().join("b"), 1 << 20).unwrap();
+        restored.restore_snapshot(&file.path).unwrap();
+        assert_eq!(restored.state_hash().unwrap(), source.state_hash().unwrap());
+        assert_eq!(restored.tree.scan_prefix([PREFIX_CLIENT_ORDER]).count(), 0);
+        let layout: u32 =
+            decode_record("layout", &restored.tree.get(KEY_LAYOUT).unwrap().unwrap()).unwrap();
+        assert_eq!(layout, LAYOUT_VERSION);
+        assert_eq!(restored.cached.clients, source.cached.clients);
+        // A snapshot of the restored state is layout 2 and has the same content hash-wise.
+        let again = restored.write_snapshot(dir.path().join("snap2")).unwrap();
+        assert_eq!(again.index, LogIndex(3));
     }
 }

@@ -134,9 +134,21 @@ pub(crate) fn write_snapshot(
     term: Term,
     dir: &Path,
 ) -> Result<SnapshotMeta> {
+    write_snapshot_of_layout(pairs, index, term, dir, LAYOUT_VERSION)
+}
+
+/// [`write_snapshot`] with the state layout `layout` in the header (tests write older
+/// layouts; the pairs must be of that layout).
+pub(crate) fn write_snapshot_of_layout(
+    pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
+    index: LogIndex,
+    term: Term,
+    dir: &Path,
+    layout: u32,
+) -> Result<SnapshotMeta> {
     fs::create_dir_all(dir).map_err(|e| io_error("creating snapshot directory", dir, e))?;
     let temp_path = dir.join(format!("{:020}-{:020}{TEMP_SUFFIX}", index.0, term.0));
-    let written = write_temp(pairs, index, term, &temp_path);
+    let written = write_temp(pairs, index, term, layout, &temp_path);
     let (size, sha256) = match written {
         Ok(done) => done,
         Err(e) => {
@@ -161,6 +173,7 @@ fn write_temp(
     pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
     index: LogIndex,
     term: Term,
+    layout: u32,
     temp_path: &Path,
 ) -> Result<(u64, [u8; 32])> {
     let file = File::create(temp_path).map_err(|e| io_error("creating snapshot", temp_path, e))?;
@@ -172,7 +185,7 @@ fn write_temp(
     let mut frame = Vec::new();
     let header = SnapshotHeader {
         format_version: SNAPSHOT_FORMAT_VERSION,
-        layout_version: LAYOUT_VERSION,
+        layout_version: layout,
         index,
         term,
     };
