@@ -9,8 +9,7 @@ use super::result::{
     TxnResult,
 };
 use super::store::{
-    client_id_of, client_key, client_order_key, kv_key, ClientRecord, Overlay, StoredValueRef,
-    PREFIX_CLIENT_ORDER, PREFIX_KV,
+    client_key, kv_key, ClientOrder, ClientRecord, Overlay, StoredValueRef, PREFIX_KV,
 };
 use crate::codec::encode_value;
 use crate::error::{Error, Result};
@@ -36,15 +35,64 @@ pub(crate) fn compare_holds(view: &Overlay<'_>, compare: &Compare) -> Result<boo
     })
 }
 
-/// Applies commands of one batch to an overlay and tracks the client count.
-pub(crate) struct Applier<'t> {
-    pub(crate) overlay: Overlay<'t>,
-    pub(crate) client_count: usize,
-    /// The applied index sled holds: keys embedding a later index are not in sled.
-    pub(crate) flushed: LogIndex,
+/// A change of the client eviction order made by the batch being applied, kept so that a
+/// batch that fails part-way leaves the order as it was (its overlay is dropped too).
+enum OrderChange {
+    Added(LogIndex, u64),
+    Removed(LogIndex, u64),
 }
 
-impl Applier<'_> {
+/// Applies commands of one batch to an overlay and keeps the client eviction order in step.
+pub(crate) struct Applier<'t, 'o> {
+    pub(crate) overlay: Overlay<'t>,
+    clients: &'o mut ClientOrder,
+    undo: Vec<OrderChange>,
+}
+
+impl<'t, 'o> Applier<'t, 'o> {
+    pub(crate) fn new(overlay: Overlay<'t>, clients: &'o mut ClientOrder) -> Applier<'t, 'o> {
+        Applier {
+            overlay,
+            clients,
+            undo: Vec::new(),
+        }
+    }
+
+    /// The batch's writes; its changes of the client order stay.
+    pub(crate) fn into_writes(self) -> super::store::Writes {
+        self.overlay.into_writes()
+    }
+
+    /// Undo the batch's changes of the client order (the caller drops the overlay).
+    pub(crate) fn roll_back(mut self) {
+        for change in self.undo.drain(..).rev() {
+            match change {
+                OrderChange::Added(index, id) => {
+                    self.clients.remove(index, id);
+                }
+                OrderChange::Removed(index, id) => self.clients.insert(index, id),
+            }
+        }
+    }
+
+    fn order_add(&mut self, index: LogIndex, client_id: u64) {
+        self.clients.insert(index, client_id);
+        self.undo.push(OrderChange::Added(index, client_id));
+    }
+
+    fn order_remove(&mut self, index: LogIndex, client_id: u64) -> Result<()> {
+        if !self.clients.remove(index, client_id) {
+            return Err(Error::corrupt(
+                0,
+                format!(
+                    "client {client_id} (last applied at {index}) is missing from the eviction order"
+                ),
+            ));
+        }
+        self.undo.push(OrderChange::Removed(index, client_id));
+        Ok(())
+    }
+
     /// Apply one decoded command at `index`.
     pub(crate) fn apply_command(
         &mut self,
@@ -77,15 +125,8 @@ impl Applier<'_> {
             });
         }
         let result = self.execute(&cmd.op, index)?;
-        let old_order = client_order_key(record.last_index, cmd.client_id);
-        if record.last_index > self.flushed {
-            // Written after the last flush: sled never saw it, so no removal needs to reach it.
-            self.overlay.discard(old_order);
-        } else {
-            self.overlay.remove(old_order);
-        }
-        self.overlay
-            .insert(client_order_key(index, cmd.client_id), Vec::new());
+        self.order_remove(record.last_index, cmd.client_id)?;
+        self.order_add(index, cmd.client_id);
         let record = encode_client_record(cmd.seq, index, result)?;
         self.overlay.insert(client_key(cmd.client_id), record.bytes);
         Ok(record.result)
@@ -94,25 +135,12 @@ impl Applier<'_> {
     /// Register a client whose id is `index`, evicting the least recently applied client when
     /// the table is full.
     fn register(&mut self, index: LogIndex) -> Result<CommandResult> {
-        if self.client_count >= MAX_CLIENTS {
-            let order_start = [PREFIX_CLIENT_ORDER];
-            let order_end = [PREFIX_CLIENT_ORDER + 1];
-            let (oldest, _) = self.overlay.scan(&order_start, Some(&order_end), 1)?;
-            let Some((order_key, _)) = oldest.into_iter().next() else {
-                return Err(Error::corrupt(
-                    0,
-                    format!(
-                        "client table counts {} clients but has no eviction order",
-                        self.client_count
-                    ),
-                ));
+        if self.clients.len() >= MAX_CLIENTS {
+            let Some((last_index, evicted)) = self.clients.oldest() else {
+                return Err(Error::Fatal("MAX_CLIENTS is 0".into()));
             };
-            let Some(evicted) = client_id_of(&order_key) else {
-                return Err(Error::corrupt(0, "malformed client eviction key"));
-            };
-            self.overlay.remove(order_key);
+            self.order_remove(last_index, evicted)?;
             self.overlay.remove(client_key(evicted));
-            self.client_count -= 1;
         }
         let client_id = index.0;
         let result = CommandResult::Registered { client_id };
@@ -122,9 +150,7 @@ impl Applier<'_> {
             result: result.clone(),
         };
         self.overlay.put_encoded(client_key(client_id), &record)?;
-        self.overlay
-            .insert(client_order_key(index, client_id), Vec::new());
-        self.client_count += 1;
+        self.order_add(index, client_id);
         Ok(result)
     }
 

@@ -59,9 +59,9 @@ pub use snapshot::{
 use apply::{compare_holds, Applier};
 use command::{check_key, check_range};
 use store::{
-    batch_of, decode_record, kv_key, merge_writes, merged, sled_error, AppliedRecord, Overlay,
-    RecordCache, Writes, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION, PREFIX_CLIENT,
-    PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META,
+    batch_of, decode_record, kv_key, merge_writes, merged, sled_error, AppliedRecord, ClientOrder,
+    Overlay, RecordCache, Writes, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
+    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META,
 };
 
 use crate::codec::encode_value;
@@ -126,11 +126,12 @@ pub fn snapshot_membership(path: impl AsRef<Path>) -> Result<Option<Vec<u8>>> {
     Ok(membership)
 }
 
-/// What is cached in memory about the state tree (all of it also stored in the tree).
+/// What is kept in memory about the state tree (all of it stored in the tree or, for the
+/// client order, derived from it).
 struct Cached {
     applied: (LogIndex, Term),
     membership: Option<Vec<u8>>,
-    client_count: usize,
+    clients: ClientOrder,
 }
 
 fn load_cached(tree: &sled::Tree) -> Result<Cached> {
@@ -146,16 +147,25 @@ fn load_cached(tree: &sled::Tree) -> Result<Cached> {
         None => (LogIndex(0), Term(0)),
     };
     let membership = read(KEY_MEMBERSHIP)?.map(|bytes| bytes.to_vec());
-    let mut client_count = 0;
-    for item in tree.scan_prefix([PREFIX_CLIENT]) {
-        item.map_err(|e| sled_error("counting clients", e))?;
-        client_count += 1;
-    }
     Ok(Cached {
         applied,
         membership,
-        client_count,
+        clients: ClientOrder::load(tree)?,
     })
+}
+
+/// Convert a layout-1 state tree to layout 2 in one sled batch: remove the stored client
+/// eviction order (`l` keys; layout 2 derives it from the client records) and record the new
+/// layout.
+fn upgrade_layout(tree: &sled::Tree) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    for item in tree.scan_prefix([PREFIX_CLIENT_ORDER]) {
+        let (key, _) = item.map_err(|e| sled_error("upgrading the state layout", e))?;
+        batch.remove(key);
+    }
+    batch.insert(KEY_LAYOUT, encode_value(&LAYOUT_VERSION)?);
+    tree.apply_batch(batch)
+        .map_err(|e| sled_error("upgrading the state layout", e))
 }
 
 /// The replicated key-value state machine over one sled database.
@@ -168,8 +178,6 @@ pub struct StateMachine {
     cached: Cached,
     /// Applied writes not yet in sled (see [`StateMachine::apply_deferred`]); reads see them.
     pending: Writes,
-    /// The applied index sled holds (`cached.applied` includes the pending writes).
-    flushed: LogIndex,
     /// Key and value bytes added to `pending` since the last flush (an upper bound: rewrites
     /// of a pending key count again).
     pending_bytes: usize,
@@ -186,7 +194,7 @@ impl fmt::Debug for StateMachine {
         f.debug_struct("StateMachine")
             .field("applied", &self.cached.applied)
             .field("generation", &self.generation)
-            .field("clients", &self.cached.client_count)
+            .field("clients", &self.cached.clients.len())
             .field("failed", &self.failed)
             .finish()
     }
@@ -258,12 +266,15 @@ impl StateMachine {
         {
             Some(bytes) => {
                 let layout: u32 = decode_record("layout", &bytes)?;
-                if layout != LAYOUT_VERSION {
+                if !(OLDEST_LAYOUT_VERSION..=LAYOUT_VERSION).contains(&layout) {
                     return Err(Error::UnsupportedVersion {
                         what: "state layout",
                         found: layout,
                         supported: LAYOUT_VERSION,
                     });
+                }
+                if layout < LAYOUT_VERSION {
+                    upgrade_layout(&tree)?;
                 }
             }
             None if tree.is_empty() => {
@@ -284,7 +295,6 @@ impl StateMachine {
             db,
             tree,
             generation,
-            flushed: cached.applied.0,
             cached,
             pending: Writes::new(),
             pending_bytes: 0,
@@ -305,7 +315,7 @@ impl StateMachine {
 
     /// How many clients the client table holds (at most [`crate::limits::MAX_CLIENTS`]).
     pub fn client_count(&self) -> usize {
-        self.cached.client_count
+        self.cached.clients.len()
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -362,27 +372,30 @@ impl StateMachine {
         self.check_usable()?;
         let (mut applied_index, mut applied_term) = self.cached.applied;
         let mut membership = None;
-        let mut applier = Applier {
-            overlay: Overlay::with_pending(&self.tree, &self.pending, &self.cache),
-            client_count: self.cached.client_count,
-            flushed: self.flushed,
-        };
+        // The order is changed in place; a batch that fails rolls it back (`roll_back`).
+        let mut applier = Applier::new(
+            Overlay::with_pending(&self.tree, &self.pending, &self.cache),
+            &mut self.cached.clients,
+        );
         let mut outcomes = Vec::with_capacity(entries.len());
+        let mut failure = None;
         for entry in entries {
             if entry.index <= applied_index {
                 continue;
             }
             if entry.index != applied_index.next() {
-                return Err(Error::InvalidArgument(format!(
+                failure = Some(Error::InvalidArgument(format!(
                     "entry {} does not follow the applied index {applied_index}",
                     entry.index
                 )));
+                break;
             }
             if entry.term < applied_term {
-                return Err(Error::InvalidArgument(format!(
+                failure = Some(Error::InvalidArgument(format!(
                     "entry {} has term {}, below the applied term {applied_term}",
                     entry.index, entry.term
                 )));
+                break;
             }
             let result = match entry.kind {
                 EntryKind::Noop => EntryResult::Noop,
@@ -400,10 +413,16 @@ impl StateMachine {
                             seq: cmd.seq,
                             result,
                         },
-                        Err(e) => return Err(self.note_failure(e)),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
                     },
                     // Not ours to judge: a newer member wrote it (see the doc above).
-                    Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+                    Err(e @ Error::UnsupportedVersion { .. }) => {
+                        failure = Some(e);
+                        break;
+                    }
                     Err(e) => EntryResult::Malformed {
                         reason: e.to_string(),
                     },
@@ -417,22 +436,27 @@ impl StateMachine {
                 result,
             });
         }
+        if failure.is_none() && !outcomes.is_empty() {
+            let applied = AppliedRecord {
+                index: applied_index,
+                term: applied_term,
+            };
+            failure = applier
+                .overlay
+                .put_encoded(KEY_APPLIED.to_vec(), &applied)
+                .err();
+        }
+        if let Some(e) = failure {
+            // Nothing of the batch is applied: its writes are dropped with the overlay.
+            applier.roll_back();
+            return Err(self.note_failure(e));
+        }
         if outcomes.is_empty() {
             return Ok(outcomes);
         }
-        let applied = AppliedRecord {
-            index: applied_index,
-            term: applied_term,
-        };
-        let client_count = applier.client_count;
-        let mut overlay = applier.overlay;
-        if let Err(e) = overlay.put_encoded(KEY_APPLIED.to_vec(), &applied) {
-            return Err(self.note_failure(e));
-        }
-        let writes = overlay.into_writes();
+        let writes = applier.into_writes();
         self.pending_bytes += merge_writes(&mut self.pending, writes);
         self.cached.applied = (applied_index, applied_term);
-        self.cached.client_count = client_count;
         if membership.is_some() {
             self.cached.membership = membership;
         }
@@ -451,7 +475,6 @@ impl StateMachine {
             let e = sled_error("applying entries", e);
             return Err(self.note_failure(e));
         }
-        self.flushed = self.cached.applied.0;
         self.pending_bytes = 0;
         Ok(())
     }
@@ -563,8 +586,8 @@ impl StateMachine {
                     put_bytes(&mut hasher, &key[1..]);
                     put_bytes(&mut hasher, &value);
                 }
-                // Derived (eviction order) or already hashed above (meta).
-                Some(&PREFIX_CLIENT_ORDER) | Some(&PREFIX_META) => {}
+                // Already hashed above.
+                Some(&PREFIX_META) => {}
                 _ => return Err(Error::corrupt(0, "unknown key in the state tree")),
             }
         }
@@ -636,6 +659,15 @@ impl StateMachine {
         let copied = snapshot::read_snapshot(path, |pairs| {
             let mut batch = sled::Batch::default();
             for (key, value) in pairs {
+                // A layout-1 snapshot (verified as such) becomes a layout-2 tree: its stored
+                // client order is left out (rebuilt from the client records at the switch).
+                if key.first() == Some(&PREFIX_CLIENT_ORDER) {
+                    continue;
+                }
+                if key == KEY_LAYOUT {
+                    batch.insert(key, encode_value(&LAYOUT_VERSION)?);
+                    continue;
+                }
                 batch.insert(key, value);
             }
             tree.apply_batch(batch)
@@ -672,7 +704,6 @@ impl StateMachine {
             self.cache.borrow_mut().clear();
             return Err(e);
         }
-        self.flushed = cached.applied.0;
         self.cached = cached;
         // The old tree is no longer the state; if dropping it fails, open drops it next time.
         let _ = self.db.drop_tree(old_name);
@@ -688,5 +719,160 @@ impl StateMachine {
             .flush()
             .map(drop)
             .map_err(|e| sled_error("flushing the state", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::GroupId;
+    use store::check_pair;
+
+    fn entry(index: u64, cmd: &Command) -> Entry {
+        Entry {
+            group: GroupId(0),
+            term: Term(1),
+            index: LogIndex(index),
+            kind: EntryKind::Normal,
+            data: cmd.encode().unwrap(),
+        }
+    }
+
+    fn register() -> Command {
+        Command {
+            client_id: 0,
+            seq: 0,
+            op: Op::RegisterClient,
+        }
+    }
+
+    fn put(client_id: u64, seq: u64) -> Command {
+        Command {
+            client_id,
+            seq,
+            op: Op::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_that_fails_part_way_leaves_the_client_order_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path().join("state"), 1 << 20).unwrap();
+        sm.apply(&[entry(1, &register()), entry(2, &register())])
+            .unwrap();
+        let before = sm.cached.clients.clone();
+        // Client 1's put would move it to index 3, then a gap fails the batch.
+        let err = sm
+            .apply(&[entry(3, &put(1, 1)), entry(5, &put(2, 1))])
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument);
+        assert_eq!(sm.cached.clients, before);
+        assert_eq!(sm.applied().0, LogIndex(2));
+        sm.apply(&[entry(3, &put(1, 1))]).unwrap();
+        assert_eq!(sm.cached.clients.oldest(), Some((LogIndex(2), 2)));
+        assert_eq!(sm.cached.clients, ClientOrder::load(&sm.tree).unwrap());
+    }
+
+    #[test]
+    fn a_layout_1_tree_loses_its_stored_client_order_and_keeps_the_same_one_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path().join("state"), 1 << 20).unwrap();
+        sm.apply(&[
+            entry(1, &register()),
+            entry(2, &register()),
+            entry(3, &put(1, 1)),
+        ])
+        .unwrap();
+        // What layout 1 stored besides the records: one `l` key per client.
+        for (last_index, client_id) in [(3u64, 1u64), (2, 2)] {
+            let mut key = vec![PREFIX_CLIENT_ORDER];
+            key.extend_from_slice(&last_index.to_be_bytes());
+            key.extend_from_slice(&client_id.to_be_bytes());
+            sm.tree.insert(key, Vec::<u8>::new()).unwrap();
+        }
+        sm.tree
+            .insert(KEY_LAYOUT, encode_value(&1u32).unwrap())
+            .unwrap();
+        let hash = sm.state_hash();
+        assert!(hash.is_err(), "layout 2 has no `l` keys");
+        let expected = sm.cached.clients.clone();
+        sm.flush().unwrap();
+        drop(sm);
+        // Open converts it (sled releases its lock lazily: retry, as the runtime does).
+        let mut attempts = 0;
+        let sm = loop {
+            match StateMachine::open(dir.path().join("state"), 1 << 20) {
+                Err(e) if e.code() == ErrorCode::DataDir && attempts < 250 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(sm.cached.clients, expected);
+        assert_eq!(sm.tree.scan_prefix([PREFIX_CLIENT_ORDER]).count(), 0);
+        let layout: u32 =
+            decode_record("layout", &sm.tree.get(KEY_LAYOUT).unwrap().unwrap()).unwrap();
+        assert_eq!(layout, LAYOUT_VERSION);
+        let order = ClientOrder::load(&sm.tree).unwrap();
+        assert_eq!(order, sm.cached.clients);
+        assert_eq!(order.oldest(), Some((LogIndex(2), 2)));
+    }
+
+    #[test]
+    fn a_layout_1_snapshot_restores_without_its_stored_client_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = StateMachine::open(dir.path().join("a"), 1 << 20).unwrap();
+        source
+            .apply(&[
+                entry(1, &register()),
+                entry(2, &register()),
+                entry(3, &put(1, 1)),
+            ])
+            .unwrap();
+        // The same state as layout 1 stored it: `l` keys and `mlayout` = 1.
+        let empty = Writes::new();
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = merged(&source.tree, None, &empty, &[], None)
+            .map(|p| p.unwrap())
+            .map(|(k, v)| {
+                if k == KEY_LAYOUT {
+                    (k, encode_value(&1u32).unwrap())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        for (last_index, client_id) in [(3u64, 1u64), (2, 2)] {
+            let mut key = vec![PREFIX_CLIENT_ORDER];
+            key.extend_from_slice(&last_index.to_be_bytes());
+            key.extend_from_slice(&client_id.to_be_bytes());
+            pairs.push((key, Vec::new()));
+        }
+        pairs.sort();
+        let snap_dir = dir.path().join("snap");
+        let file = snapshot::write_snapshot_of_layout(
+            pairs.into_iter().map(Ok),
+            LogIndex(3),
+            Term(1),
+            &snap_dir,
+            1,
+        )
+        .unwrap();
+        // Layout 2 refuses `l` keys in a snapshot that says it is layout 2.
+        assert!(check_pair(&[PREFIX_CLIENT_ORDER; 17], b"", LAYOUT_VERSION).is_err());
+        let mut restored = StateMachine::open(dir.path().join("b"), 1 << 20).unwrap();
+        restored.restore_snapshot(&file.path).unwrap();
+        assert_eq!(restored.state_hash().unwrap(), source.state_hash().unwrap());
+        assert_eq!(restored.tree.scan_prefix([PREFIX_CLIENT_ORDER]).count(), 0);
+        let layout: u32 =
+            decode_record("layout", &restored.tree.get(KEY_LAYOUT).unwrap().unwrap()).unwrap();
+        assert_eq!(layout, LAYOUT_VERSION);
+        assert_eq!(restored.cached.clients, source.cached.clients);
+        // A snapshot of the restored state is layout 2 and has the same content hash-wise.
+        let again = restored.write_snapshot(dir.path().join("snap2")).unwrap();
+        assert_eq!(again.index, LogIndex(3));
     }
 }

@@ -11,6 +11,7 @@
 
 use super::store::{
     check_pair, decode_record, AppliedRecord, Pairs, KEY_APPLIED, KEY_LAYOUT, LAYOUT_VERSION,
+    OLDEST_LAYOUT_VERSION,
 };
 use crate::codec::{append_frame, verify_frame, FrameHeader, FRAME_HEADER_BYTES};
 use crate::error::{Error, Result};
@@ -133,9 +134,21 @@ pub(crate) fn write_snapshot(
     term: Term,
     dir: &Path,
 ) -> Result<SnapshotMeta> {
+    write_snapshot_of_layout(pairs, index, term, dir, LAYOUT_VERSION)
+}
+
+/// [`write_snapshot`] with the state layout `layout` in the header (tests write older
+/// layouts; the pairs must be of that layout).
+pub(crate) fn write_snapshot_of_layout(
+    pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
+    index: LogIndex,
+    term: Term,
+    dir: &Path,
+    layout: u32,
+) -> Result<SnapshotMeta> {
     fs::create_dir_all(dir).map_err(|e| io_error("creating snapshot directory", dir, e))?;
     let temp_path = dir.join(format!("{:020}-{:020}{TEMP_SUFFIX}", index.0, term.0));
-    let written = write_temp(pairs, index, term, &temp_path);
+    let written = write_temp(pairs, index, term, layout, &temp_path);
     let (size, sha256) = match written {
         Ok(done) => done,
         Err(e) => {
@@ -160,6 +173,7 @@ fn write_temp(
     pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
     index: LogIndex,
     term: Term,
+    layout: u32,
     temp_path: &Path,
 ) -> Result<(u64, [u8; 32])> {
     let file = File::create(temp_path).map_err(|e| io_error("creating snapshot", temp_path, e))?;
@@ -171,7 +185,7 @@ fn write_temp(
     let mut frame = Vec::new();
     let header = SnapshotHeader {
         format_version: SNAPSHOT_FORMAT_VERSION,
-        layout_version: LAYOUT_VERSION,
+        layout_version: layout,
         index,
         term,
     };
@@ -353,7 +367,7 @@ fn read_snapshot_inner(
             supported: LAYOUT_VERSION,
         });
     }
-    if header.layout_version != LAYOUT_VERSION {
+    if header.layout_version < OLDEST_LAYOUT_VERSION {
         return Err(Error::corrupt(
             0,
             "snapshot has an unknown state layout version",
@@ -379,7 +393,8 @@ fn read_snapshot_inner(
                     if last_key.as_ref().is_some_and(|last| last >= key) {
                         return Err(bad("snapshot keys out of order".into()));
                     }
-                    check_pair(key, value).map_err(|e| bad(format!("snapshot record: {e}")))?;
+                    check_pair(key, value, header.layout_version)
+                        .map_err(|e| bad(format!("snapshot record: {e}")))?;
                     if key == KEY_APPLIED {
                         let applied: AppliedRecord = decode_record("applied", value)?;
                         if applied.index != header.index || applied.term != header.term {

@@ -10,14 +10,16 @@ use crate::error::{Error, Result};
 use crate::types::{LogIndex, Term};
 use bincode::{BorrowDecode, Decode, Encode};
 use std::cell::RefCell;
-use std::collections::{btree_map, BTreeMap, HashMap};
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 /// Prefix of user keys: `k` ‖ key -> [`VersionedValue`].
 pub(crate) const PREFIX_KV: u8 = b'k';
 /// Prefix of the client table: `c` ‖ client id (u64 BE) -> [`ClientRecord`].
 pub(crate) const PREFIX_CLIENT: u8 = b'c';
-/// Prefix of the eviction order: `l` ‖ last applied index (u64 BE) ‖ client id (u64 BE) -> empty.
+/// Prefix of the eviction order of layout 1: `l` ‖ last applied index (u64 BE) ‖ client id
+/// (u64 BE) -> empty. Layout 2 keeps that order in memory only ([`ClientOrder`]); the keys are
+/// removed when a layout-1 tree is opened and skipped when a layout-1 snapshot is restored.
 pub(crate) const PREFIX_CLIENT_ORDER: u8 = b'l';
 /// Prefix of machine metadata: `m` ‖ name.
 pub(crate) const PREFIX_META: u8 = b'm';
@@ -29,8 +31,12 @@ pub(crate) const KEY_MEMBERSHIP: &[u8] = b"mmembership";
 /// `m layout` -> u32 layout version.
 pub(crate) const KEY_LAYOUT: &[u8] = b"mlayout";
 
-/// Version of this key layout and its records. Snapshots record it too.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// Version of this key layout and its records. Snapshots record it too. Layout 1 also stored
+/// the client eviction order (`l` keys); layout 2 derives it from the client records.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
+
+/// The oldest layout this build still opens and restores (converting it to [`LAYOUT_VERSION`]).
+pub(crate) const OLDEST_LAYOUT_VERSION: u32 = 1;
 
 /// The applied position, stored in the same batch as the state it describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -64,15 +70,51 @@ pub(crate) fn client_key(client_id: u64) -> Vec<u8> {
     k
 }
 
-pub(crate) fn client_order_key(last_index: LogIndex, client_id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(PREFIX_CLIENT_ORDER);
-    k.extend_from_slice(&last_index.0.to_be_bytes());
-    k.extend_from_slice(&client_id.to_be_bytes());
-    k
+/// The client eviction order: (last applied index, client id) of every client in the table,
+/// so the first is the least recently applied client. Derived from the client records (each
+/// carries its `last_index`), so it is kept in memory only and rebuilt from the tree at open
+/// and after a restore: the table holds at most `MAX_CLIENTS` clients. Before layout 2 it was
+/// stored as `l` keys, two sled writes per applied command.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct ClientOrder {
+    by_last_index: BTreeSet<(LogIndex, u64)>,
 }
 
-/// The client id in a `c` or `l` key, if the key is well formed.
+impl ClientOrder {
+    /// The order of every client record in `tree`.
+    pub(crate) fn load(tree: &sled::Tree) -> Result<ClientOrder> {
+        let mut order = ClientOrder::default();
+        for item in tree.scan_prefix([PREFIX_CLIENT]) {
+            let (key, value) = item.map_err(|e| sled_error("loading the client table", e))?;
+            let Some(client_id) = client_id_of(&key) else {
+                return Err(Error::corrupt(0, "malformed client key in the state"));
+            };
+            let record: ClientRecord = decode_record("client", &value)?;
+            order.insert(record.last_index, client_id);
+        }
+        Ok(order)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_last_index.len()
+    }
+
+    /// The least recently applied client.
+    pub(crate) fn oldest(&self) -> Option<(LogIndex, u64)> {
+        self.by_last_index.first().copied()
+    }
+
+    pub(crate) fn insert(&mut self, last_index: LogIndex, client_id: u64) {
+        self.by_last_index.insert((last_index, client_id));
+    }
+
+    /// Whether the client was there.
+    pub(crate) fn remove(&mut self, last_index: LogIndex, client_id: u64) -> bool {
+        self.by_last_index.remove(&(last_index, client_id))
+    }
+}
+
+/// The client id in a `c` key (or a layout-1 `l` key), if the key is well formed.
 pub(crate) fn client_id_of(key: &[u8]) -> Option<u64> {
     let id: [u8; 8] = match key.first() {
         Some(&PREFIX_CLIENT) if key.len() == 9 => key[1..9].try_into().ok()?,
@@ -114,15 +156,20 @@ pub(crate) fn sled_error(context: &str, e: sled::Error) -> Error {
     }
 }
 
-/// Check one raw (key, value) pair of the state tree: a known prefix, a well-formed key and a
-/// decodable record. Used on every record of a snapshot before it may become the state.
-pub(crate) fn check_pair(key: &[u8], value: &[u8]) -> Result<()> {
+/// Check one raw (key, value) pair of a state tree of layout `layout`: a known prefix, a
+/// well-formed key and a decodable record. Used on every record of a snapshot before it may
+/// become the state.
+pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
     match key.first() {
         Some(&PREFIX_KV) if key.len() > 1 => decode_record::<VersionedValue>("kv", value).map(drop),
         Some(&PREFIX_CLIENT) if client_id_of(key).is_some() => {
             decode_record::<ClientRecord>("client", value).map(drop)
         }
-        Some(&PREFIX_CLIENT_ORDER) if client_id_of(key).is_some() && value.is_empty() => Ok(()),
+        Some(&PREFIX_CLIENT_ORDER)
+            if layout == 1 && client_id_of(key).is_some() && value.is_empty() =>
+        {
+            Ok(())
+        }
         Some(&PREFIX_META) if key == KEY_APPLIED => {
             decode_record::<AppliedRecord>("applied", value).map(drop)
         }
@@ -142,16 +189,13 @@ pub(crate) enum Write {
     Put(Vec<u8>),
     /// The key is removed (sled may hold it).
     Remove,
-    /// The key is absent and sled does not hold it either (it was written after the last
-    /// flush): drop any pending write of it, write nothing to sled.
-    Forget,
 }
 
 impl Write {
     fn value(&self) -> Option<&Vec<u8>> {
         match self {
             Write::Put(v) => Some(v),
-            Write::Remove | Write::Forget => None,
+            Write::Remove => None,
         }
     }
 }
@@ -163,15 +207,8 @@ pub(crate) type Writes = BTreeMap<Vec<u8>, Write>;
 pub(crate) fn merge_writes(pending: &mut Writes, writes: Writes) -> usize {
     let mut bytes = 0;
     for (key, write) in writes {
-        match write {
-            Write::Forget => {
-                pending.remove(&key);
-            }
-            other => {
-                bytes += key.len() + other.value().map_or(0, Vec::len);
-                pending.insert(key, other);
-            }
-        }
+        bytes += key.len() + write.value().map_or(0, Vec::len);
+        pending.insert(key, write);
     }
     bytes
 }
@@ -383,8 +420,6 @@ impl RecordCache {
                     let _ = self.records.insert(key.to_vec(), value.cloned());
                 }
             }
-            // Never read by key (only scanned), so not worth caching.
-            Some(&PREFIX_CLIENT_ORDER) => self.records.remove(key),
             _ => {
                 let _ = self.records.insert(key.to_vec(), value.cloned());
             }
@@ -484,12 +519,6 @@ impl<'t> Overlay<'t> {
         self.writes.insert(key, Write::Remove);
     }
 
-    /// Remove a key that the tree is known not to hold (it was written after the last flush):
-    /// no removal needs to reach sled.
-    pub(crate) fn discard(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, Write::Forget);
-    }
-
     /// Every (key, value) pair with `start <= key < end` (`end` `None`: no upper bound), in key
     /// order, merging the tree with the pending writes.
     pub(crate) fn iter(&self, start: &[u8], end: Option<&[u8]>) -> Merged<'_> {
@@ -540,7 +569,6 @@ pub(crate) fn batch_of(writes: Writes, cache: Option<&RefCell<RecordCache>>) -> 
                 }
                 batch.remove(key);
             }
-            Write::Forget => {}
         }
     }
     batch
@@ -858,11 +886,18 @@ mod tests {
     }
 
     #[test]
-    fn client_keys_sort_by_id_and_by_last_index() {
+    fn client_keys_sort_by_id_and_the_order_by_last_index() {
         assert!(client_key(1) < client_key(256));
-        assert!(client_order_key(LogIndex(2), 9) < client_order_key(LogIndex(10), 1));
         assert_eq!(client_id_of(&client_key(77)), Some(77));
-        assert_eq!(client_id_of(&client_order_key(LogIndex(5), 78)), Some(78));
         assert_eq!(client_id_of(b"c123"), None);
+        let mut order = ClientOrder::default();
+        order.insert(LogIndex(10), 1);
+        order.insert(LogIndex(2), 9);
+        order.insert(LogIndex(2), 3);
+        assert_eq!(order.oldest(), Some((LogIndex(2), 3)));
+        assert!(order.remove(LogIndex(2), 3));
+        assert!(!order.remove(LogIndex(2), 3));
+        assert_eq!(order.oldest(), Some((LogIndex(2), 9)));
+        assert_eq!(order.len(), 2);
     }
 }
