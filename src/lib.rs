@@ -40,6 +40,7 @@ pub mod limits;
 pub mod log;
 pub mod net;
 pub mod node;
+mod park;
 pub mod raft;
 pub mod sm;
 pub mod types;

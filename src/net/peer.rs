@@ -8,8 +8,9 @@ use super::{ClusterSecret, Lane, LaneStats, Message, SendOutcome};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::limits::MAX_FRAME_PAYLOAD_BYTES;
+use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::{ClusterId, NodeId};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{RecvTimeoutError, TrySendError};
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,7 +82,8 @@ impl LaneControl {
 
 /// The caller's side of one lane.
 pub(crate) struct LaneHandle<M> {
-    tx: Sender<M>,
+    /// Parked: the lane's thread waits for messages without spinning (see `park.rs`).
+    tx: ParkedSender<M>,
     counters: Arc<LaneCounters>,
     control: Arc<LaneControl>,
     thread: Option<JoinHandle<()>>,
@@ -97,7 +99,7 @@ impl<M: Message> LaneHandle<M> {
         capacity: usize,
         counters: Arc<LaneCounters>,
     ) -> Result<LaneHandle<M>> {
-        let (tx, rx) = bounded(capacity);
+        let (tx, rx) = park::bounded(capacity);
         let control = Arc::new(LaneControl {
             stream: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -235,7 +237,7 @@ struct LaneSender<M> {
     peer: NodeId,
     addr: SocketAddr,
     lane: Lane,
-    rx: Receiver<M>,
+    rx: ParkedReceiver<M>,
     counters: Arc<LaneCounters>,
     control: Arc<LaneControl>,
     name: String,
@@ -296,7 +298,7 @@ impl<M: Message> LaneSender<M> {
 
     /// Discard `first` and everything queued now, counting them as unreachable.
     fn discard_queued(&self, first: Option<M>) {
-        let discarded = u64::from(first.is_some()) + self.rx.try_iter().count() as u64;
+        let discarded = u64::from(first.is_some()) + self.rx.channel().try_iter().count() as u64;
         bump(&self.counters.dropped_unreachable, discarded);
     }
 
@@ -333,10 +335,12 @@ impl<M: Message> LaneSender<M> {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
-                // Connect lazily: an idle lane to a dead peer costs nothing.
-                match self.rx.recv() {
+                // Connect lazily: an idle lane to a dead peer costs nothing (a wake-up per
+                // keepalive interval at most).
+                match self.rx.recv_timeout(self.ctx.keepalive_interval) {
                     Ok(msg) => Some(msg),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
             if self.stopped() {

@@ -6,6 +6,7 @@
 //! showed up as 7% of the leader's apply thread. A mutex, a condition variable and a flag that
 //! says whether the consumer sleeps cost one futex wake per hand-off and nothing while idle.
 
+pub(crate) use crate::park::Parker;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -133,6 +134,34 @@ impl<T> WorkReceiver<T> {
     }
 }
 
+/// A channel sender that wakes the consumer's [`Parker`] after each send.
+pub(crate) struct Waking<T> {
+    tx: crossbeam_channel::Sender<T>,
+    parker: Arc<Parker>,
+}
+
+impl<T> Clone for Waking<T> {
+    fn clone(&self) -> Self {
+        Waking {
+            tx: self.tx.clone(),
+            parker: Arc::clone(&self.parker),
+        }
+    }
+}
+
+impl<T> Waking<T> {
+    pub(crate) fn new(tx: crossbeam_channel::Sender<T>, parker: Arc<Parker>) -> Waking<T> {
+        Waking { tx, parker }
+    }
+
+    /// Send (never blocks: the channel is unbounded) and wake the consumer.
+    pub(crate) fn send(&self, item: T) {
+        if self.tx.send(item).is_ok() {
+            self.parker.notify();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,67 +194,5 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(1)),
             Received::Closed
         ));
-    }
-}
-
-/// Wakes one consumer that polls several channels: producers call [`Parker::notify`] after
-/// sending, the consumer polls every channel and, when all are empty, parks until notified (or a
-/// timeout). Unlike a channel select it never spins or yields before parking. A notification
-/// that comes between the consumer's last poll and its park is kept, so none is lost.
-#[derive(Default)]
-pub(crate) struct Parker {
-    notified: Mutex<bool>,
-    ready: Condvar,
-}
-
-impl Parker {
-    pub(crate) fn notify(&self) {
-        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
-        if !*notified {
-            *notified = true;
-            drop(notified);
-            self.ready.notify_one();
-        }
-    }
-
-    /// Wait until notified (returns at once if a notification is pending) or `timeout`.
-    pub(crate) fn park_timeout(&self, timeout: Duration) {
-        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
-        if !*notified {
-            notified = self
-                .ready
-                .wait_timeout(notified, timeout)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        *notified = false;
-    }
-}
-
-/// A channel sender that wakes the consumer's [`Parker`] after each send.
-pub(crate) struct Waking<T> {
-    tx: crossbeam_channel::Sender<T>,
-    parker: Arc<Parker>,
-}
-
-impl<T> Clone for Waking<T> {
-    fn clone(&self) -> Self {
-        Waking {
-            tx: self.tx.clone(),
-            parker: Arc::clone(&self.parker),
-        }
-    }
-}
-
-impl<T> Waking<T> {
-    pub(crate) fn new(tx: crossbeam_channel::Sender<T>, parker: Arc<Parker>) -> Waking<T> {
-        Waking { tx, parker }
-    }
-
-    /// Send (never blocks: the channel is unbounded) and wake the consumer.
-    pub(crate) fn send(&self, item: T) {
-        if self.tx.send(item).is_ok() {
-            self.parker.notify();
-        }
     }
 }

@@ -1,0 +1,255 @@
+//! Waiting without spinning: a [`Parker`] and a bounded channel whose receiver parks at once.
+//!
+//! crossbeam-channel's blocking receive (and `Select`) spins and calls `sched_yield` for a while
+//! before it parks the thread. Haven's hot threads (the driver, peer lane senders, the WAL writer,
+//! client response writers) wait between small hand-offs all the time; on a 2-core machine
+//! shared by three members every yield is a context switch taken from a thread with real work.
+//! At one writer the yields of the peer senders and the WAL writer showed up in `perf` as a
+//! large part of their CPU. Here the consumer polls the channel without blocking and, when it
+//! is empty, waits on a condition variable: one futex wake per hand-off, nothing while idle.
+//!
+//! Lives below `net`, `wal` and `node` so that all three can use it.
+
+use crossbeam_channel::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Wakes one consumer that polls one or more channels: producers call [`Parker::notify`] after
+/// sending, the consumer polls every channel and, when all are empty, parks until notified (or a
+/// timeout). A notification that comes between the consumer's last poll and its park is kept,
+/// so none is lost; a stale one costs the consumer one more poll.
+#[derive(Default)]
+pub(crate) struct Parker {
+    notified: Mutex<bool>,
+    ready: Condvar,
+}
+
+impl Parker {
+    pub(crate) fn notify(&self) {
+        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
+        if !*notified {
+            *notified = true;
+            drop(notified);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Wait until notified (returns at once if a notification is pending) or `timeout`.
+    pub(crate) fn park_timeout(&self, timeout: Duration) {
+        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
+        if !*notified {
+            notified = self
+                .ready
+                .wait_timeout(notified, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *notified = false;
+    }
+}
+
+/// What the two ends of a parked channel share besides the channel.
+struct Shared {
+    parker: Parker,
+    /// Live senders; the receiver sees the channel closed when this reaches zero.
+    senders: AtomicUsize,
+}
+
+/// The sending side of [`bounded`]. Cloneable; the last one dropped closes the channel.
+pub(crate) struct ParkedSender<T> {
+    /// `None` only inside `drop`, which drops the channel sender before waking the consumer.
+    tx: Option<crossbeam_channel::Sender<T>>,
+    shared: Arc<Shared>,
+}
+
+/// The receiving side of [`bounded`] (one consumer parks on it).
+pub(crate) struct ParkedReceiver<T> {
+    rx: crossbeam_channel::Receiver<T>,
+    shared: Arc<Shared>,
+}
+
+/// A bounded channel (back-pressure and `try_send` exactly as crossbeam's) whose receiver
+/// parks instead of spinning when it waits.
+pub(crate) fn bounded<T>(capacity: usize) -> (ParkedSender<T>, ParkedReceiver<T>) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let shared = Arc::new(Shared {
+        parker: Parker::default(),
+        senders: AtomicUsize::new(1),
+    });
+    (
+        ParkedSender {
+            tx: Some(tx),
+            shared: Arc::clone(&shared),
+        },
+        ParkedReceiver { rx, shared },
+    )
+}
+
+impl<T> ParkedSender<T> {
+    fn tx(&self) -> &crossbeam_channel::Sender<T> {
+        match &self.tx {
+            Some(tx) => tx,
+            None => unreachable!("a parked sender is used after drop"),
+        }
+    }
+
+    /// Queue `item` without blocking, and wake the consumer.
+    pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.tx().try_send(item)?;
+        self.shared.parker.notify();
+        Ok(())
+    }
+
+    /// Queue `item`, blocking while the channel is full (back-pressure), and wake the consumer.
+    pub(crate) fn send(&self, item: T) -> Result<(), SendError<T>> {
+        self.tx().send(item)?;
+        self.shared.parker.notify();
+        Ok(())
+    }
+
+    /// Wake the consumer without sending (after changing what its `stop` condition reads).
+    pub(crate) fn wake(&self) {
+        self.shared.parker.notify();
+    }
+
+    /// Items queued now.
+    pub(crate) fn len(&self) -> usize {
+        self.tx().len()
+    }
+}
+
+impl<T> Clone for ParkedSender<T> {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::SeqCst);
+        ParkedSender {
+            tx: self.tx.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> Drop for ParkedSender<T> {
+    fn drop(&mut self) {
+        // Disconnect first, then wake: a consumer woken earlier could poll, still see the
+        // channel open, and park again.
+        drop(self.tx.take());
+        if self.shared.senders.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.shared.parker.notify();
+        }
+    }
+}
+
+impl<T> ParkedReceiver<T> {
+    /// The channel itself, for draining with `try_recv`.
+    pub(crate) fn channel(&self) -> &crossbeam_channel::Receiver<T> {
+        &self.rx
+    }
+
+    pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// Every sender is gone (items may still be queued).
+    pub(crate) fn is_disconnected(&self) -> bool {
+        self.shared.senders.load(Ordering::SeqCst) == 0
+    }
+
+    /// The next item, waiting up to `timeout`.
+    pub(crate) fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_timeout_unless(timeout, || false)
+    }
+
+    /// The next item, waiting up to `timeout`; `Disconnected` as soon as `stop()` holds. Whoever
+    /// makes `stop()` true calls [`ParkedSender::wake`] so that the wait notices.
+    pub(crate) fn recv_timeout_unless(
+        &self,
+        timeout: Duration,
+        stop: impl Fn() -> bool,
+    ) -> Result<T, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        // Bounded by the deadline: each round parks until a send, a wake, a disconnect or the
+        // deadline.
+        loop {
+            if stop() {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            match self.rx.try_recv() {
+                Ok(item) => return Ok(item),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            self.shared.parker.park_timeout(left);
+        }
+    }
+
+    /// Wait until an item is queued or every sender is gone, without taking anything; false
+    /// if `timeout` passed first.
+    pub(crate) fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.rx.is_empty() || self.is_disconnected() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.shared.parker.park_timeout(left);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_arrive_in_order_and_the_receiver_sees_the_last_sender_go() {
+        let (tx, rx) = bounded(4);
+        let tx2 = tx.clone();
+        let producer = std::thread::spawn(move || {
+            for i in 0..1000 {
+                tx2.send(i).unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 1000 {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(i) => got.push(i),
+                Err(e) => panic!("{e:?} after {} items", got.len()),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
+        assert!(!rx.wait_ready(Duration::from_millis(1)));
+        // A receiver parked for a long time wakes promptly when the last sender drops.
+        let waiter = std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = rx.recv_timeout(Duration::from_secs(30));
+            (result, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(tx);
+        let (result, waited) = waiter.join().unwrap();
+        assert_eq!(result, Err(RecvTimeoutError::Disconnected));
+        assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    }
+
+    #[test]
+    fn the_channel_stays_bounded() {
+        let (tx, _rx) = bounded(2);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
+        assert_eq!(tx.len(), 2);
+    }
+}
