@@ -54,8 +54,8 @@ use crate::limits::{
     DEFAULT_WAL_CACHE_BYTES, DEFAULT_WAL_SEGMENT_BYTES, MAX_FRAME_PAYLOAD_BYTES,
     MIN_WAL_SEGMENT_BYTES, WAL_SUBMIT_QUEUE,
 };
+use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::{Entry, HardState, LogIndex, Term};
-use crossbeam_channel::{Receiver, Select, Sender};
 use record::{decode_record, Record};
 use state::{LogState, RecordPos};
 use std::collections::BTreeMap;
@@ -65,6 +65,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Buckets of [`SyncLatency`]: below 1 µs, below 2 µs, ... below 2^26 µs (~67 s), then the rest.
 pub const SYNC_LATENCY_BUCKETS: usize = 28;
@@ -238,9 +239,10 @@ impl Shared {
 pub struct Wal {
     shared: Arc<Shared>,
     dir: PathBuf,
-    submit_tx: Option<Sender<Request>>,
+    /// Parked: the writer thread waits for batches without spinning (see `park.rs`).
+    submit_tx: Option<ParkedSender<Request>>,
     /// The queue's receiving end, for a `write` that drains it on its own thread.
-    submit_rx: Receiver<Request>,
+    submit_rx: Arc<ParkedReceiver<Request>>,
     /// The writer state; whoever holds it drains the queue.
     core: Arc<Mutex<writer::Writer>>,
     writer: Option<JoinHandle<()>>,
@@ -288,7 +290,8 @@ impl Wal {
         let stop_preparer = Arc::new(AtomicBool::new(false));
         let (prepared_rx, preparer) =
             writer::spawn_preparer(dir.clone(), segment_bytes, Arc::clone(&stop_preparer))?;
-        let (submit_tx, submit_rx) = crossbeam_channel::bounded(WAL_SUBMIT_QUEUE);
+        let (submit_tx, submit_rx) = park::bounded(WAL_SUBMIT_QUEUE);
+        let submit_rx = Arc::new(submit_rx);
         let writer_state = writer::Writer::start(
             dir.clone(),
             Arc::clone(&shared),
@@ -312,7 +315,7 @@ impl Wal {
         let core = Arc::new(Mutex::new(writer_state));
         let writer = {
             let core = Arc::clone(&core);
-            let queue = submit_rx.clone();
+            let queue = Arc::clone(&submit_rx);
             std::thread::Builder::new()
                 .name("haven-wal-writer".into())
                 .spawn(move || writer_thread(&core, &queue))
@@ -514,7 +517,7 @@ impl Wal {
                         *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
                     }),
                 };
-                core.drain_and_turn(&self.submit_rx, Some(own));
+                core.drain_and_turn(self.submit_rx.channel(), Some(own));
                 drop(core);
                 let result = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
                 // No result: the turn panicked before acknowledging (the log is now fatal).
@@ -540,13 +543,15 @@ impl Wal {
 /// The writer thread: whenever a batch is queued, take the writer lock and drain the queue.
 /// It waits for the queue to be non-empty *before* taking anything from it, so a batch is never
 /// held outside the lock (which would let a later batch, drained by a `write` caller, overtake it).
-fn writer_thread(core: &Mutex<writer::Writer>, queue: &Receiver<Request>) {
+/// The wait parks at once (no spinning or yielding first, unlike a crossbeam `Select`).
+fn writer_thread(core: &Mutex<writer::Writer>, queue: &ParkedReceiver<Request>) {
     loop {
-        let mut select = Select::new();
-        select.recv(queue);
-        select.ready();
+        // The timeout only bounds a lost wake-up, which the parker rules out.
+        if !queue.wait_ready(Duration::from_secs(1)) {
+            continue;
+        }
         let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
-        if core.drain_and_turn(queue, None) {
+        if core.drain_and_turn(queue.channel(), None) {
             return;
         }
     }
