@@ -9,8 +9,9 @@ use super::wire::{kind, FrameReader, Next};
 use super::Message;
 use crate::codec;
 use crate::limits::{MAX_CLIENT_INFLIGHT_REQUESTS, MAX_FRAME_PAYLOAD_BYTES};
+use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::NodeId;
-use crossbeam_channel::{bounded, select, Receiver, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use std::cell::Cell;
 use std::fmt;
 use std::io::Write;
@@ -317,10 +318,9 @@ struct ClientConnInner<Resp> {
     connection_id: u64,
     client_id: u64,
     peer_addr: SocketAddr,
-    responses: Sender<(u64, Resp)>,
+    /// Parked: the writer thread waits without spinning (see `park.rs`); closing wakes it.
+    responses: ParkedSender<(u64, Resp)>,
     closed: AtomicBool,
-    /// Dropped to wake the writer thread when the connection closes.
-    close_signal: Mutex<Option<Sender<()>>>,
     /// Why the connection was closed from this side because of a fault, for the log.
     fault: Mutex<Option<String>>,
     stream: TcpStream,
@@ -337,10 +337,7 @@ impl<Resp> ClientConnInner<Resp> {
 
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        self.close_signal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.responses.wake();
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
@@ -437,15 +434,13 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
         );
         return;
     };
-    let (responses, queued) = bounded(MAX_CLIENT_INFLIGHT_REQUESTS);
-    let (close_signal, closed) = bounded::<()>(0);
+    let (responses, queued) = park::bounded(MAX_CLIENT_INFLIGHT_REQUESTS);
     let inner = Arc::new(ClientConnInner {
         connection_id,
         client_id,
         peer_addr: addr,
         responses,
         closed: AtomicBool::new(false),
-        close_signal: Mutex::new(Some(close_signal)),
         fault: Mutex::new(None),
         stream: control,
     });
@@ -463,7 +458,7 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
             let name = format!("{}: client {client_id} at {addr}", shared.config.node_id);
             move || {
                 let warn = |what: String| log(LogLevel::Warn, &format!("{name}: {what}"));
-                client_writer(writer_inner, write_half, salt, queued, closed, warn)
+                client_writer(writer_inner, write_half, salt, queued, warn)
             }
         });
     let writer = match writer {
@@ -552,24 +547,27 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
     }
 }
 
+/// How long a client writer waits in one go (the wait ends earlier on a response or a close;
+/// the bound only limits the cost of a lost wake-up, which the parker rules out).
+const CLIENT_WRITER_WAIT: Duration = Duration::from_secs(1);
+
 /// Write queued responses, coalescing whatever is queued into one write.
 fn client_writer<Resp: Message>(
     inner: Arc<ClientConnInner<Resp>>,
     mut stream: TcpStream,
     salt: u64,
-    queued: Receiver<(u64, Resp)>,
-    closed: Receiver<()>,
+    queued: ParkedReceiver<(u64, Resp)>,
     warn: impl Fn(String),
 ) {
     let mut batch = Vec::new();
-    // Bounded: ends when the connection closes (the close signal disconnects) or a write fails.
+    // Bounded: ends when the connection closes (closing wakes the wait) or a write fails.
     loop {
-        let first = select! {
-            recv(queued) -> msg => match msg {
-                Ok(msg) => msg,
-                Err(_) => break,
-            },
-            recv(closed) -> _ => break,
+        let first = match queued
+            .recv_timeout_unless(CLIENT_WRITER_WAIT, || inner.closed.load(Ordering::SeqCst))
+        {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
         };
         batch.clear();
         let mut pending = Some(first);
