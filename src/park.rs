@@ -12,40 +12,54 @@
 
 use crossbeam_channel::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 /// Wakes one consumer that polls one or more channels: producers call [`Parker::notify`] after
 /// sending, the consumer polls every channel and, when all are empty, parks until notified (or a
-/// timeout). A notification that comes between the consumer's last poll and its park is kept,
-/// so none is lost; a stale one costs the consumer one more poll.
+/// timeout). A notification that comes between the consumer's last poll and its park is kept
+/// (the thread's park token), so none is lost; a stale or spurious one costs one more poll.
+///
+/// Built on the consumer thread's own `park`/`unpark`: a notification to a consumer that is
+/// busy (not parked) is one atomic operation, no system call and no lock. An earlier version
+/// (mutex + condition variable) issued a futex wake on every send, which at 64 writers cost the
+/// busy producers (the apply thread above all) more than the spinning it replaced.
+///
+/// One consumer thread per parker: the first thread that parks on it is the consumer.
 #[derive(Default)]
 pub(crate) struct Parker {
-    notified: Mutex<bool>,
-    ready: Condvar,
+    consumer: OnceLock<Thread>,
 }
 
 impl Parker {
     pub(crate) fn notify(&self) {
-        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
-        if !*notified {
-            *notified = true;
-            drop(notified);
-            self.ready.notify_one();
+        if let Some(consumer) = self.consumer.get() {
+            consumer.unpark();
         }
     }
 
-    /// Wait until notified (returns at once if a notification is pending) or `timeout`.
+    /// Wait until notified (returns at once if a notification is pending) or `timeout`; may
+    /// also return early for no reason, so the caller polls again.
     pub(crate) fn park_timeout(&self, timeout: Duration) {
-        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
-        if !*notified {
-            notified = self
-                .ready
-                .wait_timeout(notified, timeout)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let mut registered_now = false;
+        let consumer = self.consumer.get_or_init(|| {
+            registered_now = true;
+            thread::current()
+        });
+        if registered_now {
+            // A send between the caller's poll and this registration notified nobody: poll
+            // again before the first park.
+            return;
         }
-        *notified = false;
+        if consumer.id() != thread::current().id() {
+            // A second consumer thread is a bug (nobody unparks it); degrade to polling rather
+            // than sleeping through sends.
+            debug_assert!(false, "a parker has one consumer thread");
+            thread::sleep(timeout.min(Duration::from_millis(1)));
+            return;
+        }
+        thread::park_timeout(timeout);
     }
 }
 
@@ -168,6 +182,7 @@ impl<T> ParkedReceiver<T> {
         stop: impl Fn() -> bool,
     ) -> Result<T, RecvTimeoutError> {
         let deadline = Instant::now() + timeout;
+        let mut yielded = false;
         // Bounded by the deadline: each round parks until a send, a wake, a disconnect or the
         // deadline.
         loop {
@@ -183,6 +198,11 @@ impl<T> ParkedReceiver<T> {
             if left.is_zero() {
                 return Err(RecvTimeoutError::Timeout);
             }
+            if !yielded {
+                yielded = true;
+                thread::yield_now();
+                continue;
+            }
             self.shared.parker.park_timeout(left);
         }
     }
@@ -190,14 +210,27 @@ impl<T> ParkedReceiver<T> {
     /// Wait until an item is queued or every sender is gone, without taking anything; false
     /// if `timeout` passed first.
     pub(crate) fn wait_ready(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, || false)
+    }
+
+    /// Like [`ParkedReceiver::wait_ready`], and also returns (true) as soon as `ready()` holds.
+    /// Whoever makes `ready()` true calls [`ParkedSender::wake`] so that the wait notices.
+    pub(crate) fn wait_until(&self, timeout: Duration, ready: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + timeout;
+        let mut yielded = false;
+        // Bounded by the deadline: each round parks until a send, a wake or the deadline.
         loop {
-            if !self.rx.is_empty() || self.is_disconnected() {
+            if !self.rx.is_empty() || self.is_disconnected() || ready() {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
+            }
+            if !yielded {
+                yielded = true;
+                thread::yield_now();
+                continue;
             }
             self.shared.parker.park_timeout(left);
         }
@@ -212,35 +245,52 @@ mod tests {
     fn items_arrive_in_order_and_the_receiver_sees_the_last_sender_go() {
         let (tx, rx) = bounded(4);
         let tx2 = tx.clone();
-        let producer = std::thread::spawn(move || {
-            for i in 0..1000 {
-                tx2.send(i).unwrap();
+        // The receiver lives on one thread (a parker has one consumer thread).
+        let consumer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while got.len() < 1000 {
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(i) => got.push(i),
+                    Err(e) => panic!("{e:?} after {} items", got.len()),
+                }
             }
-        });
-        let mut got = Vec::new();
-        while got.len() < 1000 {
-            match rx.recv_timeout(Duration::from_secs(5)) {
-                Ok(i) => got.push(i),
-                Err(e) => panic!("{e:?} after {} items", got.len()),
-            }
-        }
-        producer.join().unwrap();
-        assert_eq!(got, (0..1000).collect::<Vec<_>>());
-        assert_eq!(
-            rx.recv_timeout(Duration::from_millis(1)),
-            Err(RecvTimeoutError::Timeout)
-        );
-        assert!(!rx.wait_ready(Duration::from_millis(1)));
-        // A receiver parked for a long time wakes promptly when the last sender drops.
-        let waiter = std::thread::spawn(move || {
+            assert_eq!(
+                rx.recv_timeout(Duration::from_millis(1)),
+                Err(RecvTimeoutError::Timeout)
+            );
+            assert!(!rx.wait_ready(Duration::from_millis(1)));
+            // A receiver parked for a long time wakes promptly when the last sender drops.
             let started = Instant::now();
             let result = rx.recv_timeout(Duration::from_secs(30));
-            (result, started.elapsed())
+            (got, result, started.elapsed())
         });
+        for i in 0..1000 {
+            tx2.send(i).unwrap();
+        }
+        drop(tx2);
         std::thread::sleep(Duration::from_millis(50));
         drop(tx);
-        let (result, waited) = waiter.join().unwrap();
+        let (got, result, waited) = consumer.join().unwrap();
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
         assert_eq!(result, Err(RecvTimeoutError::Disconnected));
+        assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    }
+
+    #[test]
+    fn a_wake_ends_a_wait_until_at_once() {
+        let (tx, rx) = bounded::<()>(1);
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::clone(&flag);
+        let waiter = std::thread::spawn(move || {
+            let started = Instant::now();
+            let ready = rx.wait_until(Duration::from_secs(30), || seen.load(Ordering::SeqCst));
+            (ready, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        flag.store(true, Ordering::SeqCst);
+        tx.wake();
+        let (ready, waited) = waiter.join().unwrap();
+        assert!(ready);
         assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
     }
 
