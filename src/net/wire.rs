@@ -246,6 +246,41 @@ pub(crate) fn peer_has_closed(_stream: &TcpStream) -> bool {
     false
 }
 
+/// Write as much of `bytes` as the socket takes now, without blocking (and without SIGPIPE):
+/// the number of bytes written, 0 if the send buffer is full.
+#[cfg(unix)]
+pub(crate) fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // Bounded: retried only when a signal interrupted the call.
+    loop {
+        // SAFETY: the fd is open for the lifetime of `stream`, and `bytes` is a valid buffer
+        // of `bytes.len()` bytes.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            ErrorKind::WouldBlock => return Ok(0),
+            ErrorKind::Interrupted => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Without a non-blocking send, nothing is written directly (the caller queues instead).
+#[cfg(not(unix))]
+pub(crate) fn send_nonblocking(_stream: &TcpStream, _bytes: &[u8]) -> std::io::Result<usize> {
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
