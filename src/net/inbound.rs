@@ -5,13 +5,13 @@
 use super::config::LogLevel;
 use super::handshake::{self, AcceptorParams, Refusal, RefusalCode, Role};
 use super::transport::Shared;
-use super::wire::{kind, FrameReader, Next};
+use super::wire::{self, kind, FrameReader, Next};
 use super::Message;
 use crate::codec;
 use crate::limits::{MAX_CLIENT_INFLIGHT_REQUESTS, MAX_FRAME_PAYLOAD_BYTES};
 use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::NodeId;
-use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{SendTimeoutError, Sender, TryRecvError, TrySendError};
 use std::cell::Cell;
 use std::fmt;
 use std::io::Write;
@@ -314,6 +314,30 @@ impl<Req: fmt::Debug, Resp> fmt::Debug for ClientEvent<Req, Resp> {
     }
 }
 
+/// A connection's socket as whoever answers a request may write to it directly.
+#[derive(Default)]
+struct ClientOutlet {
+    /// The tail of a direct write that the socket did not take at once: the writer thread
+    /// writes it before anything else.
+    leftover: Vec<u8>,
+    /// Encoding buffer of direct writes, kept between them.
+    buf: Vec<u8>,
+    /// When the last write (direct or by the writer thread) ended.
+    last_write: Option<Instant>,
+}
+
+/// A connection's responses are written directly by whoever answers (see
+/// [`ClientHandle::respond`]) only when nothing was written for this long; busier connections
+/// go through the writer thread, which coalesces the responses that queue up.
+const CLIENT_IDLE: Duration = Duration::from_micros(50);
+
+impl ClientOutlet {
+    fn idle(&self) -> bool {
+        self.last_write
+            .map_or(true, |at| at.elapsed() >= CLIENT_IDLE)
+    }
+}
+
 struct ClientConnInner<Resp> {
     connection_id: u64,
     client_id: u64,
@@ -321,6 +345,13 @@ struct ClientConnInner<Resp> {
     /// Parked: the writer thread waits without spinning (see `park.rs`); closing wakes it.
     responses: ParkedSender<(u64, Resp)>,
     closed: AtomicBool,
+    /// The frame salt of the connection.
+    salt: u64,
+    /// Direct writes of responses (see [`ClientHandle::respond`]); the writer thread holds it
+    /// from taking responses off the queue until they are written.
+    outlet: Mutex<ClientOutlet>,
+    /// `outlet.leftover` is not empty (read without the lock by the waiting writer thread).
+    has_leftover: AtomicBool,
     /// Why the connection was closed from this side because of a fault, for the log.
     fault: Mutex<Option<String>>,
     stream: TcpStream,
@@ -369,25 +400,6 @@ impl<Resp> fmt::Debug for ClientHandle<Resp> {
 }
 
 impl<Resp> ClientHandle<Resp> {
-    /// Queue the response to `request_id`. Returns false if the connection is closed. A client
-    /// that does not read its responses (more than
-    /// [`MAX_CLIENT_INFLIGHT_REQUESTS`] queued) is disconnected: its pending calls time out.
-    pub fn respond(&self, request_id: u64, response: Resp) -> bool {
-        if self.is_closed() {
-            return false;
-        }
-        match self.inner.responses.try_send((request_id, response)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.inner.close_for(format!(
-                    "it does not read its responses ({MAX_CLIENT_INFLIGHT_REQUESTS} queued)"
-                ));
-                false
-            }
-            Err(TrySendError::Disconnected(_)) => false,
-        }
-    }
-
     /// Close the connection (the client's calls in flight end with `Timeout`).
     pub fn close(&self) {
         self.inner.close();
@@ -411,6 +423,79 @@ impl<Resp> ClientHandle<Resp> {
     /// The client's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.peer_addr
+    }
+}
+
+impl<Resp: Message> ClientHandle<Resp> {
+    /// Queue the response to `request_id`. Returns false if the connection is closed. A client
+    /// that does not read its responses (more than
+    /// [`MAX_CLIENT_INFLIGHT_REQUESTS`] queued) is disconnected: its pending calls time out.
+    pub fn respond(&self, request_id: u64, response: Resp) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let Err(response) = self.try_write_direct(request_id, response) else {
+            return true;
+        };
+        match self.inner.responses.try_send((request_id, response)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.inner.close_for(format!(
+                    "it does not read its responses ({MAX_CLIENT_INFLIGHT_REQUESTS} queued)"
+                ));
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Write the response on the caller's thread when nothing is queued and the connection has
+    /// been quiet (the writer thread's wake-up is a hop on the path of every request at low
+    /// load); else hand it back. Never blocks: what the socket does not take at once is left
+    /// to the writer thread, which writes it before anything else.
+    fn try_write_direct(&self, request_id: u64, response: Resp) -> Result<(), Resp> {
+        let inner = &*self.inner;
+        if inner.responses.len() > 0 {
+            return Err(response);
+        }
+        let Ok(mut guard) = inner.outlet.try_lock() else {
+            return Err(response);
+        };
+        let out = &mut *guard;
+        // Checked again under the lock: the writer thread takes responses only while holding it.
+        if !out.leftover.is_empty() || inner.responses.len() > 0 || !out.idle() {
+            return Err(response);
+        }
+        out.buf.clear();
+        let framed = codec::append_frame(
+            &mut out.buf,
+            kind::CLIENT_RESPONSE,
+            inner.salt,
+            &(request_id, &response),
+        );
+        if framed.is_err() {
+            // The writer thread drops it and logs why.
+            return Err(response);
+        }
+        let sent = wire::send_nonblocking(&inner.stream, &out.buf);
+        out.last_write = Some(Instant::now());
+        match sent {
+            Ok(written) if written < out.buf.len() => {
+                out.leftover.extend_from_slice(&out.buf[written..]);
+                inner.has_leftover.store(true, Ordering::SeqCst);
+                inner.responses.wake();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                drop(guard);
+                inner.close_for(format!("writing responses failed: {e}"));
+                return Ok(());
+            }
+        }
+        if out.buf.capacity() > 4 * 1024 * 1024 {
+            out.buf = Vec::new();
+        }
+        Ok(())
     }
 }
 
@@ -441,6 +526,9 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
         peer_addr: addr,
         responses,
         closed: AtomicBool::new(false),
+        salt,
+        outlet: Mutex::new(ClientOutlet::default()),
+        has_leftover: AtomicBool::new(false),
         fault: Mutex::new(None),
         stream: control,
     });
@@ -562,18 +650,35 @@ fn client_writer<Resp: Message>(
     let mut batch = Vec::new();
     // Bounded: ends when the connection closes (closing wakes the wait) or a write fails.
     loop {
-        let first = match queued
-            .recv_timeout_unless(CLIENT_WRITER_WAIT, || inner.closed.load(Ordering::SeqCst))
-        {
-            Ok(msg) => msg,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
+        // Wait without taking anything: a response is taken off the queue only while holding
+        // the outlet, so a direct write (which needs an empty queue and the outlet) never
+        // overtakes it.
+        let woken = queued.wait_until(CLIENT_WRITER_WAIT, || {
+            inner.closed.load(Ordering::SeqCst) || inner.has_leftover.load(Ordering::SeqCst)
+        });
+        if inner.closed.load(Ordering::SeqCst) {
+            break;
+        }
+        if !woken {
+            continue;
+        }
+        let mut out = inner.outlet.lock().unwrap_or_else(|e| e.into_inner());
         batch.clear();
-        let mut pending = Some(first);
+        if !out.leftover.is_empty() {
+            batch.append(&mut out.leftover);
+            inner.has_leftover.store(false, Ordering::SeqCst);
+        }
         let mut count = 0usize;
         // Bounded by the queue's capacity.
-        while let Some((request_id, response)) = pending.take() {
+        while batch.len() < 256 * 1024 && count < MAX_CLIENT_INFLIGHT_REQUESTS {
+            let (request_id, response) = match queued.try_recv() {
+                Ok(item) => item,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    // Only after `inner` is gone, which this thread holds: not reached.
+                    break;
+                }
+            };
             // An oversize response is dropped; the client's call times out.
             let framed = codec::append_frame(
                 &mut batch,
@@ -585,14 +690,17 @@ fn client_writer<Resp: Message>(
                 warn(format!("response to request {request_id} dropped: {e}"));
             }
             count += 1;
-            if batch.len() < 256 * 1024 && count < MAX_CLIENT_INFLIGHT_REQUESTS {
-                pending = queued.try_recv().ok();
-            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         if inner.closed.load(Ordering::SeqCst) {
             break;
         }
-        if let Err(e) = stream.write_all(&batch) {
+        let written = stream.write_all(&batch);
+        out.last_write = Some(Instant::now());
+        drop(out);
+        if let Err(e) = written {
             inner.close_for(format!("writing responses failed: {e}"));
             break;
         }
