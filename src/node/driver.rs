@@ -1444,21 +1444,8 @@ impl Driver {
         self.stopping = Some(Stopping {
             since: Instant::now(),
         });
-        let closing = || Error::Unavailable(format!("member {} is shutting down", self.id));
-        for p in std::mem::take(&mut self.queued_writes) {
-            p.reply.fail(closing());
-        }
-        for w in std::mem::take(&mut self.waiting_leader) {
-            w.pending.reply.fail(closing());
-        }
-        for r in std::mem::take(&mut self.queued_reads) {
-            r.reply.fail(closing());
-        }
-        for (_, batch) in self.read_batches.drain() {
-            for r in batch.reads {
-                r.reply.fail(closing());
-            }
-        }
+        let id = self.id;
+        self.fail_not_started(|| Error::Unavailable(format!("member {id} is shutting down")));
         // Hand leadership to the most up-to-date voter so the cluster does not wait for an
         // election timeout.
         if self.raft.role() == Role::Leader {
@@ -1521,6 +1508,12 @@ impl Driver {
         for (_, reply, _) in std::mem::take(&mut self.transfers) {
             reply.fail(unknown());
         }
+        self.fail_not_started(error);
+    }
+
+    /// Answer `error` to every request that has not taken effect: writes queued or waiting for
+    /// a leader, reads queued or waiting for their ReadIndex.
+    fn fail_not_started(&mut self, error: impl Fn() -> Error) {
         for p in std::mem::take(&mut self.queued_writes) {
             p.reply.fail(error());
         }
