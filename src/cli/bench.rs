@@ -176,21 +176,30 @@ fn measure_wal(dir: &Path, batch: usize, duration: Duration) -> Result<Run> {
         })?;
         Ok(start.elapsed())
     };
-    // Warm up: first writes touch cold pages.
+    let run = timed(duration, batch, || append(&wal));
+    drop(wal);
+    let _ = std::fs::remove_dir_all(dir);
+    run
+}
+
+/// Warm up with 50 calls of `op` (first writes touch cold pages), then call it until `duration`
+/// has passed, each call writing `batch` entries and returning its latency.
+fn timed(
+    duration: Duration,
+    batch: usize,
+    mut op: impl FnMut() -> Result<Duration>,
+) -> Result<Run> {
     for _ in 0..50 {
-        append(&wal)?;
+        op()?;
     }
     let mut latencies = Vec::new();
     let start = Instant::now();
     while start.elapsed() < duration {
-        latencies.push(append(&wal)?);
+        latencies.push(op()?);
     }
-    let elapsed = start.elapsed();
-    drop(wal);
-    let _ = std::fs::remove_dir_all(dir);
     Ok(Run {
         entries: (latencies.len() * batch) as u64,
-        elapsed,
+        elapsed: start.elapsed(),
         latencies,
     })
 }
@@ -278,22 +287,10 @@ fn measure_file(
         offset += bytes as u64;
         Ok(start.elapsed())
     };
-    for _ in 0..50 {
-        write(&file)?;
-    }
-    let mut latencies = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        latencies.push(write(&file)?);
-    }
-    let elapsed = start.elapsed();
+    let run = timed(duration, batch, || write(&file));
     drop(file);
     let _ = std::fs::remove_file(path);
-    Ok(Run {
-        entries: (latencies.len() * batch) as u64,
-        elapsed,
-        latencies,
-    })
+    run
 }
 
 /// The filesystem type of `path`, by `statfs` magic number.
