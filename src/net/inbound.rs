@@ -314,30 +314,6 @@ impl<Req: fmt::Debug, Resp> fmt::Debug for ClientEvent<Req, Resp> {
     }
 }
 
-/// A connection's socket as whoever answers a request may write to it directly.
-#[derive(Default)]
-struct ClientOutlet {
-    /// The tail of a direct write that the socket did not take at once: the writer thread
-    /// writes it before anything else.
-    leftover: Vec<u8>,
-    /// Encoding buffer of direct writes, kept between them.
-    buf: Vec<u8>,
-    /// When the last write (direct or by the writer thread) ended.
-    last_write: Option<Instant>,
-}
-
-/// A connection's responses are written directly by whoever answers (see
-/// [`ClientHandle::respond`]) only when nothing was written for this long; busier connections
-/// go through the writer thread, which coalesces the responses that queue up.
-const CLIENT_IDLE: Duration = Duration::from_micros(50);
-
-impl ClientOutlet {
-    fn idle(&self) -> bool {
-        self.last_write
-            .map_or(true, |at| at.elapsed() >= CLIENT_IDLE)
-    }
-}
-
 struct ClientConnInner<Resp> {
     connection_id: u64,
     client_id: u64,
@@ -349,7 +325,7 @@ struct ClientConnInner<Resp> {
     salt: u64,
     /// Direct writes of responses (see [`ClientHandle::respond`]); the writer thread holds it
     /// from taking responses off the queue until they are written.
-    outlet: Mutex<ClientOutlet>,
+    outlet: Mutex<wire::DirectWrites>,
     /// `outlet.leftover` is not empty (read without the lock by the waiting writer thread).
     has_leftover: AtomicBool,
     /// Why the connection was closed from this side because of a fault, for the log.
@@ -463,37 +439,27 @@ impl<Resp: Message> ClientHandle<Resp> {
         };
         let out = &mut *guard;
         // Checked again under the lock: the writer thread takes responses only while holding it.
-        if !out.leftover.is_empty() || inner.responses.len() > 0 || !out.idle() {
+        if !out.ready() || inner.responses.len() > 0 {
             return Err(response);
         }
-        out.buf.clear();
-        let framed = codec::append_frame(
-            &mut out.buf,
+        let written = out.write(
+            &inner.stream,
             kind::CLIENT_RESPONSE,
             inner.salt,
             &(request_id, &response),
         );
-        if framed.is_err() {
+        match written {
             // The writer thread drops it and logs why.
-            return Err(response);
-        }
-        let sent = wire::send_nonblocking(&inner.stream, &out.buf);
-        out.last_write = Some(Instant::now());
-        match sent {
-            Ok(written) if written < out.buf.len() => {
-                out.leftover.extend_from_slice(&out.buf[written..]);
+            wire::Direct::Unframed => return Err(response),
+            wire::Direct::Sent { partial: true, .. } => {
                 inner.has_leftover.store(true, Ordering::SeqCst);
                 inner.responses.wake();
             }
-            Ok(_) => {}
-            Err(e) => {
+            wire::Direct::Sent { .. } => {}
+            wire::Direct::Failed(e) => {
                 drop(guard);
                 inner.close_for(format!("writing responses failed: {e}"));
-                return Ok(());
             }
-        }
-        if out.buf.capacity() > 4 * 1024 * 1024 {
-            out.buf = Vec::new();
         }
         Ok(())
     }
@@ -527,7 +493,7 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
         responses,
         closed: AtomicBool::new(false),
         salt,
-        outlet: Mutex::new(ClientOutlet::default()),
+        outlet: Mutex::new(wire::DirectWrites::default()),
         has_leftover: AtomicBool::new(false),
         fault: Mutex::new(None),
         stream: control,

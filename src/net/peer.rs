@@ -22,13 +22,6 @@ use std::time::{Duration, Instant};
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// ...or this many messages.
 const MAX_BATCH_MESSAGES: usize = 1024;
-/// A lane is written directly by the sender of a message (see [`LaneHandle::try_send`]) only
-/// when nothing was written for this long. Busier lanes go through the lane thread, which
-/// coalesces what queues up into one write (at 64 writers a lane carries a message every few
-/// tens of microseconds; at one writer, one every few hundred).
-const LANE_IDLE: Duration = Duration::from_micros(50);
-/// A batch buffer that grew past this (one huge message) is released after the write.
-const KEEP_BATCH_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// What every sender thread of one transport shares.
 pub(crate) struct SenderContext {
@@ -75,20 +68,8 @@ fn bump(counter: &AtomicU64, by: u64) {
 struct Outlet {
     /// The connection (a clone) and its frame salt; `None` while the lane is not connected.
     stream: Option<(TcpStream, u64)>,
-    /// The tail of a direct write that the socket did not take at once (its send buffer was
-    /// full): the lane thread writes it before anything else.
-    leftover: Vec<u8>,
-    /// Encoding buffer of direct writes, kept between them.
-    buf: Vec<u8>,
-    /// When the last write (direct or by the lane thread) ended.
-    last_write: Option<Instant>,
-}
-
-impl Outlet {
-    /// Whether the lane has been quiet long enough for a direct write (see [`LANE_IDLE`]).
-    fn idle(&self) -> bool {
-        self.last_write.map_or(true, |at| at.elapsed() >= LANE_IDLE)
-    }
+    /// Direct writes (see [`wire::DirectWrites`]).
+    direct: wire::DirectWrites,
 }
 
 /// State shared between a lane's handle and its thread.
@@ -120,7 +101,7 @@ impl Outlet {
     /// Forget the connection and any partial frame of it.
     fn detach(&mut self, control: &LaneControl) {
         self.stream = None;
-        self.leftover.clear();
+        self.direct.leftover.clear();
         control.has_leftover.store(false, Ordering::SeqCst);
     }
 }
@@ -203,31 +184,25 @@ impl<M: Message> LaneHandle<M> {
         };
         let out = &mut *guard;
         // Checked again under the lock: the lane thread takes messages only while holding it.
-        if !out.leftover.is_empty() || self.tx.len() > 0 || !out.idle() {
+        if !out.direct.ready() || self.tx.len() > 0 {
             return Err(msg);
         }
         let Some((stream, salt)) = out.stream.as_ref() else {
             return Err(msg);
         };
-        out.buf.clear();
-        if codec::append_frame(&mut out.buf, kind::PEER_MESSAGE, *salt, &msg).is_err() {
+        match out.direct.write(stream, kind::PEER_MESSAGE, *salt, &msg) {
             // The lane thread drops it, counts it and logs why.
-            return Err(msg);
-        }
-        let sent = wire::send_nonblocking(stream, &out.buf);
-        out.last_write = Some(Instant::now());
-        match sent {
-            Ok(written) => {
-                bump(&self.counters.bytes_sent, written as u64);
+            wire::Direct::Unframed => return Err(msg),
+            wire::Direct::Sent { bytes, partial } => {
+                bump(&self.counters.bytes_sent, bytes as u64);
                 bump(&self.counters.messages_sent, 1);
                 bump(&self.counters.write_batches, 1);
-                if written < out.buf.len() {
-                    out.leftover.extend_from_slice(&out.buf[written..]);
+                if partial {
                     self.control.has_leftover.store(true, Ordering::SeqCst);
                     self.tx.wake();
                 }
             }
-            Err(_) => {
+            wire::Direct::Failed(_) => {
                 // Lost like a message in a failed write. Shutting the socket down makes the
                 // lane thread see the connection closed and reconnect for the next message.
                 let _ = stream.shutdown(Shutdown::Both);
@@ -235,9 +210,6 @@ impl<M: Message> LaneHandle<M> {
                 bump(&self.counters.dropped_write_failed, 1);
                 self.tx.wake();
             }
-        }
-        if out.buf.capacity() > KEEP_BATCH_BUFFER_BYTES {
-            out.buf = Vec::new();
         }
         Ok(())
     }
@@ -466,7 +438,7 @@ impl<M: Message> LaneSender<M> {
                     Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => None,
                 };
-                if first.is_none() && woken && out.leftover.is_empty() {
+                if first.is_none() && woken && out.direct.leftover.is_empty() {
                     // A stale wake-up, or a direct write that failed and detached the outlet
                     // (the connection is shut down: the next message reconnects).
                     continue;
@@ -554,8 +526,8 @@ impl<M: Message> LaneSender<M> {
             return Ok(());
         };
         batch.clear();
-        if !out.leftover.is_empty() {
-            batch.append(&mut out.leftover);
+        if !out.direct.leftover.is_empty() {
+            batch.append(&mut out.direct.leftover);
             self.control.has_leftover.store(false, Ordering::SeqCst);
         }
         let mut count = 0u64;
@@ -580,7 +552,7 @@ impl<M: Message> LaneSender<M> {
         let mut result = Ok(());
         if !batch.is_empty() {
             let written = c.stream.write_all(batch);
-            out.last_write = Some(Instant::now());
+            out.direct.last_write = Some(Instant::now());
             match written {
                 Ok(()) => {
                     bump(&self.counters.bytes_sent, batch.len() as u64);
@@ -599,7 +571,7 @@ impl<M: Message> LaneSender<M> {
                 }
             }
         }
-        if batch.capacity() > KEEP_BATCH_BUFFER_BYTES {
+        if batch.capacity() > wire::KEEP_WRITE_BUFFER_BYTES {
             *batch = Vec::new();
         }
         result

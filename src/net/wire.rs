@@ -10,6 +10,7 @@ use crate::codec::{self, FrameHeader, FRAME_HEADER_BYTES};
 use crate::error::{Error, Result};
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 /// Frame kinds on a haven connection (the frame header's `kind` byte).
 pub(crate) mod kind {
@@ -244,6 +245,83 @@ pub(crate) fn peer_has_closed(stream: &TcpStream) -> bool {
 #[cfg(not(unix))]
 pub(crate) fn peer_has_closed(_stream: &TcpStream) -> bool {
     false
+}
+
+/// A connection is written directly by the thread that has a frame for it (instead of waking
+/// its writer thread) only when nothing was written to it for this long; busier connections
+/// go through the writer thread, which coalesces what queues up into one write (at 64 writers
+/// a connection carries a frame every few tens of microseconds; at one writer, one every few
+/// hundred).
+pub(crate) const DIRECT_WRITE_IDLE: Duration = Duration::from_micros(50);
+/// A write buffer that grew past this (one huge frame) is released after the write.
+pub(crate) const KEEP_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The direct-write state of one connection (a peer lane or a client connection), kept under
+/// the lock that makes its holder the only writer of the connection. The writer thread takes
+/// `leftover` before anything else and stamps `last_write` after its own writes.
+#[derive(Default)]
+pub(crate) struct DirectWrites {
+    /// The tail of a direct write that the socket did not take at once (its send buffer was
+    /// full).
+    pub(crate) leftover: Vec<u8>,
+    /// Encoding buffer of direct writes, kept between them.
+    buf: Vec<u8>,
+    /// When the last write (direct or by the writer thread) ended.
+    pub(crate) last_write: Option<Instant>,
+}
+
+/// What [`DirectWrites::write`] did.
+pub(crate) enum Direct {
+    /// The value does not frame (too large): nothing written; the writer thread reports it.
+    Unframed,
+    /// The frame is out, all of it or (`partial`) its head, the rest in `leftover`.
+    Sent { bytes: usize, partial: bool },
+    /// The socket failed; nothing more should be written to it.
+    Failed(std::io::Error),
+}
+
+impl DirectWrites {
+    /// No leftover to write first, and quiet for [`DIRECT_WRITE_IDLE`].
+    pub(crate) fn ready(&self) -> bool {
+        self.leftover.is_empty()
+            && self
+                .last_write
+                .map_or(true, |at| at.elapsed() >= DIRECT_WRITE_IDLE)
+    }
+
+    /// Frame `value` and write it to `stream` without blocking; what the socket does not take
+    /// at once goes to `leftover`.
+    pub(crate) fn write<T: bincode::Encode>(
+        &mut self,
+        stream: &TcpStream,
+        kind: u8,
+        salt: u64,
+        value: &T,
+    ) -> Direct {
+        self.buf.clear();
+        if codec::append_frame(&mut self.buf, kind, salt, value).is_err() {
+            return Direct::Unframed;
+        }
+        let sent = send_nonblocking(stream, &self.buf);
+        self.last_write = Some(Instant::now());
+        let result = match sent {
+            Ok(written) => {
+                let partial = written < self.buf.len();
+                if partial {
+                    self.leftover.extend_from_slice(&self.buf[written..]);
+                }
+                Direct::Sent {
+                    bytes: written,
+                    partial,
+                }
+            }
+            Err(e) => Direct::Failed(e),
+        };
+        if self.buf.capacity() > KEEP_WRITE_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
+        result
+    }
 }
 
 /// Write as much of `bytes` as the socket takes now, without blocking (and without SIGPIPE):
