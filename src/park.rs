@@ -6,7 +6,8 @@
 //! shared by three members every yield is a context switch taken from a thread with real work.
 //! At one writer the yields of the peer senders and the WAL writer showed up in `perf` as a
 //! large part of their CPU. Here the consumer polls the channel without blocking and, when it
-//! is empty, waits on a condition variable: one futex wake per hand-off, nothing while idle.
+//! is empty, parks its thread (`thread::park_timeout`): at most one wake-up per hand-off, none
+//! while it is busy, nothing while idle.
 //!
 //! Lives below `net`, `wal` and `node` so that all three can use it.
 
