@@ -3,7 +3,7 @@
 
 mod wal_common;
 
-use haven::wal::{FaultInjector, Wal, WalOptions, WriteBatch};
+use haven::wal::{Wal, WalOptions, WriteBatch};
 use haven::{Error, HardState, LogIndex, NodeId, Term};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -327,12 +327,7 @@ fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
 #[test]
 fn submissions_are_group_committed_and_acknowledged_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultInjector::new());
-    let options = WalOptions {
-        faults: Some(Arc::clone(&faults)),
-        ..small_options()
-    };
-    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    let (wal, faults) = open_with_faults(dir.path());
     let (acks_tx, acks_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let (started_tx, started_rx) = mpsc::channel::<()>();

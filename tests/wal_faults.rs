@@ -3,21 +3,16 @@
 
 mod wal_common;
 
-use haven::wal::{FaultInjector, Wal, WalOptions, WriteBatch};
+use haven::wal::{Wal, WriteBatch};
 use haven::{Error, ErrorCode, LogIndex};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 use wal_common::*;
 
 #[test]
 fn failed_fdatasync_stops_all_writes_and_is_never_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultInjector::new());
-    let options = WalOptions {
-        faults: Some(Arc::clone(&faults)),
-        ..small_options()
-    };
-    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    let (wal, faults) = open_with_faults(dir.path());
     append(&wal, 1, 10, 1, 100);
     assert!(wal.failure().is_none());
 
@@ -75,12 +70,7 @@ fn failed_fdatasync_stops_all_writes_and_is_never_retried() {
 #[test]
 fn queued_batches_behind_a_failed_fdatasync_all_fail() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultInjector::new());
-    let options = WalOptions {
-        faults: Some(Arc::clone(&faults)),
-        ..small_options()
-    };
-    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    let (wal, faults) = open_with_faults(dir.path());
     faults.fail_syncs();
     let (tx, rx) = mpsc::channel();
     for i in 1..=50u64 {

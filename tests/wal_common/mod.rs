@@ -1,9 +1,10 @@
 //! Helpers shared by the WAL integration tests.
 #![allow(dead_code)]
 
-use haven::wal::{Wal, WalOptions, WriteBatch};
+use haven::wal::{FaultInjector, Wal, WalOptions, WriteBatch};
 use haven::{Entry, EntryKind, GroupId, HardState, LogIndex, Term};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Small segments so that tests cross many segment boundaries.
 pub const SMALL_SEGMENT: u64 = 64 * 1024;
@@ -13,6 +14,17 @@ pub fn small_options() -> WalOptions {
         segment_bytes: SMALL_SEGMENT,
         ..WalOptions::default()
     }
+}
+
+/// A WAL in `dir` with small segments and a fault injector the test controls.
+pub fn open_with_faults(dir: &Path) -> (Wal, Arc<FaultInjector>) {
+    let faults = Arc::new(FaultInjector::new());
+    let options = WalOptions {
+        faults: Some(Arc::clone(&faults)),
+        ..small_options()
+    };
+    let (wal, _) = Wal::open(dir, options).unwrap();
+    (wal, faults)
 }
 
 /// A recognizable payload: it names its index and term, then filler derived from both, so a
