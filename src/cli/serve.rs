@@ -94,7 +94,7 @@ pub fn read_secret(path: &std::path::Path) -> Result<ClusterSecret> {
 
 /// Build the member's configuration from the arguments.
 pub fn config(args: &ServeArgs) -> Result<Config> {
-    let listen: SocketAddr = haven::node::resolve_address(&args.listen)
+    let listen: SocketAddr = haven::net::resolve_address(&args.listen)
         .map_err(|e| Error::InvalidArgument(format!("--listen: {e}")))?;
     let members = parse_peers(&args.peers)?;
     let secret = read_secret(&args.secret_file)?;

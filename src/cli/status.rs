@@ -107,7 +107,7 @@ fn ask_all(
 fn same_address(a: &str, b: &str) -> bool {
     a == b
         || matches!(
-            (haven::node::resolve_address(a), haven::node::resolve_address(b)),
+            (haven::net::resolve_address(a), haven::net::resolve_address(b)),
             (Ok(x), Ok(y)) if x == y
         )
 }

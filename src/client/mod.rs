@@ -5,7 +5,7 @@
 //!   `net::ClientConnection`). It connects to the leader when it can find it (any member
 //!   forwards otherwise), fails over to another member when one stops answering, and retries.
 //!
-//! Both backends send the same [`proto::Request`]s and get the same [`proto::Response`]s.
+//! Both backends send the same [`proto::Request`](crate::proto::Request)s and get the same [`proto::Response`](crate::proto::Response)s.
 //!
 //! **Errors.** Expected outcomes (a compare-and-swap that lost, an absent key) are values. The
 //! failures are one [`Error`]: `InvalidArgument` (nothing written), `Unavailable` (NOT applied:
@@ -22,10 +22,10 @@
 //! The API is shaped for a C ABI later: byte slices in, owned values out, no generics, no
 //! callbacks, `Clone + Send + Sync` handles.
 
-pub mod proto;
+mod local;
 mod remote;
 
-pub use proto::{
+pub use crate::proto::{
     AdminOp, Counters, Histogram, MemberStatus, NodeRole, ReadMode, ReadOp, Request, Response,
     Status,
 };

@@ -5,13 +5,13 @@
 //! next member in the list. When a member cannot be reached, stops answering or reports that it
 //! failed, the connection is dropped and the next attempt goes to another member.
 
-use super::proto::{
-    ClientRequest, ClientResponse, Request, Response, Status, CLIENT_PROTOCOL_VERSION,
-};
 use super::{Backend, ClientOptions};
 use crate::error::{Error, ErrorCode, Result};
+use crate::net::resolve_address;
 use crate::net::{ClientConnection, ClusterSecret};
-use crate::node::resolve_address;
+use crate::proto::{
+    ClientRequest, ClientResponse, Request, Response, Status, CLIENT_PROTOCOL_VERSION,
+};
 use crate::types::ClusterId;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};

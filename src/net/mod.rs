@@ -68,22 +68,24 @@
 //! No async runtime: threads and crossbeam channels only. Every thread the transport starts is
 //! joined by [`Transport::shutdown`] (also run on drop).
 
-mod client;
+mod address;
+mod client_connection;
+mod client_handle;
 mod config;
 mod handshake;
 mod inbound;
 mod peer;
-mod ports;
+mod shared;
 mod transport;
 mod wire;
 
-pub use client::ClientConnection;
+pub use address::{free_loopback_addrs, resolve_address};
+pub use client_connection::ClientConnection;
+pub use client_handle::{ClientEvent, ClientHandle};
 pub use config::{
     stderr_log_sink, ClusterSecret, DeliverHook, LogLevel, LogSink, TransportConfig,
     CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES, MIN_SECRET_BYTES,
 };
-pub use inbound::{ClientEvent, ClientHandle};
-pub use ports::free_loopback_addrs;
 pub use transport::Transport;
 
 use bincode::{Decode, Encode};

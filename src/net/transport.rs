@@ -1,267 +1,22 @@
 //! The transport: one listener, the peer set with its sender lanes, the inbound connections.
 
+use super::client_handle::ClientEvent;
 use super::config::{LogLevel, TransportConfig};
 use super::handshake::Role;
-use super::inbound::{self, ClientEvent};
-use super::peer::{LaneCounters, LaneHandle, SenderContext};
+use super::inbound;
+use super::peer::SenderContext;
+use super::shared::{lock, InboundCounters, PeerEntry, Shared};
 use super::{Lane, Message, PeerStats, SendOutcome, TransportStats};
 use crate::error::{Error, Result};
-use crate::limits::{MAX_MEMBERS, MAX_PENDING_HANDSHAKES, PEER_BULK_SEND_QUEUE, PEER_SEND_QUEUE};
+use crate::limits::MAX_MEMBERS;
 use crate::types::NodeId;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
-
-/// The outbound side of one peer: its address and two lanes.
-struct PeerEntry<M> {
-    addr: SocketAddr,
-    control: LaneHandle<M>,
-    bulk: LaneHandle<M>,
-}
-
-/// An inbound connection, registered from accept until its thread ends, so that shutdown and
-/// membership changes can close it.
-pub(super) struct InboundConn {
-    pub(super) stream: TcpStream,
-    /// None while the handshake runs.
-    pub(super) role: Option<Role>,
-}
-
-/// Inbound counters.
-#[derive(Default)]
-pub(super) struct InboundCounters {
-    pub(super) handshakes_accepted: AtomicU64,
-    pub(super) handshakes_refused: AtomicU64,
-    pub(super) connections_rejected: AtomicU64,
-    pub(super) client_connections: AtomicUsize,
-    pub(super) messages_received: AtomicU64,
-    pub(super) client_requests_received: AtomicU64,
-}
-
-/// Everything the transport's threads share.
-pub(super) struct Shared<M, Req, Resp> {
-    pub(super) config: TransportConfig,
-    pub(super) stopping: Arc<AtomicBool>,
-    sender_ctx: Arc<SenderContext>,
-    peers: RwLock<HashMap<NodeId, PeerEntry<M>>>,
-    pub(super) inbound: Sender<(NodeId, M)>,
-    pub(super) clients: Option<Sender<ClientEvent<Req, Resp>>>,
-    conns: Mutex<HashMap<u64, InboundConn>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    next_conn_id: AtomicU64,
-    pub(super) pending_handshakes: AtomicUsize,
-    pub(super) counters: InboundCounters,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking holder cannot leave these maps half-updated (every update is one insert or
-    // remove), so a poisoned lock is still safe to use.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
-    pub(super) fn log(&self, level: LogLevel, what: &str) {
-        (self.config.log)(level, &format!("{}: {what}", self.config.node_id));
-    }
-
-    pub(super) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Whether `id` is a configured peer (the acceptor admits only those).
-    pub(super) fn is_peer(&self, id: NodeId) -> bool {
-        self.peers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&id)
-    }
-
-    pub(super) fn peer_ids(&self) -> Vec<NodeId> {
-        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        let mut ids: Vec<NodeId> = peers.keys().copied().collect();
-        ids.sort();
-        ids
-    }
-
-    /// Record that connection `id` finished its handshake as `role`. An older connection from
-    /// the same peer and lane is closed: the peer reconnected, so the old one is dead or dying
-    /// (a half-open connection would otherwise hold a thread until the idle timeout).
-    pub(super) fn register_role(&self, id: u64, role: Role) {
-        let mut conns = lock(&self.conns);
-        if let Role::Peer { .. } = role {
-            let older: Vec<u64> = conns
-                .iter()
-                .filter(|(other, c)| **other != id && c.role == Some(role))
-                .map(|(other, _)| *other)
-                .collect();
-            for other in older {
-                if let Some(old) = conns.remove(&other) {
-                    let _ = old.stream.shutdown(Shutdown::Both);
-                }
-            }
-        }
-        if let Some(conn) = conns.get_mut(&id) {
-            conn.role = Some(role);
-        }
-    }
-
-    pub(super) fn unregister(&self, id: u64) {
-        lock(&self.conns).remove(&id);
-    }
-
-    /// Close every inbound connection from `node`.
-    fn close_inbound_from(&self, node: NodeId) {
-        let mut conns = lock(&self.conns);
-        let from_node: Vec<u64> = conns
-            .iter()
-            .filter(|(_, c)| matches!(c.role, Some(Role::Peer { node_id, .. }) if node_id == node))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in from_node {
-            if let Some(conn) = conns.remove(&id) {
-                let _ = conn.stream.shutdown(Shutdown::Both);
-            }
-        }
-    }
-
-    fn push_thread(&self, handle: JoinHandle<()>) {
-        let mut threads = lock(&self.threads);
-        // Reap what already ended, so the list stays as long as the live threads.
-        let (done, live): (Vec<_>, Vec<_>) = threads.drain(..).partition(|h| h.is_finished());
-        *threads = live;
-        threads.push(handle);
-        drop(threads);
-        for handle in done {
-            let _ = handle.join();
-        }
-    }
-
-    fn spawn_lanes(
-        &self,
-        id: NodeId,
-        addr: SocketAddr,
-        counters: Option<(Arc<LaneCounters>, Arc<LaneCounters>)>,
-    ) -> Result<PeerEntry<M>> {
-        let (control_counters, bulk_counters) = counters.unwrap_or_default();
-        let control = LaneHandle::spawn(
-            Arc::clone(&self.sender_ctx),
-            id,
-            addr,
-            Lane::Control,
-            PEER_SEND_QUEUE,
-            control_counters,
-        )?;
-        let bulk = match LaneHandle::spawn(
-            Arc::clone(&self.sender_ctx),
-            id,
-            addr,
-            Lane::Bulk,
-            PEER_BULK_SEND_QUEUE,
-            bulk_counters,
-        ) {
-            Ok(bulk) => bulk,
-            Err(e) => {
-                if let Some(handle) = control.close() {
-                    self.push_thread(handle);
-                }
-                return Err(e);
-            }
-        };
-        Ok(PeerEntry {
-            addr,
-            control,
-            bulk,
-        })
-    }
-
-    /// Stop a peer's lanes without blocking the caller; their threads are joined at shutdown.
-    fn retire(&self, entry: PeerEntry<M>) {
-        for handle in [entry.control.close(), entry.bulk.close()]
-            .into_iter()
-            .flatten()
-        {
-            self.push_thread(handle);
-        }
-    }
-
-    fn on_accept(self: &Arc<Self>, stream: TcpStream) {
-        let addr = stream
-            .peer_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        if self.pending_handshakes.load(Ordering::SeqCst) >= MAX_PENDING_HANDSHAKES {
-            self.counters
-                .connections_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            self.log(
-                LogLevel::Warn,
-                &format!(
-                    "closed connection from {addr} at accept: {MAX_PENDING_HANDSHAKES} \
-                     handshakes already in progress"
-                ),
-            );
-            return;
-        }
-        let registered = match stream.try_clone() {
-            Ok(clone) => clone,
-            Err(e) => {
-                self.log(LogLevel::Warn, &format!("connection from {addr}: {e}"));
-                return;
-            }
-        };
-        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut conns = lock(&self.conns);
-            // Checked under the lock that shutdown drains, so no connection slips past it.
-            if self.is_stopping() {
-                return;
-            }
-            conns.insert(
-                id,
-                InboundConn {
-                    stream: registered,
-                    role: None,
-                },
-            );
-        }
-        self.pending_handshakes.fetch_add(1, Ordering::SeqCst);
-        let shared = Arc::clone(self);
-        let spawned = thread::Builder::new()
-            .name(format!("haven-net-{}-in-{id}", self.config.node_id))
-            .spawn(move || inbound::serve(shared, id, stream, addr));
-        match spawned {
-            Ok(handle) => self.push_thread(handle),
-            Err(e) => {
-                self.pending_handshakes.fetch_sub(1, Ordering::SeqCst);
-                self.unregister(id);
-                self.log(
-                    LogLevel::Warn,
-                    &format!("cannot start a thread for {addr}, connection closed: {e}"),
-                );
-            }
-        }
-    }
-
-    fn accept_loop(self: Arc<Self>, listener: Arc<TcpListener>) {
-        // Bounded by shutdown: `Transport::shutdown` sets `stopping` and wakes `accept`.
-        for incoming in listener.incoming() {
-            if self.is_stopping() {
-                break;
-            }
-            match incoming {
-                Ok(stream) => self.on_accept(stream),
-                Err(e) => {
-                    self.log(LogLevel::Warn, &format!("accept failed: {e}"));
-                    // Out of file descriptors, typically: do not spin while it lasts.
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
-}
 
 /// A member's transport: listener, peer lanes and remote-client service.
 ///
@@ -335,7 +90,7 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
         let accept_shared = Arc::clone(&shared);
         let handle = thread::Builder::new()
             .name(format!("haven-net-{}-accept", shared.config.node_id))
-            .spawn(move || accept_shared.accept_loop(listener))
+            .spawn(move || inbound::accept_loop(accept_shared, listener))
             .map_err(|e| Error::io("spawning the accept thread", e))?;
         *lock(&transport.accept_thread) = Some(handle);
         shared.log(LogLevel::Info, &format!("listening on {local_addr}"));

@@ -8,10 +8,10 @@
 use super::queue::{Received, Waking, WorkReceiver};
 use super::reply::Reply;
 use super::{Internal, SharedCounters};
-use crate::client::proto::{ReadOp, Response};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::log::Level;
+use crate::proto::{ReadOp, Response};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
 use crate::types::{Entry, LogIndex, NodeId, Term};

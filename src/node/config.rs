@@ -9,7 +9,7 @@ use crate::net::ClusterSecret;
 use crate::types::{ClusterId, NodeId};
 use crate::wal::FaultInjector;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,7 +166,7 @@ impl Config {
             if id.0 == 0 {
                 return bad("members: 0 is not a valid node id".into());
             }
-            resolve_address(address)
+            crate::net::resolve_address(address)
                 .map_err(|e| Error::InvalidArgument(format!("members: address of {id}: {e}")))?;
         }
         for id in self.peer_routes.keys() {
@@ -270,19 +270,6 @@ impl Config {
     pub fn max_election_timeout(&self) -> Duration {
         Duration::from_millis(2 * self.election_timeout_ms)
     }
-}
-
-/// Resolve `host:port` to one socket address (the first the resolver gives).
-pub fn resolve_address(address: &str) -> Result<SocketAddr> {
-    if let Ok(addr) = address.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let mut addrs = address.to_socket_addrs().map_err(|e| {
-        Error::InvalidArgument(format!("{address:?} is not a host:port address: {e}"))
-    })?;
-    addrs
-        .next()
-        .ok_or_else(|| Error::InvalidArgument(format!("{address:?} resolves to no address")))
 }
 
 #[cfg(test)]

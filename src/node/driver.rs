@@ -2,23 +2,23 @@
 //! applies (see the module docs of [`crate::node`] and the contract in [`crate::raft`]).
 
 use super::apply::{ApplyTask, PendingRead, Waiter};
-use super::config::resolve_address;
 use super::message::PeerMessage;
 use super::queue::{Parker, Waking, WorkSender};
 use super::reply::Reply;
 use super::store::WalStore;
 use super::transfer::TransferTask;
 use super::{node_role, Config, Input, Internal, NodeShared, NodeTransport, SharedCounters};
-use crate::client::proto::{
-    AdminOp, ClientRequest, ClientResponse, Counters, Histogram, MemberStatus, NodeRole, ReadMode,
-    ReadOp, Request, Response, Status, WireError, CLIENT_PROTOCOL_VERSION,
-    MIN_STATUS_PROTOCOL_VERSION,
-};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::{MAX_KEY_BYTES, MAX_SCAN_LIMIT};
 use crate::log::Level;
+use crate::net::resolve_address;
 use crate::net::{ClientEvent, SendOutcome};
+use crate::proto::{
+    AdminOp, ClientRequest, ClientResponse, Counters, Histogram, MemberStatus, NodeRole, ReadMode,
+    ReadOp, Request, Response, Status, WireError, CLIENT_PROTOCOL_VERSION,
+    MIN_STATUS_PROTOCOL_VERSION,
+};
 use crate::raft::{
     Membership, MembershipChange, Message, MessageBody, Raft, RaftError, ReadState, Ready, Role,
     SnapshotMeta, SoftState,
@@ -1407,10 +1407,8 @@ impl Driver {
         let mut counters = self.stats.clone();
         counters.entries_applied = self.counters.entries_applied.load(Ordering::Relaxed);
         counters.snapshots_taken = self.counters.snapshots_taken.load(Ordering::Relaxed);
-        let (fsync_counts, fsync_sum) = self.wal.sync_latency().snapshot();
-        counters.fsync_latency = Histogram {
-            counts: fsync_counts,
-        };
+        let (fsync_latency, fsync_sum) = self.wal.sync_latency().snapshot();
+        counters.fsync_latency = fsync_latency;
         counters.fsync_latency_sum_micros = fsync_sum;
         counters.transport_drops = self
             .transport

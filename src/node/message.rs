@@ -1,6 +1,6 @@
 //! What members send each other over the transport (`docs/FORMAT.md`, "Peer messages").
 
-use crate::client::proto::{ClientResponse, Request};
+use crate::proto::{ClientResponse, Request};
 use crate::raft::Message;
 use crate::types::{LogIndex, Term};
 use bincode::{Decode, Encode};

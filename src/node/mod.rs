@@ -46,7 +46,7 @@ mod reply;
 mod store;
 mod transfer;
 
-pub use self::config::{resolve_address, Config, MAX_REQUEST_TIMEOUT_MS};
+pub use self::config::{Config, MAX_REQUEST_TIMEOUT_MS};
 pub use self::message::PeerMessage;
 
 use self::apply::{Applier, SnapshotPolicy};
@@ -55,15 +55,12 @@ use self::queue::{Parker, Waking};
 use self::reply::Reply;
 use self::store::WalStore;
 use self::transfer::{ServeLimit, Transfer};
-use crate::client::proto::{
-    AdminOp, ClientRequest, ClientResponse, NodeRole, Request, Response, Status,
-};
-use crate::client::{Backend, Client, ClientOptions};
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::log::Level;
 use crate::net::{LogLevel, LogSink, Transport, TransportConfig};
+use crate::proto::{AdminOp, ClientRequest, ClientResponse, NodeRole, Request, Response, Status};
 use crate::raft::{self, Membership, Message, Raft, SnapshotMeta};
 use crate::sm::{list_snapshots, snapshot_membership, StateMachine};
 use crate::types::{Entry, EntryKind, GroupId, HardState, LogIndex, NodeId, Term};
@@ -195,21 +192,6 @@ impl NodeShared {
                 }
             }
         }
-    }
-}
-
-/// The in-process backend of a [`Client`]: calls go straight to this member's driver.
-struct LocalBackend {
-    shared: Arc<NodeShared>,
-}
-
-impl Backend for LocalBackend {
-    fn call(&self, request: Request, deadline: Instant) -> Result<Response> {
-        self.shared.call(request, deadline)
-    }
-
-    fn describe(&self) -> String {
-        format!("member {} (in process)", self.shared.id)
     }
 }
 
@@ -408,23 +390,10 @@ impl Node {
         &self.config
     }
 
-    /// A client that goes through this member (in process; writes and linearizable reads are
-    /// forwarded to the leader when this member is not it). Cheap; clone it freely.
-    pub fn client(&self) -> Client {
-        self.client_with(ClientOptions {
-            request_timeout: self.shared.request_timeout,
-            ..ClientOptions::default()
-        })
-    }
-
-    /// A client through this member with other options.
-    pub fn client_with(&self, options: ClientOptions) -> Client {
-        Client::with_backend(
-            Arc::new(LocalBackend {
-                shared: Arc::clone(&self.shared),
-            }),
-            options,
-        )
+    /// The request path into this member, for the in-process client backend
+    /// (`client/local.rs`, where `Node::client` lives).
+    pub(crate) fn shared(&self) -> &Arc<NodeShared> {
+        &self.shared
     }
 
     /// This member's view: role, term, leader, commit and applied index, members (with the

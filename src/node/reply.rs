@@ -4,9 +4,9 @@
 
 use super::message::PeerMessage;
 use super::NodeTransport;
-use crate::client::proto::{ClientResponse, Response, WireError};
 use crate::error::{Error, Result};
 use crate::net::ClientHandle;
+use crate::proto::{ClientResponse, Response, WireError};
 use crate::types::NodeId;
 use crossbeam_channel::Sender;
 use std::sync::Arc;

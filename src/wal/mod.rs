@@ -50,6 +50,7 @@ pub use segment::{sync_dir, FaultInjector};
 
 use crate::codec::read_frame;
 use crate::error::{Error, Result};
+use crate::histogram::AtomicHistogram;
 use crate::limits::{
     DEFAULT_WAL_CACHE_BYTES, DEFAULT_WAL_SEGMENT_BYTES, MAX_FRAME_PAYLOAD_BYTES,
     MIN_WAL_SEGMENT_BYTES, WAL_SUBMIT_QUEUE,
@@ -62,44 +63,10 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Buckets of [`SyncLatency`]: below 1 µs, below 2 µs, ... below 2^26 µs (~67 s), then the rest.
-pub const SYNC_LATENCY_BUCKETS: usize = 28;
-
-/// How long the log's fdatasync calls took, counted where they are issued (for monitoring).
-///
-/// Plain relaxed atomics: recording costs two uncontended increments per fdatasync (which
-/// itself costs ~100 µs), and readers (a status request) never block the writer.
-#[derive(Debug, Default)]
-pub struct SyncLatency {
-    buckets: [AtomicU64; SYNC_LATENCY_BUCKETS],
-    sum_micros: AtomicU64,
-}
-
-impl SyncLatency {
-    /// Count one fdatasync of `micros` microseconds: bucket `i` holds calls that took less
-    /// than `2^i` µs and at least `2^(i-1)`; the last bucket everything slower.
-    pub fn record(&self, micros: u64) {
-        let bucket = (64 - micros.leading_zeros() as usize).min(SYNC_LATENCY_BUCKETS - 1);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-
-    /// The counts per bucket and the sum of all observations in microseconds. The two are
-    /// read one after the other, so under load the sum may include a call a bucket misses.
-    pub fn snapshot(&self) -> (Vec<u64>, u64) {
-        let counts = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        (counts, self.sum_micros.load(Ordering::Relaxed))
-    }
-}
 
 /// How a [`Wal`] is configured.
 #[derive(Debug, Clone)]
@@ -200,7 +167,7 @@ pub(crate) struct Shared {
     fatal: Mutex<Option<String>>,
     fatal_flag: AtomicBool,
     /// Latency of every successful fdatasync of a segment.
-    sync_latency: SyncLatency,
+    sync_latency: AtomicHistogram,
 }
 
 impl Shared {
@@ -285,7 +252,7 @@ impl Wal {
             }),
             fatal: Mutex::new(None),
             fatal_flag: AtomicBool::new(false),
-            sync_latency: SyncLatency::default(),
+            sync_latency: AtomicHistogram::default(),
         });
         let stop_preparer = Arc::new(AtomicBool::new(false));
         let (prepared_rx, preparer) =
@@ -375,7 +342,7 @@ impl Wal {
     }
 
     /// How long the log's fdatasync calls have taken since it was opened.
-    pub fn sync_latency(&self) -> &SyncLatency {
+    pub fn sync_latency(&self) -> &AtomicHistogram {
         &self.shared.sync_latency
     }
 

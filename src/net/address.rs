@@ -1,7 +1,22 @@
-//! Free loopback ports for local clusters (`haven demo`, `haven bench cluster`, tests).
+//! Addresses: resolving `host:port`, and free loopback ports for local clusters (`haven demo`,
+//! `haven bench cluster`, tests).
 
-use crate::raft::rng::SplitMix64;
-use std::net::{SocketAddr, TcpListener};
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+
+/// Resolve `host:port` to one socket address (the first the resolver gives).
+pub fn resolve_address(address: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let mut addrs = address.to_socket_addrs().map_err(|e| {
+        Error::InvalidArgument(format!("{address:?} is not a host:port address: {e}"))
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| Error::InvalidArgument(format!("{address:?} resolves to no address")))
+}
 
 /// Where port picking starts, and the most it searches below the ephemeral range.
 const LOW_PORT: u16 = 10_000;

@@ -6,6 +6,7 @@
 //! library (which sends them) can use them without depending on each other's internals.
 
 use crate::error::{Error, ErrorCode};
+pub use crate::histogram::Histogram;
 use crate::sm::{Command, CommandResult, RangePage, VersionedValue};
 use crate::types::{LogIndex, NodeId, Term};
 use bincode::{Decode, Encode};
@@ -232,60 +233,6 @@ pub struct MemberStatus {
     pub last_contact_ms: Option<u64>,
 }
 
-/// A latency histogram: `counts[i]` observations took less than `2^i` microseconds (and at
-/// least `2^(i-1)`); the last bucket holds everything slower.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
-pub struct Histogram {
-    /// Observation counts per power-of-two bucket.
-    pub counts: Vec<u64>,
-}
-
-// The WAL counts fdatasync latencies in the same buckets the status reports.
-const _: () = assert!(Histogram::BUCKETS == crate::wal::SYNC_LATENCY_BUCKETS);
-
-impl Histogram {
-    /// Buckets: below 1 µs, below 2 µs, ... below 2^26 µs (~67 s), then the rest.
-    pub const BUCKETS: usize = 28;
-
-    /// An empty histogram.
-    pub fn new() -> Histogram {
-        Histogram {
-            counts: vec![0; Self::BUCKETS],
-        }
-    }
-
-    /// Count one observation of `micros` microseconds.
-    pub fn record(&mut self, micros: u64) {
-        let bucket = (64 - micros.leading_zeros() as usize).min(Self::BUCKETS - 1);
-        if self.counts.len() < Self::BUCKETS {
-            self.counts.resize(Self::BUCKETS, 0);
-        }
-        self.counts[bucket] += 1;
-    }
-
-    /// Total observations.
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// An upper bound (bucket edge, in microseconds) of the `p` quantile (`0.0..=1.0`).
-    pub fn quantile_upper_micros(&self, p: f64) -> u64 {
-        let total = self.total();
-        if total == 0 {
-            return 0;
-        }
-        let rank = ((total as f64) * p).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return 1u64 << i;
-            }
-        }
-        1u64 << (self.counts.len() - 1)
-    }
-}
-
 /// Counters of one member since it started (monotonic), for monitoring.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
 pub struct Counters {
@@ -381,21 +328,6 @@ mod tests {
             message: "from the future".into(),
         });
         assert_eq!(unknown.code(), ErrorCode::Fatal);
-    }
-
-    #[test]
-    fn histogram_buckets_by_power_of_two() {
-        let mut h = Histogram::new();
-        h.record(0);
-        h.record(1);
-        h.record(100);
-        h.record(u64::MAX);
-        assert_eq!(h.counts[0], 1);
-        assert_eq!(h.counts[1], 1);
-        assert_eq!(h.counts[7], 1); // 64 <= 100 < 128
-        assert_eq!(h.counts[Histogram::BUCKETS - 1], 1);
-        assert_eq!(h.total(), 4);
-        assert_eq!(h.quantile_upper_micros(0.5), 2);
     }
 
     #[test]

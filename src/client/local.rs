@@ -1,0 +1,45 @@
+//! The in-process backend: a [`Client`] whose calls go straight to a member running in this
+//! process (its driver, or its apply thread for reads), with no socket in between.
+
+use super::{Backend, Client, ClientOptions};
+use crate::error::Result;
+use crate::node::{Node, NodeShared};
+use crate::proto::{Request, Response};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Calls one member's request path directly.
+struct LocalBackend {
+    shared: Arc<NodeShared>,
+}
+
+impl Backend for LocalBackend {
+    fn call(&self, request: Request, deadline: Instant) -> Result<Response> {
+        self.shared.call(request, deadline)
+    }
+
+    fn describe(&self) -> String {
+        format!("member {} (in process)", self.shared.id)
+    }
+}
+
+impl Node {
+    /// A client that goes through this member (in process; writes and linearizable reads are
+    /// forwarded to the leader when this member is not it). Cheap; clone it freely.
+    pub fn client(&self) -> Client {
+        self.client_with(ClientOptions {
+            request_timeout: self.shared().request_timeout,
+            ..ClientOptions::default()
+        })
+    }
+
+    /// A client through this member with other options.
+    pub fn client_with(&self, options: ClientOptions) -> Client {
+        Client::with_backend(
+            Arc::new(LocalBackend {
+                shared: Arc::clone(self.shared()),
+            }),
+            options,
+        )
+    }
+}
