@@ -117,6 +117,27 @@ impl Error {
         }
     }
 
+    /// Rewrite a `Corrupt` error's offset and reason (other variants pass through unchanged):
+    /// an inner decoder reports positions and reasons relative to its own input, and the
+    /// layer around it knows where that input starts and what it was.
+    pub fn map_corrupt(self, rewrite: impl FnOnce(u64, String) -> (u64, String)) -> Error {
+        match self {
+            Error::Corrupt {
+                file,
+                offset,
+                reason,
+            } => {
+                let (offset, reason) = rewrite(offset, reason);
+                Error::Corrupt {
+                    file,
+                    offset,
+                    reason,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Attach a file and a base offset to a `Corrupt` error (no effect on other variants).
     pub fn in_file(self, path: impl Into<PathBuf>, base_offset: u64) -> Error {
         match self {
@@ -213,5 +234,26 @@ mod tests {
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn map_corrupt_rewrites_offset_and_reason_and_keeps_the_file() {
+        let e = Error::corrupt(3, "bad varint")
+            .in_file("/d/snap/x.snap", 0)
+            .map_corrupt(|offset, reason| (offset + 1, format!("command: {reason}")));
+        match e {
+            Error::Corrupt {
+                file,
+                offset,
+                reason,
+            } => {
+                assert_eq!(file.unwrap().to_str(), Some("/d/snap/x.snap"));
+                assert_eq!(offset, 4);
+                assert_eq!(reason, "command: bad varint");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let untouched = Error::Auth("no".into()).map_corrupt(|_, _| panic!("not Corrupt"));
+        assert!(matches!(untouched, Error::Auth(_)));
     }
 }

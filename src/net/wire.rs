@@ -134,10 +134,8 @@ impl FrameReader {
             .buf
             .get(range.clone())
             .ok_or_else(|| Error::corrupt(self.offset, "frame outside the read buffer"))?;
-        codec::verify_frame(&header, self.salt, payload).map_err(|e| match e {
-            Error::Corrupt { reason, .. } => Error::corrupt(self.offset, reason),
-            other => other,
-        })?;
+        codec::verify_frame(&header, self.salt, payload)
+            .map_err(|e| e.map_corrupt(|_, reason| (self.offset, reason)))?;
         Ok(Parsed::Complete {
             kind: header.kind,
             payload: range,
