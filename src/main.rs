@@ -24,7 +24,7 @@ fn usage_error(e: &clap::Error) -> i32 {
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
-            cli::kv::EXIT_USAGE
+            cli::exit::EXIT_USAGE
         }
         _ => {
             // The message is the lines before the first blank one ("Usage: ..." follows).
@@ -38,7 +38,7 @@ fn usage_error(e: &clap::Error) -> i32 {
             let message = message.join(" ");
             let first = message.strip_prefix("error: ").unwrap_or(&message);
             eprintln!("haven: {first} (see haven --help)");
-            cli::kv::EXIT_USAGE
+            cli::exit::EXIT_USAGE
         }
     }
 }

@@ -9,7 +9,7 @@
 //! SIGINT/SIGTERM (a thread waiting for them kills the children and removes the directory).
 
 use super::children::{free_addrs, kill_all_registered, start_member, Member, WorkDir};
-use super::kv::{exit_code, Outcome, EXIT_NO};
+use super::exit::{exit_code, Outcome, EXIT_NO};
 use super::status;
 use haven::client::NodeRole;
 use haven::net::ClusterSecret;
@@ -343,7 +343,7 @@ pub fn run(args: &DemoArgs) -> i32 {
     match demo(args) {
         Ok(()) => 0,
         Err((code, message)) => {
-            super::kv::report("demo", &message);
+            super::exit::report("demo", &message);
             code
         }
     }

@@ -5,7 +5,7 @@
 //!
 //! Reports ops/s, p50/p99/max latency and each member's resident memory (VmHWM, VmRSS).
 
-use super::children::{free_addrs, start_member, Member, WorkDir};
+use crate::cli::children::{free_addrs, start_member, Member, WorkDir};
 use haven::net::ClusterSecret;
 use haven::{Client, ClientOptions, ClusterId, Error, Result};
 use std::path::PathBuf;
