@@ -37,7 +37,7 @@ pub mod codec;
 pub mod datadir;
 pub mod error;
 pub mod limits;
-pub mod log;
+pub mod logging;
 pub mod net;
 pub mod node;
 mod park;

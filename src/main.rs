@@ -5,6 +5,9 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // haven emits its events through the `log` facade; this binary prints them as logfmt lines
+    // on stderr, at the level `HAVEN_LOG` names (default info).
+    let _ = haven::logging::LogfmtLogger::from_env(haven::logging::LevelFilter::Info).install();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(usage_error(&e)),

@@ -154,14 +154,14 @@ pub fn run(args: &ServeArgs) -> i32 {
     let node = match Node::open(config) {
         Ok(node) => node,
         Err(e) => {
-            haven::event!(haven::log::Level::Error, node: Some(args.id), term: None,
+            haven::event!(haven::logging::Level::Error, node: Some(args.id), term: None,
                 "open_failed", error = e);
             eprintln!("haven serve: {e}");
             return EXIT_RUN_FAILED;
         }
     };
     let signal = wait_for_signal(&signals);
-    haven::event!(haven::log::Level::Info, node: Some(args.id), term: None,
+    haven::event!(haven::logging::Level::Info, node: Some(args.id), term: None,
         "signal_received", signal = signal);
     match node.shutdown() {
         Ok(()) => EXIT_OK,

@@ -2,13 +2,14 @@
 //! deliver `(from, message)`, client connections deliver [`ClientEvent`]s and are answered
 //! through [`ClientHandle`].
 
-use super::config::LogLevel;
+use super::config::log_event;
 use super::handshake::{self, AcceptorParams, Refusal, RefusalCode, Role};
 use super::transport::Shared;
 use super::wire::{self, kind, FrameReader, Next};
 use super::Message;
 use crate::codec;
 use crate::limits::{MAX_CLIENT_INFLIGHT_REQUESTS, MAX_FRAME_PAYLOAD_BYTES};
+use crate::logging::Level;
 use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::NodeId;
 use crossbeam_channel::{SendTimeoutError, Sender, TryRecvError, TrySendError};
@@ -103,10 +104,7 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                 .handshakes_refused
                 .fetch_add(1, Ordering::Relaxed);
             if !shared.is_stopping() {
-                shared.log(
-                    LogLevel::Warn,
-                    &format!("refused connection from {addr}: {e}"),
-                );
+                shared.log(Level::Warn, &format!("refused connection from {addr}: {e}"));
             }
         }
         Ok(est) => {
@@ -119,7 +117,7 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                 .set_read_timeout(Some(shared.config.idle_timeout))
                 .and_then(|_| stream.set_write_timeout(Some(shared.config.write_timeout)));
             if let Err(e) = setup {
-                shared.log(LogLevel::Warn, &format!("connection from {addr}: {e}"));
+                shared.log(Level::Warn, &format!("connection from {addr}: {e}"));
             } else if shared.is_stopping() {
                 // Shutdown drained the registry while we were in the handshake.
             } else {
@@ -128,15 +126,12 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                         // Removed while its handshake ran (`remove_peer` only closes
                         // connections whose role is registered, which ours now is).
                         shared.log(
-                            LogLevel::Warn,
+                            Level::Warn,
                             &format!("closing {} from {addr}: no longer a peer", est.role),
                         );
                     }
                     Role::Peer { node_id, .. } => {
-                        shared.log(
-                            LogLevel::Info,
-                            &format!("accepted {} from {addr}", est.role),
-                        );
+                        shared.log(Level::Info, &format!("accepted {} from {addr}", est.role));
                         serve_peer(&shared, node_id, est.role, &mut stream, est.reader);
                     }
                     Role::Client { client_id } => {
@@ -215,7 +210,7 @@ fn serve_peer<M: Message, Req: Message, Resp: Message>(
     stream: &mut TcpStream,
     mut reader: FrameReader,
 ) {
-    let close = |why: String| shared.log(LogLevel::Warn, &format!("closing {role}: {why}"));
+    let close = |why: String| shared.log(Level::Warn, &format!("closing {role}: {why}"));
     // Bounded: ends when the connection closes, fails, idles out, or the transport stops.
     loop {
         match reader.next(stream) {
@@ -480,7 +475,7 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
     };
     let (Ok(write_half), Ok(control)) = (stream.try_clone(), stream.try_clone()) else {
         shared.log(
-            LogLevel::Warn,
+            Level::Warn,
             &format!("client {client_id} at {addr}: cannot clone socket"),
         );
         return;
@@ -508,26 +503,23 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
             shared.config.node_id
         ))
         .spawn({
-            let log = Arc::clone(&shared.config.log);
+            let node = shared.config.node_id;
             let name = format!("{}: client {client_id} at {addr}", shared.config.node_id);
             move || {
-                let warn = |what: String| log(LogLevel::Warn, &format!("{name}: {what}"));
+                let warn = |what: String| log_event(Level::Warn, node, &format!("{name}: {what}"));
                 client_writer(writer_inner, write_half, salt, queued, warn)
             }
         });
     let writer = match writer {
         Ok(writer) => writer,
         Err(e) => {
-            shared.log(
-                LogLevel::Warn,
-                &format!("client {client_id} at {addr}: {e}"),
-            );
+            shared.log(Level::Warn, &format!("client {client_id} at {addr}: {e}"));
             return;
         }
     };
     let close = |why: String| {
         shared.log(
-            LogLevel::Warn,
+            Level::Warn,
             &format!("closing client {client_id} at {addr}: {why}"),
         )
     };

@@ -79,8 +79,8 @@ mod wire;
 
 pub use client::ClientConnection;
 pub use config::{
-    stderr_log_sink, ClusterSecret, DeliverHook, LogLevel, LogSink, TransportConfig,
-    CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES, MIN_SECRET_BYTES,
+    ClusterSecret, DeliverHook, TransportConfig, CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES,
+    MIN_SECRET_BYTES,
 };
 pub use inbound::{ClientEvent, ClientHandle};
 pub use ports::free_loopback_addrs;

@@ -1,12 +1,13 @@
 //! The transport: one listener, the peer set with its sender lanes, the inbound connections.
 
-use super::config::{LogLevel, TransportConfig};
+use super::config::{log_event, TransportConfig};
 use super::handshake::Role;
 use super::inbound::{self, ClientEvent};
 use super::peer::{LaneCounters, LaneHandle, SenderContext};
 use super::{Lane, Message, PeerStats, SendOutcome, TransportStats};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_MEMBERS, MAX_PENDING_HANDSHAKES, PEER_BULK_SEND_QUEUE, PEER_SEND_QUEUE};
+use crate::logging::Level;
 use crate::types::NodeId;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
@@ -64,8 +65,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
-    pub(super) fn log(&self, level: LogLevel, what: &str) {
-        (self.config.log)(level, &format!("{}: {what}", self.config.node_id));
+    pub(super) fn log(&self, level: Level, what: &str) {
+        let node = self.config.node_id;
+        log_event(level, node, &format!("{node}: {what}"));
     }
 
     pub(super) fn is_stopping(&self) -> bool {
@@ -197,7 +199,7 @@ impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
                 .connections_rejected
                 .fetch_add(1, Ordering::Relaxed);
             self.log(
-                LogLevel::Warn,
+                Level::Warn,
                 &format!(
                     "closed connection from {addr} at accept: {MAX_PENDING_HANDSHAKES} \
                      handshakes already in progress"
@@ -208,7 +210,7 @@ impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
         let registered = match stream.try_clone() {
             Ok(clone) => clone,
             Err(e) => {
-                self.log(LogLevel::Warn, &format!("connection from {addr}: {e}"));
+                self.log(Level::Warn, &format!("connection from {addr}: {e}"));
                 return;
             }
         };
@@ -238,7 +240,7 @@ impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
                 self.pending_handshakes.fetch_sub(1, Ordering::SeqCst);
                 self.unregister(id);
                 self.log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     &format!("cannot start a thread for {addr}, connection closed: {e}"),
                 );
             }
@@ -254,7 +256,7 @@ impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
             match incoming {
                 Ok(stream) => self.on_accept(stream),
                 Err(e) => {
-                    self.log(LogLevel::Warn, &format!("accept failed: {e}"));
+                    self.log(Level::Warn, &format!("accept failed: {e}"));
                     // Out of file descriptors, typically: do not spin while it lasts.
                     thread::sleep(Duration::from_millis(20));
                 }
@@ -307,7 +309,6 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             keepalive_interval: config.keepalive_interval,
             backoff_min: config.reconnect_backoff_min,
             backoff_max: config.reconnect_backoff_max,
-            log: Arc::clone(&config.log),
             stopping: Arc::clone(&stopping),
         });
         let shared = Arc::new(Shared {
@@ -338,7 +339,7 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             .spawn(move || accept_shared.accept_loop(listener))
             .map_err(|e| Error::io("spawning the accept thread", e))?;
         *lock(&transport.accept_thread) = Some(handle);
-        shared.log(LogLevel::Info, &format!("listening on {local_addr}"));
+        shared.log(Level::Info, &format!("listening on {local_addr}"));
         Ok(transport)
     }
 
@@ -525,7 +526,7 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             }
         }
         if first {
-            self.shared.log(LogLevel::Info, "transport shut down");
+            self.shared.log(Level::Info, "transport shut down");
         }
     }
 

@@ -11,7 +11,7 @@ use super::{Internal, SharedCounters};
 use crate::client::proto::{ReadOp, Response};
 use crate::error::{Error, Result};
 use crate::event;
-use crate::log::Level;
+use crate::logging::Level;
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
 use crate::types::{Entry, LogIndex, NodeId, Term};

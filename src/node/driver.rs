@@ -17,7 +17,7 @@ use crate::client::proto::{
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::{MAX_KEY_BYTES, MAX_SCAN_LIMIT};
-use crate::log::Level;
+use crate::logging::Level;
 use crate::net::{ClientEvent, SendOutcome};
 use crate::raft::{
     Membership, MembershipChange, Message, MessageBody, Raft, RaftError, ReadState, Ready, Role,
