@@ -6,6 +6,7 @@ pub mod children;
 pub mod demo;
 pub mod exit;
 pub mod kv;
+pub mod progress;
 pub mod serve;
 pub mod status;
 
