@@ -38,7 +38,7 @@ pub mod datadir;
 pub mod error;
 pub mod histogram;
 pub mod limits;
-pub mod log;
+pub mod logging;
 pub mod net;
 pub mod node;
 mod park;
@@ -53,3 +53,9 @@ pub use client::{Client, ClientOptions, ReadMode};
 pub use error::{Error, ErrorCode, Result};
 pub use node::{Config, Node};
 pub use types::{ClusterId, Entry, EntryKind, GroupId, HardState, LogIndex, NodeId, Term};
+
+/// README.md's Rust example, compiled and run by `cargo test --doc` so the user's guide cannot
+/// drift from the API (its shell and text blocks are not Rust and are not run).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

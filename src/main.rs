@@ -5,6 +5,9 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // haven emits its events through the `log` facade; this binary prints them as logfmt lines
+    // on stderr, at the level `HAVEN_LOG` names (default info).
+    let _ = haven::logging::LogfmtLogger::from_env(haven::logging::LevelFilter::Info).install();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(usage_error(&e)),
@@ -24,7 +27,7 @@ fn usage_error(e: &clap::Error) -> i32 {
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
-            cli::kv::EXIT_USAGE
+            cli::exit::EXIT_USAGE
         }
         _ => {
             // The message is the lines before the first blank one ("Usage: ..." follows).
@@ -38,7 +41,7 @@ fn usage_error(e: &clap::Error) -> i32 {
             let message = message.join(" ");
             let first = message.strip_prefix("error: ").unwrap_or(&message);
             eprintln!("haven: {first} (see haven --help)");
-            cli::kv::EXIT_USAGE
+            cli::exit::EXIT_USAGE
         }
     }
 }

@@ -9,7 +9,8 @@
 //! SIGINT/SIGTERM (a thread waiting for them kills the children and removes the directory).
 
 use super::children::{free_addrs, kill_all_registered, start_member, Member, WorkDir};
-use super::kv::{exit_code, Outcome, EXIT_NO};
+use super::exit::{exit_code, Outcome, EXIT_NO};
+use super::progress::{Plain, Progress};
 use super::status;
 use haven::client::NodeRole;
 use haven::net::ClusterSecret;
@@ -56,59 +57,6 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-fn stderr_is_tty() -> bool {
-    // SAFETY: isatty has no preconditions.
-    unsafe { libc::isatty(2) == 1 }
-}
-
-/// A progress bar on stderr: redrawn in place (`\r`) on a terminal, a line per quarter
-/// otherwise (so a log file stays readable).
-struct Progress {
-    label: &'static str,
-    total: u64,
-    tty: bool,
-    shown_quarter: u64,
-}
-
-impl Progress {
-    fn new(label: &'static str, total: u64) -> Progress {
-        Progress {
-            label,
-            total: total.max(1),
-            tty: stderr_is_tty(),
-            shown_quarter: 0,
-        }
-    }
-
-    fn show(&mut self, done: u64, elapsed: Duration) {
-        let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
-        if self.tty {
-            let width = 30;
-            let filled = (done * width / self.total) as usize;
-            eprint!(
-                "\r  {} [{}{}] {done}/{} ({rate:.0}/s) ",
-                self.label,
-                "#".repeat(filled),
-                ".".repeat(width as usize - filled),
-                self.total
-            );
-        } else {
-            let quarter = done * 4 / self.total;
-            if quarter > self.shown_quarter {
-                self.shown_quarter = quarter;
-                eprintln!("  {} {done}/{} ({rate:.0}/s)", self.label, self.total);
-            }
-        }
-    }
-
-    fn finish(&mut self, done: u64, elapsed: Duration) {
-        self.show(done, elapsed);
-        if self.tty {
-            eprintln!();
-        }
-    }
 }
 
 /// Block SIGINT and SIGTERM in this thread (so in every thread it starts) and start a thread
@@ -261,14 +209,14 @@ fn write_keys(
                 }
             });
         }
-        let mut progress = Progress::new(label, total);
+        let mut progress = Progress::new(label, total, Plain::QuarterLines);
         loop {
             let d = done.load(Ordering::Relaxed);
             if d >= total || stop.load(Ordering::Relaxed) {
-                progress.finish(d, started.elapsed());
+                progress.finish(d);
                 break;
             }
-            progress.show(d, started.elapsed());
+            progress.set(d, "");
             std::thread::sleep(Duration::from_millis(100));
         }
     });
@@ -343,7 +291,7 @@ pub fn run(args: &DemoArgs) -> i32 {
     match demo(args) {
         Ok(()) => 0,
         Err((code, message)) => {
-            super::kv::report("demo", &message);
+            super::exit::report("demo", &message);
             code
         }
     }

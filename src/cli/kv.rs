@@ -1,61 +1,15 @@
 //! The client commands: `haven put | get | del | cas | scan`, over the remote [`Client`].
 //!
-//! Exit codes (the same for every client command, `haven status` and `haven demo`; see
-//! [`exit_code`]):
-//!
-//! | code | meaning |
-//! |-----:|---------|
-//! | 0 | success |
-//! | 1 | a definite "no": `get`/`del` of an absent key, a `cas` whose comparison failed, a failed demo check |
-//! | 2 | usage or invalid argument (nothing was written) |
-//! | 3 | unavailable: NOT applied (no member reachable, no leader, no quorum); safe to retry |
-//! | 4 | timeout: MAY have been applied |
-//! | 5 | authentication refused (wrong secret or cluster id) |
-//! | 6 | any other failure (reading the secret file, a member's storage failure, a bad answer) |
-//!
-//! Every failure prints exactly one line on stderr, `haven CMD: message`.
+//! Exit codes and the one stderr line of a failure are shared by every command: see
+//! [`super::exit`].
 
+use super::exit::{fail, report, Outcome, EXIT_NO};
 use haven::net::ClusterSecret;
 use haven::sm::{prefix_end, CasResult};
-use haven::{Client, ClientOptions, ClusterId, Error, ErrorCode, Result};
+use haven::{Client, ClientOptions, ClusterId, Error, Result};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Success.
-pub const EXIT_OK: i32 = 0;
-/// A definite negative answer: absent key, failed compare, failed check.
-pub const EXIT_NO: i32 = 1;
-/// Usage error or invalid argument (clap uses 2 for its own usage errors too).
-pub const EXIT_USAGE: i32 = 2;
-/// Not applied: nothing reachable, no leader, no quorum.
-pub const EXIT_UNAVAILABLE: i32 = 3;
-/// May have been applied.
-pub const EXIT_TIMEOUT: i32 = 4;
-/// The cluster refused our credentials.
-pub const EXIT_AUTH: i32 = 5;
-/// Anything else.
-pub const EXIT_FAILED: i32 = 6;
-
-/// The exit code for a failure of the crate's error kinds.
-pub fn exit_code(e: &Error) -> i32 {
-    match e.code() {
-        ErrorCode::InvalidArgument => EXIT_USAGE,
-        ErrorCode::Unavailable => EXIT_UNAVAILABLE,
-        ErrorCode::Timeout => EXIT_TIMEOUT,
-        ErrorCode::Auth => EXIT_AUTH,
-        _ => EXIT_FAILED,
-    }
-}
-
-/// Print `haven CMD: message` as one line on stderr (newlines in the message become spaces).
-pub fn report(command: &str, message: &str) {
-    let line: String = message
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect();
-    eprintln!("haven {command}: {line}");
-}
 
 /// How to reach the cluster (the names `haven serve` uses for the same things).
 #[derive(clap::Args, Debug, Clone)]
@@ -264,13 +218,6 @@ impl DataArgs {
     }
 }
 
-/// The outcome of a command: an exit code and, unless it is 0, the one line to print.
-pub type Outcome = std::result::Result<(), (i32, String)>;
-
-fn fail(e: Error) -> (i32, String) {
-    (exit_code(&e), e.to_string())
-}
-
 fn print_line(bytes: &[u8]) -> Outcome {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)
@@ -409,6 +356,7 @@ pub fn scan(args: &ScanArgs) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use haven::ErrorCode;
 
     #[test]
     fn hex_round_trips_and_bad_hex_is_an_invalid_argument() {
@@ -423,15 +371,5 @@ mod tests {
             from_hex("zz").unwrap_err().code(),
             ErrorCode::InvalidArgument
         );
-    }
-
-    #[test]
-    fn exit_codes_tell_absent_from_failed() {
-        assert_eq!(exit_code(&Error::InvalidArgument(String::new())), 2);
-        assert_eq!(exit_code(&Error::Unavailable(String::new())), 3);
-        assert_eq!(exit_code(&Error::Timeout(String::new())), 4);
-        assert_eq!(exit_code(&Error::Auth(String::new())), 5);
-        assert_eq!(exit_code(&Error::Fatal(String::new())), 6);
-        assert!(exit_code(&Error::io("x", std::io::Error::other("y"))) > EXIT_NO);
     }
 }

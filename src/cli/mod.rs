@@ -1,15 +1,17 @@
 //! The `haven` command line: argument parsing and dispatch. Exit codes are documented in
-//! [`kv`] and the README.
+//! [`exit`] and the README.
 
 pub mod bench;
 pub mod children;
-pub mod cluster_bench;
 pub mod demo;
+pub mod exit;
 pub mod kv;
+pub mod progress;
 pub mod serve;
 pub mod status;
 
 use clap::{Parser, Subcommand};
+use exit::finish;
 
 /// haven: an embeddable, replicated, fault-tolerant storage engine.
 #[derive(Parser, Debug)]
@@ -57,10 +59,10 @@ pub enum Command {
 pub enum BenchTarget {
     /// Synced WAL appends of 256-byte entries in batches of 1, 16 and 256, against the raw
     /// floor (write + fdatasync of as many bytes to a plain preallocated file).
-    Wal(bench::WalBenchArgs),
+    Wal(bench::wal::WalBenchArgs),
     /// A 3-member cluster of `haven serve` processes on loopback, driven by closed-loop
     /// writers over the remote client: ops/s, latency percentiles, members' memory.
-    Cluster(cluster_bench::ClusterBenchArgs),
+    Cluster(bench::cluster::ClusterBenchArgs),
 }
 
 /// Run the parsed command; the process exit code.
@@ -77,38 +79,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Del(args) => finish("del", kv::del(&args)),
         Command::Cas(args) => finish("cas", kv::cas(&args)),
         Command::Scan(args) => finish("scan", kv::scan(&args)),
-        Command::Status(args) => finish(
-            "status",
-            status::run(&args).map_err(|e| (kv::exit_code(&e), e.to_string())),
-        ),
-        Command::Bench {
-            target: BenchTarget::Cluster(args),
-        } => match cluster_bench::run(&args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("haven bench cluster: {e}");
-                1
-            }
-        },
-        Command::Bench {
-            target: BenchTarget::Wal(args),
-        } => match bench::run_wal(&args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("haven bench wal: {e}");
-                1
-            }
-        },
-    }
-}
-
-/// Report a command's outcome: its one stderr line, if it failed, and its exit code.
-fn finish(command: &str, outcome: kv::Outcome) -> i32 {
-    match outcome {
-        Ok(()) => kv::EXIT_OK,
-        Err((code, message)) => {
-            kv::report(command, &message);
-            code
-        }
+        Command::Status(args) => finish("status", status::run(&args).map_err(exit::fail)),
+        Command::Bench { target } => bench::run(target),
     }
 }

@@ -1,5 +1,6 @@
 //! `haven serve`: run one member in the foreground until SIGTERM or SIGINT.
 
+use super::exit::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE};
 use haven::net::ClusterSecret;
 use haven::node::{Config, Node};
 use haven::{ClusterId, Error, NodeId, Result};
@@ -146,27 +147,27 @@ pub fn run(args: &ServeArgs) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("haven serve: {e}");
-            return 2;
+            return EXIT_USAGE;
         }
     };
     let signals = block_signals();
     let node = match Node::open(config) {
         Ok(node) => node,
         Err(e) => {
-            haven::event!(haven::log::Level::Error, node: Some(args.id), term: None,
+            haven::event!(haven::logging::Level::Error, node: Some(args.id), term: None,
                 "open_failed", error = e);
             eprintln!("haven serve: {e}");
-            return 1;
+            return EXIT_RUN_FAILED;
         }
     };
     let signal = wait_for_signal(&signals);
-    haven::event!(haven::log::Level::Info, node: Some(args.id), term: None,
+    haven::event!(haven::logging::Level::Info, node: Some(args.id), term: None,
         "signal_received", signal = signal);
     match node.shutdown() {
-        Ok(()) => 0,
+        Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("haven serve: {e}");
-            1
+            EXIT_RUN_FAILED
         }
     }
 }

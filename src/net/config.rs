@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::limits::MAX_CLIENT_CONNECTIONS;
+use crate::logging::Level;
 use crate::types::{ClusterId, NodeId};
 use std::fmt;
 use std::net::SocketAddr;
@@ -71,28 +72,10 @@ impl Drop for ClusterSecret {
     }
 }
 
-/// How important a log line is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLevel {
-    /// Normal events: a connection established, a peer added.
-    Info,
-    /// Something an operator should look at: a refused handshake, a peer unreachable.
-    Warn,
-}
-
-/// Where the transport writes its log lines. The runtime will plug in structured logging; until
-/// then [`stderr_log_sink`] prints one line per event.
-pub type LogSink = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
-
-/// The default sink: one line on standard error per event.
-pub fn stderr_log_sink() -> LogSink {
-    Arc::new(|level, line| {
-        let tag = match level {
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-        };
-        eprintln!("haven net {tag}: {line}");
-    })
+/// Write one transport event through haven's log facade ([`crate::logging`]): the event `net`
+/// with the member's id and the line as its `message` field.
+pub(crate) fn log_event(level: Level, node: NodeId, message: &str) {
+    crate::event!(level, node: Some(node.0), term: None, "net", message = message);
 }
 
 /// Everything a [`Transport`](super::Transport) needs to start.
@@ -122,8 +105,6 @@ pub struct TransportConfig {
     pub reconnect_backoff_max: Duration,
     /// Most remote-client connections served at once (at most [`MAX_CLIENT_CONNECTIONS`]).
     pub max_client_connections: usize,
-    /// Where log lines go.
-    pub log: LogSink,
     /// Called after each peer message or client event is handed to its channel. A consumer
     /// that waits on several channels can park on its own primitive and be woken by this,
     /// instead of a channel select that spins and yields before it parks.
@@ -180,7 +161,6 @@ impl TransportConfig {
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
             max_client_connections: 256,
-            log: stderr_log_sink(),
             on_deliver: None,
             founding_digest: None,
         }

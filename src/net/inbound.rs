@@ -3,7 +3,7 @@
 //! through [`ClientHandle`].
 
 use super::client_handle::{ClientConnInner, ClientEvent, ClientHandle};
-use super::config::LogLevel;
+use super::config::log_event;
 use super::handshake::{self, AcceptorParams, Refusal, RefusalCode, Role};
 use super::shared::{lock, InboundConn, Shared};
 use super::wire::{self, kind, FrameReader, Next};
@@ -12,6 +12,7 @@ use crate::codec;
 use crate::limits::{
     MAX_CLIENT_INFLIGHT_REQUESTS, MAX_FRAME_PAYLOAD_BYTES, MAX_PENDING_HANDSHAKES,
 };
+use crate::logging::Level;
 use crate::park::{self, ParkedReceiver};
 use crate::types::NodeId;
 use crossbeam_channel::{SendTimeoutError, Sender, TryRecvError};
@@ -37,7 +38,7 @@ fn on_accept<M: Message, Req: Message, Resp: Message>(
             .connections_rejected
             .fetch_add(1, Ordering::Relaxed);
         shared.log(
-            LogLevel::Warn,
+            Level::Warn,
             &format!(
                 "closed connection from {addr} at accept: {MAX_PENDING_HANDSHAKES} \
                  handshakes already in progress"
@@ -48,7 +49,7 @@ fn on_accept<M: Message, Req: Message, Resp: Message>(
     let registered = match stream.try_clone() {
         Ok(clone) => clone,
         Err(e) => {
-            shared.log(LogLevel::Warn, &format!("connection from {addr}: {e}"));
+            shared.log(Level::Warn, &format!("connection from {addr}: {e}"));
             return;
         }
     };
@@ -78,7 +79,7 @@ fn on_accept<M: Message, Req: Message, Resp: Message>(
             shared.pending_handshakes.fetch_sub(1, Ordering::SeqCst);
             shared.unregister(id);
             shared.log(
-                LogLevel::Warn,
+                Level::Warn,
                 &format!("cannot start a thread for {addr}, connection closed: {e}"),
             );
         }
@@ -98,7 +99,7 @@ pub(super) fn accept_loop<M: Message, Req: Message, Resp: Message>(
         match incoming {
             Ok(stream) => on_accept(&shared, stream),
             Err(e) => {
-                shared.log(LogLevel::Warn, &format!("accept failed: {e}"));
+                shared.log(Level::Warn, &format!("accept failed: {e}"));
                 // Out of file descriptors, typically: do not spin while it lasts.
                 thread::sleep(Duration::from_millis(20));
             }
@@ -188,10 +189,7 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                 .handshakes_refused
                 .fetch_add(1, Ordering::Relaxed);
             if !shared.is_stopping() {
-                shared.log(
-                    LogLevel::Warn,
-                    &format!("refused connection from {addr}: {e}"),
-                );
+                shared.log(Level::Warn, &format!("refused connection from {addr}: {e}"));
             }
         }
         Ok(est) => {
@@ -204,7 +202,7 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                 .set_read_timeout(Some(shared.config.idle_timeout))
                 .and_then(|_| stream.set_write_timeout(Some(shared.config.write_timeout)));
             if let Err(e) = setup {
-                shared.log(LogLevel::Warn, &format!("connection from {addr}: {e}"));
+                shared.log(Level::Warn, &format!("connection from {addr}: {e}"));
             } else if shared.is_stopping() {
                 // Shutdown drained the registry while we were in the handshake.
             } else {
@@ -213,15 +211,12 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                         // Removed while its handshake ran (`remove_peer` only closes
                         // connections whose role is registered, which ours now is).
                         shared.log(
-                            LogLevel::Warn,
+                            Level::Warn,
                             &format!("closing {} from {addr}: no longer a peer", est.role),
                         );
                     }
                     Role::Peer { node_id, .. } => {
-                        shared.log(
-                            LogLevel::Info,
-                            &format!("accepted {} from {addr}", est.role),
-                        );
+                        shared.log(Level::Info, &format!("accepted {} from {addr}", est.role));
                         serve_peer(&shared, node_id, est.role, &mut stream, est.reader);
                     }
                     Role::Client { client_id } => {
@@ -300,7 +295,7 @@ fn serve_peer<M: Message, Req: Message, Resp: Message>(
     stream: &mut TcpStream,
     mut reader: FrameReader,
 ) {
-    let close = |why: String| shared.log(LogLevel::Warn, &format!("closing {role}: {why}"));
+    let close = |why: String| shared.log(Level::Warn, &format!("closing {role}: {why}"));
     // Bounded: ends when the connection closes, fails, idles out, or the transport stops.
     loop {
         match reader.next(stream) {
@@ -376,7 +371,7 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
     };
     let (Ok(write_half), Ok(control)) = (stream.try_clone(), stream.try_clone()) else {
         shared.log(
-            LogLevel::Warn,
+            Level::Warn,
             &format!("client {client_id} at {addr}: cannot clone socket"),
         );
         return;
@@ -404,26 +399,23 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
             shared.config.node_id
         ))
         .spawn({
-            let log = Arc::clone(&shared.config.log);
+            let node = shared.config.node_id;
             let name = format!("{}: client {client_id} at {addr}", shared.config.node_id);
             move || {
-                let warn = |what: String| log(LogLevel::Warn, &format!("{name}: {what}"));
+                let warn = |what: String| log_event(Level::Warn, node, &format!("{name}: {what}"));
                 client_writer(writer_inner, write_half, salt, queued, warn)
             }
         });
     let writer = match writer {
         Ok(writer) => writer,
         Err(e) => {
-            shared.log(
-                LogLevel::Warn,
-                &format!("client {client_id} at {addr}: {e}"),
-            );
+            shared.log(Level::Warn, &format!("client {client_id} at {addr}: {e}"));
             return;
         }
     };
     let close = |why: String| {
         shared.log(
-            LogLevel::Warn,
+            Level::Warn,
             &format!("closing client {client_id} at {addr}: {why}"),
         )
     };

@@ -83,8 +83,8 @@ pub use address::{free_loopback_addrs, resolve_address};
 pub use client_connection::ClientConnection;
 pub use client_handle::{ClientEvent, ClientHandle};
 pub use config::{
-    stderr_log_sink, ClusterSecret, DeliverHook, LogLevel, LogSink, TransportConfig,
-    CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES, MIN_SECRET_BYTES,
+    ClusterSecret, DeliverHook, TransportConfig, CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES,
+    MIN_SECRET_BYTES,
 };
 pub use transport::Transport;
 

@@ -1,13 +1,14 @@
 //! Outbound lanes: one sender thread per (peer, lane) with a bounded queue, coalescing writes,
 //! reconnecting with capped exponential backoff and jitter.
 
-use super::config::{LogLevel, LogSink};
+use super::config::log_event;
 use super::handshake::{self, InitiatorParams, Role};
 use super::wire::{self, kind};
 use super::{ClusterSecret, Lane, LaneStats, Message, SendOutcome};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::limits::MAX_FRAME_PAYLOAD_BYTES;
+use crate::logging::Level;
 use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::{ClusterId, NodeId};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
@@ -35,7 +36,6 @@ pub(crate) struct SenderContext {
     pub(crate) keepalive_interval: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
-    pub(crate) log: LogSink,
     /// Set once, when the transport shuts down.
     pub(crate) stopping: Arc<AtomicBool>,
 }
@@ -320,8 +320,8 @@ struct LaneSender<M> {
 }
 
 impl<M: Message> LaneSender<M> {
-    fn log(&self, level: LogLevel, what: &str) {
-        (self.ctx.log)(level, &format!("{}: {what}", self.name));
+    fn log(&self, level: Level, what: &str) {
+        log_event(level, self.ctx.node_id, &format!("{}: {what}", self.name));
     }
 
     fn stopped(&self) -> bool {
@@ -390,7 +390,7 @@ impl<M: Message> LaneSender<M> {
             Ok(_) => true,
             Err(e) => {
                 bump(&self.counters.dropped_too_large, 1);
-                self.log(LogLevel::Warn, &format!("message dropped: {e}"));
+                self.log(Level::Warn, &format!("message dropped: {e}"));
                 false
             }
         }
@@ -429,7 +429,7 @@ impl<M: Message> LaneSender<M> {
                     .is_some_and(|c| wire::peer_has_closed(&c.stream))
                 {
                     self.disconnect(&mut conn);
-                    self.log(LogLevel::Info, "peer closed the connection; reconnecting");
+                    self.log(Level::Info, "peer closed the connection; reconnecting");
                     continue;
                 }
                 let mut out = self.control.lock_outlet();
@@ -473,7 +473,7 @@ impl<M: Message> LaneSender<M> {
                     bump(&self.counters.connects, 1);
                     self.counters.connected.store(true, Ordering::Relaxed);
                     if last_error.take().is_some() {
-                        self.log(LogLevel::Info, "reconnected");
+                        self.log(Level::Info, "reconnected");
                     }
                 }
                 Err(e) => {
@@ -483,7 +483,7 @@ impl<M: Message> LaneSender<M> {
                     let message = e.to_string();
                     if last_error.as_deref() != Some(message.as_str()) {
                         self.log(
-                            LogLevel::Warn,
+                            Level::Warn,
                             &format!(
                                 "{message}; retrying with backoff (messages are dropped \
                                  until connected)"
@@ -536,7 +536,7 @@ impl<M: Message> LaneSender<M> {
             None if keepalive && batch.is_empty() => {
                 // Nothing sent for a keepalive interval: tell the peer we are alive.
                 if let Err(e) = codec::append_raw_frame(batch, kind::KEEPALIVE, c.salt, &[]) {
-                    self.log(LogLevel::Warn, &format!("cannot frame a keepalive: {e}"));
+                    self.log(Level::Warn, &format!("cannot frame a keepalive: {e}"));
                 }
             }
             None => {}
@@ -564,7 +564,7 @@ impl<M: Message> LaneSender<M> {
                 Err(e) => {
                     bump(&self.counters.dropped_write_failed, count);
                     let message = format!("write failed, {count} messages lost: {e}");
-                    self.log(LogLevel::Warn, &message);
+                    self.log(Level::Warn, &message);
                     out.detach(&self.control);
                     self.disconnect_locked(conn);
                     result = Err(message);

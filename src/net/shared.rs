@@ -4,12 +4,13 @@
 //! facade (`transport.rs`), which owns it all.
 
 use super::client_handle::ClientEvent;
-use super::config::{LogLevel, TransportConfig};
+use super::config::{log_event, TransportConfig};
 use super::handshake::Role;
 use super::peer::{LaneCounters, LaneHandle, SenderContext};
 use super::{Lane, Message};
 use crate::error::Result;
 use crate::limits::{PEER_BULK_SEND_QUEUE, PEER_SEND_QUEUE};
+use crate::logging::Level;
 use crate::types::NodeId;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
@@ -66,8 +67,9 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
-    pub(super) fn log(&self, level: LogLevel, what: &str) {
-        (self.config.log)(level, &format!("{}: {what}", self.config.node_id));
+    pub(super) fn log(&self, level: Level, what: &str) {
+        let node = self.config.node_id;
+        log_event(level, node, &format!("{node}: {what}"));
     }
 
     pub(super) fn is_stopping(&self) -> bool {

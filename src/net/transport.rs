@@ -1,7 +1,7 @@
 //! The transport: one listener, the peer set with its sender lanes, the inbound connections.
 
 use super::client_handle::ClientEvent;
-use super::config::{LogLevel, TransportConfig};
+use super::config::TransportConfig;
 use super::handshake::Role;
 use super::inbound;
 use super::peer::SenderContext;
@@ -9,6 +9,7 @@ use super::shared::{lock, InboundCounters, PeerEntry, Shared};
 use super::{Lane, Message, PeerStats, SendOutcome, TransportStats};
 use crate::error::{Error, Result};
 use crate::limits::MAX_MEMBERS;
+use crate::logging::Level;
 use crate::types::NodeId;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
@@ -62,7 +63,6 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             keepalive_interval: config.keepalive_interval,
             backoff_min: config.reconnect_backoff_min,
             backoff_max: config.reconnect_backoff_max,
-            log: Arc::clone(&config.log),
             stopping: Arc::clone(&stopping),
         });
         let shared = Arc::new(Shared {
@@ -93,7 +93,7 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             .spawn(move || inbound::accept_loop(accept_shared, listener))
             .map_err(|e| Error::io("spawning the accept thread", e))?;
         *lock(&transport.accept_thread) = Some(handle);
-        shared.log(LogLevel::Info, &format!("listening on {local_addr}"));
+        shared.log(Level::Info, &format!("listening on {local_addr}"));
         Ok(transport)
     }
 
@@ -280,7 +280,7 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             }
         }
         if first {
-            self.shared.log(LogLevel::Info, "transport shut down");
+            self.shared.log(Level::Info, "transport shut down");
         }
     }
 

@@ -10,7 +10,7 @@ use super::reply::Reply;
 use super::{Internal, SharedCounters};
 use crate::error::{Error, Result};
 use crate::event;
-use crate::log::Level;
+use crate::logging::Level;
 use crate::proto::{ReadOp, Response};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};

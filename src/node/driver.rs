@@ -11,7 +11,7 @@ use super::{node_role, Config, Input, Internal, NodeShared, NodeTransport, Share
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::{MAX_KEY_BYTES, MAX_SCAN_LIMIT};
-use crate::log::Level;
+use crate::logging::Level;
 use crate::net::resolve_address;
 use crate::net::{ClientEvent, SendOutcome};
 use crate::proto::{

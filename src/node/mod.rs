@@ -58,8 +58,8 @@ use self::transfer::{ServeLimit, Transfer};
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::event;
-use crate::log::Level;
-use crate::net::{LogLevel, LogSink, Transport, TransportConfig};
+use crate::logging::Level;
+use crate::net::{Transport, TransportConfig};
 use crate::proto::{AdminOp, ClientRequest, ClientResponse, NodeRole, Request, Response, Status};
 use crate::raft::{self, Membership, Message, Raft, SnapshotMeta};
 use crate::sm::{list_snapshots, snapshot_membership, StateMachine};
@@ -282,7 +282,6 @@ impl Node {
         );
         transport_config.max_client_connections = config.max_client_connections;
         transport_config.founding_digest = data_dir.founding_digest();
-        transport_config.log = transport_log_sink(id);
         let wake = Arc::clone(&parker);
         transport_config.on_deliver = Some(Arc::new(move || wake.notify()));
         let transport = Arc::new(NodeTransport::start(
@@ -536,17 +535,6 @@ fn random_seed() -> u64 {
         return nanos as u64 ^ std::process::id() as u64;
     }
     u64::from_le_bytes(bytes)
-}
-
-/// Route the transport's log lines into haven's structured log.
-fn transport_log_sink(id: NodeId) -> LogSink {
-    Arc::new(move |level, line| {
-        let level = match level {
-            LogLevel::Info => Level::Info,
-            LogLevel::Warn => Level::Warn,
-        };
-        event!(level, node: Some(id.0), term: None, "net", message = line);
-    })
 }
 
 /// Open the state machine, retrying while sled still holds the lock of a handle this process

@@ -22,7 +22,7 @@ use super::{Internal, NodeTransport};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::SNAPSHOT_CHUNK_BYTES;
-use crate::log::Level;
+use crate::logging::Level;
 use crate::raft::{Message, MessageBody};
 use crate::sm::{list_snapshots, prune_snapshots, snapshot_file_name, verify_snapshot};
 use crate::types::{LogIndex, NodeId, Term};

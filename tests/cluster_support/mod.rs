@@ -40,11 +40,11 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// Quiet logs unless the run asks for them with `HAVEN_LOG`.
+/// Print haven's events as the binary does, warnings and worse unless the run asks for more
+/// with `HAVEN_LOG` (haven itself writes nothing unless a logger is installed).
 pub fn quiet_logs() {
-    if std::env::var_os("HAVEN_LOG").is_none() {
-        haven::log::set_level(haven::log::Level::Warn);
-    }
+    // Installed once per test binary; later calls change nothing.
+    let _ = haven::logging::LogfmtLogger::from_env(haven::logging::LevelFilter::Warn).install();
 }
 
 /// Fast timings for tests: tick 5 ms, election 100-200 ms, heartbeat 20 ms (several test

@@ -1,12 +1,13 @@
-//! Helpers shared by the `net_*` integration tests: message types, fast configurations, a log
-//! sink that records lines, and bounded waiting.
+//! Helpers shared by the `net_*` integration tests: message types, fast configurations, a
+//! logger that records the transports' events, and bounded waiting.
 #![allow(dead_code)] // each test binary uses a different part of it
 
 use bincode::{Decode, Encode};
-use haven::net::{ClusterSecret, LogLevel, LogSink, Transport, TransportConfig};
+use haven::logging::{Event, Level};
+use haven::net::{ClusterSecret, Transport, TransportConfig};
 use haven::{ClusterId, NodeId};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// A stand-in for Raft messages.
@@ -45,25 +46,72 @@ pub fn other_secret() -> ClusterSecret {
     ClusterSecret::new(*b"incorrect donkey battery stapler").expect("secret")
 }
 
-/// Log lines recorded by a transport under test.
-#[derive(Clone, Default)]
+/// Every transport event (haven's event `net`) of this test binary, as (node, level, message).
+static EVENTS: Mutex<Vec<(u64, Level, String)>> = Mutex::new(Vec::new());
+
+/// The process's logger in a `net_*` test: records the transports' events.
+struct Recorder;
+
+impl log::Log for Recorder {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let event = Event::from_record(record);
+        if let (Some(node), "net", Some(message)) =
+            (event.node, event.name.as_str(), event.field("message"))
+        {
+            let line = (node, event.level, message.to_string());
+            EVENTS.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn events() -> std::sync::MutexGuard<'static, Vec<(u64, Level, String)>> {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&Recorder).expect("the only logger of this test binary");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    EVENTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The log lines of the transports configured with [`config`] and this `Log`: the events of
+/// their node ids logged after the `Log` was made. (Tests running at the same time with the
+/// same node ids share lines; the parts a test waits for name what only that test provokes.)
+#[derive(Clone)]
 pub struct Log {
-    lines: Arc<Mutex<Vec<(LogLevel, String)>>>,
+    since: usize,
+    nodes: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            since: events().len(),
+            nodes: Arc::default(),
+        }
+    }
 }
 
 impl Log {
-    pub fn sink(&self) -> LogSink {
-        let lines = Arc::clone(&self.lines);
-        Arc::new(move |level, line| {
-            lines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((level, line.to_string()));
-        })
+    fn watch(&self, node: u64) {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(node);
     }
 
-    pub fn lines(&self) -> Vec<(LogLevel, String)> {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn lines(&self) -> Vec<(Level, String)> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        events()[self.since..]
+            .iter()
+            .filter(|(node, _, _)| nodes.contains(node))
+            .map(|(_, level, line)| (*level, line.clone()))
+            .collect()
     }
 
     /// The first warning containing every one of `parts`, waiting up to 5 s for it.
@@ -74,7 +122,7 @@ impl Log {
                 .lines()
                 .into_iter()
                 .find(|(level, line)| {
-                    *level == LogLevel::Warn && parts.iter().all(|p| line.contains(p))
+                    *level == Level::Warn && parts.iter().all(|p| line.contains(p))
                 })
                 .map(|(_, line)| line);
             found.is_some()
@@ -98,7 +146,7 @@ pub fn config(node: u64, secret: ClusterSecret, log: &Log) -> TransportConfig {
     config.keepalive_interval = Duration::from_millis(200);
     config.reconnect_backoff_min = Duration::from_millis(10);
     config.reconnect_backoff_max = Duration::from_millis(200);
-    config.log = log.sink();
+    log.watch(node);
     config
 }
 

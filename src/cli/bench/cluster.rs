@@ -5,7 +5,8 @@
 //!
 //! Reports ops/s, p50/p99/max latency and each member's resident memory (VmHWM, VmRSS).
 
-use super::children::{free_addrs, start_member, Member, WorkDir};
+use crate::cli::children::{free_addrs, start_member, Member, WorkDir};
+use crate::cli::progress::{Plain, Progress};
 use haven::net::ClusterSecret;
 use haven::{Client, ClientOptions, ClusterId, Error, Result};
 use std::path::PathBuf;
@@ -203,8 +204,14 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
     let cpu_before: Vec<Option<u64>> = pids.iter().map(|p| p.and_then(cpu_ticks)).collect();
     measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(args.seconds));
+    let measure_for = Duration::from_secs_f64(args.seconds);
+    let mut progress = Progress::new("seconds", measure_for.as_secs().max(1), Plain::Silent);
+    while started.elapsed() < measure_for {
+        progress.set(started.elapsed().as_secs(), "measuring");
+        std::thread::sleep((measure_for - started.elapsed()).min(Duration::from_millis(100)));
+    }
     measuring.store(false, Ordering::SeqCst);
+    progress.finish(measure_for.as_secs().max(1));
     let elapsed = started.elapsed();
     // CPU seconds each member (and, last, this process: the writers) used while measuring.
     let cpu_seconds: Vec<f64> = pids

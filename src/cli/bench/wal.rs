@@ -7,6 +7,7 @@
 //! overwrites allocated blocks). The two alternate per batch size so drift on a shared machine
 //! hits both.
 
+use crate::cli::progress::{Plain, Progress};
 use haven::codec::{encode_value, frame_len};
 use haven::wal::{Wal, WalOptions, WriteBatch};
 use haven::{Entry, EntryKind, Error, GroupId, LogIndex, Result, Term};
@@ -121,15 +122,22 @@ pub fn run_wal(args: &WalBenchArgs) -> Result<()> {
 }
 
 fn measure_all(root: &Path, duration: Duration) -> Result<Report> {
+    // A phase each: floor and WAL per batch size, then three ways to prepare a file.
+    let mut progress = Progress::new("phases", BATCHES.len() as u64 * 2 + 3, Plain::Silent);
+    let mut phase = 0;
     let mut rows = Vec::new();
     for (k, &batch) in BATCHES.iter().enumerate() {
         let record_bytes = frame_len(encode_value(&make_batch(1, 1, batch))?.len());
+        progress.set(phase, &format!("floor, batch {batch}"));
+        phase += 1;
         let floor = measure_floor(
             &root.join(format!("floor-{k}")),
             record_bytes,
             batch,
             duration,
         )?;
+        progress.set(phase, &format!("WAL, batch {batch}"));
+        phase += 1;
         let wal = measure_wal(&root.join(format!("wal-{k}")), batch, duration)?;
         rows.push(Row {
             batch,
@@ -145,9 +153,12 @@ fn measure_all(root: &Path, duration: Duration) -> Result<Report> {
         ("fallocated", Prealloc::Fallocated),
         ("appending", Prealloc::Appending),
     ] {
+        progress.set(phase, &format!("4 KiB writes, {mode}"));
+        phase += 1;
         let run = measure_file(&root.join("prealloc"), 4096, 1, duration / 2, how)?;
         prealloc.push(PreallocRow { mode, run });
     }
+    progress.finish(phase);
     Ok(Report { rows, prealloc })
 }
 

@@ -1,0 +1,23 @@
+//! `haven bench`: measure a part of haven on this machine. Each target prints a table (or JSON)
+//! on stdout and its progress on stderr.
+
+pub mod cluster;
+pub mod wal;
+
+use super::exit::EXIT_RUN_FAILED;
+use super::BenchTarget;
+
+/// Run one bench; the process exit code (1 and one stderr line if it failed).
+pub fn run(target: BenchTarget) -> i32 {
+    let (name, outcome) = match target {
+        BenchTarget::Cluster(args) => ("cluster", cluster::run(&args)),
+        BenchTarget::Wal(args) => ("wal", wal::run_wal(&args)),
+    };
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("haven bench {name}: {e}");
+            EXIT_RUN_FAILED
+        }
+    }
+}
