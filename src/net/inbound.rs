@@ -287,57 +287,43 @@ fn admit<M: Message, Req: Message, Resp: Message>(
     }
 }
 
-/// Read a peer lane until it closes, delivering each message as `(from, message)`.
-fn serve_peer<M: Message, Req: Message, Resp: Message>(
+/// What a connection's reader does after one frame.
+enum Flow {
+    /// Read the next frame.
+    Continue,
+    /// Stop reading without a word (the transport stops: a delivery was refused).
+    Stop,
+    /// Close the connection for this reason (logged).
+    Close(String),
+}
+
+/// The reader loop every inbound connection runs after its handshake: hand each data frame to
+/// `on_frame`, skip keepalives, and end on close, failure, idle timeout or shutdown, saying why
+/// through `close`. A read error is not worth a line while the transport stops or when
+/// `closed_here` says this side closed the connection itself.
+fn read_frames<M: Message, Req: Message, Resp: Message>(
     shared: &Shared<M, Req, Resp>,
-    from: NodeId,
-    role: Role,
     stream: &mut TcpStream,
-    mut reader: FrameReader,
+    reader: &mut FrameReader,
+    mut on_frame: impl FnMut(u8, &[u8]) -> Flow,
+    close: impl Fn(String),
+    closed_here: impl Fn() -> bool,
 ) {
-    let close = |why: String| shared.log(Level::Warn, &format!("closing {role}: {why}"));
     // Bounded: ends when the connection closes, fails, idles out, or the transport stops.
     loop {
         match reader.next(stream) {
             Ok(Next::Frame {
-                kind: kind::PEER_MESSAGE,
-                payload,
-            }) => match codec::decode_value::<M>(payload) {
-                Ok(msg) => {
-                    if !deliver(
-                        &shared.inbound,
-                        (from, msg),
-                        &shared.stopping,
-                        shared.config.on_deliver.as_ref(),
-                    ) {
-                        break;
-                    }
-                    shared
-                        .counters
-                        .messages_received
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    close(format!("undecodable message: {e}"));
-                    break;
-                }
-            },
-            Ok(Next::Frame {
                 kind: kind::KEEPALIVE,
                 ..
             }) => {}
-            Ok(Next::Frame {
-                kind: kind::REFUSAL,
-                payload,
-            }) => {
-                let reason = handshake::decode_late_refusal(payload);
-                close(format!("it refused our welcome: {reason}"));
-                break;
-            }
-            Ok(Next::Frame { kind, .. }) => {
-                close(format!("unexpected frame kind {kind}"));
-                break;
-            }
+            Ok(Next::Frame { kind, payload }) => match on_frame(kind, payload) {
+                Flow::Continue => {}
+                Flow::Stop => break,
+                Flow::Close(why) => {
+                    close(why);
+                    break;
+                }
+            },
             Ok(Next::TimedOut) => {
                 close(format!(
                     "nothing received for {:?}",
@@ -347,13 +333,50 @@ fn serve_peer<M: Message, Req: Message, Resp: Message>(
             }
             Ok(Next::Closed) => break,
             Err(e) => {
-                if !shared.is_stopping() {
+                if !shared.is_stopping() && !closed_here() {
                     close(e.to_string());
                 }
                 break;
             }
         }
     }
+}
+
+/// Read a peer lane until it closes, delivering each message as `(from, message)`.
+fn serve_peer<M: Message, Req: Message, Resp: Message>(
+    shared: &Shared<M, Req, Resp>,
+    from: NodeId,
+    role: Role,
+    stream: &mut TcpStream,
+    mut reader: FrameReader,
+) {
+    let on_frame = |frame_kind: u8, payload: &[u8]| match frame_kind {
+        kind::PEER_MESSAGE => match codec::decode_value::<M>(payload) {
+            Ok(msg) => {
+                if !deliver(
+                    &shared.inbound,
+                    (from, msg),
+                    &shared.stopping,
+                    shared.config.on_deliver.as_ref(),
+                ) {
+                    return Flow::Stop;
+                }
+                shared
+                    .counters
+                    .messages_received
+                    .fetch_add(1, Ordering::Relaxed);
+                Flow::Continue
+            }
+            Err(e) => Flow::Close(format!("undecodable message: {e}")),
+        },
+        kind::REFUSAL => {
+            let reason = handshake::decode_late_refusal(payload);
+            Flow::Close(format!("it refused our welcome: {reason}"))
+        }
+        other => Flow::Close(format!("unexpected frame kind {other}")),
+    };
+    let close = |why: String| shared.log(Level::Warn, &format!("closing {role}: {why}"));
+    read_frames(shared, stream, &mut reader, on_frame, close, || false);
 }
 
 /// Serve one client connection: this thread reads requests, a second one writes responses.
@@ -419,61 +442,35 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
             &format!("closing client {client_id} at {addr}: {why}"),
         )
     };
-    // Bounded: ends when the connection closes, fails, idles out, or the transport stops.
-    loop {
-        match reader.next(stream) {
-            Ok(Next::Frame {
-                kind: kind::CLIENT_REQUEST,
-                payload,
-            }) => match codec::decode_value::<(u64, Req)>(payload) {
-                Ok((request_id, request)) => {
-                    let event = ClientEvent::Request {
-                        conn: handle.clone(),
-                        request_id,
-                        request,
-                    };
-                    if !deliver(
-                        events,
-                        event,
-                        &shared.stopping,
-                        shared.config.on_deliver.as_ref(),
-                    ) {
-                        break;
-                    }
-                    shared
-                        .counters
-                        .client_requests_received
-                        .fetch_add(1, Ordering::Relaxed);
+    let on_frame = |frame_kind: u8, payload: &[u8]| match frame_kind {
+        kind::CLIENT_REQUEST => match codec::decode_value::<(u64, Req)>(payload) {
+            Ok((request_id, request)) => {
+                let event = ClientEvent::Request {
+                    conn: handle.clone(),
+                    request_id,
+                    request,
+                };
+                if !deliver(
+                    events,
+                    event,
+                    &shared.stopping,
+                    shared.config.on_deliver.as_ref(),
+                ) {
+                    return Flow::Stop;
                 }
-                Err(e) => {
-                    close(format!("undecodable request: {e}"));
-                    break;
-                }
-            },
-            Ok(Next::Frame {
-                kind: kind::KEEPALIVE,
-                ..
-            }) => {}
-            Ok(Next::Frame { kind, .. }) => {
-                close(format!("unexpected frame kind {kind}"));
-                break;
+                shared
+                    .counters
+                    .client_requests_received
+                    .fetch_add(1, Ordering::Relaxed);
+                Flow::Continue
             }
-            Ok(Next::TimedOut) => {
-                close(format!(
-                    "nothing received for {:?}",
-                    shared.config.idle_timeout
-                ));
-                break;
-            }
-            Ok(Next::Closed) => break,
-            Err(e) => {
-                if !shared.is_stopping() && !handle.is_closed() {
-                    close(e.to_string());
-                }
-                break;
-            }
-        }
-    }
+            Err(e) => Flow::Close(format!("undecodable request: {e}")),
+        },
+        other => Flow::Close(format!("unexpected frame kind {other}")),
+    };
+    read_frames(shared, stream, &mut reader, on_frame, close, || {
+        handle.is_closed()
+    });
     inner.close();
     let _ = writer.join();
     if let Some(fault) = inner.fault.lock().unwrap_or_else(|e| e.into_inner()).take() {
