@@ -1,12 +1,12 @@
 //! The driver thread: owns the Raft core and turns its `Ready`s into WAL writes, sends and
 //! applies (see the module docs of [`crate::node`] and the contract in [`crate::raft`]).
 
-use super::apply::{ApplyTask, PendingRead, Waiter};
-use super::message::PeerMessage;
+use super::apply_thread::{ApplyTask, PendingRead, Waiter};
+use super::peer_message::PeerMessage;
 use super::queue::{Parker, Waking, WorkSender};
 use super::reply::Reply;
-use super::store::WalStore;
 use super::transfer::TransferTask;
+use super::wal_store::WalStore;
 use super::{node_role, Config, Input, Internal, NodeShared, NodeTransport, SharedCounters};
 use crate::error::{Error, Result};
 use crate::event;

@@ -37,24 +37,24 @@
 //! # }
 //! ```
 
-mod apply;
+mod apply_thread;
 mod config;
 mod driver;
-mod message;
+mod peer_message;
 mod queue;
 mod reply;
-mod store;
 mod transfer;
+mod wal_store;
 
 pub use self::config::{Config, MAX_REQUEST_TIMEOUT_MS};
-pub use self::message::PeerMessage;
+pub use self::peer_message::PeerMessage;
 
-use self::apply::{Applier, SnapshotPolicy};
+use self::apply_thread::{ApplyThread, SnapshotPolicy};
 use self::driver::Driver;
 use self::queue::{Parker, Waking};
 use self::reply::Reply;
-use self::store::WalStore;
 use self::transfer::{ServeLimit, Transfer};
+use self::wal_store::WalStore;
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::event;
@@ -311,7 +311,7 @@ impl Node {
             serve_limit: Arc::clone(&serve_limit),
         });
 
-        let applier = Applier {
+        let apply_thread = ApplyThread {
             id,
             sm,
             snap_dir: data_dir.snap_dir(),
@@ -328,7 +328,7 @@ impl Node {
             pending_since: None,
             failed: None,
         };
-        let apply = spawn(format!("haven-{}-apply", id.0), move || applier.run())?;
+        let apply = spawn(format!("haven-{}-apply", id.0), move || apply_thread.run())?;
         let transfer = Transfer::new(
             id,
             data_dir.snap_dir(),

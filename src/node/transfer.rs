@@ -16,7 +16,7 @@
 //!
 //! File IO happens here, never on the driver, so a transfer does not delay heartbeats.
 
-use super::message::PeerMessage;
+use super::peer_message::PeerMessage;
 use super::queue::Waking;
 use super::{Internal, NodeTransport};
 use crate::error::{Error, Result};

@@ -72,7 +72,7 @@ pub(crate) struct SnapshotPolicy {
     pub(crate) bytes: u64,
 }
 
-pub(crate) struct Applier {
+pub(crate) struct ApplyThread {
     pub(crate) id: NodeId,
     pub(crate) sm: StateMachine,
     pub(crate) snap_dir: PathBuf,
@@ -106,7 +106,7 @@ const MAX_MERGED_TASKS: usize = 64;
 /// Most entry bytes merged into one state-machine batch.
 const MAX_MERGED_BYTES: usize = 16 << 20;
 
-impl Applier {
+impl ApplyThread {
     pub(crate) fn run(mut self) {
         // A task taken from the queue while merging Apply tasks, handled next.
         let mut next: Option<ApplyTask> = None;
