@@ -1145,23 +1145,8 @@ impl Driver {
                     offset,
                 });
             }
-            PeerMessage::SnapshotChunk {
-                index,
-                term,
-                sha256,
-                offset,
-                data,
-                done,
-            } => {
-                let _ = self.ch.transfer.send(TransferTask::Chunk {
-                    from,
-                    index,
-                    term,
-                    sha256,
-                    offset,
-                    data,
-                    done,
-                });
+            PeerMessage::SnapshotChunk(chunk) => {
+                let _ = self.ch.transfer.send(TransferTask::Chunk { from, chunk });
             }
             PeerMessage::SnapshotGone { index, term } => {
                 let _ = self

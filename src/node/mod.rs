@@ -47,7 +47,7 @@ mod transfer;
 mod wal_store;
 
 pub use self::config::{Config, MAX_REQUEST_TIMEOUT_MS};
-pub use self::peer_message::PeerMessage;
+pub use self::peer_message::{PeerMessage, SnapshotChunk};
 
 use self::apply_thread::{ApplyThread, SnapshotPolicy};
 use self::driver::Driver;
