@@ -93,3 +93,52 @@ impl PeerMessage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message as it was declared before `SnapshotChunk` became a struct.
+    #[derive(Encode)]
+    #[allow(dead_code)]
+    enum Before {
+        Raft(Message),
+        Forward,
+        ForwardReply,
+        SnapshotRequest,
+        SnapshotChunk {
+            index: LogIndex,
+            term: Term,
+            sha256: [u8; 32],
+            offset: u64,
+            data: Vec<u8>,
+            done: bool,
+        },
+    }
+
+    #[test]
+    fn a_snapshot_chunk_encodes_as_the_struct_variant_did() {
+        let chunk = SnapshotChunk {
+            index: LogIndex(7),
+            term: Term(3),
+            sha256: [0xab; 32],
+            offset: 1 << 20,
+            data: vec![1, 2, 3],
+            done: true,
+        };
+        let config = bincode::config::standard();
+        let now = bincode::encode_to_vec(PeerMessage::SnapshotChunk(chunk.clone()), config);
+        let before = bincode::encode_to_vec(
+            Before::SnapshotChunk {
+                index: chunk.index,
+                term: chunk.term,
+                sha256: chunk.sha256,
+                offset: chunk.offset,
+                data: chunk.data,
+                done: chunk.done,
+            },
+            config,
+        );
+        assert_eq!(now.unwrap(), before.unwrap());
+    }
+}
