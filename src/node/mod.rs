@@ -41,7 +41,6 @@ mod apply_thread;
 mod config;
 mod driver;
 mod peer_message;
-mod queue;
 mod reply;
 mod transfer;
 mod wal_store;
@@ -51,15 +50,16 @@ pub use self::peer_message::{PeerMessage, SnapshotChunk};
 
 use self::apply_thread::{ApplyThread, SnapshotPolicy};
 use self::driver::Driver;
-use self::queue::{Parker, Waking};
 use self::reply::Reply;
 use self::transfer::{ServeLimit, Transfer};
 use self::wal_store::WalStore;
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::event;
+use crate::limits::{APPLY_QUEUE, DRIVER_INPUT_QUEUE, DRIVER_PEER_QUEUE, TRANSFER_QUEUE};
 use crate::log::Level;
 use crate::net::{LogLevel, LogSink, Transport, TransportConfig};
+use crate::park::{self, Parker, Waking};
 use crate::proto::{AdminOp, ClientRequest, ClientResponse, NodeRole, Request, Response, Status};
 use crate::raft::{self, Membership, Message, Raft, SnapshotMeta};
 use crate::sm::{list_snapshots, snapshot_membership, StateMachine};
@@ -75,11 +75,6 @@ use std::time::{Duration, Instant};
 
 /// The transport a member runs: peer messages, remote-client requests and responses.
 pub type NodeTransport = Transport<PeerMessage, ClientRequest, ClientResponse>;
-
-/// Requests queued for the driver before callers feel back-pressure.
-const INPUT_QUEUE: usize = 16_384;
-/// Peer messages queued for the driver before the transport's readers wait.
-const PEER_QUEUE: usize = 16_384;
 
 /// What the WAL, the apply thread and the transfer thread tell the driver.
 pub(crate) enum Internal {
@@ -272,8 +267,8 @@ impl Node {
         let raft = Raft::new(raft_config, store, applied).map_err(Error::from)?;
 
         let parker = Arc::new(Parker::default());
-        let (peer_tx, peer_rx) = bounded(PEER_QUEUE);
-        let (client_tx, client_rx) = bounded(INPUT_QUEUE);
+        let (peer_tx, peer_rx) = bounded(DRIVER_PEER_QUEUE);
+        let (client_tx, client_rx) = bounded(DRIVER_INPUT_QUEUE);
         let mut transport_config = TransportConfig::new(
             id,
             config.cluster_id,
@@ -293,11 +288,12 @@ impl Node {
         )?);
         let local_addr = transport.local_addr();
 
-        let (input_tx, input_rx) = bounded(INPUT_QUEUE);
+        let (input_tx, input_rx) = bounded(DRIVER_INPUT_QUEUE);
+        // Unbounded, and bounded anyway: see `limits.rs` (MAX_DRIVER_INTERNAL_QUEUE).
         let (internal_tx, internal_rx) = unbounded();
         let internal_tx = Waking::new(internal_tx, Arc::clone(&parker));
-        let (apply_tx, apply_rx) = queue::work_queue();
-        let (transfer_tx, transfer_rx) = unbounded();
+        let (apply_tx, apply_rx) = park::bounded(APPLY_QUEUE);
+        let (transfer_tx, transfer_rx) = bounded(TRANSFER_QUEUE);
         let counters = Arc::new(SharedCounters::default());
         counters.applied.store(applied.0, Ordering::Relaxed);
         let serve_limit: ServeLimit = Arc::new(AtomicU64::new(u64::MAX));
@@ -341,6 +337,7 @@ impl Node {
         let transfer = spawn(format!("haven-{}-snap", id.0), move || transfer.run())?;
         let driver = Driver::new(
             config.clone(),
+            Box::new(driver::SystemClock),
             raft,
             Arc::clone(&wal),
             Arc::clone(&transport),

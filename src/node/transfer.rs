@@ -17,12 +17,12 @@
 //! File IO happens here, never on the driver, so a transfer does not delay heartbeats.
 
 use super::peer_message::{PeerMessage, SnapshotChunk};
-use super::queue::Waking;
 use super::{Internal, NodeTransport};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::log::Level;
+use crate::park::Waking;
 use crate::raft::{Message, MessageBody};
 use crate::sm::{list_snapshots, prune_snapshots, snapshot_file_name, verify_snapshot};
 use crate::types::{LogIndex, NodeId, Term};
