@@ -24,6 +24,16 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// The requests waiting on something the core refused (see [`Driver::refused`]).
+pub(super) enum Refused {
+    /// Writes proposed as one batch.
+    Writes(Vec<Pending>),
+    /// Linearizable reads batched under one ReadIndex.
+    Reads(Vec<PendingRead>),
+    /// One membership change or leadership transfer.
+    Admin(Reply),
+}
+
 impl Driver {
     /// Whether requests can be routed now: a leader is known and, if it is us, no leadership
     /// transfer is under way.
@@ -247,8 +257,7 @@ impl Driver {
                         dlog!(self, Level::Info, "leadership_transfer_started", to = to.0);
                         self.transfers.push((to, reply, deadline));
                     }
-                    Err(RaftError::Storage(e)) => return Err(e),
-                    Err(e) => reply.fail(e.into()),
+                    Err(e) => return self.refused(e, Refused::Admin(reply)),
                 }
                 return Ok(());
             }
@@ -264,12 +273,7 @@ impl Driver {
                 );
                 self.add_proposal(proposed.first, proposed.term, reply, deadline);
             }
-            Err(RaftError::ChangeInProgress) => reply.fail(Error::Unavailable(
-                "a membership change (or the leader's first entry) is not committed yet; retry"
-                    .into(),
-            )),
-            Err(RaftError::Storage(e)) => return Err(e),
-            Err(e) => reply.fail(e.into()),
+            Err(e) => return self.refused(e, Refused::Admin(reply)),
         }
         Ok(())
     }
@@ -323,18 +327,7 @@ impl Driver {
                     self.add_proposal(index, proposed.term, p.reply, p.deadline);
                 }
             }
-            Err(RaftError::NotLeader { .. }) | Err(RaftError::TransferInProgress { .. }) => {
-                for p in waiting {
-                    self.route_to_leader(p)?;
-                }
-            }
-            Err(RaftError::Storage(e)) => return Err(e),
-            Err(e) => {
-                let e = Error::from(e);
-                for p in waiting {
-                    p.reply.fail(Error::Unavailable(e.to_string()));
-                }
-            }
+            Err(e) => return self.refused(e, Refused::Writes(waiting)),
         }
         Ok(())
     }
@@ -353,23 +346,63 @@ impl Driver {
                     },
                 );
             }
-            Err(RaftError::NotLeader { .. }) => {
-                for read in reads {
-                    let mode = ReadMode::Linearizable;
-                    self.wait_for_leader(Pending {
-                        request: Request::Read { op: read.op, mode },
-                        reply: read.reply,
-                        deadline: read.deadline,
-                    });
+            Err(e) => return self.refused(e, Refused::Reads(reads)),
+        }
+        Ok(())
+    }
+
+    /// The core refused a proposal, a ReadIndex, a membership change or a leadership transfer:
+    /// the one place that decides what becomes of the requests that were waiting on it. A
+    /// storage failure stops the member (`Err`). A refusal another leader can serve re-routes:
+    /// writes refused because we no longer lead (or are handing leadership over) are routed
+    /// again, linearizable reads refused because we do not lead wait for a leader. Any other
+    /// refusal answers every waiting request with the core's reason.
+    pub(super) fn refused(&mut self, e: RaftError, waiting: Refused) -> Result<()> {
+        if let RaftError::Storage(e) = e {
+            return Err(e);
+        }
+        match waiting {
+            Refused::Writes(writes) => {
+                if matches!(
+                    e,
+                    RaftError::NotLeader { .. } | RaftError::TransferInProgress { .. }
+                ) {
+                    for p in writes {
+                        self.route_to_leader(p)?;
+                    }
+                } else {
+                    let why = Error::from(e).to_string();
+                    for p in writes {
+                        p.reply.fail(Error::Unavailable(why.clone()));
+                    }
                 }
             }
-            Err(RaftError::Storage(e)) => return Err(e),
-            Err(e) => {
-                let e = Error::from(e);
-                for read in reads {
-                    read.reply.fail(Error::Unavailable(e.to_string()));
+            Refused::Reads(reads) => {
+                if matches!(e, RaftError::NotLeader { .. }) {
+                    for read in reads {
+                        let mode = ReadMode::Linearizable;
+                        self.wait_for_leader(Pending {
+                            request: Request::Read { op: read.op, mode },
+                            reply: read.reply,
+                            deadline: read.deadline,
+                        });
+                    }
+                } else {
+                    let why = Error::from(e).to_string();
+                    for read in reads {
+                        read.reply.fail(Error::Unavailable(why.clone()));
+                    }
                 }
             }
+            Refused::Admin(reply) => match e {
+                // Only a membership change is refused this way (a transfer never is).
+                RaftError::ChangeInProgress => reply.fail(Error::Unavailable(
+                    "a membership change (or the leader's first entry) is not committed yet; \
+                     retry"
+                        .into(),
+                )),
+                e => reply.fail(e.into()),
+            },
         }
         Ok(())
     }
