@@ -27,7 +27,8 @@
 //!
 //! Snapshots: an installed snapshot (from the leader) is restored on the apply thread only once
 //! the WAL records it as the log's start; a compaction after a local snapshot is a WAL write
-//! too (number 0: it frees no held messages and advances nothing in the core).
+//! too (number 0: no message waits for it and the core is not told of it; its
+//! acknowledgement still frees the held messages of older `Ready`s, in order).
 
 use super::{storage, Driver, InFlightWrite, Outgoing};
 use crate::error::{Error, Result};
@@ -41,6 +42,7 @@ use crate::types::{Entry, HardState, LogIndex};
 use crate::wal::WriteBatch;
 
 impl Driver {
+    /// Carry out one `Ready` in the order of the module doc.
     pub(super) fn on_ready(&mut self, ready: Ready) -> Result<()> {
         let Ready {
             number,
