@@ -104,6 +104,84 @@ pub const MAX_CLIENT_INFLIGHT_REQUESTS: usize = 1024;
 /// Proposals waiting for the driver before callers feel back-pressure.
 pub const MAX_PENDING_PROPOSALS: usize = 65_536;
 
+// ----- queues and batches of the runtime (`src/node`, `src/net`) -----
+//
+// Every channel between haven's threads is bounded by one of these, or is proven bounded by
+// them below. The driver's channels: inputs and remote-client requests
+// ([`DRIVER_INPUT_QUEUE`]), peer messages ([`DRIVER_PEER_QUEUE`]), the apply thread's tasks
+// ([`APPLY_QUEUE`]), the snapshot-transfer thread's tasks ([`TRANSFER_QUEUE`]).
+//
+// The one unbounded channel is the driver's internal queue (WAL completions, the apply and
+// transfer threads' reports). It cannot take back-pressure: the WAL writer's completion
+// callback posts to it, and the driver may be waiting in `Wal::submit` for that writer (a
+// cycle). Its size is bounded anyway, because every message on it answers a task the driver
+// handed out, at most two per task: a WAL completion per submitted write (at most
+// [`WAL_SUBMIT_QUEUE`] queued plus [`MAX_WAL_DRAIN_BATCHES`] being written, since
+// `Wal::submit` waits beyond that), an `Applied` and perhaps a `SnapshotTaken` per apply task
+// (at most [`APPLY_QUEUE`] queued plus [`MAX_APPLY_MERGED_TASKS`] being applied), a fetch
+// outcome per transfer task (at most [`TRANSFER_QUEUE`]), and one `Fatal` per thread. The
+// driver takes internal messages before any other input, so the queue holds at most the
+// answers to tasks outstanding: [`MAX_DRIVER_INTERNAL_QUEUE`] (below; asserted, not enforced).
+
+/// Requests queued for the driver (local handles, and remote-client requests from the
+/// transport) before callers feel back-pressure.
+pub const DRIVER_INPUT_QUEUE: usize = 16_384;
+
+/// Peer messages queued for the driver before the transport's readers wait.
+pub const DRIVER_PEER_QUEUE: usize = 16_384;
+
+/// Most inputs the driver handles before it proposes, reads and takes a `Ready` (keeps the
+/// batch and the latency of one iteration bounded).
+pub const MAX_DRIVER_INPUTS_PER_ITERATION: usize = 4096;
+
+/// Tasks queued for the apply thread (committed entries, reads, restores) before the driver
+/// waits for it. The apply thread never waits for the driver, so the wait always ends; a driver
+/// that waits here is one whose apply thread is this far behind, and stopping it from running
+/// further ahead is what bounds the memory of the committed-but-unapplied backlog.
+pub const APPLY_QUEUE: usize = 16_384;
+
+/// Tasks queued for the snapshot-transfer thread. The driver never waits for it: a task that
+/// finds the queue full is dropped, and every transfer task is retried by its sender (a chunk
+/// or a request is asked for again after the transfer timeout, a snapshot offer comes again
+/// with the leader's next attempt, the next compaction prunes what a dropped prune left).
+pub const TRANSFER_QUEUE: usize = 256;
+
+/// Bound on the driver's internal (unbounded) queue, from the argument above.
+pub const MAX_DRIVER_INTERNAL_QUEUE: usize = WAL_SUBMIT_QUEUE
+    + MAX_WAL_DRAIN_BATCHES
+    + 2 * (APPLY_QUEUE + MAX_APPLY_MERGED_TASKS)
+    + TRANSFER_QUEUE
+    + 8;
+
+/// The apply thread flushes the state machine's pending writes to sled once this many keys are
+/// pending...
+pub const APPLY_FLUSH_PENDING_WRITES: usize = 16_384;
+
+/// ... or this many key and value bytes...
+pub const APPLY_FLUSH_PENDING_BYTES: usize = 8 << 20;
+
+/// ... or once the oldest has waited this long (milliseconds). Measured on the development
+/// VM: one sled batch has a fixed cost of tens of microseconds, and inserts get slower as a
+/// batch grows (at 5 s / 85k keys a flush took 2 s and members grew to 650 MiB), so windows
+/// stay short. After a crash the entries of the lost window are replayed from the log, which
+/// always holds them (it is never compacted past a snapshot, and snapshots include the
+/// pending writes).
+pub const APPLY_FLUSH_PENDING_AFTER_MS: u64 = 100;
+
+/// Most apply tasks merged into one state-machine batch.
+pub const MAX_APPLY_MERGED_TASKS: usize = 64;
+
+/// Most entry bytes merged into one state-machine batch (a larger single task is still
+/// applied alone).
+pub const MAX_APPLY_MERGED_BYTES: usize = 16 << 20;
+
+/// A peer lane's sender stops adding queued messages to one socket write once it holds this
+/// many bytes...
+pub const MAX_PEER_BATCH_BYTES: usize = 256 * 1024;
+
+/// ... or this many messages.
+pub const MAX_PEER_BATCH_MESSAGES: usize = 1024;
+
 const _: () = assert!(MAX_KEY_BYTES + MAX_VALUE_BYTES <= MAX_TXN_BYTES);
 const _: () = assert!(MAX_TXN_BYTES < MAX_COMMAND_BYTES);
 const _: () = assert!(MAX_COMMAND_BYTES < MAX_ENTRY_BYTES);
@@ -123,3 +201,16 @@ const _: () = assert!(PEER_BULK_SEND_QUEUE * SNAPSHOT_CHUNK_BYTES <= MAX_INFLIGH
 // A turn never waits for more batches than can be queued, and always fits a maximal entry.
 const _: () = assert!(MAX_WAL_DRAIN_BATCHES <= WAL_SUBMIT_QUEUE);
 const _: () = assert!(MAX_ENTRY_BYTES <= MAX_WAL_DRAIN_BYTES);
+// One driver iteration takes no more inputs than a queue holds, and its stale reads (one apply
+// task each) never fill the apply queue on their own.
+const _: () = assert!(MAX_DRIVER_INPUTS_PER_ITERATION <= DRIVER_INPUT_QUEUE);
+const _: () = assert!(MAX_DRIVER_INPUTS_PER_ITERATION <= DRIVER_PEER_QUEUE);
+const _: () = assert!(MAX_DRIVER_INPUTS_PER_ITERATION <= APPLY_QUEUE);
+// A merged apply batch takes at least one maximal entry, and no more tasks than can be queued.
+const _: () = assert!(MAX_ENTRY_BYTES <= MAX_APPLY_MERGED_BYTES);
+const _: () = assert!(MAX_APPLY_MERGED_TASKS <= APPLY_QUEUE);
+// The internal queue's bound stays small next to the memory it guards (a few MiB of slots).
+const _: () = assert!(MAX_DRIVER_INTERNAL_QUEUE <= 64 * 1024);
+// A peer write batch takes no more than one lane can queue, and is small next to a frame.
+const _: () = assert!(MAX_PEER_BATCH_MESSAGES <= PEER_SEND_QUEUE);
+const _: () = assert!(MAX_PEER_BATCH_BYTES <= MAX_FRAME_PAYLOAD_BYTES);

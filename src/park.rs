@@ -238,6 +238,36 @@ impl<T> ParkedReceiver<T> {
     }
 }
 
+/// A sender on a plain crossbeam channel that wakes the consumer's [`Parker`] after each send:
+/// for a consumer that polls several channels under one parker (the node's driver).
+pub(crate) struct Waking<T> {
+    tx: crossbeam_channel::Sender<T>,
+    parker: Arc<Parker>,
+}
+
+impl<T> Clone for Waking<T> {
+    fn clone(&self) -> Self {
+        Waking {
+            tx: self.tx.clone(),
+            parker: Arc::clone(&self.parker),
+        }
+    }
+}
+
+impl<T> Waking<T> {
+    pub(crate) fn new(tx: crossbeam_channel::Sender<T>, parker: Arc<Parker>) -> Waking<T> {
+        Waking { tx, parker }
+    }
+
+    /// Send and wake the consumer. Never blocks if the channel is unbounded (the node's
+    /// internal channel is; see `limits.rs` for why its size is bounded anyway).
+    pub(crate) fn send(&self, item: T) {
+        if self.tx.send(item).is_ok() {
+            self.parker.notify();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

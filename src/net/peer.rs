@@ -7,7 +7,7 @@ use super::wire::{self, kind};
 use super::{ClusterSecret, Lane, LaneStats, Message, SendOutcome};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::limits::MAX_FRAME_PAYLOAD_BYTES;
+use crate::limits::{MAX_FRAME_PAYLOAD_BYTES, MAX_PEER_BATCH_BYTES, MAX_PEER_BATCH_MESSAGES};
 use crate::logging::Level;
 use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::{ClusterId, NodeId};
@@ -18,11 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-
-/// A sender stops adding queued messages to a write once it holds this many bytes...
-const MAX_BATCH_BYTES: usize = 256 * 1024;
-/// ...or this many messages.
-const MAX_BATCH_MESSAGES: usize = 1024;
 
 /// What every sender thread of one transport shares.
 pub(crate) struct SenderContext {
@@ -544,7 +539,7 @@ impl<M: Message> LaneSender<M> {
         drop(first);
         // Coalesce: whatever else is queued rides in the same write.
         let mut taken = 0usize;
-        while batch.len() < MAX_BATCH_BYTES && taken < MAX_BATCH_MESSAGES {
+        while batch.len() < MAX_PEER_BATCH_BYTES && taken < MAX_PEER_BATCH_MESSAGES {
             let Ok(msg) = self.rx.try_recv() else { break };
             taken += 1;
             count += u64::from(self.encode(batch, c.salt, &msg));

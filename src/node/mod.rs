@@ -37,29 +37,29 @@
 //! # }
 //! ```
 
-mod apply;
+mod apply_thread;
 mod config;
 mod driver;
-mod message;
-mod queue;
+mod peer_message;
 mod reply;
-mod store;
 mod transfer;
+mod wal_store;
 
 pub use self::config::{Config, MAX_REQUEST_TIMEOUT_MS};
-pub use self::message::PeerMessage;
+pub use self::peer_message::{PeerMessage, SnapshotChunk};
 
-use self::apply::{Applier, SnapshotPolicy};
+use self::apply_thread::{ApplyThread, SnapshotPolicy};
 use self::driver::Driver;
-use self::queue::{Parker, Waking};
 use self::reply::Reply;
-use self::store::WalStore;
 use self::transfer::{ServeLimit, Transfer};
+use self::wal_store::WalStore;
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::event;
+use crate::limits::{APPLY_QUEUE, DRIVER_INPUT_QUEUE, DRIVER_PEER_QUEUE, TRANSFER_QUEUE};
 use crate::logging::Level;
 use crate::net::{Transport, TransportConfig};
+use crate::park::{self, Parker, Waking};
 use crate::proto::{AdminOp, ClientRequest, ClientResponse, NodeRole, Request, Response, Status};
 use crate::raft::{self, Membership, Message, Raft, SnapshotMeta};
 use crate::sm::{list_snapshots, snapshot_membership, StateMachine};
@@ -75,11 +75,6 @@ use std::time::{Duration, Instant};
 
 /// The transport a member runs: peer messages, remote-client requests and responses.
 pub type NodeTransport = Transport<PeerMessage, ClientRequest, ClientResponse>;
-
-/// Requests queued for the driver before callers feel back-pressure.
-const INPUT_QUEUE: usize = 16_384;
-/// Peer messages queued for the driver before the transport's readers wait.
-const PEER_QUEUE: usize = 16_384;
 
 /// What the WAL, the apply thread and the transfer thread tell the driver.
 pub(crate) enum Internal {
@@ -272,8 +267,8 @@ impl Node {
         let raft = Raft::new(raft_config, store, applied).map_err(Error::from)?;
 
         let parker = Arc::new(Parker::default());
-        let (peer_tx, peer_rx) = bounded(PEER_QUEUE);
-        let (client_tx, client_rx) = bounded(INPUT_QUEUE);
+        let (peer_tx, peer_rx) = bounded(DRIVER_PEER_QUEUE);
+        let (client_tx, client_rx) = bounded(DRIVER_INPUT_QUEUE);
         let mut transport_config = TransportConfig::new(
             id,
             config.cluster_id,
@@ -292,11 +287,12 @@ impl Node {
         )?);
         let local_addr = transport.local_addr();
 
-        let (input_tx, input_rx) = bounded(INPUT_QUEUE);
+        let (input_tx, input_rx) = bounded(DRIVER_INPUT_QUEUE);
+        // Unbounded, and bounded anyway: see `limits.rs` (MAX_DRIVER_INTERNAL_QUEUE).
         let (internal_tx, internal_rx) = unbounded();
         let internal_tx = Waking::new(internal_tx, Arc::clone(&parker));
-        let (apply_tx, apply_rx) = queue::work_queue();
-        let (transfer_tx, transfer_rx) = unbounded();
+        let (apply_tx, apply_rx) = park::bounded(APPLY_QUEUE);
+        let (transfer_tx, transfer_rx) = bounded(TRANSFER_QUEUE);
         let counters = Arc::new(SharedCounters::default());
         counters.applied.store(applied.0, Ordering::Relaxed);
         let serve_limit: ServeLimit = Arc::new(AtomicU64::new(u64::MAX));
@@ -310,7 +306,7 @@ impl Node {
             serve_limit: Arc::clone(&serve_limit),
         });
 
-        let applier = Applier {
+        let apply_thread = ApplyThread {
             id,
             sm,
             snap_dir: data_dir.snap_dir(),
@@ -327,7 +323,7 @@ impl Node {
             pending_since: None,
             failed: None,
         };
-        let apply = spawn(format!("haven-{}-apply", id.0), move || applier.run())?;
+        let apply = spawn(format!("haven-{}-apply", id.0), move || apply_thread.run())?;
         let transfer = Transfer::new(
             id,
             data_dir.snap_dir(),
@@ -340,6 +336,7 @@ impl Node {
         let transfer = spawn(format!("haven-{}-snap", id.0), move || transfer.run())?;
         let driver = Driver::new(
             config.clone(),
+            Box::new(driver::SystemClock),
             raft,
             Arc::clone(&wal),
             Arc::clone(&transport),

@@ -2,7 +2,7 @@
 //! the follower that forwarded the request. Whichever thread learns the outcome (the driver, the
 //! apply thread) answers through a [`Reply`], without knowing which kind it is.
 
-use super::message::PeerMessage;
+use super::peer_message::PeerMessage;
 use super::NodeTransport;
 use crate::error::{Error, Result};
 use crate::net::ClientHandle;

@@ -16,13 +16,13 @@
 //!
 //! File IO happens here, never on the driver, so a transfer does not delay heartbeats.
 
-use super::message::PeerMessage;
-use super::queue::Waking;
+use super::peer_message::{PeerMessage, SnapshotChunk};
 use super::{Internal, NodeTransport};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::logging::Level;
+use crate::park::Waking;
 use crate::raft::{Message, MessageBody};
 use crate::sm::{list_snapshots, prune_snapshots, snapshot_file_name, verify_snapshot};
 use crate::types::{LogIndex, NodeId, Term};
@@ -38,9 +38,6 @@ use std::time::{Duration, Instant};
 /// Re-ask for a chunk after this long without an answer.
 const CHUNK_RETRY: Duration = Duration::from_millis(500);
 
-/// A chunk read for a follower: the file's sha256, the bytes, whether it is the last.
-type Chunk = ([u8; 32], Vec<u8>, bool);
-
 /// Work for the transfer thread.
 pub(crate) enum TransferTask {
     /// Leader: `to` asks for the chunk at `offset` of snapshot (`index`, `term`).
@@ -52,16 +49,8 @@ pub(crate) enum TransferTask {
     },
     /// Follower: fetch the data of this `Snapshot` message from its sender.
     Fetch(Message),
-    /// Follower: a chunk arrived.
-    Chunk {
-        from: NodeId,
-        index: LogIndex,
-        term: Term,
-        sha256: [u8; 32],
-        offset: u64,
-        data: Vec<u8>,
-        done: bool,
-    },
+    /// Follower: a chunk arrived from `from`.
+    Chunk { from: NodeId, chunk: SnapshotChunk },
     /// Follower: the leader no longer has the snapshot.
     Gone {
         from: NodeId,
@@ -149,15 +138,7 @@ impl Transfer {
                     offset,
                 } => self.serve(to, index, term, offset),
                 TransferTask::Fetch(message) => self.fetch(message),
-                TransferTask::Chunk {
-                    from,
-                    index,
-                    term,
-                    sha256,
-                    offset,
-                    data,
-                    done,
-                } => self.on_chunk(from, index, term, sha256, offset, &data, done),
+                TransferTask::Chunk { from, chunk } => self.on_chunk(from, &chunk),
                 TransferTask::Gone { from, index, term } => {
                     if self
                         .download
@@ -187,18 +168,9 @@ impl Transfer {
             return; // test hook: the transfer "breaks" here
         }
         match self.read_chunk(index, term, offset) {
-            Ok(Some((sha256, data, done))) => {
-                self.transport.send_bulk(
-                    to,
-                    PeerMessage::SnapshotChunk {
-                        index,
-                        term,
-                        sha256,
-                        offset,
-                        data,
-                        done,
-                    },
-                );
+            Ok(Some(chunk)) => {
+                self.transport
+                    .send_bulk(to, PeerMessage::SnapshotChunk(chunk));
             }
             Ok(None) => {
                 self.transport
@@ -214,9 +186,14 @@ impl Transfer {
         }
     }
 
-    /// The chunk at `offset` of snapshot (`index`, `term`): (sha256, bytes, last chunk), or
+    /// The chunk at `offset` of snapshot (`index`, `term`), or
     /// `None` if there is no such snapshot (or the offset is past its end).
-    fn read_chunk(&mut self, index: LogIndex, term: Term, offset: u64) -> Result<Option<Chunk>> {
+    fn read_chunk(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        offset: u64,
+    ) -> Result<Option<SnapshotChunk>> {
         let cached = matches!(&self.serving, Some((i, t, _, _, _)) if *i == index && *t == term);
         if !cached {
             self.serving = None;
@@ -244,7 +221,14 @@ impl Transfer {
         let mut data = vec![0u8; len];
         file.read_exact_at(&mut data, offset)
             .map_err(|e| Error::io("reading a snapshot chunk", e))?;
-        Ok(Some((*sha256, data, offset + len as u64 >= *size)))
+        Ok(Some(SnapshotChunk {
+            index,
+            term,
+            sha256: *sha256,
+            offset,
+            data,
+            done: offset + len as u64 >= *size,
+        }))
     }
 
     fn prune(&mut self, keep_from: LogIndex) {
@@ -356,17 +340,15 @@ impl Transfer {
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_chunk(
-        &mut self,
-        from: NodeId,
-        index: LogIndex,
-        term: Term,
-        sha256: [u8; 32],
-        offset: u64,
-        data: &[u8],
-        done: bool,
-    ) {
+    fn on_chunk(&mut self, from: NodeId, chunk: &SnapshotChunk) {
+        let SnapshotChunk {
+            index,
+            term,
+            sha256,
+            offset,
+            ref data,
+            done,
+        } = *chunk;
         let Some(d) = &mut self.download else {
             return;
         };

@@ -5,16 +5,21 @@
 //! It runs beside the driver so that a large sled batch, a snapshot being written or a restore
 //! never delays the driver's ticks, heartbeats or WAL submissions.
 
-use super::queue::{Received, Waking, WorkReceiver};
 use super::reply::Reply;
 use super::{Internal, SharedCounters};
 use crate::error::{Error, Result};
 use crate::event;
+use crate::limits::{
+    APPLY_FLUSH_PENDING_AFTER_MS, APPLY_FLUSH_PENDING_BYTES, APPLY_FLUSH_PENDING_WRITES,
+    MAX_APPLY_MERGED_BYTES, MAX_APPLY_MERGED_TASKS,
+};
 use crate::logging::Level;
+use crate::park::{ParkedReceiver, Waking};
 use crate::proto::{ReadOp, Response};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
 use crate::types::{Entry, LogIndex, NodeId, Term};
+use crossbeam_channel::RecvTimeoutError;
 use crossbeam_channel::Sender;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -72,11 +77,11 @@ pub(crate) struct SnapshotPolicy {
     pub(crate) bytes: u64,
 }
 
-pub(crate) struct Applier {
+pub(crate) struct ApplyThread {
     pub(crate) id: NodeId,
     pub(crate) sm: StateMachine,
     pub(crate) snap_dir: PathBuf,
-    pub(crate) tasks: WorkReceiver<ApplyTask>,
+    pub(crate) tasks: ParkedReceiver<ApplyTask>,
     pub(crate) internal: Waking<Internal>,
     pub(crate) counters: Arc<SharedCounters>,
     pub(crate) policy: SnapshotPolicy,
@@ -90,23 +95,10 @@ pub(crate) struct Applier {
     pub(crate) failed: Option<String>,
 }
 
-/// Flush the state machine's pending writes to sled once this many keys are pending...
-const FLUSH_PENDING_WRITES: usize = 16_384;
-/// ... or this many key and value bytes...
-const FLUSH_PENDING_BYTES: usize = 8 << 20;
-/// ... or once the oldest has waited this long. Measured on the development VM: one sled batch
-/// has a fixed cost of tens of microseconds, and inserts get slower as a batch grows (at 5 s /
-/// 85k keys a flush took 2 s and members grew to 650 MiB), so windows stay short. After a
-/// crash the entries of the lost window are replayed from the log, which always holds them
-/// (it is never compacted past a snapshot, and snapshots include the pending writes).
-const FLUSH_PENDING_AFTER: Duration = Duration::from_millis(100);
+/// How long the oldest pending write may wait before a flush.
+const FLUSH_PENDING_AFTER: Duration = Duration::from_millis(APPLY_FLUSH_PENDING_AFTER_MS);
 
-/// Most apply tasks merged into one state-machine batch.
-const MAX_MERGED_TASKS: usize = 64;
-/// Most entry bytes merged into one state-machine batch.
-const MAX_MERGED_BYTES: usize = 16 << 20;
-
-impl Applier {
+impl ApplyThread {
     pub(crate) fn run(mut self) {
         // A task taken from the queue while merging Apply tasks, handled next.
         let mut next: Option<ApplyTask> = None;
@@ -126,13 +118,13 @@ impl Applier {
                             d.saturating_duration_since(Instant::now())
                         });
                     match self.tasks.recv_timeout(wait) {
-                        Received::Item(task) => task,
-                        Received::Timeout => {
+                        Ok(task) => task,
+                        Err(RecvTimeoutError::Timeout) => {
                             self.expire_reads();
                             self.maybe_flush();
                             continue;
                         }
-                        Received::Closed => break,
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
             };
@@ -185,8 +177,8 @@ impl Applier {
         if self.failed.is_some() {
             return;
         }
-        if self.sm.pending_writes() < FLUSH_PENDING_WRITES
-            && self.sm.pending_bytes() < FLUSH_PENDING_BYTES
+        if self.sm.pending_writes() < APPLY_FLUSH_PENDING_WRITES
+            && self.sm.pending_bytes() < APPLY_FLUSH_PENDING_BYTES
             && since.elapsed() < FLUSH_PENDING_AFTER
         {
             return;
@@ -209,11 +201,11 @@ impl Applier {
     ) -> Option<ApplyTask> {
         let mut bytes: usize = entries.iter().map(Entry::size_bytes).sum();
         let mut next = None;
-        for _ in 0..MAX_MERGED_TASKS {
-            if bytes >= MAX_MERGED_BYTES {
+        for _ in 0..MAX_APPLY_MERGED_TASKS {
+            if bytes >= MAX_APPLY_MERGED_BYTES {
                 break;
             }
-            match self.tasks.try_recv() {
+            match self.tasks.try_recv().ok() {
                 Some(ApplyTask::Apply {
                     entries: more,
                     waiters: more_waiters,
