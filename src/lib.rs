@@ -36,6 +36,7 @@ pub mod client;
 pub mod codec;
 pub mod datadir;
 pub mod error;
+mod fs;
 pub mod limits;
 pub mod log;
 pub mod net;
@@ -43,6 +44,7 @@ pub mod node;
 mod park;
 pub mod raft;
 pub mod sm;
+pub mod snapshots;
 pub mod types;
 pub mod wal;
 

@@ -14,6 +14,7 @@ use crate::event;
 use crate::log::Level;
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
+use crate::snapshots::SnapshotFiles;
 use crate::types::{Entry, LogIndex, NodeId, Term};
 use crossbeam_channel::Sender;
 use std::collections::BTreeMap;

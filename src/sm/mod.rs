@@ -51,10 +51,8 @@ pub use result::{
     ApplyOutcome, CasResult, CommandResult, DeleteRangeResult, DeleteResult, EntryResult, KeyMeta,
     KeyValue, PutResult, RangePage, TxnOpResult, TxnResult, VersionedValue,
 };
-pub use snapshot::{
-    list_snapshots, newest_snapshot, prune_snapshots, snapshot_file_name, verify_snapshot,
-    SnapshotMeta, SNAPSHOTS_TO_KEEP, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SALT,
-};
+pub(crate) use snapshot::{verify_snapshot, SnapshotSummary};
+pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SALT};
 
 use apply::{compare_holds, Applier};
 use command::{check_key, check_range};
@@ -71,6 +69,7 @@ use crate::types::{Entry, EntryKind, LogIndex, Term};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::fmt;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Key in sled's default tree naming the tree that holds the current state.
@@ -109,13 +108,13 @@ fn open_error(path: &Path, e: sled::Error) -> Error {
     }
 }
 
-/// The membership payload stored in the snapshot file at `path` (the payload of the last
+/// The membership payload stored in the snapshot stream `input` (the payload of the last
 /// membership entry the snapshot covers), `None` if the snapshot covers none. Reads and verifies
-/// the whole file. The runtime needs it on restart to tell the Raft core the configuration at
+/// the whole stream. The runtime needs it on restart to tell the Raft core the configuration at
 /// its compaction point when the state machine has already applied beyond that point.
-pub fn snapshot_membership(path: impl AsRef<Path>) -> Result<Option<Vec<u8>>> {
+pub(crate) fn snapshot_membership(input: impl Read) -> Result<Option<Vec<u8>>> {
     let mut membership = None;
-    snapshot::read_snapshot(path.as_ref(), |pairs| {
+    snapshot::read_snapshot(input, |pairs| {
         for (key, value) in pairs {
             if key == KEY_MEMBERSHIP {
                 membership = Some(value);
@@ -318,7 +317,8 @@ impl StateMachine {
         self.cached.clients.len()
     }
 
-    fn check_usable(&self) -> Result<()> {
+    /// `Fatal` once the machine stopped after a storage failure (see `note_failure`).
+    pub(crate) fn check_usable(&self) -> Result<()> {
         match &self.failed {
             Some(why) => Err(Error::Fatal(format!(
                 "state machine stopped after a storage failure: {why}"
@@ -595,31 +595,33 @@ impl StateMachine {
     }
 
     /// Write the whole state (KV, client table, membership, applied index and term) as a
-    /// snapshot file in `snap_dir` (usually `DATA_DIR/snap`; created if missing): written under
-    /// a temporary name, fsynced, renamed, directory fsynced. The snapshot covers exactly
-    /// [`StateMachine::applied`]. Apply is blocked meanwhile (it needs `&mut self`).
-    pub fn write_snapshot(&self, snap_dir: impl AsRef<Path>) -> Result<SnapshotMeta> {
+    /// snapshot stream to `out` (`src/snapshots.rs` makes it a durable file). The snapshot covers
+    /// exactly [`StateMachine::applied`]. Apply is blocked meanwhile (it needs `&mut self`).
+    pub(crate) fn write_snapshot_to(&self, out: impl Write) -> Result<SnapshotSummary> {
         self.check_usable()?;
         let (index, term) = self.cached.applied;
         let empty = Writes::new();
         let pairs = merged(&self.tree, Some(&self.pending), &empty, &[], None);
-        snapshot::write_snapshot(pairs, index, term, snap_dir.as_ref())
+        snapshot::write_snapshot(pairs, index, term, LAYOUT_VERSION, out)
     }
 
-    /// Replace the whole state with the snapshot at `path`.
+    /// Replace the whole state with the snapshot that `open` reads, which the caller has
+    /// verified completely (`verified`: [`verify_snapshot`] of the same bytes).
     ///
-    /// The file is verified completely first (every frame, every record, the sha256); a bad file
-    /// is refused (`Corrupt`, `UnsupportedVersion`) and the state is untouched. A snapshot older
-    /// than the applied index is refused (`InvalidArgument`): the state never moves backwards.
-    /// The records are then copied into a fresh sled tree, which is flushed and then made the
-    /// state by ONE write of the active-tree pointer, then flushed again. A crash before that
-    /// write leaves the old state (the half-filled tree is dropped at the next open); a crash
-    /// after it leaves the new state. Either way the runtime sees a consistent state and
-    /// replays the log from [`StateMachine::applied`].
-    pub fn restore_snapshot(&mut self, path: impl AsRef<Path>) -> Result<SnapshotMeta> {
+    /// A snapshot older than the applied index is refused (`InvalidArgument`): the state never
+    /// moves backwards. The records are then copied into a fresh sled tree (the stream is read
+    /// again, and must hash as `verified` did), which is flushed and then made the state by ONE
+    /// write of the active-tree pointer, then flushed again. A crash before that write leaves
+    /// the old state (the half-filled tree is dropped at the next open); a crash after it leaves
+    /// the new state. Either way the runtime sees a consistent state and replays the log from
+    /// [`StateMachine::applied`]. `open` is called once, when the scratch tree is ready; its
+    /// failure is a storage failure like any other of the restore.
+    pub(crate) fn restore_verified<R: Read>(
+        &mut self,
+        verified: &SnapshotSummary,
+        open: impl FnOnce() -> Result<R>,
+    ) -> Result<()> {
         self.check_usable()?;
-        let path = path.as_ref();
-        let verified = verify_snapshot(path)?;
         if verified.index < self.cached.applied.0 {
             return Err(Error::InvalidArgument(format!(
                 "snapshot at {} is older than the applied index {}",
@@ -628,18 +630,18 @@ impl StateMachine {
         }
         let next_generation = self.generation + 1;
         let next_name = state_tree_name(next_generation);
-        match self.fill_tree(&next_name, path, &verified) {
+        match self.fill_tree(&next_name, open, verified) {
             Ok(tree) => {
                 if let Err(e) = self.switch_to(tree, next_generation, next_name) {
                     return Err(self.note_failure(e));
                 }
-                Ok(verified)
+                Ok(())
             }
             Err(e) => {
                 // Nothing refers to the scratch tree; dropping it is tidiness (open drops it too).
                 let _ = self.db.drop_tree(&next_name);
                 match e.code() {
-                    // The file changed or broke between the two reads: the state is untouched.
+                    // The stream changed or broke between the two reads: the state is untouched.
                     ErrorCode::Corrupt | ErrorCode::UnsupportedVersion => Err(e),
                     _ => Err(self.note_failure(e)),
                 }
@@ -648,7 +650,12 @@ impl StateMachine {
     }
 
     /// Copy the verified snapshot into a new tree named `name` (not yet the state).
-    fn fill_tree(&self, name: &[u8], path: &Path, verified: &SnapshotMeta) -> Result<sled::Tree> {
+    fn fill_tree<R: Read>(
+        &self,
+        name: &[u8],
+        open: impl FnOnce() -> Result<R>,
+        verified: &SnapshotSummary,
+    ) -> Result<sled::Tree> {
         self.db
             .drop_tree(name)
             .map_err(|e| sled_error("clearing a scratch state tree", e))?;
@@ -656,7 +663,7 @@ impl StateMachine {
             .db
             .open_tree(name)
             .map_err(|e| sled_error("creating a scratch state tree", e))?;
-        let copied = snapshot::read_snapshot(path, |pairs| {
+        let copied = snapshot::read_snapshot(open()?, |pairs| {
             let mut batch = sled::Batch::default();
             for (key, value) in pairs {
                 // A layout-1 snapshot (verified as such) becomes a layout-2 tree: its stored
@@ -674,9 +681,10 @@ impl StateMachine {
                 .map_err(|e| sled_error("restoring a snapshot", e))
         })?;
         if copied.sha256 != verified.sha256 {
-            return Err(
-                Error::corrupt(0, "snapshot changed while it was being restored").in_file(path, 0),
-            );
+            return Err(Error::corrupt(
+                0,
+                "snapshot changed while it was being restored",
+            ));
         }
         self.db
             .flush()
@@ -852,19 +860,22 @@ mod tests {
             pairs.push((key, Vec::new()));
         }
         pairs.sort();
-        let snap_dir = dir.path().join("snap");
-        let file = snapshot::write_snapshot_of_layout(
+        let mut file = Vec::new();
+        snapshot::write_snapshot(
             pairs.into_iter().map(Ok),
             LogIndex(3),
             Term(1),
-            &snap_dir,
             1,
+            &mut file,
         )
         .unwrap();
         // Layout 2 refuses `l` keys in a snapshot that says it is layout 2.
         assert!(check_pair(&[PREFIX_CLIENT_ORDER; 17], b"", LAYOUT_VERSION).is_err());
         let mut restored = StateMachine::open(dir.path().join("b"), 1 << 20).unwrap();
-        restored.restore_snapshot(&file.path).unwrap();
+        let verified = verify_snapshot(&file[..]).unwrap();
+        restored
+            .restore_verified(&verified, || Ok(&file[..]))
+            .unwrap();
         assert_eq!(restored.state_hash().unwrap(), source.state_hash().unwrap());
         assert_eq!(restored.tree.scan_prefix([PREFIX_CLIENT_ORDER]).count(), 0);
         let layout: u32 =
@@ -872,7 +883,7 @@ mod tests {
         assert_eq!(layout, LAYOUT_VERSION);
         assert_eq!(restored.cached.clients, source.cached.clients);
         // A snapshot of the restored state is layout 2 and has the same content hash-wise.
-        let again = restored.write_snapshot(dir.path().join("snap2")).unwrap();
+        let again = restored.write_snapshot_to(Vec::new()).unwrap();
         assert_eq!(again.index, LogIndex(3));
     }
 }
