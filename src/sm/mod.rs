@@ -38,15 +38,18 @@
 //! assert_eq!(sm.applied(), (LogIndex(1), Term(1)));
 //! ```
 
-mod apply;
+mod cache;
+mod clients;
 mod command;
+mod execute;
+mod kv;
+mod layout;
+mod overlay;
 mod result;
 mod snapshot;
-mod store;
 
-pub use command::{
-    prefix_end, Command, Compare, CompareOp, Op, Txn, TxnOp, COMMAND_VERSION, UNTRACKED_CLIENT,
-};
+pub use command::{Command, Op, COMMAND_VERSION, UNTRACKED_CLIENT};
+pub use kv::{prefix_end, Compare, CompareOp, Txn, TxnOp};
 pub use result::{
     ApplyOutcome, CasResult, CommandResult, DeleteRangeResult, DeleteResult, EntryResult, KeyMeta,
     KeyValue, PutResult, RangePage, TxnOpResult, TxnResult, VersionedValue,
@@ -54,41 +57,24 @@ pub use result::{
 pub(crate) use snapshot::{verify_snapshot, SnapshotSummary};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SALT};
 
-use apply::{compare_holds, Applier};
-use command::{check_key, check_range};
-use store::{
-    batch_of, decode_record, kv_key, merge_writes, merged, sled_error, AppliedRecord, ClientOrder,
-    Overlay, RecordCache, Writes, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
+use cache::RecordCache;
+use clients::ClientOrder;
+use execute::Executor;
+use layout::{
+    decode_record, parse_state_tree_name, sled_error, state_tree_name, AppliedRecord,
+    ACTIVE_TREE_KEY, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
     OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META,
 };
+use overlay::{batch_of, merge_writes, merged, Overlay, Writes};
 
 use crate::codec::encode_value;
 use crate::error::{Error, ErrorCode, Result};
-use crate::limits::MAX_TXN_OPS;
 use crate::types::{Entry, EntryKind, LogIndex, Term};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::Path;
-
-/// Key in sled's default tree naming the tree that holds the current state.
-const ACTIVE_TREE_KEY: &[u8] = b"haven.sm.active_tree";
-/// State trees are named this prefix followed by a decimal generation number; a restore fills
-/// generation n+1 and then switches [`ACTIVE_TREE_KEY`] to it in one write.
-const STATE_TREE_PREFIX: &str = "haven.sm.state.";
-
-fn state_tree_name(generation: u64) -> Vec<u8> {
-    format!("{STATE_TREE_PREFIX}{generation}").into_bytes()
-}
-
-fn parse_state_tree_name(name: &[u8]) -> Option<u64> {
-    std::str::from_utf8(name)
-        .ok()?
-        .strip_prefix(STATE_TREE_PREFIX)?
-        .parse()
-        .ok()
-}
 
 /// sled refuses a second open of a database with an `Io` error whose message says it could not
 /// acquire the lock. That is `DataDir`: another process has the directory, or (sled issues
@@ -373,7 +359,7 @@ impl StateMachine {
         let (mut applied_index, mut applied_term) = self.cached.applied;
         let mut membership = None;
         // The order is changed in place; a batch that fails rolls it back (`roll_back`).
-        let mut applier = Applier::new(
+        let mut applier = Executor::new(
             Overlay::with_pending(&self.tree, &self.pending, &self.cache),
             &mut self.cached.clients,
         );
@@ -492,34 +478,13 @@ impl StateMachine {
     /// The value and metadata of `key`, `None` if absent. `InvalidArgument` for an empty or
     /// oversize key.
     pub fn get(&self, key: &[u8]) -> Result<Option<VersionedValue>> {
-        check_key("get", key)?;
-        Overlay::with_pending(&self.tree, &self.pending, &self.cache).get_value(key)
+        kv::get(&self.view(), key)
     }
 
     /// Up to `limit` keys in `[start, end)` (`end` `None`: to the last key) in key order, and
     /// whether more remain. `limit` must be in 1..=`MAX_SCAN_LIMIT`; `start` may be empty.
     pub fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<RangePage> {
-        check_range("range", start, end, limit)?;
-        let from = kv_key(start);
-        let to = match end {
-            Some(end) => kv_key(end),
-            None => vec![PREFIX_KV + 1],
-        };
-        let (pairs, more) = Overlay::with_pending(&self.tree, &self.pending, &self.cache).scan(
-            &from,
-            Some(&to),
-            limit,
-        )?;
-        let mut entries = Vec::with_capacity(pairs.len());
-        for (key, value) in pairs {
-            let stored: VersionedValue = decode_record("kv", &value)?;
-            entries.push(KeyValue {
-                key: key[1..].to_vec(),
-                value: stored.value,
-                meta: stored.meta,
-            });
-        }
-        Ok(RangePage { entries, more })
+        kv::range(&self.view(), start, end, limit)
     }
 
     /// Up to `limit` keys starting with `prefix` (empty: every key), in key order.
@@ -530,20 +495,12 @@ impl StateMachine {
     /// Evaluate transaction compares against the current state without writing: `true` if all
     /// hold. Lets the runtime answer a read-only transaction locally after a ReadIndex.
     pub fn evaluate_compares(&self, compares: &[Compare]) -> Result<bool> {
-        if compares.len() > MAX_TXN_OPS {
-            return Err(Error::InvalidArgument(format!(
-                "{} compares, over the limit of {MAX_TXN_OPS}",
-                compares.len()
-            )));
-        }
-        let view = Overlay::with_pending(&self.tree, &self.pending, &self.cache);
-        for (i, compare) in compares.iter().enumerate() {
-            check_key(&format!("compare {i}"), compare.key())?;
-            if !compare_holds(&view, compare)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        kv::evaluate_compares(&self.view(), compares)
+    }
+
+    /// The state as reads see it: the tree, through the cache, with the pending writes on top.
+    fn view(&self) -> Overlay<'_> {
+        Overlay::with_pending(&self.tree, &self.pending, &self.cache)
     }
 
     /// A sha256 over the logical state: applied index and term, membership payload, every key
@@ -734,7 +691,7 @@ impl StateMachine {
 mod tests {
     use super::*;
     use crate::types::GroupId;
-    use store::check_pair;
+    use layout::check_pair;
 
     fn entry(index: u64, cmd: &Command) -> Entry {
         Entry {

@@ -8,7 +8,7 @@
 //! and one trailer frame with the record count and a sha256 over every byte before the trailer.
 //! `docs/FORMAT.md` ("Snapshot file") gives the bytes.
 
-use super::store::{
+use super::layout::{
     check_pair, decode_record, AppliedRecord, Pairs, KEY_APPLIED, KEY_LAYOUT, LAYOUT_VERSION,
     OLDEST_LAYOUT_VERSION,
 };
