@@ -118,7 +118,7 @@ impl DataDir {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        crate::wal::sync_dir(&root)?;
+        crate::fs::sync_dir(&root)?;
         Ok(DataDir {
             root,
             node_id,
@@ -252,20 +252,10 @@ fn write_meta(root: &Path, meta: &Meta) -> Result<()> {
     let mut bytes = Vec::new();
     append_frame(&mut bytes, META_KIND, META_SALT, meta)?;
     let tmp = root.join("meta.tmp");
-    let path = root.join("meta");
-    let ctx = |what: &str| format!("{what} {}", tmp.display());
-    let mut file = File::create(&tmp).map_err(|e| Error::io(ctx("creating"), e))?;
+    let mut file = crate::fs::TempFile::create(&tmp)?;
     file.write_all(&bytes)
-        .map_err(|e| Error::io(ctx("writing"), e))?;
-    file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        Error::io(
-            format!("renaming {} to {}", tmp.display(), path.display()),
-            e,
-        )
-    })?;
-    crate::wal::sync_dir(root)
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    file.commit(&root.join("meta"))
 }
 
 fn has_wal_segments(dir: &Path) -> bool {

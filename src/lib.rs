@@ -36,6 +36,7 @@ pub mod client;
 pub mod codec;
 pub mod datadir;
 pub mod error;
+mod fs;
 pub mod histogram;
 pub mod limits;
 pub mod logging;
@@ -46,6 +47,7 @@ pub mod proto;
 pub mod raft;
 pub mod rng;
 pub mod sm;
+pub mod snapshots;
 pub mod types;
 pub mod wal;
 

@@ -8,6 +8,7 @@ use haven::sm::{
     CasResult, Command, CommandResult, Compare, CompareOp, DeleteRangeResult, DeleteResult,
     KeyMeta, Op, PutResult, Txn, TxnOp, TxnOpResult, TxnResult, VersionedValue,
 };
+use haven::snapshots::SnapshotFiles;
 use haven::LogIndex;
 use proptest::prelude::*;
 use sm_util::*;

@@ -3,8 +3,9 @@
 
 mod sm_util;
 
-use haven::sm::{
-    list_snapshots, newest_snapshot, prune_snapshots, verify_snapshot, Command, CommandResult,
+use haven::sm::{Command, CommandResult};
+use haven::snapshots::{
+    list_snapshots, newest_snapshot, prune_snapshots, verify_snapshot, SnapshotFiles,
     SNAPSHOTS_TO_KEEP,
 };
 use haven::{EntryKind, Error, ErrorCode, LogIndex, Term};
@@ -151,9 +152,11 @@ fn snapshot_whose_name_disagrees_with_content_is_refused() {
     let mut h = Harness::new();
     h.apply_op(put(b"k", b"v"));
     let snap = h.sm.write_snapshot(h.snap_dir()).unwrap();
-    let wrong = snap.path.with_file_name(haven::sm::snapshot_file_name(
-        snap.index, snap.term, &[0u8; 32],
-    ));
+    let wrong = snap
+        .path
+        .with_file_name(haven::snapshots::snapshot_file_name(
+            snap.index, snap.term, &[0u8; 32],
+        ));
     fs::copy(&snap.path, &wrong).unwrap();
     let mut fresh = Harness::new();
     assert_eq!(

@@ -18,6 +18,7 @@ use crate::park::{ParkedReceiver, Waking};
 use crate::proto::{ReadOp, Response};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
+use crate::snapshots::SnapshotFiles;
 use crate::types::{Entry, LogIndex, NodeId, Term};
 use crossbeam_channel::RecvTimeoutError;
 use crossbeam_channel::Sender;

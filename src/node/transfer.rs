@@ -7,7 +7,7 @@
 //! appends each chunk it gets (bulk lane) to `snap/{index}-{term}.snap.part`, asks for the next
 //! offset, and re-asks for the same offset if nothing comes for a while. After the last chunk it
 //! fsyncs the file, renames it to its final snapshot name, fsyncs the directory and verifies it
-//! completely (`sm::verify_snapshot`: every frame, the sha256); only then does it give the
+//! completely (`snapshots::verify_snapshot`: every frame, the sha256); only then does it give the
 //! driver the message to step into the core. A snapshot file of the same index and term that is
 //! already here (taken locally, or fetched before a crash) is used without a transfer.
 //!
@@ -24,9 +24,8 @@ use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::logging::Level;
 use crate::park::Waking;
 use crate::raft::{Message, MessageBody};
-use crate::sm::{list_snapshots, prune_snapshots, snapshot_file_name, verify_snapshot};
+use crate::snapshots::{list_snapshots, prune_snapshots, snapshot_file_name, verify_snapshot};
 use crate::types::{LogIndex, NodeId, Term};
-use crate::wal::sync_dir;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -379,16 +378,12 @@ impl Transfer {
             return;
         };
         let result = (|| -> Result<PathBuf> {
-            d.file
-                .sync_all()
-                .map_err(|e| Error::io(format!("fsyncing {}", d.part.display()), e))?;
+            crate::fs::sync_file(&d.file, &d.part)?;
             let sha256 = d.sha256.unwrap_or([0; 32]);
             let path = self
                 .snap_dir
                 .join(snapshot_file_name(d.index, d.term, &sha256));
-            std::fs::rename(&d.part, &path)
-                .map_err(|e| Error::io(format!("renaming {}", d.part.display()), e))?;
-            sync_dir(&self.snap_dir)?;
+            crate::fs::rename_durably(&d.part, &path)?;
             if let Err(e) = verify_snapshot(&path) {
                 let _ = std::fs::remove_file(&path);
                 return Err(e);

@@ -1,5 +1,6 @@
-//! State-machine commands: what a `Normal` log entry carries, how it is encoded, and the limits
-//! every command must respect.
+//! State-machine commands: what a `Normal` log entry carries and how it is encoded. [`Op`] is
+//! the one enum of every command; each variant's field types, limits and apply logic belong to
+//! its feature's file (`kv.rs`, `clients.rs`), and `execute.rs` dispatches to them.
 //!
 //! Encoding (see `docs/FORMAT.md`, "State-machine command"): one version byte, then the bincode
 //! encoding of [`Command`]. The version byte is the *lowest* command version that knows every
@@ -9,12 +10,10 @@
 //! those commands instead of mistaking them for garbage. Enum variants are only ever appended:
 //! their position is their tag on disk.
 
+use super::kv::{self, Txn};
 use crate::codec::{decode_value, encode_value_into};
 use crate::error::{Error, Result};
-use crate::limits::{
-    MAX_COMMAND_BYTES, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES,
-};
-use crate::types::LogIndex;
+use crate::limits::MAX_COMMAND_BYTES;
 use bincode::{Decode, Encode};
 
 /// The newest command version this build writes and reads.
@@ -82,258 +81,6 @@ pub enum Op {
     Txn(Txn),
 }
 
-/// A multi-key transaction in the style of etcd's Txn: compares, then one of two op lists,
-/// applied atomically at one revision.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
-pub struct Txn {
-    /// Conditions that must all hold for `success` to run (an empty list holds).
-    pub compares: Vec<Compare>,
-    /// Ops run, in order, when every compare holds.
-    pub success: Vec<TxnOp>,
-    /// Ops run, in order, otherwise.
-    pub failure: Vec<TxnOp>,
-}
-
-/// How a compare relates the stored field to the given one (`stored OP given`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
-pub enum CompareOp {
-    /// stored == given
-    Equal,
-    /// stored != given
-    NotEqual,
-    /// stored < given
-    Less,
-    /// stored > given
-    Greater,
-}
-
-impl CompareOp {
-    /// Whether `stored OP given` holds.
-    pub fn holds<T: Ord + ?Sized>(self, stored: &T, given: &T) -> bool {
-        match self {
-            CompareOp::Equal => stored == given,
-            CompareOp::NotEqual => stored != given,
-            CompareOp::Less => stored < given,
-            CompareOp::Greater => stored > given,
-        }
-    }
-}
-
-/// One transaction condition. For an absent key, version, create revision and mod revision are
-/// 0 and a value compare never holds (as in etcd). Variants are only ever appended.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub enum Compare {
-    /// Compare the value (bytewise, lexicographic).
-    Value {
-        /// The key.
-        key: Vec<u8>,
-        /// The relation.
-        op: CompareOp,
-        /// The value to compare with.
-        value: Vec<u8>,
-    },
-    /// Compare the version (writes since creation; 0 when absent).
-    Version {
-        /// The key.
-        key: Vec<u8>,
-        /// The relation.
-        op: CompareOp,
-        /// The version to compare with.
-        version: u64,
-    },
-    /// Compare the create revision (0 when absent).
-    CreateRevision {
-        /// The key.
-        key: Vec<u8>,
-        /// The relation.
-        op: CompareOp,
-        /// The revision to compare with.
-        revision: LogIndex,
-    },
-    /// Compare the mod revision (0 when absent).
-    ModRevision {
-        /// The key.
-        key: Vec<u8>,
-        /// The relation.
-        op: CompareOp,
-        /// The revision to compare with.
-        revision: LogIndex,
-    },
-    /// Holds when the key's presence equals `exists`.
-    Exists {
-        /// The key.
-        key: Vec<u8>,
-        /// `true`: the key must be present; `false`: it must be absent.
-        exists: bool,
-    },
-}
-
-impl Compare {
-    /// The key this compare reads.
-    pub fn key(&self) -> &[u8] {
-        match self {
-            Compare::Value { key, .. }
-            | Compare::Version { key, .. }
-            | Compare::CreateRevision { key, .. }
-            | Compare::ModRevision { key, .. }
-            | Compare::Exists { key, .. } => key,
-        }
-    }
-}
-
-/// One operation inside a transaction branch. Variants are only ever appended.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub enum TxnOp {
-    /// Set a key.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
-    },
-    /// Remove a key.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// Read a key (seeing the writes of earlier ops in the same branch).
-    Get {
-        /// The key.
-        key: Vec<u8>,
-    },
-}
-
-impl TxnOp {
-    /// The key this op touches.
-    pub fn key(&self) -> &[u8] {
-        match self {
-            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
-        }
-    }
-}
-
-/// The end key of the range holding exactly the keys that start with `prefix`: `prefix` with its
-/// last byte below 0xFF incremented and the rest cut off. `None` when there is no such key (the
-/// prefix is empty or all 0xFF): the range then runs to the last key.
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let last = prefix.iter().rposition(|&b| b != 0xFF)?;
-    let mut end = prefix[..=last].to_vec();
-    end[last] += 1;
-    Some(end)
-}
-
-/// Check a key: non-empty and at most `MAX_KEY_BYTES`. `what` names it in the error.
-pub(crate) fn check_key(what: &str, key: &[u8]) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::InvalidArgument(format!("{what}: key is empty")));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: key is {} bytes, over the limit of {MAX_KEY_BYTES}",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
-fn check_value(what: &str, value: &[u8]) -> Result<()> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: value is {} bytes, over the limit of {MAX_VALUE_BYTES}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Check a scan or delete range: bounds at most `MAX_KEY_BYTES`, `end` after `start`, limit in
-/// 1..=`MAX_SCAN_LIMIT`.
-pub(crate) fn check_range(
-    what: &str,
-    start: &[u8],
-    end: Option<&[u8]>,
-    limit: usize,
-) -> Result<()> {
-    if start.len() > MAX_KEY_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: range start is {} bytes, over the limit of {MAX_KEY_BYTES}",
-            start.len()
-        )));
-    }
-    if let Some(end) = end {
-        if end.len() > MAX_KEY_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "{what}: range end is {} bytes, over the limit of {MAX_KEY_BYTES}",
-                end.len()
-            )));
-        }
-        if end <= start {
-            return Err(Error::InvalidArgument(format!(
-                "{what}: range end is not after range start"
-            )));
-        }
-    }
-    if limit == 0 || limit > MAX_SCAN_LIMIT {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: limit {limit} is not in 1..={MAX_SCAN_LIMIT}"
-        )));
-    }
-    Ok(())
-}
-
-impl Txn {
-    fn validate(&self) -> Result<()> {
-        let ops = self.compares.len() + self.success.len() + self.failure.len();
-        if ops > MAX_TXN_OPS {
-            return Err(Error::InvalidArgument(format!(
-                "txn has {ops} compares and ops, over the limit of {MAX_TXN_OPS}"
-            )));
-        }
-        let mut bytes = 0usize;
-        for (i, compare) in self.compares.iter().enumerate() {
-            let what = format!("txn compare {i}");
-            check_key(&what, compare.key())?;
-            bytes += compare.key().len();
-            if let Compare::Value { value, .. } = compare {
-                check_value(&what, value)?;
-                bytes += value.len();
-            }
-        }
-        for (branch, ops) in [("success", &self.success), ("failure", &self.failure)] {
-            for (i, op) in ops.iter().enumerate() {
-                let what = format!("txn {branch} op {i}");
-                check_key(&what, op.key())?;
-                bytes += op.key().len();
-                if let TxnOp::Put { value, .. } = op {
-                    check_value(&what, value)?;
-                    bytes += value.len();
-                }
-                // Two writes of one key in one branch would need two versions at one revision;
-                // refuse them (as etcd does) rather than define an order-dependent meaning.
-                let writes = |op: &TxnOp| matches!(op, TxnOp::Put { .. } | TxnOp::Delete { .. });
-                if writes(op) {
-                    if let Some(first) = ops[..i]
-                        .iter()
-                        .position(|earlier| writes(earlier) && earlier.key() == op.key())
-                    {
-                        return Err(Error::InvalidArgument(format!(
-                            "{what} writes the same key as txn {branch} op {first}"
-                        )));
-                    }
-                }
-            }
-        }
-        if bytes > MAX_TXN_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "txn carries {bytes} key and value bytes, over the limit of {MAX_TXN_BYTES}"
-            )));
-        }
-        Ok(())
-    }
-}
-
 impl Command {
     /// Check every limit. The runtime calls this before proposing; the machine calls it again at
     /// apply time and answers a failing command with [`super::CommandResult::Rejected`] without
@@ -349,24 +96,15 @@ impl Command {
         }
         match &self.op {
             Op::RegisterClient => Ok(()),
-            Op::Put { key, value } => {
-                check_key("put", key)?;
-                check_value("put", value)
-            }
-            Op::Delete { key } => check_key("delete", key),
+            Op::Put { key, value } => kv::validate_put(key, value),
+            Op::Delete { key } => kv::validate_delete(key),
             Op::CompareAndSwap {
                 key,
                 expected,
                 new_value,
-            } => {
-                check_key("compare-and-swap", key)?;
-                if let Some(expected) = expected {
-                    check_value("compare-and-swap expected", expected)?;
-                }
-                check_value("compare-and-swap new", new_value)
-            }
+            } => kv::validate_cas(key, expected.as_deref(), new_value),
             Op::DeleteRange { start, end, limit } => {
-                check_range("delete-range", start, end.as_deref(), *limit as usize)
+                kv::validate_delete_range(start, end.as_deref(), *limit)
             }
             Op::Txn(txn) => txn.validate(),
         }
@@ -419,24 +157,17 @@ impl Command {
                 supported: u32::from(COMMAND_VERSION),
             });
         }
-        decode_value(body).map_err(|e| match e {
-            Error::Corrupt {
-                file,
-                offset,
-                reason,
-            } => Error::Corrupt {
-                file,
-                offset: offset + 1,
-                reason: format!("command: {reason}"),
-            },
-            other => other,
-        })
+        // The body starts after the version byte.
+        decode_value(body)
+            .map_err(|e| e.map_corrupt(|offset, reason| (offset + 1, format!("command: {reason}"))))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_VALUE_BYTES};
+    use crate::sm::kv::TxnOp;
 
     fn put(key: &[u8], value: &[u8]) -> Command {
         Command {
@@ -481,14 +212,6 @@ mod tests {
             Command::decode(&bytes),
             Err(Error::Corrupt { .. })
         ));
-    }
-
-    #[test]
-    fn prefix_end_increments_last_non_ff_byte() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(&[1, 0xFF, 0xFF]), Some(vec![2]));
-        assert_eq!(prefix_end(&[0xFF]), None);
-        assert_eq!(prefix_end(b""), None);
     }
 
     #[test]

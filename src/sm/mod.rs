@@ -38,58 +38,43 @@
 //! assert_eq!(sm.applied(), (LogIndex(1), Term(1)));
 //! ```
 
-mod apply;
+mod cache;
+mod clients;
 mod command;
+mod execute;
+mod kv;
+mod layout;
+mod overlay;
 mod result;
 mod snapshot;
-mod store;
 
-pub use command::{
-    prefix_end, Command, Compare, CompareOp, Op, Txn, TxnOp, COMMAND_VERSION, UNTRACKED_CLIENT,
-};
+pub use command::{Command, Op, COMMAND_VERSION, UNTRACKED_CLIENT};
+pub use kv::{prefix_end, Compare, CompareOp, Txn, TxnOp};
 pub use result::{
     ApplyOutcome, CasResult, CommandResult, DeleteRangeResult, DeleteResult, EntryResult, KeyMeta,
     KeyValue, PutResult, RangePage, TxnOpResult, TxnResult, VersionedValue,
 };
-pub use snapshot::{
-    list_snapshots, newest_snapshot, prune_snapshots, snapshot_file_name, verify_snapshot,
-    SnapshotMeta, SNAPSHOTS_TO_KEEP, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SALT,
-};
+pub(crate) use snapshot::{verify_snapshot, SnapshotSummary};
+pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SALT};
 
-use apply::{compare_holds, Applier};
-use command::{check_key, check_range};
-use store::{
-    batch_of, decode_record, kv_key, merge_writes, merged, sled_error, AppliedRecord, ClientOrder,
-    Overlay, RecordCache, Writes, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
+use cache::RecordCache;
+use clients::ClientOrder;
+use execute::Executor;
+use layout::{
+    decode_record, parse_state_tree_name, sled_error, state_tree_name, AppliedRecord,
+    ACTIVE_TREE_KEY, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
     OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META,
 };
+use overlay::{batch_of, merge_writes, merged, Overlay, Writes};
 
 use crate::codec::encode_value;
 use crate::error::{Error, ErrorCode, Result};
-use crate::limits::MAX_TXN_OPS;
 use crate::types::{Entry, EntryKind, LogIndex, Term};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::fmt;
+use std::io::{Read, Write};
 use std::path::Path;
-
-/// Key in sled's default tree naming the tree that holds the current state.
-const ACTIVE_TREE_KEY: &[u8] = b"haven.sm.active_tree";
-/// State trees are named this prefix followed by a decimal generation number; a restore fills
-/// generation n+1 and then switches [`ACTIVE_TREE_KEY`] to it in one write.
-const STATE_TREE_PREFIX: &str = "haven.sm.state.";
-
-fn state_tree_name(generation: u64) -> Vec<u8> {
-    format!("{STATE_TREE_PREFIX}{generation}").into_bytes()
-}
-
-fn parse_state_tree_name(name: &[u8]) -> Option<u64> {
-    std::str::from_utf8(name)
-        .ok()?
-        .strip_prefix(STATE_TREE_PREFIX)?
-        .parse()
-        .ok()
-}
 
 /// sled refuses a second open of a database with an `Io` error whose message says it could not
 /// acquire the lock. That is `DataDir`: another process has the directory, or (sled issues
@@ -109,13 +94,13 @@ fn open_error(path: &Path, e: sled::Error) -> Error {
     }
 }
 
-/// The membership payload stored in the snapshot file at `path` (the payload of the last
+/// The membership payload stored in the snapshot stream `input` (the payload of the last
 /// membership entry the snapshot covers), `None` if the snapshot covers none. Reads and verifies
-/// the whole file. The runtime needs it on restart to tell the Raft core the configuration at
+/// the whole stream. The runtime needs it on restart to tell the Raft core the configuration at
 /// its compaction point when the state machine has already applied beyond that point.
-pub fn snapshot_membership(path: impl AsRef<Path>) -> Result<Option<Vec<u8>>> {
+pub(crate) fn snapshot_membership(input: impl Read) -> Result<Option<Vec<u8>>> {
     let mut membership = None;
-    snapshot::read_snapshot(path.as_ref(), |pairs| {
+    snapshot::read_snapshot(input, |pairs| {
         for (key, value) in pairs {
             if key == KEY_MEMBERSHIP {
                 membership = Some(value);
@@ -318,7 +303,8 @@ impl StateMachine {
         self.cached.clients.len()
     }
 
-    fn check_usable(&self) -> Result<()> {
+    /// `Fatal` once the machine stopped after a storage failure (see `note_failure`).
+    pub(crate) fn check_usable(&self) -> Result<()> {
         match &self.failed {
             Some(why) => Err(Error::Fatal(format!(
                 "state machine stopped after a storage failure: {why}"
@@ -373,7 +359,7 @@ impl StateMachine {
         let (mut applied_index, mut applied_term) = self.cached.applied;
         let mut membership = None;
         // The order is changed in place; a batch that fails rolls it back (`roll_back`).
-        let mut applier = Applier::new(
+        let mut applier = Executor::new(
             Overlay::with_pending(&self.tree, &self.pending, &self.cache),
             &mut self.cached.clients,
         );
@@ -492,34 +478,13 @@ impl StateMachine {
     /// The value and metadata of `key`, `None` if absent. `InvalidArgument` for an empty or
     /// oversize key.
     pub fn get(&self, key: &[u8]) -> Result<Option<VersionedValue>> {
-        check_key("get", key)?;
-        Overlay::with_pending(&self.tree, &self.pending, &self.cache).get_value(key)
+        kv::get(&self.view(), key)
     }
 
     /// Up to `limit` keys in `[start, end)` (`end` `None`: to the last key) in key order, and
     /// whether more remain. `limit` must be in 1..=`MAX_SCAN_LIMIT`; `start` may be empty.
     pub fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<RangePage> {
-        check_range("range", start, end, limit)?;
-        let from = kv_key(start);
-        let to = match end {
-            Some(end) => kv_key(end),
-            None => vec![PREFIX_KV + 1],
-        };
-        let (pairs, more) = Overlay::with_pending(&self.tree, &self.pending, &self.cache).scan(
-            &from,
-            Some(&to),
-            limit,
-        )?;
-        let mut entries = Vec::with_capacity(pairs.len());
-        for (key, value) in pairs {
-            let stored: VersionedValue = decode_record("kv", &value)?;
-            entries.push(KeyValue {
-                key: key[1..].to_vec(),
-                value: stored.value,
-                meta: stored.meta,
-            });
-        }
-        Ok(RangePage { entries, more })
+        kv::range(&self.view(), start, end, limit)
     }
 
     /// Up to `limit` keys starting with `prefix` (empty: every key), in key order.
@@ -530,20 +495,12 @@ impl StateMachine {
     /// Evaluate transaction compares against the current state without writing: `true` if all
     /// hold. Lets the runtime answer a read-only transaction locally after a ReadIndex.
     pub fn evaluate_compares(&self, compares: &[Compare]) -> Result<bool> {
-        if compares.len() > MAX_TXN_OPS {
-            return Err(Error::InvalidArgument(format!(
-                "{} compares, over the limit of {MAX_TXN_OPS}",
-                compares.len()
-            )));
-        }
-        let view = Overlay::with_pending(&self.tree, &self.pending, &self.cache);
-        for (i, compare) in compares.iter().enumerate() {
-            check_key(&format!("compare {i}"), compare.key())?;
-            if !compare_holds(&view, compare)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        kv::evaluate_compares(&self.view(), compares)
+    }
+
+    /// The state as reads see it: the tree, through the cache, with the pending writes on top.
+    fn view(&self) -> Overlay<'_> {
+        Overlay::with_pending(&self.tree, &self.pending, &self.cache)
     }
 
     /// A sha256 over the logical state: applied index and term, membership payload, every key
@@ -595,31 +552,33 @@ impl StateMachine {
     }
 
     /// Write the whole state (KV, client table, membership, applied index and term) as a
-    /// snapshot file in `snap_dir` (usually `DATA_DIR/snap`; created if missing): written under
-    /// a temporary name, fsynced, renamed, directory fsynced. The snapshot covers exactly
-    /// [`StateMachine::applied`]. Apply is blocked meanwhile (it needs `&mut self`).
-    pub fn write_snapshot(&self, snap_dir: impl AsRef<Path>) -> Result<SnapshotMeta> {
+    /// snapshot stream to `out` (`src/snapshots.rs` makes it a durable file). The snapshot covers
+    /// exactly [`StateMachine::applied`]. Apply is blocked meanwhile (it needs `&mut self`).
+    pub(crate) fn write_snapshot_to(&self, out: impl Write) -> Result<SnapshotSummary> {
         self.check_usable()?;
         let (index, term) = self.cached.applied;
         let empty = Writes::new();
         let pairs = merged(&self.tree, Some(&self.pending), &empty, &[], None);
-        snapshot::write_snapshot(pairs, index, term, snap_dir.as_ref())
+        snapshot::write_snapshot(pairs, index, term, LAYOUT_VERSION, out)
     }
 
-    /// Replace the whole state with the snapshot at `path`.
+    /// Replace the whole state with the snapshot that `open` reads, which the caller has
+    /// verified completely (`verified`: [`verify_snapshot`] of the same bytes).
     ///
-    /// The file is verified completely first (every frame, every record, the sha256); a bad file
-    /// is refused (`Corrupt`, `UnsupportedVersion`) and the state is untouched. A snapshot older
-    /// than the applied index is refused (`InvalidArgument`): the state never moves backwards.
-    /// The records are then copied into a fresh sled tree, which is flushed and then made the
-    /// state by ONE write of the active-tree pointer, then flushed again. A crash before that
-    /// write leaves the old state (the half-filled tree is dropped at the next open); a crash
-    /// after it leaves the new state. Either way the runtime sees a consistent state and
-    /// replays the log from [`StateMachine::applied`].
-    pub fn restore_snapshot(&mut self, path: impl AsRef<Path>) -> Result<SnapshotMeta> {
+    /// A snapshot older than the applied index is refused (`InvalidArgument`): the state never
+    /// moves backwards. The records are then copied into a fresh sled tree (the stream is read
+    /// again, and must hash as `verified` did), which is flushed and then made the state by ONE
+    /// write of the active-tree pointer, then flushed again. A crash before that write leaves
+    /// the old state (the half-filled tree is dropped at the next open); a crash after it leaves
+    /// the new state. Either way the runtime sees a consistent state and replays the log from
+    /// [`StateMachine::applied`]. `open` is called once, when the scratch tree is ready; its
+    /// failure is a storage failure like any other of the restore.
+    pub(crate) fn restore_verified<R: Read>(
+        &mut self,
+        verified: &SnapshotSummary,
+        open: impl FnOnce() -> Result<R>,
+    ) -> Result<()> {
         self.check_usable()?;
-        let path = path.as_ref();
-        let verified = verify_snapshot(path)?;
         if verified.index < self.cached.applied.0 {
             return Err(Error::InvalidArgument(format!(
                 "snapshot at {} is older than the applied index {}",
@@ -628,18 +587,18 @@ impl StateMachine {
         }
         let next_generation = self.generation + 1;
         let next_name = state_tree_name(next_generation);
-        match self.fill_tree(&next_name, path, &verified) {
+        match self.fill_tree(&next_name, open, verified) {
             Ok(tree) => {
                 if let Err(e) = self.switch_to(tree, next_generation, next_name) {
                     return Err(self.note_failure(e));
                 }
-                Ok(verified)
+                Ok(())
             }
             Err(e) => {
                 // Nothing refers to the scratch tree; dropping it is tidiness (open drops it too).
                 let _ = self.db.drop_tree(&next_name);
                 match e.code() {
-                    // The file changed or broke between the two reads: the state is untouched.
+                    // The stream changed or broke between the two reads: the state is untouched.
                     ErrorCode::Corrupt | ErrorCode::UnsupportedVersion => Err(e),
                     _ => Err(self.note_failure(e)),
                 }
@@ -648,7 +607,12 @@ impl StateMachine {
     }
 
     /// Copy the verified snapshot into a new tree named `name` (not yet the state).
-    fn fill_tree(&self, name: &[u8], path: &Path, verified: &SnapshotMeta) -> Result<sled::Tree> {
+    fn fill_tree<R: Read>(
+        &self,
+        name: &[u8],
+        open: impl FnOnce() -> Result<R>,
+        verified: &SnapshotSummary,
+    ) -> Result<sled::Tree> {
         self.db
             .drop_tree(name)
             .map_err(|e| sled_error("clearing a scratch state tree", e))?;
@@ -656,7 +620,7 @@ impl StateMachine {
             .db
             .open_tree(name)
             .map_err(|e| sled_error("creating a scratch state tree", e))?;
-        let copied = snapshot::read_snapshot(path, |pairs| {
+        let copied = snapshot::read_snapshot(open()?, |pairs| {
             let mut batch = sled::Batch::default();
             for (key, value) in pairs {
                 // A layout-1 snapshot (verified as such) becomes a layout-2 tree: its stored
@@ -674,9 +638,10 @@ impl StateMachine {
                 .map_err(|e| sled_error("restoring a snapshot", e))
         })?;
         if copied.sha256 != verified.sha256 {
-            return Err(
-                Error::corrupt(0, "snapshot changed while it was being restored").in_file(path, 0),
-            );
+            return Err(Error::corrupt(
+                0,
+                "snapshot changed while it was being restored",
+            ));
         }
         self.db
             .flush()
@@ -726,7 +691,7 @@ impl StateMachine {
 mod tests {
     use super::*;
     use crate::types::GroupId;
-    use store::check_pair;
+    use layout::check_pair;
 
     fn entry(index: u64, cmd: &Command) -> Entry {
         Entry {
@@ -852,19 +817,22 @@ mod tests {
             pairs.push((key, Vec::new()));
         }
         pairs.sort();
-        let snap_dir = dir.path().join("snap");
-        let file = snapshot::write_snapshot_of_layout(
+        let mut file = Vec::new();
+        snapshot::write_snapshot(
             pairs.into_iter().map(Ok),
             LogIndex(3),
             Term(1),
-            &snap_dir,
             1,
+            &mut file,
         )
         .unwrap();
         // Layout 2 refuses `l` keys in a snapshot that says it is layout 2.
         assert!(check_pair(&[PREFIX_CLIENT_ORDER; 17], b"", LAYOUT_VERSION).is_err());
         let mut restored = StateMachine::open(dir.path().join("b"), 1 << 20).unwrap();
-        restored.restore_snapshot(&file.path).unwrap();
+        let verified = verify_snapshot(&file[..]).unwrap();
+        restored
+            .restore_verified(&verified, || Ok(&file[..]))
+            .unwrap();
         assert_eq!(restored.state_hash().unwrap(), source.state_hash().unwrap());
         assert_eq!(restored.tree.scan_prefix([PREFIX_CLIENT_ORDER]).count(), 0);
         let layout: u32 =
@@ -872,7 +840,7 @@ mod tests {
         assert_eq!(layout, LAYOUT_VERSION);
         assert_eq!(restored.cached.clients, source.cached.clients);
         // A snapshot of the restored state is layout 2 and has the same content hash-wise.
-        let again = restored.write_snapshot(dir.path().join("snap2")).unwrap();
+        let again = restored.write_snapshot_to(Vec::new()).unwrap();
         assert_eq!(again.index, LogIndex(3));
     }
 }

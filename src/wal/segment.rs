@@ -71,12 +71,10 @@ pub(crate) fn sync_data(file: &File, faults: Option<&FaultInjector>) -> std::io:
     file.sync_data()
 }
 
-/// fsync a directory, so that creations, renames and deletions in it are durable. (Shared with
-/// the data directory, which writes `meta` the same way.)
+/// fsync a directory, so that creations, renames and deletions in it are durable (the one
+/// implementation is `crate::fs::sync_dir`, the disk seam).
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+    crate::fs::sync_dir(dir)
 }
 
 /// Create `path` as a zero-filled, synced file of `size` bytes (see the module comment for why

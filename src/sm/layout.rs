@@ -1,0 +1,240 @@
+//! The state's layout in sled, byte for byte as `docs/FORMAT.md` ("State-machine sled layout")
+//! gives it: the tree names, the one-byte key prefixes (taken and reserved), the key encodings,
+//! and the records stored under each prefix, with the helpers that decode them.
+//!
+//! Everything lives in ONE sled tree (a `sled::Batch` is atomic only within one tree). Keys start
+//! with a one-byte prefix, one per feature; a new feature takes a reserved prefix here (and in
+//! FORMAT.md) before it writes a key. The records live here rather than beside their feature's
+//! logic because the shared plumbing below the features reads them: the record cache reads a
+//! user key's metadata, and snapshot verification checks every record ([`check_pair`]).
+
+use super::result::{CommandResult, KeyMeta, VersionedValue};
+use crate::codec::{decode_borrowed, decode_value};
+use crate::error::{Error, Result};
+use crate::types::{LogIndex, Term};
+use bincode::{BorrowDecode, Decode, Encode};
+
+/// Key in sled's default tree naming the tree that holds the current state.
+pub(crate) const ACTIVE_TREE_KEY: &[u8] = b"haven.sm.active_tree";
+/// State trees are named this prefix followed by a decimal generation number; a restore fills
+/// generation n+1 and then switches [`ACTIVE_TREE_KEY`] to it in one write.
+const STATE_TREE_PREFIX: &str = "haven.sm.state.";
+
+pub(crate) fn state_tree_name(generation: u64) -> Vec<u8> {
+    format!("{STATE_TREE_PREFIX}{generation}").into_bytes()
+}
+
+pub(crate) fn parse_state_tree_name(name: &[u8]) -> Option<u64> {
+    std::str::from_utf8(name)
+        .ok()?
+        .strip_prefix(STATE_TREE_PREFIX)?
+        .parse()
+        .ok()
+}
+
+/// Prefix of user keys: `k` ‖ key -> [`VersionedValue`].
+pub(crate) const PREFIX_KV: u8 = b'k';
+/// Prefix of the client table: `c` ‖ client id (u64 BE) -> [`ClientRecord`].
+pub(crate) const PREFIX_CLIENT: u8 = b'c';
+/// Prefix of the eviction order of layout 1: `l` ‖ last applied index (u64 BE) ‖ client id
+/// (u64 BE) -> empty. Layout 2 keeps that order in memory only (`clients::ClientOrder`); the keys are
+/// removed when a layout-1 tree is opened and skipped when a layout-1 snapshot is restored.
+pub(crate) const PREFIX_CLIENT_ORDER: u8 = b'l';
+/// Prefix of machine metadata: `m` ‖ name.
+pub(crate) const PREFIX_META: u8 = b'm';
+
+/// Reserved for sessions (leases): `s` ‖ ... . Not written yet.
+pub(crate) const PREFIX_SESSION: u8 = b's';
+/// Reserved for locks: `x` ‖ ... . Not written yet.
+pub(crate) const PREFIX_LOCK: u8 = b'x';
+/// Reserved for elections: `e` ‖ ... . Not written yet.
+pub(crate) const PREFIX_ELECTION: u8 = b'e';
+/// Reserved for the partition map (ring): `r` ‖ ... . Not written yet.
+pub(crate) const PREFIX_RING: u8 = b'r';
+
+/// Every prefix, taken or reserved: no two features may share one.
+const PREFIXES: [u8; 8] = [
+    PREFIX_KV,
+    PREFIX_CLIENT,
+    PREFIX_CLIENT_ORDER,
+    PREFIX_META,
+    PREFIX_SESSION,
+    PREFIX_LOCK,
+    PREFIX_ELECTION,
+    PREFIX_RING,
+];
+const _: () = {
+    let mut i = 0;
+    while i < PREFIXES.len() {
+        let mut j = i + 1;
+        while j < PREFIXES.len() {
+            assert!(
+                PREFIXES[i] != PREFIXES[j],
+                "two features share a key prefix"
+            );
+            j += 1;
+        }
+        i += 1;
+    }
+};
+
+/// `m applied` -> [`AppliedRecord`].
+pub(crate) const KEY_APPLIED: &[u8] = b"mapplied";
+/// `m membership` -> the raw bytes of the last applied membership entry.
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"mmembership";
+/// `m layout` -> u32 layout version.
+pub(crate) const KEY_LAYOUT: &[u8] = b"mlayout";
+
+/// Version of this key layout and its records. Snapshots record it too. Layout 1 also stored
+/// the client eviction order (`l` keys); layout 2 derives it from the client records.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
+
+/// The oldest layout this build still opens and restores (converting it to [`LAYOUT_VERSION`]).
+pub(crate) const OLDEST_LAYOUT_VERSION: u32 = 1;
+
+/// The applied position, stored in the same batch as the state it describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct AppliedRecord {
+    pub(crate) index: LogIndex,
+    pub(crate) term: Term,
+}
+
+/// What the machine remembers per registered client.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct ClientRecord {
+    /// Seq of the last applied command (0 right after registration).
+    pub(crate) last_seq: u64,
+    /// Log index of the last applied command (or of the registration).
+    pub(crate) last_index: LogIndex,
+    /// Its result, as retained (see `encode_client_record` in `clients.rs`).
+    pub(crate) result: CommandResult,
+}
+
+pub(crate) fn kv_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(PREFIX_KV);
+    k.extend_from_slice(key);
+    k
+}
+
+pub(crate) fn client_key(client_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(PREFIX_CLIENT);
+    k.extend_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// The client id in a `c` key (or a layout-1 `l` key), if the key is well formed.
+pub(crate) fn client_id_of(key: &[u8]) -> Option<u64> {
+    let id: [u8; 8] = match key.first() {
+        Some(&PREFIX_CLIENT) if key.len() == 9 => key[1..9].try_into().ok()?,
+        Some(&PREFIX_CLIENT_ORDER) if key.len() == 17 => key[9..17].try_into().ok()?,
+        _ => return None,
+    };
+    Some(u64::from_be_bytes(id))
+}
+
+/// Decode a stored record, naming the key's kind in the error.
+pub(crate) fn decode_record<T: Decode<()>>(what: &str, bytes: &[u8]) -> Result<T> {
+    decode_value(bytes).map_err(|e| with_context(what, e))
+}
+
+/// Name the kind of record in a decoding error.
+fn with_context(what: &str, e: Error) -> Error {
+    match e {
+        Error::Corrupt {
+            file,
+            offset,
+            reason,
+        } => Error::Corrupt {
+            file,
+            offset,
+            reason: format!("state {what} record: {reason}"),
+        },
+        other => other,
+    }
+}
+
+/// Map a sled error to ours, with what we were doing.
+pub(crate) fn sled_error(context: &str, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(source) => Error::io(context, source),
+        sled::Error::Corruption { .. } => {
+            Error::corrupt(0, format!("sled reports corruption while {context}"))
+        }
+        other => Error::Fatal(format!("sled failed while {context}: {other}")),
+    }
+}
+
+/// Check one raw (key, value) pair of a state tree of layout `layout`: a known prefix, a
+/// well-formed key and a decodable record. Used on every record of a snapshot before it may
+/// become the state.
+pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
+    match key.first() {
+        Some(&PREFIX_KV) if key.len() > 1 => decode_record::<VersionedValue>("kv", value).map(drop),
+        Some(&PREFIX_CLIENT) if client_id_of(key).is_some() => {
+            decode_record::<ClientRecord>("client", value).map(drop)
+        }
+        Some(&PREFIX_CLIENT_ORDER)
+            if layout == 1 && client_id_of(key).is_some() && value.is_empty() =>
+        {
+            Ok(())
+        }
+        Some(&PREFIX_META) if key == KEY_APPLIED => {
+            decode_record::<AppliedRecord>("applied", value).map(drop)
+        }
+        Some(&PREFIX_META) if key == KEY_LAYOUT => decode_record::<u32>("layout", value).map(drop),
+        Some(&PREFIX_META) if key == KEY_MEMBERSHIP => Ok(()),
+        _ => Err(Error::corrupt(0, "unknown key in state records")),
+    }
+}
+
+/// Raw (key, value) pairs of the state tree, in key order.
+pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A stored user-key record, borrowed: encodes exactly as [`VersionedValue`] (a byte slice and
+/// a `Vec<u8>` have the same bincode encoding), so a put encodes its value without copying it
+/// first, and reading only the metadata copies no value.
+#[derive(Encode, BorrowDecode)]
+pub(crate) struct StoredValueRef<'a> {
+    pub(crate) value: &'a [u8],
+    pub(crate) meta: KeyMeta,
+}
+
+/// The metadata of a stored user-key record, without copying its value.
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<KeyMeta> {
+    decode_borrowed::<StoredValueRef<'_>>(bytes)
+        .map(|stored| stored.meta)
+        .map_err(|e| with_context("kv", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_value;
+
+    #[test]
+    fn a_borrowed_stored_value_encodes_as_the_owned_one() {
+        let meta = KeyMeta {
+            create_revision: LogIndex(3),
+            mod_revision: LogIndex(70_000),
+            version: 300,
+        };
+        for len in [0usize, 1, 250, 251, 70_000] {
+            let value = vec![7u8; len];
+            let owned = encode_value(&VersionedValue {
+                value: value.clone(),
+                meta,
+            })
+            .unwrap();
+            let borrowed = encode_value(&StoredValueRef {
+                value: &value,
+                meta,
+            })
+            .unwrap();
+            assert_eq!(owned, borrowed, "value of {len} bytes");
+            assert_eq!(decode_meta(&owned).unwrap(), meta);
+        }
+        assert!(decode_meta(b"\x05ab").is_err());
+    }
+}
