@@ -8,8 +8,8 @@
 //! ```
 //!
 //! The level is read once from the `HAVEN_LOG` environment variable (`off`, `error`, `warn`,
-//! `info`, `debug`, `trace`; default `info`) and can be changed with [`set_level`]. haven uses no
-//! logging crate so that an embedding application's own logger is never disturbed.
+//! `info`, `debug`, `trace`; default `info`) and can be changed with [`set_level`]. When a `log`
+//! facade logger takes the level (the C ABI's callback), events go to it instead of stderr.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -170,9 +170,37 @@ pub fn write_event(
         return;
     }
     let mut line = format_line(SystemTime::now(), level, node, term, event, fields);
+    if to_facade(level, &line) {
+        return;
+    }
     line.push('\n');
     // One write call per line so lines from different threads do not interleave.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Hand the line to the `log` facade when a facade logger takes this level (the C ABI's log
+/// callback, see `ffi::log`); the host's logger adds its own timestamp, so `ts=` is left off.
+fn to_facade(level: Level, line: &str) -> bool {
+    let level = match level {
+        Level::Off => return false,
+        Level::Error => ::log::Level::Error,
+        Level::Warn => ::log::Level::Warn,
+        Level::Info => ::log::Level::Info,
+        Level::Debug => ::log::Level::Debug,
+        Level::Trace => ::log::Level::Trace,
+    };
+    if level > ::log::max_level() {
+        return false;
+    }
+    let without_ts = line.split_once(' ').map_or(line, |(_, rest)| rest);
+    ::log::logger().log(
+        &::log::Record::builder()
+            .level(level)
+            .target("haven")
+            .args(format_args!("{without_ts}"))
+            .build(),
+    );
+    true
 }
 
 /// Log one structured event:
