@@ -1,6 +1,7 @@
-//! The C binding: bindings/c/test_haven.c built with gcc against the cdylib and run under
+//! The C and C++ bindings: bindings/c/test_haven.c built with gcc against the cdylib and run under
 //! valgrind (no leaks, no invalid reads), and bindings/c/example.c (a 3-member cluster in one
-//! process) built and run.
+//! process) built and run, and bindings/cpp/test_haven.cpp (the RAII header) built with
+//! `g++ -std=c++17 -Wall -Werror` and run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,8 +51,15 @@ pub fn library_dir() -> PathBuf {
 
 fn build(source: &str, out: &Path) {
     let lib = library_dir();
-    let output = Command::new("gcc")
-        .args([
+    let mut command = if source.ends_with(".cpp") {
+        let mut gxx = Command::new("g++");
+        gxx.args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+            .arg("-I")
+            .arg(root().join("bindings/cpp"));
+        gxx
+    } else {
+        let mut gcc = Command::new("gcc");
+        gcc.args([
             "-std=c99",
             "-Wall",
             "-Wextra",
@@ -59,7 +67,10 @@ fn build(source: &str, out: &Path) {
             "-pedantic",
             "-g",
             "-O1",
-        ])
+        ]);
+        gcc
+    };
+    let output = command
         .arg("-I")
         .arg(root().join("include"))
         .arg(root().join(source))
@@ -70,7 +81,7 @@ fn build(source: &str, out: &Path) {
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .args(["-lhaven", "-lpthread"])
         .output()
-        .expect("running gcc");
+        .expect("running the compiler");
     assert!(
         output.status.success(),
         "gcc {source}:\n{}",
@@ -123,4 +134,13 @@ fn c_example_runs_a_three_member_cluster() {
     let stdout = run(Command::new(&exe), "example");
     assert!(stdout.contains("get: fast"), "{stdout}");
     assert!(stdout.contains("cas fast->safe: swapped"), "{stdout}");
+}
+
+#[test]
+fn cpp_binding_test_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("test_haven_cpp");
+    build("bindings/cpp/test_haven.cpp", &exe);
+    let stdout = run(Command::new(&exe), "test_haven_cpp");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
