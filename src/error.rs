@@ -39,6 +39,16 @@ pub enum ErrorCode {
     DataDir = 8,
     /// A storage failure (for example a failed fdatasync) stopped this node; it takes no writes.
     Fatal = 9,
+    /// A lock operation named a lock the caller does not hold (or a stale fencing token).
+    LockNotHeld = 10,
+    /// The session (lease) the operation relies on has expired or was revoked.
+    SessionExpired = 11,
+    /// The revision asked for is older than the window the member still keeps.
+    Compacted = 12,
+    /// The handle (or the member behind it) is closed.
+    Closed = 13,
+    /// A bug inside haven (for example a panic caught at the C boundary).
+    Internal = 14,
 }
 
 /// A failure. Marked `#[non_exhaustive]`: match on [`Error::code`] for stable handling.
@@ -222,6 +232,12 @@ mod tests {
         assert_eq!(Error::Auth(String::new()).code() as i32, 7);
         assert_eq!(Error::DataDir(String::new()).code() as i32, 8);
         assert_eq!(Error::Fatal(String::new()).code() as i32, 9);
+        // Codes the C ABI and the coordination services use before any variant does.
+        assert_eq!(ErrorCode::LockNotHeld as i32, 10);
+        assert_eq!(ErrorCode::SessionExpired as i32, 11);
+        assert_eq!(ErrorCode::Compacted as i32, 12);
+        assert_eq!(ErrorCode::Closed as i32, 13);
+        assert_eq!(ErrorCode::Internal as i32, 14);
     }
 
     #[test]

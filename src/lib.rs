@@ -36,6 +36,7 @@ pub mod client;
 pub mod codec;
 pub mod datadir;
 pub mod error;
+pub mod ffi;
 mod fs;
 pub mod histogram;
 pub mod limits;

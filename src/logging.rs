@@ -107,7 +107,21 @@ pub fn format_line(
     fields: &[(&str, &dyn std::fmt::Display)],
 ) -> String {
     let mut line = String::with_capacity(128);
-    let _ = write!(line, "ts={} level={}", timestamp(now), level_name(level));
+    let _ = write!(line, "ts={} ", timestamp(now));
+    push_event(&mut line, level, node, term, event, fields);
+    line
+}
+
+/// The line after its timestamp: `level=.. node=.. term=.. event=.. key=value ...`.
+fn push_event(
+    line: &mut String,
+    level: Level,
+    node: Option<u64>,
+    term: Option<u64>,
+    event: &str,
+    fields: &[(&str, &dyn std::fmt::Display)],
+) {
+    let _ = write!(line, "level={}", level_name(level));
     if let Some(node) = node {
         let _ = write!(line, " node={node}");
     }
@@ -115,14 +129,13 @@ pub fn format_line(
         let _ = write!(line, " term={term}");
     }
     line.push_str(" event=");
-    push_value(&mut line, event);
+    push_value(line, event);
     for (key, value) in fields {
         line.push(' ');
         line.push_str(key);
         line.push('=');
-        push_value(&mut line, &value.to_string());
+        push_value(line, &value.to_string());
     }
-    line
 }
 
 /// One haven event as a logger sees it: a [`log::Record`] taken apart into the node id and
@@ -155,6 +168,22 @@ impl Event {
         // A source that fails to visit leaves the fields it gave; logging never fails a caller.
         let _ = record.key_values().visit(&mut Collect(&mut event));
         event
+    }
+
+    /// The event as one logfmt line without a timestamp (`level=info node=1 term=3
+    /// event=became_leader voters=3`), for sinks that stamp their own time (the C ABI's log
+    /// callback).
+    pub fn to_logfmt(&self) -> String {
+        let fields: Vec<(&str, &dyn fmt::Display)> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v as &dyn fmt::Display))
+            .collect();
+        let mut line = String::with_capacity(128);
+        push_event(
+            &mut line, self.level, self.node, self.term, &self.name, &fields,
+        );
+        line
     }
 
     /// The value of the first field named `key`.
@@ -190,7 +219,7 @@ impl<'kvs> VisitSource<'kvs> for Collect<'_> {
 
 /// Whether a record comes from haven (the library or the `haven` binary): targets are module
 /// paths, and both crates are named `haven`.
-fn is_haven(target: &str) -> bool {
+pub(crate) fn is_haven(target: &str) -> bool {
     target == "haven" || target.starts_with("haven::")
 }
 
