@@ -41,6 +41,7 @@
 mod apply;
 mod command;
 mod result;
+pub mod placement;
 mod snapshot;
 mod store;
 
