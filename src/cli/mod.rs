@@ -6,6 +6,7 @@ pub mod children;
 pub mod cluster_bench;
 pub mod demo;
 pub mod kv;
+pub mod ring_bench;
 pub mod serve;
 pub mod status;
 
@@ -61,6 +62,8 @@ pub enum BenchTarget {
     /// A 3-member cluster of `haven serve` processes on loopback, driven by closed-loop
     /// writers over the remote client: ops/s, latency percentiles, members' memory.
     Cluster(cluster_bench::ClusterBenchArgs),
+    /// Partition-map placement: balance, movement, lookup and rebuild time per strategy.
+    Ring(ring_bench::RingBenchArgs),
 }
 
 /// Run the parsed command; the process exit code.
@@ -87,6 +90,15 @@ pub fn run(cli: Cli) -> i32 {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("haven bench cluster: {e}");
+                1
+            }
+        },
+        Command::Bench {
+            target: BenchTarget::Ring(args),
+        } => match ring_bench::run(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("haven bench ring: {e}");
                 1
             }
         },

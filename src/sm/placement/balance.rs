@@ -556,6 +556,11 @@ impl Work {
             if (0..self.owners.len()).all(|o| self.within_bounds(o)) {
                 return;
             }
+            if std::env::var("PLACEMENT_DEBUG").is_ok() {
+                for o in 0..self.owners.len() {
+                    eprintln!("repair: owner {o} w={} pri {} {:?} rep {} {:?}", self.owners[o].weight, self.primaries[o], self.primary_bounds[o], self.replicas[o], self.replica_bounds[o]);
+                }
+            }
             for owner in 0..self.owners.len() {
                 if self.replicas[owner] < self.replica_bounds[owner].lo
                     || self.primaries[owner] < self.primary_bounds[owner].lo
