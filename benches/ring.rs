@@ -8,15 +8,24 @@ use haven::sm::placement::{compute, Change, MapParams, Owner, Strategy};
 use std::hint::black_box;
 
 fn strategies() -> [Strategy; 2] {
-    [Strategy::Rendezvous, Strategy::Ring { vnodes_per_weight: 160 }]
+    [
+        Strategy::Rendezvous,
+        Strategy::Ring {
+            vnodes_per_weight: 160,
+        },
+    ]
 }
 
 fn owners() -> Vec<Owner> {
-    (0..100).map(|i| Owner::new(format!("node-{i}"), 1)).collect()
+    (0..100)
+        .map(|i| Owner::new(format!("node-{i}"), 1))
+        .collect()
 }
 
 fn placement(c: &mut Criterion) {
-    let keys: Vec<Vec<u8>> = (0..4096).map(|i| format!("user:{i}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..4096)
+        .map(|i| format!("user:{i}").into_bytes())
+        .collect();
     let join = Change::Join(Owner::new("node-joining", 1));
     for strategy in strategies() {
         let params = MapParams {
@@ -32,9 +41,11 @@ fn placement(c: &mut Criterion) {
                 black_box(table.lookup(black_box(&keys[next])));
             })
         });
-        c.bench_with_input(BenchmarkId::new("ring/build", name), &params, |b, params| {
-            b.iter(|| compute(black_box(&owners()), params).expect("valid map"))
-        });
+        c.bench_with_input(
+            BenchmarkId::new("ring/build", name),
+            &params,
+            |b, params| b.iter(|| compute(black_box(&owners()), params).expect("valid map")),
+        );
         c.bench_function(&format!("ring/apply_join/{name}"), |b| {
             b.iter(|| table.apply(black_box(&join)).expect("valid change"))
         });

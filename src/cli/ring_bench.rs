@@ -11,8 +11,8 @@
 //! - `rebuild_ms`: `Table::apply` of one join, median of 5.
 
 use haven::sm::placement::{
-    compute, replica_moves, Change, LoadCap, MapParams, Owner, Strategy, Table,
-    DEFAULT_PARTITIONS, DEFAULT_REPLICAS, DEFAULT_VNODES_PER_WEIGHT,
+    compute, replica_moves, Change, LoadCap, MapParams, Owner, Strategy, Table, DEFAULT_PARTITIONS,
+    DEFAULT_REPLICAS, DEFAULT_VNODES_PER_WEIGHT,
 };
 use haven::Result;
 use std::hint::black_box;
@@ -104,7 +104,9 @@ fn measure(strategy: Strategy, owners: usize, partitions: u32, replicas: u32) ->
         strategy,
         load_cap: LoadCap::default(),
     };
-    let list: Vec<Owner> = (0..owners).map(|i| Owner::new(format!("node-{i}"), 1)).collect();
+    let list: Vec<Owner> = (0..owners)
+        .map(|i| Owner::new(format!("node-{i}"), 1))
+        .collect();
     let table = compute(&list, &params)?;
     let join = Change::Join(Owner::new("node-joining", 1));
     let joined = table.apply(&join)?;
@@ -145,7 +147,12 @@ fn measure(strategy: Strategy, owners: usize, partitions: u32, replicas: u32) ->
 }
 
 /// Measure every strategy at every owner count; one JSON object per line (`json`) or a table.
-pub fn bench_report(owner_counts: &[usize], partitions: u32, replicas: u32, json: bool) -> Result<String> {
+pub fn bench_report(
+    owner_counts: &[usize],
+    partitions: u32,
+    replicas: u32,
+    json: bool,
+) -> Result<String> {
     let strategies = [
         Strategy::Rendezvous,
         Strategy::Ring {

@@ -40,8 +40,8 @@
 
 mod apply;
 mod command;
-mod result;
 pub mod placement;
+mod result;
 mod snapshot;
 mod store;
 

@@ -347,7 +347,12 @@ impl Work {
     }
 
     /// The best-ranked owner outside the row that `accepts`.
-    fn best(&self, partition: u32, scores: &[u128], accepts: impl Fn(usize) -> bool) -> Option<usize> {
+    fn best(
+        &self,
+        partition: u32,
+        scores: &[u128],
+        accepts: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         (0..self.owners.len())
             .filter(|&o| !self.in_row(partition, o) && accepts(o))
             .max_by_key(|&o| (scores[o], Reverse(o)))
@@ -543,7 +548,8 @@ impl Work {
 
     fn within_bounds(&self, owner: usize) -> bool {
         let (p, r) = (self.primary_bounds[owner], self.replica_bounds[owner]);
-        (p.lo..=p.hi).contains(&self.primaries[owner]) && (r.lo..=r.hi).contains(&self.replicas[owner])
+        (p.lo..=p.hi).contains(&self.primaries[owner])
+            && (r.lo..=r.hi).contains(&self.replicas[owner])
     }
 
     /// The last resort, when the moves above left an owner outside its bounds (it happens with
@@ -555,11 +561,6 @@ impl Work {
         for _ in 0..MAX_ROUNDS {
             if (0..self.owners.len()).all(|o| self.within_bounds(o)) {
                 return;
-            }
-            if std::env::var("PLACEMENT_DEBUG").is_ok() {
-                for o in 0..self.owners.len() {
-                    eprintln!("repair: owner {o} w={} pri {} {:?} rep {} {:?}", self.owners[o].weight, self.primaries[o], self.primary_bounds[o], self.replicas[o], self.replica_bounds[o]);
-                }
             }
             for owner in 0..self.owners.len() {
                 if self.replicas[owner] < self.replica_bounds[owner].lo

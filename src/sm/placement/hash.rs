@@ -145,7 +145,12 @@ mod tests {
 
     #[test]
     fn partition_of_is_key_hash_modulo_partitions() {
-        for key in [&b""[..], b"a", b"user:42", b"a longer key that spans the stripes!!"] {
+        for key in [
+            &b""[..],
+            b"a",
+            b"user:42",
+            b"a longer key that spans the stripes!!",
+        ] {
             assert_eq!(partition_of(key, 4096), (key_hash(key) % 4096) as u32);
             assert_eq!(partition_of(key, 1), 0);
             assert!(partition_of(key, 7) < 7);

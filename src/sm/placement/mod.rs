@@ -97,7 +97,7 @@ impl Owner {
 }
 
 /// How a partition ranks owners.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Strategy {
     /// Consistent-hash ring: `weight x vnodes_per_weight` virtual nodes per owner, clockwise.
     Ring {
@@ -105,13 +105,8 @@ pub enum Strategy {
         vnodes_per_weight: u32,
     },
     /// Weighted rendezvous (highest random weight) hashing.
+    #[default]
     Rendezvous,
-}
-
-impl Default for Strategy {
-    fn default() -> Strategy {
-        Strategy::Rendezvous
-    }
 }
 
 impl Strategy {

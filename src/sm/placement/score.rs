@@ -189,7 +189,10 @@ mod tests {
         // log2(3) = 1.584962500721156; log2(10) = 3.321928094887362 (to Q32, +-1e-6).
         let close = |x: u64, want_q32: u64| {
             let got = log2_q32(x);
-            assert!(got.abs_diff(want_q32) < 1 << 12, "log2({x}): {got} vs {want_q32}");
+            assert!(
+                got.abs_diff(want_q32) < 1 << 12,
+                "log2({x}): {got} vs {want_q32}"
+            );
         };
         close(3, 6_807_362_106);
         close(10, 14_267_572_527);
@@ -211,7 +214,12 @@ mod tests {
     #[test]
     fn decimal_names_match_format() {
         let mut out = Vec::new();
-        for (value, want) in [(0, "0"), (7, "7"), (10, "10"), (4_294_967_295, "4294967295")] {
+        for (value, want) in [
+            (0, "0"),
+            (7, "7"),
+            (10, "10"),
+            (4_294_967_295, "4294967295"),
+        ] {
             out.clear();
             push_decimal(&mut out, value);
             assert_eq!(out, want.as_bytes());
