@@ -214,3 +214,26 @@ const _: () = assert!(MAX_DRIVER_INTERNAL_QUEUE <= 64 * 1024);
 // A peer write batch takes no more than one lane can queue, and is small next to a frame.
 const _: () = assert!(MAX_PEER_BATCH_MESSAGES <= PEER_SEND_QUEUE);
 const _: () = assert!(MAX_PEER_BATCH_BYTES <= MAX_FRAME_PAYLOAD_BYTES);
+
+/// Most partitions in one partition map (`src/sm/placement`).
+pub const MAX_MAP_PARTITIONS: u32 = 1 << 20;
+
+/// Most replicas per partition in one partition map.
+pub const MAX_MAP_REPLICAS: u32 = 8;
+
+/// Most owners in one partition map.
+pub const MAX_MAP_OWNERS: usize = 4096;
+
+/// Largest weight of one partition-map owner.
+pub const MAX_OWNER_WEIGHT: u32 = 65_535;
+
+/// Longest owner id of a partition map, in bytes.
+pub const MAX_OWNER_ID_BYTES: usize = 256;
+
+/// Most virtual nodes on one ring (all owners' weights times virtual nodes per unit weight).
+pub const MAX_RING_VNODES: u64 = 1 << 22;
+
+// A map's table (partitions x replicas owner indices of 4 bytes) stays within 32 MiB.
+const _: () = assert!(MAX_MAP_PARTITIONS as usize * MAX_MAP_REPLICAS as usize * 4 <= 32 << 20);
+// Owner indices fit the table's u32 slots with room for the vacancy marker.
+const _: () = assert!(MAX_MAP_OWNERS < u32::MAX as usize);

@@ -63,6 +63,8 @@ pub enum BenchTarget {
     /// A 3-member cluster of `haven serve` processes on loopback, driven by closed-loop
     /// writers over the remote client: ops/s, latency percentiles, members' memory.
     Cluster(bench::cluster::ClusterBenchArgs),
+    /// Partition-map placement: balance, movement, lookup and rebuild time per strategy.
+    Ring(bench::ring::RingBenchArgs),
 }
 
 /// Run the parsed command; the process exit code.

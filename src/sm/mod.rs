@@ -45,6 +45,7 @@ mod execute;
 mod kv;
 mod layout;
 mod overlay;
+pub mod placement;
 mod result;
 mod snapshot;
 

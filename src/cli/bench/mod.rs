@@ -2,6 +2,7 @@
 //! on stdout and its progress on stderr.
 
 pub mod cluster;
+pub mod ring;
 pub mod wal;
 
 use super::exit::EXIT_RUN_FAILED;
@@ -11,6 +12,7 @@ use super::BenchTarget;
 pub fn run(target: BenchTarget) -> i32 {
     let (name, outcome) = match target {
         BenchTarget::Cluster(args) => ("cluster", cluster::run(&args)),
+        BenchTarget::Ring(args) => ("ring", ring::run(&args)),
         BenchTarget::Wal(args) => ("wal", wal::run_wal(&args)),
     };
     match outcome {

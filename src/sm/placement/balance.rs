@@ -1,0 +1,591 @@
+//! Building and changing a table: the uncapped strategies, and the bounded-load moves of a
+//! capped map (module doc of `placement` for the rules; this file is how).
+//!
+//! Order matters for determinism, so every loop here runs in a fixed order: partitions ascending,
+//! slots ascending, owners by index (sorted id), candidates by score then lower index.
+
+use super::hash::key_hash;
+use super::score::Scorer;
+use super::{Change, LoadCap, MapParams, Owner, Table};
+use std::cmp::Reverse;
+
+/// A slot whose owner is being chosen.
+const VACANT: u32 = u32::MAX;
+
+/// One owner's bounds on one measure (primaries or replicas).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Bound {
+    /// Its integer share: `floor(s)` or `ceil(s)`, the targets summing to the total.
+    pub target: u32,
+    /// Never fewer than this.
+    pub lo: u32,
+    /// Never more than this.
+    pub hi: u32,
+}
+
+/// The bounds of every owner for a measure with `total` units, load cap `cap_per_mille`, when
+/// one owner can hold at most `most` units (one replica per partition).
+///
+/// Shares are exact rationals `total x w / W`, except that an owner whose share would exceed
+/// `most` is held at `most` and the rest is shared among the others the same way (water
+/// filling; with R replicas an owner of more than 1/R of the weight would otherwise be owed more
+/// than one replica per partition). Targets add the leftover units, one each, to the owners with
+/// the largest remainders, ties to the smaller `key_hash(id)` (then the smaller index) so that the
+/// tie order of two owners never depends on who else is in the map.
+pub(super) fn bounds(total: u64, most: u64, owners: &[Owner], cap_per_mille: u32) -> Vec<Bound> {
+    let mut saturated = vec![false; owners.len()];
+    let (share_total, share_weight) = loop {
+        let count = saturated.iter().filter(|&&s| s).count() as u64;
+        let left = u128::from(total.saturating_sub(most * count));
+        let weight: u128 = owners
+            .iter()
+            .zip(&saturated)
+            .filter(|(_, &s)| !s)
+            .map(|(o, _)| u128::from(o.weight))
+            .sum();
+        let mut changed = false;
+        for (owner, full) in owners.iter().zip(saturated.iter_mut()) {
+            if !*full && left * u128::from(owner.weight) > u128::from(most) * weight {
+                *full = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break (left, weight.max(1));
+        }
+    };
+    let cap = u128::from(cap_per_mille);
+    let most = most as u32;
+    let mut out = Vec::with_capacity(owners.len());
+    let mut remainders = Vec::with_capacity(owners.len());
+    let mut handed_out = 0u128;
+    for (index, owner) in owners.iter().enumerate() {
+        if saturated[index] {
+            out.push(Bound {
+                target: most,
+                lo: most,
+                hi: most,
+            });
+            continue;
+        }
+        let units = share_total * u128::from(owner.weight);
+        let floor = (units / share_weight) as u32;
+        let remainder = units % share_weight;
+        let ceil = floor + u32::from(remainder > 0);
+        let capped = (units * cap / (1000 * share_weight)).min(u128::from(most)) as u32;
+        let low_cap = 2000u128.saturating_sub(cap);
+        let capped_low = (units * low_cap).div_ceil(1000 * share_weight) as u32;
+        out.push(Bound {
+            target: floor,
+            lo: floor.min(capped_low),
+            hi: ceil.max(capped),
+        });
+        handed_out += u128::from(floor);
+        remainders.push((Reverse(remainder), key_hash(owner.id.0.as_bytes()), index));
+    }
+    remainders.sort_unstable();
+    let left = (share_total - handed_out) as usize;
+    for &(_, _, index) in remainders.iter().take(left) {
+        out[index].target += 1;
+    }
+    out
+}
+
+/// A table from scratch: the top-ranked owners per partition (uncapped), or a bounded fill of
+/// every slot in partition order (capped).
+pub(super) fn build(params: MapParams, owners: Vec<Owner>) -> Table {
+    let width = (params.replicas as usize).min(owners.len());
+    let scorer = Scorer::new(&owners, params.strategy, params.partitions);
+    let slot_count = params.partitions as usize * width;
+    match params.load_cap {
+        LoadCap::Unbounded => {
+            let mut slots = Vec::with_capacity(slot_count);
+            let mut scores = vec![0u128; owners.len()];
+            for partition in 0..params.partitions {
+                let seed = scorer.partition_seed(partition);
+                for (owner, score) in scores.iter_mut().enumerate() {
+                    *score = scorer.score(seed, owner);
+                }
+                let row_start = slots.len();
+                for _ in 0..width {
+                    let best = (0..owners.len())
+                        .filter(|&o| !slots[row_start..].contains(&(o as u32)))
+                        .max_by_key(|&o| (scores[o], Reverse(o)))
+                        .expect("width <= owners, so an owner is left");
+                    slots.push(best as u32);
+                }
+            }
+            Table {
+                params,
+                owners,
+                width,
+                slots,
+            }
+        }
+        LoadCap::PerMille(_) => {
+            let mut work = Work::new(params, owners, scorer, width, vec![VACANT; slot_count]);
+            work.fill_vacancies();
+            work.settle_primaries();
+            work.repair();
+            work.finish()
+        }
+    }
+}
+
+/// The capped table after `change`, from `old` (same parameters) and the new sorted owners.
+pub(super) fn rebalance(old: &Table, owners: Vec<Owner>, change: &Change) -> Table {
+    let params = old.params;
+    let width = (params.replicas as usize).min(owners.len());
+    // Old owner index -> new owner index (VACANT for the one who left).
+    let renumber: Vec<u32> = old
+        .owners
+        .iter()
+        .map(|o| {
+            owners
+                .binary_search_by(|n| n.id.cmp(&o.id))
+                .map_or(VACANT, |i| i as u32)
+        })
+        .collect();
+    let mut slots = Vec::with_capacity(params.partitions as usize * width);
+    for partition in 0..params.partitions {
+        let row_start = slots.len();
+        slots.extend(old.row(partition).iter().map(|&o| renumber[o as usize]));
+        if width < old.width {
+            // Fewer owners than R: everyone was in every row, the leaver's slot closes up.
+            let mut slot = row_start;
+            while slot < slots.len() {
+                if slots[slot] == VACANT {
+                    slots.remove(slot);
+                } else {
+                    slot += 1;
+                }
+            }
+        }
+        if width > old.width {
+            // Still at most R owners: the newcomer is in every row.
+            if let Change::Join(newcomer) = change {
+                let index = owners
+                    .binary_search_by(|n| n.id.cmp(&newcomer.id))
+                    .expect("the newcomer is among the owners");
+                slots.push(index as u32);
+            }
+        }
+        slots.resize(row_start + width, VACANT);
+    }
+    let scorer = Scorer::new(&owners, params.strategy, params.partitions);
+    let changed = match change {
+        Change::Join(owner) => Some(&owner.id),
+        Change::SetWeight(id, _) => Some(id),
+        Change::Leave(_) => None,
+    }
+    .and_then(|id| owners.binary_search_by(|n| n.id.cmp(id)).ok());
+    let mut work = Work::new(params, owners, scorer, width, slots);
+    if let Some(owner) = changed {
+        work.steal(owner);
+        work.shed(owner);
+    }
+    work.fill_vacancies();
+    work.settle_primaries();
+    work.repair();
+    work.finish()
+}
+
+/// A table being built: slots (some [`VACANT`]), loads and bounds.
+struct Work {
+    params: MapParams,
+    owners: Vec<Owner>,
+    scorer: Scorer,
+    width: usize,
+    slots: Vec<u32>,
+    primaries: Vec<u32>,
+    replicas: Vec<u32>,
+    primary_bounds: Vec<Bound>,
+    replica_bounds: Vec<Bound>,
+}
+
+/// How far a candidate may go when it is handed a slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Target,
+    Cap,
+}
+
+impl Work {
+    fn new(
+        params: MapParams,
+        owners: Vec<Owner>,
+        scorer: Scorer,
+        width: usize,
+        slots: Vec<u32>,
+    ) -> Work {
+        let cap = match params.load_cap {
+            LoadCap::PerMille(c) => c,
+            LoadCap::Unbounded => u32::MAX,
+        };
+        let partitions = u64::from(params.partitions);
+        let mut primaries = vec![0; owners.len()];
+        let mut replicas = vec![0; owners.len()];
+        for row in slots.chunks_exact(width.max(1)) {
+            for (slot, &owner) in row.iter().enumerate() {
+                if owner != VACANT {
+                    replicas[owner as usize] += 1;
+                    if slot == 0 {
+                        primaries[owner as usize] += 1;
+                    }
+                }
+            }
+        }
+        let primary_bounds = if width == 0 {
+            Vec::new()
+        } else {
+            bounds(partitions, partitions, &owners, cap)
+        };
+        let replica_bounds = bounds(partitions * width as u64, partitions, &owners, cap);
+        Work {
+            params,
+            owners,
+            scorer,
+            width,
+            slots,
+            primaries,
+            replicas,
+            primary_bounds,
+            replica_bounds,
+        }
+    }
+
+    fn finish(self) -> Table {
+        debug_assert!(!self.slots.contains(&VACANT), "every slot is filled");
+        Table {
+            params: self.params,
+            owners: self.owners,
+            width: self.width,
+            slots: self.slots,
+        }
+    }
+
+    fn row(&self, partition: u32) -> &[u32] {
+        let start = partition as usize * self.width;
+        &self.slots[start..start + self.width]
+    }
+
+    fn in_row(&self, partition: u32, owner: usize) -> bool {
+        self.row(partition).contains(&(owner as u32))
+    }
+
+    /// Put `owner` into a slot, keeping the loads.
+    fn set(&mut self, partition: u32, slot: usize, owner: u32) {
+        let at = partition as usize * self.width + slot;
+        let old = self.slots[at];
+        if old != VACANT {
+            self.replicas[old as usize] -= 1;
+            if slot == 0 {
+                self.primaries[old as usize] -= 1;
+            }
+        }
+        if owner != VACANT {
+            self.replicas[owner as usize] += 1;
+            if slot == 0 {
+                self.primaries[owner as usize] += 1;
+            }
+        }
+        self.slots[at] = owner;
+    }
+
+    fn limit(bound: Bound, level: Level) -> u32 {
+        match level {
+            Level::Target => bound.target,
+            Level::Cap => bound.hi,
+        }
+    }
+
+    fn replica_room(&self, owner: usize, level: Level) -> bool {
+        self.replicas[owner] < Self::limit(self.replica_bounds[owner], level)
+    }
+
+    fn primary_room(&self, owner: usize, level: Level) -> bool {
+        self.primaries[owner] < Self::limit(self.primary_bounds[owner], level)
+    }
+
+    /// Partitions ordered by how much they prefer `owner`, most first.
+    fn partitions_by_preference(&self, owner: usize) -> Vec<u32> {
+        let mut order: Vec<(Reverse<u128>, u32)> = (0..self.params.partitions)
+            .map(|p| {
+                let seed = self.scorer.partition_seed(p);
+                (Reverse(self.scorer.score(seed, owner)), p)
+            })
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Fill every vacant slot: all primary slots first (the scarcer measure, chosen while
+    /// replica room is still plentiful), then the others, each in ascending partition order. The
+    /// fixed order makes the result deterministic; its cost is that when few owners have room
+    /// left, the last partitions in the order take lower-ranked owners than the first.
+    fn fill_vacancies(&mut self) {
+        let mut scores = vec![0u128; self.owners.len()];
+        for primary in [true, false] {
+            for partition in 0..self.params.partitions {
+                let vacant = |w: &Work, slot: usize| {
+                    (slot == 0) == primary && w.row(partition)[slot] == VACANT
+                };
+                if !(0..self.width).any(|slot| vacant(self, slot)) {
+                    continue;
+                }
+                let seed = self.scorer.partition_seed(partition);
+                for (owner, score) in scores.iter_mut().enumerate() {
+                    *score = self.scorer.score(seed, owner);
+                }
+                for slot in 0..self.width {
+                    if vacant(self, slot) {
+                        self.fill(partition, slot, &scores);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The best-ranked owner outside the row that `accepts`.
+    fn best(
+        &self,
+        partition: u32,
+        scores: &[u128],
+        accepts: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        (0..self.owners.len())
+            .filter(|&o| !self.in_row(partition, o) && accepts(o))
+            .max_by_key(|&o| (scores[o], Reverse(o)))
+    }
+
+    /// Fill one vacant slot: the best-ranked owner with room under its target, then under its
+    /// cap. For the primary slot, if the best owner with replica room has no primary room, a
+    /// holder of the partition with primary room is promoted and the newcomer takes its slot.
+    fn fill(&mut self, partition: u32, slot: usize, scores: &[u128]) {
+        for level in [Level::Target, Level::Cap] {
+            let direct = self.best(partition, scores, |o| {
+                self.replica_room(o, level) && (slot != 0 || self.primary_room(o, level))
+            });
+            if let Some(owner) = direct {
+                self.set(partition, slot, owner as u32);
+                return;
+            }
+            if slot == 0 {
+                let promoted = (1..self.width).find(|&s| {
+                    let holder = self.row(partition)[s];
+                    holder != VACANT && self.primary_room(holder as usize, level)
+                });
+                let newcomer = self.best(partition, scores, |o| self.replica_room(o, level));
+                if let (Some(from_slot), Some(newcomer)) = (promoted, newcomer) {
+                    let holder = self.row(partition)[from_slot];
+                    self.set(partition, from_slot, VACANT);
+                    self.set(partition, 0, holder);
+                    self.set(partition, from_slot, newcomer as u32);
+                    return;
+                }
+            }
+        }
+        // Every owner with room already holds this partition (possible only with very few
+        // owners): the best-ranked one that does not, over its bound, rather than no replica.
+        let owner = self
+            .best(partition, scores, |_| true)
+            .expect("fewer slots per partition than owners");
+        self.set(partition, slot, owner as u32);
+    }
+
+    /// `taker` (a newcomer or a grown weight) takes slots up to its targets from the owners most
+    /// over theirs, in the partitions that rank it highest. Every move is from a donor to the
+    /// taker, never between two others.
+    fn steal(&mut self, taker: usize) {
+        let wants = |w: &Work| {
+            w.primaries[taker] < w.primary_bounds[taker].target
+                || w.replicas[taker] < w.replica_bounds[taker].target
+        };
+        if self.width == 0 || !wants(self) {
+            return;
+        }
+        let order = self.partitions_by_preference(taker);
+        // Primaries first, from owners over both targets, then over the primary target only.
+        for strict in [true, false] {
+            for &partition in &order {
+                if self.primaries[taker] >= self.primary_bounds[taker].target
+                    || self.replicas[taker] >= self.replica_bounds[taker].target
+                {
+                    break;
+                }
+                let holder = self.row(partition)[0] as usize;
+                if self.in_row(partition, taker) || holder == VACANT as usize {
+                    continue;
+                }
+                let primary_over = self.primaries[holder] > self.primary_bounds[holder].target;
+                let replica_ok = if strict {
+                    self.replicas[holder] > self.replica_bounds[holder].target
+                } else {
+                    self.replicas[holder] > self.replica_bounds[holder].lo
+                };
+                if primary_over && replica_ok {
+                    self.set(partition, 0, taker as u32);
+                }
+            }
+        }
+        // Then other slots, from the owner most over its replica target (the later slot on a
+        // tie), then from any owner above its lower bound.
+        for strict in [true, false] {
+            for &partition in &order {
+                if self.replicas[taker] >= self.replica_bounds[taker].target {
+                    break;
+                }
+                if self.in_row(partition, taker) {
+                    continue;
+                }
+                let donor = (1..self.width)
+                    .filter(|&s| {
+                        let holder = self.row(partition)[s];
+                        if holder == VACANT {
+                            return false;
+                        }
+                        let (load, bound) = (
+                            self.replicas[holder as usize],
+                            self.replica_bounds[holder as usize],
+                        );
+                        if strict {
+                            load > bound.target
+                        } else {
+                            load > bound.lo
+                        }
+                    })
+                    .max_by_key(|&s| {
+                        let holder = self.row(partition)[s] as usize;
+                        (
+                            i64::from(self.replicas[holder])
+                                - i64::from(self.replica_bounds[holder].target),
+                            s,
+                        )
+                    });
+                if let Some(slot) = donor {
+                    self.set(partition, slot, taker as u32);
+                }
+            }
+        }
+    }
+
+    /// `giver` (a shrunk weight) gives up the slots over its targets, in the partitions that rank
+    /// it lowest; [`Work::fill_vacancies`] hands them to owners under theirs.
+    fn shed(&mut self, giver: usize) {
+        let over = |w: &Work| {
+            w.primaries[giver] > w.primary_bounds[giver].target
+                || w.replicas[giver] > w.replica_bounds[giver].target
+        };
+        if self.width == 0 || !over(self) {
+            return;
+        }
+        let mut order = self.partitions_by_preference(giver);
+        order.reverse();
+        for &partition in &order {
+            if self.primaries[giver] <= self.primary_bounds[giver].target {
+                break;
+            }
+            if self.row(partition)[0] as usize == giver {
+                self.set(partition, 0, VACANT);
+            }
+        }
+        for &partition in &order {
+            if self.replicas[giver] <= self.replica_bounds[giver].target {
+                break;
+            }
+            if let Some(slot) = (1..self.width).find(|&s| self.row(partition)[s] as usize == giver)
+            {
+                self.set(partition, slot, VACANT);
+            }
+        }
+    }
+
+    /// Hand primaries from owners over their primary target to holders of the same partition
+    /// under theirs, where an owner is outside its primary bounds. A role change inside a row:
+    /// no replica moves.
+    fn settle_primaries(&mut self) {
+        for owner in 0..self.owners.len() {
+            if self.width < 2 {
+                return;
+            }
+            let bound = self.primary_bounds[owner];
+            if self.primaries[owner] < bound.lo {
+                for partition in self.partitions_by_preference(owner) {
+                    if self.primaries[owner] >= bound.target {
+                        break;
+                    }
+                    let row = self.row(partition);
+                    let holder = row[0] as usize;
+                    let Some(slot) = row.iter().position(|&o| o as usize == owner) else {
+                        continue;
+                    };
+                    if slot > 0 && self.primaries[holder] > self.primary_bounds[holder].target {
+                        self.swap_primary(partition, slot);
+                    }
+                }
+            }
+            if self.primaries[owner] > bound.hi {
+                let mut order = self.partitions_by_preference(owner);
+                order.reverse();
+                for partition in order {
+                    if self.primaries[owner] <= bound.target {
+                        break;
+                    }
+                    if self.row(partition)[0] as usize != owner {
+                        continue;
+                    }
+                    let under = (1..self.width).find(|&s| {
+                        let holder = self.row(partition)[s] as usize;
+                        self.primaries[holder] < self.primary_bounds[holder].target
+                    });
+                    if let Some(slot) = under {
+                        self.swap_primary(partition, slot);
+                    }
+                }
+            }
+        }
+    }
+
+    fn within_bounds(&self, owner: usize) -> bool {
+        let (p, r) = (self.primary_bounds[owner], self.replica_bounds[owner]);
+        (p.lo..=p.hi).contains(&self.primaries[owner])
+            && (r.lo..=r.hi).contains(&self.replicas[owner])
+    }
+
+    /// The last resort, when the moves above left an owner outside its bounds (it happens with
+    /// few owners, where distinct replicas leave a vacancy only one or two candidates): owners
+    /// under their lower bound take from owners over target, owners over their cap give slots
+    /// away. These are the only moves between two owners that both stayed.
+    fn repair(&mut self) {
+        const MAX_ROUNDS: usize = 4;
+        for _ in 0..MAX_ROUNDS {
+            if (0..self.owners.len()).all(|o| self.within_bounds(o)) {
+                return;
+            }
+            for owner in 0..self.owners.len() {
+                if self.replicas[owner] < self.replica_bounds[owner].lo
+                    || self.primaries[owner] < self.primary_bounds[owner].lo
+                {
+                    self.steal(owner);
+                }
+            }
+            for owner in 0..self.owners.len() {
+                if self.replicas[owner] > self.replica_bounds[owner].hi
+                    || self.primaries[owner] > self.primary_bounds[owner].hi
+                {
+                    self.shed(owner);
+                }
+            }
+            self.fill_vacancies();
+            self.settle_primaries();
+        }
+    }
+
+    fn swap_primary(&mut self, partition: u32, slot: usize) {
+        let row = self.row(partition);
+        let (primary, other) = (row[0], row[slot]);
+        self.set(partition, 0, VACANT);
+        self.set(partition, slot, primary);
+        self.set(partition, 0, other);
+    }
+}
