@@ -676,9 +676,9 @@ int haven_txn(haven_t *h,
               haven_buf_t *results);
 
 /**
- * Send haven's log events at `level` and more important (`HAVEN_LOG_*`) to `callback`
- * instead of standard error, for the whole process. `callback` NULL: back to standard error
- * at `level`. Replaces any earlier callback.
+ * Send haven's log events at `level` and more important (`HAVEN_LOG_*`) to `callback`, for
+ * the whole process (haven writes nothing to standard error by itself). `callback` NULL:
+ * stop delivering events. Replaces any earlier callback.
  *
  * The callback runs on haven's own threads (any of them, several at once), never while haven
  * holds an internal lock; it must be thread safe, must not unwind or longjmp into haven, and
