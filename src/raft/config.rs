@@ -64,6 +64,14 @@ pub enum InjectedBug {
     /// Answer ReadIndex at once, without a quorum confirming the leadership (violates 6.4:
     /// a deposed leader serves stale reads).
     ReadWithoutQuorumCheck,
+    /// With lease reads: grant votes right after a start, although this node may have
+    /// answered a leader whose lease still runs (violates 6.4.1: a new leader is elected
+    /// inside the old one's lease, which serves stale reads).
+    LeaseVoteRightAfterRestart,
+    /// A *runtime* bug, acted on by the simulator's runtime (the core cannot see it): after a
+    /// pause, step the queued messages into the core before the ticks that elapsed meanwhile,
+    /// as the node driver did, so a lease read is judged on a clock that lags (violates 6.4.1).
+    LeaseReadOnLaggingClock,
 }
 
 impl Config {

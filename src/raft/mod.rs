@@ -102,6 +102,7 @@ mod log;
 mod membership;
 mod message;
 mod progress;
+mod reject;
 pub mod rng;
 mod storage;
 
@@ -110,4 +111,5 @@ pub use self::core::{Proposed, Raft, RaftError, ReadState, Ready, Role, SoftStat
 pub use self::membership::{Membership, MembershipChange, MEMBERSHIP_FORMAT_VERSION};
 pub use self::message::{Message, MessageBody, SnapshotMeta};
 pub use self::progress::ReplicationState;
+pub use self::reject::{RejectReason, Rejection, MAX_TERM_OR_INDEX};
 pub use self::storage::{LogStore, MemLogStore, StorageError};
