@@ -257,18 +257,22 @@ impl Driver {
     /// messages). Never blocks.
     fn poll_one(&mut self) -> Result<bool> {
         if let Ok(m) = self.ch.internal.try_recv() {
+            self.tick_to_now()?;
             self.on_internal(m)?;
             return Ok(true);
         }
         if let Ok((from, msg)) = self.ch.peers.try_recv() {
+            self.tick_to_now()?;
             self.on_peer(from, msg)?;
             return Ok(true);
         }
         if let Ok(event) = self.ch.clients.try_recv() {
+            self.tick_to_now()?;
             self.on_client_event(event);
             return Ok(true);
         }
         if let Ok(input) = self.ch.inputs.try_recv() {
+            self.tick_to_now()?;
             self.on_input(input)?;
             return Ok(true);
         }
@@ -277,11 +281,33 @@ impl Driver {
 
     // ----- the clock -----
 
+    /// Give the core every tick the monotonic clock owes it, before each input and not only
+    /// between batches: the core judges lease reads by the ticks it has seen, so after a
+    /// pause (SIGSTOP, a stall) the up to `MAX_INPUTS_PER_ITERATION` inputs queued meanwhile
+    /// would otherwise meet a clock that lags real time, and a ReadIndex could be answered
+    /// from a lease that already expired. One clock read per input.
+    fn tick_to_now(&mut self) -> Result<()> {
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.catch_up_ticks(now)?;
+        }
+        Ok(())
+    }
+
     fn on_clock(&mut self) -> Result<()> {
         let now = Instant::now();
         if now < self.next_tick {
             return Ok(());
         }
+        self.catch_up_ticks(now)?;
+        self.expire(now);
+        if self.leader_usable() && !self.waiting_leader.is_empty() {
+            self.drain_waiting();
+        }
+        Ok(())
+    }
+
+    fn catch_up_ticks(&mut self, now: Instant) -> Result<()> {
         let mut ticks = 0;
         while now >= self.next_tick && ticks < self.max_catch_up_ticks {
             self.raft.tick().map_err(storage)?;
@@ -289,12 +315,9 @@ impl Driver {
             ticks += 1;
         }
         if now >= self.next_tick {
-            // A long pause: the core saw enough ticks to time out; skip the rest.
+            // A long pause: the core saw enough ticks to time out (and for any lease, which
+            // is shorter than an election timeout, to expire); skip the rest.
             self.next_tick = now + self.tick;
-        }
-        self.expire(now);
-        if self.leader_usable() && !self.waiting_leader.is_empty() {
-            self.drain_waiting();
         }
         Ok(())
     }
