@@ -857,14 +857,14 @@ impl<S: LogStore> Raft<S> {
 
         let from = m.from;
         // Only the leader of our term sends these; if we know that leader and it is someone
-        // else (or us), the sender lies (election safety, 5.2).
+        // else (or us), the sender lies (election safety, 5.2). (Not ReadIndexResponse: a
+        // member we took for the leader answers "retry" once it is not.)
         let leader_only = matches!(
             m.body,
             MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::Snapshot { .. }
                 | MessageBody::TimeoutNow
-                | MessageBody::ReadIndexResponse { .. }
         );
         if leader_only && self.leader.is_some_and(|l| l != from) {
             return Ok(Err(RejectReason::SecondLeader));

@@ -36,8 +36,7 @@ pub enum RejectReason {
     Misaddressed,
     /// A term or log index beyond [`MAX_TERM_OR_INDEX`].
     Overflow,
-    /// A leader's message (AppendEntries, Heartbeat, Snapshot, TimeoutNow, ReadIndexResponse)
-    /// in a term whose leader is another node, possibly this one (election safety, 5.2).
+    /// A leader's message (AppendEntries, Heartbeat, Snapshot, TimeoutNow) in a term whose leader is another node, possibly this one (election safety, 5.2).
     SecondLeader,
     /// AppendEntries whose entries do not follow `prev_log_index` one by one (so that one
     /// could replace a committed entry: that used to panic), belong to another group, carry a term above the message's or below their predecessor's, or are
