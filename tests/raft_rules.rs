@@ -4,7 +4,7 @@
 
 use haven::raft::{
     Config, InjectedBug, LogStore, MemLogStore, Membership, MembershipChange, Message, MessageBody,
-    Raft, RaftError, ReadState, ReplicationState, Role, SnapshotMeta, StorageError,
+    Raft, RaftError, ReadState, RejectReason, ReplicationState, Role, SnapshotMeta, StorageError,
 };
 use haven::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1543,5 +1543,362 @@ fn no_lease_reads_after_timeout_now_3_10() {
         c.reads[&1].last().unwrap().context,
         b"after",
         "served by ReadIndex"
+    );
+}
+
+// ----- messages no correct peer could send (issue 14, section 4) -----
+
+fn msg(from: u64, to: u64, term: Term, body: MessageBody) -> Message {
+    Message {
+        group: Default::default(),
+        from: NodeId(from),
+        to: NodeId(to),
+        term,
+        body,
+    }
+}
+
+/// Step a forged message into `to`, which must drop it for `reason` and keep running.
+fn expect_rejected(c: &mut Cluster, m: Message, reason: RejectReason) {
+    let (from, to) = (m.from, m.to.0);
+    let before = c
+        .node(to)
+        .rejected_messages()
+        .get(&from)
+        .copied()
+        .unwrap_or(0);
+    c.node_mut(to).step(m).unwrap();
+    assert_eq!(
+        c.node(to).rejected_messages().get(&from).copied(),
+        Some(before + 1),
+        "counted per peer"
+    );
+    let rd = c.node_mut(to).ready().unwrap();
+    assert_eq!(
+        rd.rejected
+            .iter()
+            .map(|r| (r.from, r.reason))
+            .collect::<Vec<_>>(),
+        vec![(from, reason)],
+        "reported once, with the reason"
+    );
+    assert!(rd.entries.is_empty() && rd.hard_state.is_none() && rd.snapshot.is_none());
+    c.queue.extend(rd.messages);
+    c.queue.extend(rd.persisted_messages);
+}
+
+/// (a) Broke: a Heartbeat in the leader's own term from a follower's id panicked ("two
+/// leaders in one term"). It is dropped; so is one to a follower that knows another leader.
+#[test]
+fn regression_second_leader_in_one_term_is_rejected_5_2() {
+    let mut c = Cluster::new(3, quiet);
+    c.elect(1);
+    let term = c.node(1).term();
+    let hb = MessageBody::Heartbeat {
+        commit: LogIndex(0),
+        round: 1,
+    };
+    expect_rejected(
+        &mut c,
+        msg(2, 1, term, hb.clone()),
+        RejectReason::SecondLeader,
+    );
+    expect_rejected(&mut c, msg(3, 2, term, hb), RejectReason::SecondLeader);
+    let append = MessageBody::AppendEntries {
+        prev_log_index: LogIndex(0),
+        prev_log_term: Term(0),
+        entries: vec![],
+        leader_commit: LogIndex(0),
+    };
+    expect_rejected(&mut c, msg(2, 1, term, append), RejectReason::SecondLeader);
+    expect_rejected(
+        &mut c,
+        msg(3, 2, term, MessageBody::TimeoutNow),
+        RejectReason::SecondLeader,
+    );
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node(2).leader(), Some(NodeId(1)));
+    let index = c.propose(1, b"still leading");
+    c.deliver();
+    assert_eq!(c.node(2).commit_index(), index);
+}
+
+/// (b) and (c) Broke: an AppendEntriesResponse { success, index: u64::MAX / 2 } made the next
+/// send panic ("next index beyond last index"), and the same ack from both followers made
+/// the commit rule panic in `raft/log.rs` ("log has no entry at index"). Acks beyond the
+/// leader's log are dropped.
+#[test]
+fn regression_ack_beyond_the_leaders_log_is_rejected_5_3() {
+    let mut c = Cluster::new(3, quiet);
+    c.elect(1);
+    let term = c.node(1).term();
+    let ack = |index: u64| MessageBody::AppendEntriesResponse {
+        success: true,
+        index: LogIndex(index),
+        hint_index: LogIndex(0),
+        hint_term: Term(0),
+    };
+    let last = c.node(1).last_index().0;
+    for from in [2, 3] {
+        expect_rejected(
+            &mut c,
+            msg(from, 1, term, ack(u64::MAX / 2)),
+            RejectReason::Overflow,
+        );
+        expect_rejected(
+            &mut c,
+            msg(from, 1, term, ack(last + 5)),
+            RejectReason::AckBeyondLog,
+        );
+    }
+    let refusal = MessageBody::AppendEntriesResponse {
+        success: false,
+        index: LogIndex(last),
+        hint_index: LogIndex(last + 1),
+        hint_term: Term(0),
+    };
+    expect_rejected(&mut c, msg(2, 1, term, refusal), RejectReason::AckBeyondLog);
+    let unsent = MessageBody::HeartbeatResponse { round: u64::MAX };
+    expect_rejected(&mut c, msg(3, 1, term, unsent), RejectReason::RoundNotSent);
+    // The leader's view of its followers is untouched: it replicates and commits as before.
+    let index = c.propose(1, b"after the forged acks");
+    assert_eq!(
+        c.node(1).commit_index().0,
+        last,
+        "nothing committed by the forged acks"
+    );
+    c.deliver();
+    assert_eq!(c.node(1).commit_index(), index);
+    assert_eq!(c.log(2), c.log(1));
+    assert_eq!(c.node(1).progress(NodeId(2)).unwrap().0, index);
+}
+
+/// (d) Broke: an AppendEntries from the leader's id whose entry at index 1 carries a higher
+/// term panicked ("conflicts with the committed log"): the follower looked up each entry at
+/// the index it claims, although entries must follow `prev_log_index`. Such entries are
+/// malformed and dropped; the log and commit index stay as they were.
+#[test]
+fn regression_entries_conflicting_below_commit_are_rejected_5_4() {
+    let mut c = Cluster::new(3, quiet);
+    c.elect(1);
+    c.propose(1, b"a");
+    c.deliver();
+    c.elect(2); // a later term, so index 1 (committed in the first term) has a lower term
+    let term = c.node(2).term();
+    let commit = c.node(3).commit_index();
+    assert!(commit >= LogIndex(2));
+    assert!(c.node(3).log_term(LogIndex(1)).unwrap() < Some(term));
+    let log = c.log(3);
+    let forged = |prev: LogIndex, prev_term: Term| MessageBody::AppendEntries {
+        prev_log_index: prev,
+        prev_log_term: prev_term,
+        entries: vec![Entry {
+            group: Default::default(),
+            term,
+            index: LogIndex(1),
+            kind: EntryKind::Normal,
+            data: b"forged".to_vec(),
+        }],
+        leader_commit: commit,
+    };
+    let at_commit = forged(commit, c.node(3).log_term(commit).unwrap().unwrap());
+    expect_rejected(
+        &mut c,
+        msg(2, 3, term, at_commit),
+        RejectReason::MalformedEntries,
+    );
+    // In place (after prev 0) it is an old retransmission as far as the follower can tell:
+    // below its commit index nothing is replaced, and it only acknowledges its commit index.
+    let in_place = forged(LogIndex(0), Term(0));
+    c.node_mut(3).step(msg(2, 3, term, in_place)).unwrap();
+    c.process(3);
+    assert!(c.node(3).rejected_messages().get(&NodeId(2)) == Some(&1));
+    assert_eq!(c.log(3), log);
+    assert_eq!(c.node(3).commit_index(), commit);
+    let index = c.propose(2, b"b");
+    c.deliver();
+    assert_eq!(c.node(3).commit_index(), index);
+}
+
+/// Other messages no correct member sends: entries out of place, a corrupt membership entry
+/// (it used to stop the member with a `Storage` error), snapshot metadata nonsense, terms
+/// that would overflow, a vote request claiming a log term above its own, misaddressed ones.
+#[test]
+fn malformed_messages_are_rejected_and_counted_per_peer() {
+    let mut c = Cluster::new(3, quiet);
+    c.elect(1);
+    let term = c.node(1).term();
+    let entry = |index: u64, term: Term, kind: EntryKind, data: Vec<u8>| Entry {
+        group: Default::default(),
+        term,
+        index: LogIndex(index),
+        kind,
+        data,
+    };
+    let last = c.node(2).last_index().0;
+    let lt = c.node(2).log_term(LogIndex(last)).unwrap().unwrap();
+    let append = |entries: Vec<Entry>| MessageBody::AppendEntries {
+        prev_log_index: LogIndex(last),
+        prev_log_term: lt,
+        entries,
+        leader_commit: LogIndex(0),
+    };
+    let gap = append(vec![entry(last + 2, term, EntryKind::Normal, vec![])]);
+    expect_rejected(&mut c, msg(1, 2, term, gap), RejectReason::MalformedEntries);
+    let corrupt = append(vec![entry(
+        last + 1,
+        term,
+        EntryKind::Membership,
+        vec![1, 0xff],
+    )]);
+    expect_rejected(
+        &mut c,
+        msg(1, 2, term, corrupt),
+        RejectReason::BadMembership,
+    );
+    let no_voter = Membership::default().encode();
+    let empty = append(vec![entry(last + 1, term, EntryKind::Membership, no_voter)]);
+    expect_rejected(&mut c, msg(1, 2, term, empty), RejectReason::BadMembership);
+    let snapshot = |index: u64, t: Term, membership: Membership| MessageBody::Snapshot {
+        meta: SnapshotMeta {
+            index: LogIndex(index),
+            term: t,
+            membership,
+        },
+    };
+    let bad = snapshot(u64::MAX, term, voters([1, 2, 3]));
+    expect_rejected(&mut c, msg(1, 2, term, bad), RejectReason::Overflow);
+    let bad = snapshot(50, Term(term.0 + 1), voters([1, 2, 3]));
+    expect_rejected(&mut c, msg(1, 2, term, bad), RejectReason::BadSnapshot);
+    let bad = snapshot(50, term, Membership::default());
+    expect_rejected(&mut c, msg(1, 2, term, bad), RejectReason::BadMembership);
+    let vote = |last_term: u64| MessageBody::RequestVote {
+        pre_vote: false,
+        last_log_index: LogIndex(1),
+        last_log_term: Term(last_term),
+        transfer: false,
+    };
+    expect_rejected(
+        &mut c,
+        msg(3, 2, Term(u64::MAX), vote(1)),
+        RejectReason::Overflow,
+    );
+    let t = term.0 + 1;
+    expect_rejected(
+        &mut c,
+        msg(3, 2, Term(t), vote(t + 1)),
+        RejectReason::BadVoteRequest,
+    );
+    expect_rejected(&mut c, msg(3, 3, term, vote(1)), RejectReason::Misaddressed);
+    assert_eq!(c.node(2).term(), term, "no forged term was adopted");
+    assert_eq!(
+        c.node(2)
+            .rejected_messages()
+            .iter()
+            .map(|(k, v)| (k.0, *v))
+            .collect::<Vec<_>>(),
+        vec![(1, 6), (3, 2)]
+    );
+    assert_eq!(c.node(3).rejected_messages().get(&NodeId(3)), Some(&1));
+    let index = c.propose(1, b"unharmed");
+    c.deliver();
+    assert_eq!(c.node(2).commit_index(), index);
+}
+
+/// A leader whose ReadIndex queue is full answers a forwarded read with "retry" instead of
+/// failing: it used to return `Overloaded` from `step`, which the runtime treats as fatal.
+#[test]
+fn forwarded_reads_beyond_the_queue_limit_are_refused_not_fatal_6_4() {
+    let mut c = Cluster::new(3, |cfg| {
+        quiet(cfg);
+        cfg.max_pending_reads = 2;
+    });
+    c.elect(1);
+    let term = c.node(1).term();
+    for i in 0..5u8 {
+        let read = MessageBody::ReadIndex { context: vec![i] };
+        c.node_mut(1).step(msg(2, 1, term, read)).unwrap();
+    }
+    let rd = c.node_mut(1).ready().unwrap();
+    let refused = rd
+        .messages
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::ReadIndexResponse { index: None, .. }))
+        .count();
+    assert_eq!(refused, 3, "two queued, three told to retry");
+    assert!(
+        c.node(1).rejected_messages().is_empty(),
+        "a correct peer may do this"
+    );
+}
+
+// ----- 6.4.1 lease reads across restarts (issue 14, section 3) -----
+
+/// n2 answered n1's heartbeats (so n1 holds a lease), then restarted. n3, cut off from n1,
+/// asks n2 for its vote at once: n2 must refuse for a full election timeout, or n3 is elected
+/// inside n1's lease and n1 serves stale lease reads.
+fn vote_right_after_restart(bug: Option<InjectedBug>) -> (Cluster, Term) {
+    let lease = move |cfg: &mut Config| {
+        cfg.lease_read_ticks = Some(8);
+        cfg.injected_bug = bug;
+    };
+    let mut c = Cluster::new(3, lease);
+    c.elect(1);
+    c.tick(1);
+    c.deliver();
+    c.node_mut(1).read_index(b"lease".to_vec()).unwrap();
+    assert_eq!(
+        c.node_mut(1).ready().unwrap().read_states.len(),
+        1,
+        "n1 holds a lease"
+    );
+    c.restart(2, lease);
+    c.isolated.insert(1);
+    c.campaign(3); // pre-vote, then (if granted) the vote
+    let term = c.node(1).term();
+    (c, term)
+}
+
+#[test]
+fn restarted_member_refuses_votes_for_an_election_timeout_6_4_1() {
+    let (mut c, term) = vote_right_after_restart(None);
+    assert_ne!(
+        c.node(3).role(),
+        Role::Leader,
+        "no leader inside n1's lease"
+    );
+    assert_eq!(c.node(2).term(), term);
+    assert_ne!(c.node(2).vote(), Some(NodeId(3)));
+    // Once an election timeout has passed since the restart, n2 votes again.
+    for _ in 0..10 {
+        c.tick(2);
+        c.queue.clear(); // n2's own campaign, if any, goes nowhere
+    }
+    for _ in 0..100 {
+        c.tick(3);
+        c.deliver();
+        if c.node(3).role() == Role::Leader {
+            return;
+        }
+    }
+    panic!(
+        "n3 never elected after the restart guard ended: {:?}",
+        c.node(2)
+    );
+}
+
+#[test]
+fn voting_right_after_a_restart_elects_a_leader_inside_the_lease_6_4_1() {
+    let (c, term) = vote_right_after_restart(Some(InjectedBug::LeaseVoteRightAfterRestart));
+    assert_eq!(
+        c.node(3).role(),
+        Role::Leader,
+        "the injected bug is what the guard prevents"
+    );
+    assert!(c.node(3).term() > term);
+    assert_eq!(
+        c.node(1).role(),
+        Role::Leader,
+        "while n1 still leads and holds its lease"
     );
 }

@@ -134,10 +134,14 @@ fn sim_same_seed_same_trace() {
 
 fn finds_bug(bug: InjectedBug, profile: Option<u64>) {
     let count = env_u64("HAVEN_SIM_SEEDS", 2_000);
+    finds_bug_in(bug, count, |cfg| cfg.profile = profile.or(cfg.profile));
+}
+
+fn finds_bug_in(bug: InjectedBug, count: u64, configure: impl Fn(&mut SimConfig) + Sync) {
     let start = env_u64("HAVEN_SIM_SEED_START", 0);
     let (failures, _) = run_seeds(start, count, |cfg| {
         cfg.bug = Some(bug);
-        cfg.profile = profile.or(cfg.profile);
+        configure(cfg);
     });
     // Only safety violations count: a broken rule may also stall progress, which is not what
     // this test is about.
@@ -185,4 +189,88 @@ fn sim_catches_stale_local_reads() {
         .count();
     eprintln!("local reads: {caught} of 200 seeds caught");
     assert!(caught > 0, "stale local reads went unnoticed");
+}
+
+/// Lease reads on in every seed, with bounded clock drift, pauses whose backlog meets a
+/// clock that caught up first (as the driver now does) and restarts: the linearizability
+/// check must pass. `HAVEN_SIM_LEASE_SEEDS` (count, default 150) and `HAVEN_SIM_SEED_START`.
+#[test]
+fn sim_seeds_with_lease_reads_6_4_1() {
+    let count = env_u64("HAVEN_SIM_LEASE_SEEDS", 150);
+    let start = env_u64("HAVEN_SIM_SEED_START", 0);
+    let began = Instant::now();
+    let (failures, reports) = run_seeds(start, count, |cfg| cfg.lease = Some(true));
+    let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
+    eprintln!(
+        "sim lease reads: {count} seeds from {start} in {:.1}s: {} reads ok, {} crashes, {} \
+         paused ticks",
+        began.elapsed().as_secs_f64(),
+        sum(|r| r.reads_ok),
+        sum(|r| r.crashes),
+        sum(|r| r.paused_ticks),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {count} lease seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    if count >= 100 {
+        assert!(sum(|r| r.reads_ok) > count * 5, "too few reads completed");
+        assert!(sum(|r| r.paused_ticks) > 0, "no pause");
+    }
+}
+
+/// Lease seeds, restarts: a member that votes right after a restart lets a new leader be
+/// elected inside the old leader's lease (dissertation 6.4.1).
+///
+/// NOT YET CAUGHT: 0 of 1,500 seeds notice it (the restart, a candidate cut off from the
+/// leader and a client read at the old leader must meet within the 8-tick lease). The rule
+/// test `voting_right_after_a_restart_elects_a_leader_inside_the_lease_6_4_1` in
+/// `tests/raft_rules.rs` shows the bug and the guard; this stays ignored until a fault
+/// schedule opens that window.
+#[test]
+#[ignore = "the simulator does not yet catch this injected bug (see the doc comment)"]
+fn sim_catches_votes_right_after_a_restart_with_lease_reads_6_4_1() {
+    let count = env_u64("HAVEN_SIM_LEASE_BUG_SEEDS", 300);
+    finds_bug_in(InjectedBug::LeaseVoteRightAfterRestart, count, |cfg| {
+        cfg.lease = Some(true)
+    });
+}
+
+/// Lease seeds, pauses: a runtime that steps the backlog of a pause into the core before
+/// the missed ticks lets a leader answer reads from a lease that expired meanwhile.
+#[test]
+fn sim_catches_lease_reads_on_a_lagging_clock_6_4_1() {
+    let count = env_u64("HAVEN_SIM_LEASE_BUG_SEEDS", 300);
+    finds_bug_in(InjectedBug::LeaseReadOnLaggingClock, count, |cfg| {
+        cfg.lease = Some(true)
+    });
+}
+
+/// Forged and replayed peer messages stepped into live members (issue 14, section 4): no
+/// panic, every forged one dropped and counted exactly once, no replay rejected, and every
+/// safety check and the linearizability check still pass. `HAVEN_SIM_INJECT_SEEDS` (count,
+/// default 100) and `HAVEN_SIM_SEED_START`.
+#[test]
+fn sim_survives_forged_and_replayed_peer_messages() {
+    let count = env_u64("HAVEN_SIM_INJECT_SEEDS", 100);
+    let start = env_u64("HAVEN_SIM_SEED_START", 0);
+    let (failures, reports) = run_seeds(start, count, |cfg| cfg.inject_per_mille = 300);
+    let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
+    eprintln!(
+        "sim injection: {count} seeds from {start}: {} forged messages rejected, {} replayed, \
+         {} ops ok",
+        sum(|r| r.rejected),
+        sum(|r| r.replayed),
+        sum(|r| r.ops_ok),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {count} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(sum(|r| r.rejected) > count * 100, "too few forged messages");
+    assert!(sum(|r| r.replayed) > count * 100, "too few replays");
 }

@@ -30,8 +30,10 @@ pub struct Config {
     /// Lease reads, opt-in: a leader serves reads without a round trip while its lease holds,
     /// `lease_read_ticks` ticks after the start of the last heartbeat round that a quorum
     /// answered. Safe only if no follower's ticks run faster than the leader's by more than
-    /// the factor `election_ticks / lease_read_ticks` (bounded clock drift); must be below
-    /// `election_ticks`. Requires `check_quorum`.
+    /// the factor `(election_ticks - 1) / lease_read_ticks` (bounded clock drift), and if the
+    /// runtime gives the core every tick its clock owes before each input; must be below
+    /// `election_ticks`. Requires `check_quorum`. A restarted member then refuses votes for
+    /// `election_ticks` after its start.
     pub lease_read_ticks: Option<u32>,
     /// Soft cap on entry bytes per AppendEntries.
     pub max_append_bytes: usize,
@@ -64,6 +66,14 @@ pub enum InjectedBug {
     /// Answer ReadIndex at once, without a quorum confirming the leadership (violates 6.4:
     /// a deposed leader serves stale reads).
     ReadWithoutQuorumCheck,
+    /// With lease reads: grant votes right after a start, although this node may have
+    /// answered a leader whose lease still runs (violates 6.4.1: a new leader is elected
+    /// inside the old one's lease, which serves stale reads).
+    LeaseVoteRightAfterRestart,
+    /// A *runtime* bug, acted on by the simulator's runtime (the core cannot see it): after a
+    /// pause, step the queued messages into the core before the ticks that elapsed meanwhile,
+    /// as the node driver did, so a lease read is judged on a clock that lags (violates 6.4.1).
+    LeaseReadOnLaggingClock,
 }
 
 impl Config {

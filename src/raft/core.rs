@@ -6,6 +6,7 @@ use super::log::RaftLog;
 use super::membership::{Membership, MembershipChange};
 use super::message::{Message, MessageBody, SnapshotMeta};
 use super::progress::{Progress, ReplicationState};
+use super::reject::{check_shape, RejectReason, Rejection, Rejections};
 use super::rng::SplitMix64;
 use super::storage::{LogStore, StorageError};
 use crate::error::Error;
@@ -147,6 +148,9 @@ pub struct Ready {
     pub committed_entries: Vec<Entry>,
     /// (e) Results of ReadIndex requests made on this node.
     pub read_states: Vec<ReadState>,
+    /// (g) Peer messages dropped since the last `Ready` because no correct member could have
+    /// sent them: log them (at most 64 per `Ready`; [`Raft::rejected_messages`] counts all).
+    pub rejected: Vec<Rejection>,
 }
 
 impl Ready {
@@ -163,6 +167,7 @@ impl Ready {
             && self.persisted_messages.is_empty()
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
+            && self.rejected.is_empty()
     }
 }
 
@@ -204,6 +209,8 @@ pub struct Raft<S: LogStore> {
 
     /// Logical clock: ticks since this core was created.
     now: u64,
+    /// Started with a term above 0: it may have answered a leader before (lease guard).
+    restarted: bool,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_election_ticks: u32,
@@ -229,6 +236,9 @@ pub struct Raft<S: LogStore> {
     lease_disabled: bool,
     pending_reads: VecDeque<PendingRead>,
     reads_waiting_noop: Vec<(Vec<u8>, Option<NodeId>)>,
+
+    /// Peer messages dropped as impossible: counts per sender, and those not yet reported.
+    rejections: Rejections,
 
     // Output not yet handed out.
     msgs: Vec<Message>,
@@ -310,6 +320,7 @@ impl<S: LogStore> Raft<S> {
             base_membership: (snapshot.index, snapshot.membership),
             config_history,
             now: 0,
+            restarted: hard.term.0 > 0,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_ticks: config.election_ticks,
@@ -327,6 +338,7 @@ impl<S: LogStore> Raft<S> {
             lease_disabled: false,
             pending_reads: VecDeque::new(),
             reads_waiting_noop: Vec::new(),
+            rejections: Rejections::default(),
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
             read_states: Vec::new(),
@@ -424,6 +436,13 @@ impl<S: LogStore> Raft<S> {
         self.progress
             .get(&id)
             .map(|p| (p.match_index, p.next_index, p.state))
+    }
+
+    /// How many peer messages this core dropped because no correct member could have sent
+    /// them, per sender (senders beyond the first 64 share the count of `NodeId(0)`). Each
+    /// one is also reported once in [`Ready::rejected`].
+    pub fn rejected_messages(&self) -> &BTreeMap<NodeId, u64> {
+        self.rejections.counts()
     }
 
     /// The leadership transfer under way, if any.
@@ -695,6 +714,7 @@ impl<S: LogStore> Raft<S> {
             || !self.msgs_after_persist.is_empty()
             || !self.read_states.is_empty()
             || self.log.has_committed_to_apply()
+            || self.rejections.has_pending()
             || (self.role == Role::Leader
                 && (self.replicate_pending || self.commit_pending || self.read_round_pending))
     }
@@ -732,6 +752,7 @@ impl<S: LogStore> Raft<S> {
             persisted_messages: std::mem::take(&mut self.msgs_after_persist),
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
+            rejected: self.rejections.take_pending(),
         })
     }
 
@@ -750,23 +771,41 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
-    /// Process one message from a peer.
+    /// Process one message from a peer. A message no correct member could have sent in this
+    /// node's state is dropped and counted ([`Raft::rejected_messages`], [`Ready::rejected`]);
+    /// no peer message can make the core panic. An `Err` is a storage failure only.
     pub fn step(&mut self, m: Message) -> Res<()> {
-        if m.group != self.config.group || m.to != self.id || m.from == self.id {
-            return Ok(()); // misrouted: not for this core
+        let (from, term, name) = (m.from, m.term, m.body.name());
+        match self.step_checked(m) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => {
+                self.rejections.record(Rejection {
+                    from,
+                    term,
+                    message: name,
+                    reason,
+                });
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `step`, with `Ok(Err(reason))` for a message to drop and count.
+    fn step_checked(&mut self, m: Message) -> Res<Result<(), RejectReason>> {
+        if let Err(reason) = check_shape(&m, self.id, self.config.group) {
+            return Ok(Err(reason));
         }
         if m.term > self.term {
             match &m.body {
                 MessageBody::RequestVote {
                     pre_vote, transfer, ..
                 } => {
-                    let in_lease = self.config.check_quorum
-                        && self.leader.is_some()
-                        && self.election_elapsed < self.config.election_ticks;
-                    if in_lease && !transfer {
-                        // We hear from a live leader: this candidate is disrupting (it may
-                        // have been removed or partitioned). Ignore it (dissertation 4.2.3).
-                        return Ok(());
+                    if !transfer && !self.may_grant_votes() {
+                        // We hear from a live leader (or may have, just before a restart):
+                        // this candidate is disrupting (it may have been removed or
+                        // partitioned). Ignore it (dissertation 4.2.3, 6.4.1).
+                        return Ok(Ok(()));
                     }
                     if !pre_vote {
                         self.become_follower(m.term, None);
@@ -813,19 +852,39 @@ impl<S: LogStore> Raft<S> {
                 }
                 _ => {}
             }
-            return Ok(());
+            return Ok(Ok(()));
         }
 
         let from = m.from;
+        // Only the leader of our term sends these; if we know that leader and it is someone
+        // else (or us), the sender lies (election safety, 5.2). (Not ReadIndexResponse: a
+        // member we took for the leader answers "retry" once it is not.)
+        let leader_only = matches!(
+            m.body,
+            MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::Snapshot { .. }
+                | MessageBody::TimeoutNow
+        );
+        if leader_only && self.leader.is_some_and(|l| l != from) {
+            return Ok(Err(RejectReason::SecondLeader));
+        }
         match m.body {
             MessageBody::RequestVote {
                 pre_vote,
                 last_log_index,
                 last_log_term,
-                ..
-            } => self.handle_vote_request(from, m.term, pre_vote, last_log_index, last_log_term),
+                transfer,
+            } => self.handle_vote_request(
+                from,
+                m.term,
+                pre_vote,
+                transfer,
+                last_log_index,
+                last_log_term,
+            )?,
             MessageBody::RequestVoteResponse { pre_vote, granted } => {
-                self.handle_vote_response(from, m.term, pre_vote, granted)
+                self.handle_vote_response(from, m.term, pre_vote, granted)?
             }
             MessageBody::AppendEntries {
                 prev_log_index,
@@ -834,7 +893,13 @@ impl<S: LogStore> Raft<S> {
                 leader_commit,
             } => {
                 self.follow(from);
-                self.handle_append(from, prev_log_index, prev_log_term, entries, leader_commit)
+                return self.handle_append(
+                    from,
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    leader_commit,
+                );
             }
             MessageBody::Heartbeat { commit, round } => {
                 self.follow(from);
@@ -842,11 +907,10 @@ impl<S: LogStore> Raft<S> {
                 self.commit_to(commit);
                 let reply = self.message(from, MessageBody::HeartbeatResponse { round });
                 self.msgs.push(reply);
-                Ok(())
             }
             MessageBody::Snapshot { meta } => {
                 self.follow(from);
-                self.handle_snapshot(from, meta)
+                self.handle_snapshot(from, meta)?
             }
             MessageBody::AppendEntriesResponse {
                 success,
@@ -855,25 +919,35 @@ impl<S: LogStore> Raft<S> {
                 hint_term,
             } => {
                 if self.role == Role::Leader {
+                    // We sent nothing beyond our log, and in our own term it only grows.
+                    if index > self.log.last_index() {
+                        return Ok(Err(RejectReason::AckBeyondLog));
+                    }
                     self.handle_append_response(from, success, index, hint_index, hint_term)?;
                 }
-                Ok(())
             }
             MessageBody::HeartbeatResponse { round } => {
                 if self.role == Role::Leader {
+                    if round > self.read_round {
+                        return Ok(Err(RejectReason::RoundNotSent));
+                    }
                     self.handle_heartbeat_response(from, round);
                 }
-                Ok(())
             }
             MessageBody::TimeoutNow => {
                 if self.role != Role::Leader && self.promotable() {
                     self.campaign(false, true)?;
                 }
-                Ok(())
             }
             MessageBody::ReadIndex { context } => {
                 if self.role == Role::Leader {
-                    self.leader_read(context, Some(from))
+                    if self.reads_full() {
+                        // The follower retries, as after a leader change: a peer's request
+                        // never fails this node.
+                        self.deliver_read(context, Some(from), None);
+                    } else {
+                        self.leader_read(context, Some(from))?;
+                    }
                 } else {
                     let reply = self.message(
                         from,
@@ -883,14 +957,13 @@ impl<S: LogStore> Raft<S> {
                         },
                     );
                     self.msgs.push(reply);
-                    Ok(())
                 }
             }
             MessageBody::ReadIndexResponse { context, index } => {
                 self.read_states.push(ReadState { context, index });
-                Ok(())
             }
         }
+        Ok(Ok(()))
     }
 
     // ----- roles -----
@@ -901,23 +974,45 @@ impl<S: LogStore> Raft<S> {
         self.membership().is_voter(self.id)
     }
 
+    /// Whether this node may grant a (pre-)vote to a candidate of a newer term now (a
+    /// transfer's candidate aside). Not while it hears from a live leader (CheckQuorum,
+    /// dissertation 4.2.3), and, with lease reads, not during the first minimum election
+    /// timeout after a start: before the restart this node may have answered a leader whose
+    /// lease still runs, and that leader counts on it refusing votes until an election
+    /// timeout has passed since (6.4.1).
+    fn may_grant_votes(&self) -> bool {
+        let hears_leader = self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_ticks;
+        !hears_leader && !self.just_started()
+    }
+
+    /// With lease reads: the first minimum election timeout after a restart. (A node that
+    /// never saw a term above 0 answered no leader: its first start needs no guard.)
+    fn just_started(&self) -> bool {
+        self.config.lease_read_ticks.is_some()
+            && self.restarted
+            && self.now < u64::from(self.config.election_ticks)
+            && self.config.injected_bug != Some(InjectedBug::LeaseVoteRightAfterRestart)
+    }
+
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         let e = self.config.election_ticks;
         self.randomized_election_ticks = e + self.rng.below(e as u64) as u32;
     }
 
-    /// A message from the leader of our term: make sure we follow it.
+    /// A message from the leader of our term: make sure we follow it. `step` already dropped
+    /// such messages from anyone but the leader we know, so this is an internal invariant.
     fn follow(&mut self, leader: NodeId) {
-        if self.role == Role::Leader {
-            panic!(
-                "node {} term {}: two leaders in one term ({} also leads), index {}",
-                self.id,
-                self.term,
-                leader,
-                self.log.last_index()
-            );
-        }
+        assert!(
+            self.role != Role::Leader && self.leader.map_or(true, |l| l == leader),
+            "node {} term {}: following {leader} while {:?} leads, index {}",
+            self.id,
+            self.term,
+            self.leader,
+            self.log.last_index()
+        );
         if self.role != Role::Follower {
             self.become_follower(self.term, Some(leader));
         }
@@ -1027,12 +1122,16 @@ impl<S: LogStore> Raft<S> {
         from: NodeId,
         msg_term: Term,
         pre_vote: bool,
+        transfer: bool,
         last_log_index: LogIndex,
         last_log_term: Term,
     ) -> Res<()> {
+        // Granting again the vote we cast (and persisted) changes nothing; any other grant
+        // waits out the first election timeout after a start (see `may_grant_votes`).
         let can_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre_vote && msg_term > self.term);
+            || (((self.vote.is_none() && self.leader.is_none())
+                || (pre_vote && msg_term > self.term))
+                && (transfer || !self.just_started()));
         let up_to_date = self.config.injected_bug == Some(InjectedBug::VoteWithoutLogCheck)
             || self.log.is_up_to_date(last_log_index, last_log_term)?;
         let granted = can_vote && up_to_date;
@@ -1150,25 +1249,28 @@ impl<S: LogStore> Raft<S> {
         prev_log_term: Term,
         entries: Vec<Entry>,
         leader_commit: LogIndex,
-    ) -> Res<()> {
+    ) -> Res<Result<(), RejectReason>> {
         let commit = self.log.commit;
         if prev_log_index < commit {
             // Everything up to our commit index matches the leader's log already.
             let m = self.append_response(from, true, commit, LogIndex(0), Term(0));
             self.msgs_after_persist.push(m);
-            return Ok(());
+            return Ok(Ok(()));
         }
         if self.log.match_term(prev_log_index, prev_log_term)? {
+            // `check_shape` made the entries consecutive from `prev_log_index`, within range.
             let last_new = LogIndex(prev_log_index.0 + entries.len() as u64);
             if let Some(k) = self.log.find_conflict(&entries)? {
                 let at = entries[k].index;
-                if at <= self.log.commit {
-                    panic!(
-                        "node {} term {}: entry at index {at} from {from} conflicts with the \
-                         committed log (commit {})",
-                        self.id, self.term, self.log.commit
-                    );
-                }
+                assert!(
+                    at > self.log.commit,
+                    "node {} term {}: entry at index {at} from {from} conflicts with the \
+                     committed log (commit {}), though the entries follow prev index \
+                     {prev_log_index} at or above it",
+                    self.id,
+                    self.term,
+                    self.log.commit
+                );
                 let truncates = at <= self.log.last_index();
                 // Decode configurations first: a corrupt one fails before the log changes.
                 let mut configs = Vec::new();
@@ -1199,7 +1301,7 @@ impl<S: LogStore> Raft<S> {
             let m = self.append_response(from, false, prev_log_index, hint_index, hint_term);
             self.msgs_after_persist.push(m);
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     fn append_response(
@@ -1549,9 +1651,12 @@ impl<S: LogStore> Raft<S> {
 
     // ----- reads -----
 
+    fn reads_full(&self) -> bool {
+        self.pending_reads.len() + self.reads_waiting_noop.len() >= self.config.max_pending_reads
+    }
+
     fn leader_read(&mut self, context: Vec<u8>, from: Option<NodeId>) -> Res<()> {
-        if self.pending_reads.len() + self.reads_waiting_noop.len() >= self.config.max_pending_reads
-        {
+        if self.reads_full() {
             return Err(RaftError::Overloaded(format!(
                 "{} reads pending",
                 self.config.max_pending_reads

@@ -27,6 +27,12 @@
 //! - **(e) `read_states`**: ReadIndex results; serve each read once the state machine has
 //!   applied its index.
 //! - **(f) `soft_state`**: role/leader changes, for routing client requests.
+//! - **(g) `rejected`**: peer messages dropped because no correct member could have sent
+//!   them (see [`RejectReason`]); log them. [`Raft::rejected_messages`] counts them per peer.
+//!
+//! Time: before each input, the runtime calls [`Raft::tick`] for every tick its monotonic
+//! clock owes the core. Lease reads are judged by the ticks the core has seen; a runtime that
+//! handles a backlog (after a pause) before the missed ticks serves reads from an expired lease.
 //!
 //! Acknowledgements:
 //! - [`Raft::advance_persisted`]`(ready.number)` once (a) of that `Ready` — and of every
@@ -102,6 +108,7 @@ mod log;
 mod membership;
 mod message;
 mod progress;
+mod reject;
 pub mod rng;
 mod storage;
 
@@ -110,4 +117,5 @@ pub use self::core::{Proposed, Raft, RaftError, ReadState, Ready, Role, SoftStat
 pub use self::membership::{Membership, MembershipChange, MEMBERSHIP_FORMAT_VERSION};
 pub use self::message::{Message, MessageBody, SnapshotMeta};
 pub use self::progress::ReplicationState;
+pub use self::reject::{RejectReason, Rejection, MAX_TERM_OR_INDEX};
 pub use self::storage::{LogStore, MemLogStore, StorageError};

@@ -26,9 +26,9 @@ use crate::lincheck::{self, Completion, Op, OpResult, Operation};
 use haven::raft::rng::SplitMix64;
 use haven::raft::{
     Config, InjectedBug, LogStore, MemLogStore, Membership, MembershipChange, Message, MessageBody,
-    Raft, RaftError, Ready, Role, SnapshotMeta, StorageError,
+    Raft, RaftError, Ready, Role, SnapshotMeta, StorageError, MAX_TERM_OR_INDEX,
 };
-use haven::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
+use haven::{Entry, EntryKind, GroupId, HardState, LogIndex, NodeId, Term};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// One simulation run's parameters.
@@ -54,6 +54,11 @@ pub struct SimConfig {
     pub local_reads: bool,
     /// Force a fault profile (0 calm, 1 storm, 2-3 mixed) instead of deriving it from the seed.
     pub profile: Option<u64>,
+    /// Force lease reads on or off instead of deriving it from the seed.
+    pub lease: Option<bool>,
+    /// Per mille of ticks at which a forged or replayed peer message is stepped into a
+    /// member (see `Sim::inject`).
+    pub inject_per_mille: u64,
 }
 
 impl SimConfig {
@@ -69,6 +74,8 @@ impl SimConfig {
             verbose: false,
             profile: None,
             local_reads: false,
+            lease: None,
+            inject_per_mille: 0,
         }
     }
 }
@@ -88,6 +95,12 @@ pub struct Report {
     pub transfers_completed: u64,
     pub membership_changes: u64,
     pub crashes: u64,
+    /// Forged messages the receiving core dropped as impossible (all of them must be).
+    pub rejected: u64,
+    /// Earlier messages delivered again, long after the fact.
+    pub replayed: u64,
+    /// Ticks of pauses whose backlog met a clock that had caught up (lease seeds).
+    pub paused_ticks: u64,
 }
 
 /// Disk write of one `Ready`, completing at `done_at`.
@@ -118,6 +131,11 @@ struct Node {
     paused_at: u64,
     /// The pause also stopped the node's clock (no missed ticks on resume).
     clock_frozen: bool,
+    /// The node's clock rate in ticks per 1000 simulator ticks (bounded drift).
+    rate_per_mille: u64,
+    /// Clock time the node's core has not been told yet, in thousandths of a tick. A runtime
+    /// gives the core the whole ticks of it before every input (as `node/driver.rs` does).
+    clock_owed: u64,
     incarnation: u64,
     /// Proposals: index -> (op, term).
     proposals: BTreeMap<LogIndex, (usize, Term)>,
@@ -125,6 +143,9 @@ struct Node {
     reads: BTreeMap<u64, usize>,
     /// Reads waiting for the state machine to reach an index.
     reads_waiting_apply: Vec<(LogIndex, usize)>,
+    /// Client requests (ops) that reached the node while its process was paused; it handles
+    /// them when it resumes.
+    queued_ops: Vec<usize>,
 }
 
 struct Packet {
@@ -151,6 +172,9 @@ struct OpRecord {
     seq: u64,
     node: usize,
     deadline: u64,
+    /// The highest index known committed anywhere when the request was made: a read must
+    /// be answered with a read index at least this high (dissertation 6.4).
+    commit_floor: u64,
 }
 
 /// Per-seed fault intensities.
@@ -203,12 +227,20 @@ pub struct Sim {
     /// resolves unknown outcomes at the end of a run.
     applied_requests: HashMap<(u64, u64), Outcome>,
     heal_commit_base: LogIndex,
+    /// Messages delivered lately, for `inject` to replay or mutate (only when injecting).
+    seen: VecDeque<Message>,
+    /// A forged message is being stepped: its rejection is expected (any other is a false
+    /// positive of the core's checks, and fails the run).
+    expect_rejection: bool,
     live: bool,
     trace: u64,
     report: Report,
 }
 
 const KEYS: u64 = 3;
+/// Seed counts that make any test of `tests/sim.rs` run just the failing seed.
+const REPLAY_COUNTS: &str =
+    "HAVEN_SIM_SEEDS=1 HAVEN_SIM_LEASE_SEEDS=1 HAVEN_SIM_LEASE_BUG_SEEDS=1 HAVEN_SIM_INJECT_SEEDS=1";
 const OP_TIMEOUT_TICKS: u64 = 80;
 const ELECTION_TICKS: u32 = 10;
 
@@ -274,7 +306,7 @@ impl Sim {
         let membership = Membership::with_voters(
             (1..=cfg.nodes as u64).map(|i| (NodeId(i), format!("n{i}:7000"))),
         );
-        let lease = lease_on(cfg.seed);
+        let lease = lease_on(&cfg);
         let mut nodes = Vec::new();
         for i in 0..cfg.nodes {
             let id = NodeId(i as u64 + 1);
@@ -293,13 +325,24 @@ impl Sim {
                 paused_until: None,
                 paused_at: 0,
                 clock_frozen: false,
+                rate_per_mille: 1000,
+                clock_owed: 0,
                 incarnation: 0,
                 proposals: BTreeMap::new(),
                 reads: BTreeMap::new(),
                 reads_waiting_apply: Vec::new(),
+                queued_ops: Vec::new(),
             };
             node.raft = Some(Self::boot(&cfg, &mut node, lease));
             nodes.push(node);
+        }
+        // Bounded clock drift: every node's clock runs at its own rate, within 4% of the
+        // simulator's. A lease is safe while no follower's clock runs faster than the
+        // leader's by more than (election_ticks - 1) / lease_read_ticks = 9/8 here (one tick
+        // of the follower's count may pass just after it heard the leader); 1.04 / 0.96 is
+        // 1.083.
+        for node in &mut nodes {
+            node.rate_per_mille = 960 + rng.below(81);
         }
         let clients = (0..4)
             .map(|c| ClientState {
@@ -332,6 +375,8 @@ impl Sim {
             registry: HashMap::new(),
             applied_requests: HashMap::new(),
             heal_commit_base: LogIndex(0),
+            seen: VecDeque::new(),
+            expect_rejection: false,
             live: false,
             trace: cfg.seed,
             report: Report::default(),
@@ -385,8 +430,8 @@ impl Sim {
 
     fn fail<T>(&self, what: String) -> SimResult<T> {
         Err(format!(
-            "seed {} tick {}: {what} (replay: HAVEN_SIM_SEED_START={} HAVEN_SIM_SEEDS=1 \
-             HAVEN_SIM_VERBOSE=1 cargo test --release --test sim sim_seeds)",
+            "seed {} tick {}: {what} (replay: HAVEN_SIM_SEED_START={} {REPLAY_COUNTS} \
+             HAVEN_SIM_VERBOSE=1 cargo test --release --test sim <this test>)",
             self.cfg.seed, self.now, self.cfg.seed
         ))
     }
@@ -407,16 +452,19 @@ impl Sim {
             if tick < heal_at {
                 self.inject_faults()?;
             }
+            self.advance_clocks();
             self.wake_nodes()?;
             self.deliver_messages()?;
             for i in 0..self.nodes.len() {
                 if self.is_running(i) {
-                    let raft = self.nodes[i].raft.as_mut().expect("running");
-                    if let Err(e) = raft.tick() {
-                        return self.raft_err(i, e);
-                    }
-                    self.drain(i)?;
+                    self.catch_up(i)?;
                 }
+            }
+            if self.cfg.inject_per_mille > 0
+                && tick < heal_at
+                && self.rng.chance(self.cfg.inject_per_mille, 1000)
+            {
+                self.inject()?;
             }
             for i in 0..self.nodes.len() {
                 if self.is_running(i) {
@@ -429,6 +477,34 @@ impl Sim {
             }
         }
         self.finish()
+    }
+
+    /// Each node's clock runs on at its own rate, also while its process is paused (unless
+    /// the pause froze the clock too); a node that is down has no clock.
+    fn advance_clocks(&mut self) {
+        for node in &mut self.nodes {
+            let frozen = node.paused_until.is_some() && node.clock_frozen;
+            if node.raft.is_some() && !frozen {
+                node.clock_owed += node.rate_per_mille;
+            } else if node.raft.is_none() {
+                node.clock_owed = 0;
+            }
+        }
+    }
+
+    /// Tell node `i`'s core every whole tick its clock owes it. The runtime does this before
+    /// every input, so the core never judges a lease on a clock that lags.
+    fn catch_up(&mut self, i: usize) -> SimResult<()> {
+        let ticks = self.nodes[i].clock_owed / 1000;
+        self.nodes[i].clock_owed %= 1000;
+        for _ in 0..ticks {
+            let raft = self.nodes[i].raft.as_mut().expect("running");
+            if let Err(e) = raft.tick() {
+                return self.raft_err(i, e);
+            }
+            self.drain(i)?;
+        }
+        Ok(())
     }
 
     fn is_running(&self, i: usize) -> bool {
@@ -508,6 +584,267 @@ impl Sim {
         Ok(())
     }
 
+    // ----- forged and replayed peer messages -----
+
+    /// Step into a running member, as if a member sent it over an authenticated lane, either
+    /// an earlier message again (the network may deliver any message again, any time later:
+    /// it must be accepted) or one no correct member could send in the receiver's state (it
+    /// must be dropped and counted exactly once). The safety checks run on throughout.
+    fn inject(&mut self) -> SimResult<()> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.is_running(i))
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        if !self.seen.is_empty() && self.rng.chance(1, 2) {
+            let m = self.seen[self.rng.below(self.seen.len() as u64) as usize].clone();
+            let to = m.to.0 as usize - 1;
+            if !self.is_running(to) {
+                return Ok(());
+            }
+            self.log(|| {
+                format!(
+                    "replay {} -> {} t{} {}",
+                    m.from,
+                    m.to,
+                    m.term.0,
+                    short(&m.body)
+                )
+            });
+            self.report.replayed += 1;
+            self.catch_up(to)?;
+            let raft = self.nodes[to].raft.as_mut().expect("running");
+            if let Err(e) = raft.step(m) {
+                return self.raft_err(to, e);
+            }
+            return self.drain(to);
+        }
+        let i = running[self.rng.below(running.len() as u64) as usize];
+        self.catch_up(i)?;
+        let Some(m) = self.forge(i) else {
+            return Ok(());
+        };
+        self.log(|| format!("forge {} -> {} t{} {:?}", m.from, m.to, m.term.0, m.body));
+        let raft = self.nodes[i].raft.as_mut().expect("running");
+        let before: u64 = raft.rejected_messages().values().sum();
+        let shown = format!("{m:?}");
+        self.expect_rejection = true;
+        let stepped = raft.step(m);
+        let drained = stepped
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.drain(i));
+        self.expect_rejection = false;
+        drained?;
+        let raft = self.nodes[i].raft.as_ref().expect("running");
+        let after: u64 = raft.rejected_messages().values().sum();
+        if after != before + 1 {
+            return self.fail(format!(
+                "{} took a message no correct member sends ({} rejections counted): {shown}",
+                raft.id(),
+                after - before
+            ));
+        }
+        self.report.rejected += 1;
+        Ok(())
+    }
+
+    /// A message no correct member could send to node `i` in its current state, built from
+    /// scratch or by mutating a message seen earlier.
+    fn forge(&mut self, i: usize) -> Option<Message> {
+        let n = self.nodes.len() as u64;
+        let raft = self.nodes[i].raft.as_ref().expect("running");
+        let (me, term, leader) = (raft.id(), raft.term(), raft.leader());
+        let (commit, last) = (raft.commit_index(), raft.last_index());
+        let commit_term = raft.log_term(commit).ok().flatten().unwrap_or(Term(0));
+        let other = |rng: &mut SplitMix64| loop {
+            let id = NodeId(1 + rng.below(n));
+            if id != me {
+                return id;
+            }
+        };
+        let from = other(&mut self.rng);
+        let big = |rng: &mut SplitMix64| match rng.below(3) {
+            0 => u64::MAX,
+            1 => u64::MAX / 2,
+            _ => MAX_TERM_OR_INDEX + 1 + rng.below(1000),
+        };
+        let mut m = Message {
+            group: GroupId(0),
+            from,
+            to: me,
+            term,
+            body: MessageBody::TimeoutNow,
+        };
+        let entry = |index: u64, term: Term, kind: EntryKind, data: Vec<u8>| Entry {
+            group: GroupId(0),
+            term,
+            index: LogIndex(index),
+            kind,
+            data,
+        };
+        let append = |entries: Vec<Entry>| MessageBody::AppendEntries {
+            prev_log_index: commit,
+            prev_log_term: commit_term,
+            entries,
+            leader_commit: commit,
+        };
+        let k = self.rng.below(4);
+        match self.rng.below(11) {
+            // The leader's own term, claimed by someone else.
+            0 => {
+                let l = leader?;
+                m.from = if l == me { from } else { other(&mut self.rng) };
+                if m.from == l {
+                    return None;
+                }
+                m.body = match k {
+                    0 => MessageBody::Heartbeat {
+                        commit,
+                        round: self.rng.below(100),
+                    },
+                    1 => append(Vec::new()),
+                    _ => MessageBody::TimeoutNow,
+                };
+            }
+            // An ack beyond the leader's log.
+            1 => {
+                if raft.role() != Role::Leader {
+                    return None;
+                }
+                let index = if k == 0 {
+                    big(&mut self.rng)
+                } else {
+                    last.0 + 1 + self.rng.below(1000)
+                };
+                m.body = MessageBody::AppendEntriesResponse {
+                    success: true,
+                    index: LogIndex(index),
+                    hint_index: LogIndex(0),
+                    hint_term: Term(0),
+                };
+            }
+            // A heartbeat round never started.
+            2 => {
+                if raft.role() != Role::Leader {
+                    return None;
+                }
+                m.body = MessageBody::HeartbeatResponse {
+                    round: u64::MAX - self.rng.below(1000),
+                };
+            }
+            // A rejection whose hint lies beyond what it rejects.
+            3 => {
+                let index = self.rng.below(last.0 + 2);
+                m.body = MessageBody::AppendEntriesResponse {
+                    success: false,
+                    index: LogIndex(index),
+                    hint_index: LogIndex(index + 1 + self.rng.below(10)),
+                    hint_term: Term(self.rng.below(term.0 + 1)),
+                };
+            }
+            // Entries not placed right after prev (one at index 1 conflicting below commit,
+            // as in issue 14 (d)), or of a term above the message's, or a corrupt or empty
+            // membership.
+            4 => {
+                m.from = leader.filter(|&l| l != me).unwrap_or(from);
+                let t = Term(term.0.max(1));
+                m.body = append(match k {
+                    0 => vec![entry(
+                        commit.0 + 2 + self.rng.below(5),
+                        t,
+                        EntryKind::Normal,
+                        vec![],
+                    )],
+                    1 if commit.0 > 0 => vec![entry(1, t, EntryKind::Normal, b"forged".to_vec())],
+                    1 => vec![entry(
+                        commit.0 + 1,
+                        Term(t.0 + 1),
+                        EntryKind::Normal,
+                        vec![],
+                    )],
+                    2 => vec![entry(
+                        commit.0 + 1,
+                        t,
+                        EntryKind::Membership,
+                        vec![1, 0xff, 0x07],
+                    )],
+                    _ => vec![entry(
+                        commit.0 + 1,
+                        t,
+                        EntryKind::Membership,
+                        Membership::default().encode(),
+                    )],
+                });
+            }
+            // Snapshot metadata nonsense.
+            5 => {
+                m.from = leader.filter(|&l| l != me).unwrap_or(from);
+                let membership = raft.membership().clone();
+                let (index, t, membership) = match k {
+                    0 => (commit.0 + 1, Term(0), membership),
+                    1 => (0, term, membership),
+                    2 => (commit.0 + 1, Term(term.0 + 1), membership),
+                    _ => (commit.0 + 1, term, Membership::default()),
+                };
+                m.body = MessageBody::Snapshot {
+                    meta: SnapshotMeta {
+                        index: LogIndex(index),
+                        term: t,
+                        membership,
+                    },
+                };
+            }
+            // A vote request claiming a log term above its campaign's.
+            6 => {
+                m.term = Term(term.0 + 1);
+                m.body = MessageBody::RequestVote {
+                    pre_vote: k == 0,
+                    last_log_index: last,
+                    last_log_term: Term(term.0 + 2 + self.rng.below(5)),
+                    transfer: k == 1,
+                };
+            }
+            // A message seen earlier, mutated: a term or an index that would overflow.
+            7..=8 => {
+                let mut seen = self
+                    .seen
+                    .get(self.rng.below(self.seen.len().max(1) as u64) as usize)?
+                    .clone();
+                seen.to = me;
+                seen.from = from;
+                match &mut seen.body {
+                    MessageBody::AppendEntries { prev_log_index, .. } if k == 0 => {
+                        prev_log_index.0 = big(&mut self.rng)
+                    }
+                    MessageBody::Heartbeat { commit, .. } if k == 0 => {
+                        commit.0 = big(&mut self.rng)
+                    }
+                    MessageBody::RequestVote { last_log_index, .. } if k == 0 => {
+                        last_log_index.0 = big(&mut self.rng)
+                    }
+                    _ => seen.term = Term(big(&mut self.rng)),
+                }
+                m = seen;
+            }
+            // A message seen earlier, misaddressed: another group, or "from" the receiver.
+            _ => {
+                let mut seen = self
+                    .seen
+                    .get(self.rng.below(self.seen.len().max(1) as u64) as usize)?
+                    .clone();
+                seen.to = me;
+                if k < 2 {
+                    seen.group = GroupId(1 + self.rng.below(5) as u32);
+                } else {
+                    seen.from = me;
+                }
+                m = seen;
+            }
+        }
+        Some(m)
+    }
+
     // ----- faults -----
 
     fn inject_faults(&mut self) -> SimResult<()> {
@@ -539,13 +876,33 @@ impl Sim {
                 self.crash(i, down);
             }
         }
-        if self.rng.chance(1, self.chaos.pause_odds) {
+        if lease_on(&self.cfg) && self.rng.chance(1, 40) {
+            // A supervisor restarts a process at once: the member may be back well within
+            // the lease of the leader it answered just before.
             let i = self.rng.below(n) as usize;
+            if self.nodes[i].raft.is_some() {
+                let down = 1 + self.rng.below(4);
+                self.crash(i, down);
+            }
+        }
+        // Lease seeds pause more, and the leader in half of the pauses: a leader that
+        // resumes after its lease ran out in real time is what the lease rules are about.
+        let lease = lease_on(&self.cfg);
+        let pause_odds = if lease {
+            self.chaos.pause_odds / 4
+        } else {
+            self.chaos.pause_odds
+        };
+        if self.rng.chance(1, pause_odds) {
+            let leader = self
+                .leader_index()
+                .filter(|_| lease && self.rng.chance(1, 2));
+            let i = leader.unwrap_or_else(|| self.rng.below(n) as usize);
             if self.is_running(i) {
                 // Without lease reads nothing depends on clocks: then half of the pauses also
                 // freeze the node's clock (it resumes believing no time passed, as after a
                 // long GC pause), which leaves deposed leaders that still think they lead.
-                let frozen = !lease_on(self.cfg.seed) && self.rng.chance(1, 2);
+                let frozen = !lease_on(&self.cfg) && self.rng.chance(1, 2);
                 let until = self.now + 3 + self.rng.below(if frozen { 80 } else { 40 });
                 self.log(|| {
                     format!(
@@ -638,6 +995,7 @@ impl Sim {
         node.proposals.clear();
         node.reads.clear();
         node.reads_waiting_apply.clear();
+        node.queued_ops.clear();
         let id = node.id;
         self.log(|| format!("crash {id} for {down_ticks} ticks"));
         // Requests in flight at the crashed node have an unknown outcome.
@@ -652,7 +1010,7 @@ impl Sim {
         for i in 0..self.nodes.len() {
             if self.nodes[i].down_until.is_some_and(|t| t <= self.now) {
                 self.nodes[i].down_until = None;
-                let lease = lease_on(self.cfg.seed);
+                let lease = lease_on(&self.cfg);
                 let raft = Self::boot(&self.cfg, &mut self.nodes[i], lease);
                 self.log(|| format!("restart {} at {:?}", self.nodes[i].id, raft));
                 self.nodes[i].raft = Some(raft);
@@ -660,22 +1018,24 @@ impl Sim {
             }
             if self.nodes[i].paused_until.is_some_and(|t| t <= self.now) {
                 self.nodes[i].paused_until = None;
-                // The clock ran on while the process was frozen: deliver the missed ticks
-                // (a runtime derives ticks from a monotonic clock), then the backlog.
-                let missed = if self.nodes[i].clock_frozen {
-                    0
-                } else {
-                    self.now - self.nodes[i].paused_at
-                };
-                self.log(|| format!("resume {} after {missed} ticks", self.nodes[i].id));
-                for _ in 0..missed {
-                    let raft = self.nodes[i].raft.as_mut().expect("paused nodes run");
-                    if let Err(e) = raft.tick() {
-                        return self.raft_err(i, e);
-                    }
-                    self.drain(i)?;
+                let owed = self.nodes[i].clock_owed / 1000;
+                self.log(|| format!("resume {} owing {owed} ticks", self.nodes[i].id));
+                self.report.paused_ticks += self.now - self.nodes[i].paused_at;
+                let lagging = self.cfg.bug == Some(InjectedBug::LeaseReadOnLaggingClock);
+                if lagging {
+                    // The old driver: the backlog queued during the pause first (here the
+                    // client requests, then the peer messages), on the clock of before the
+                    // pause; the missed ticks only after it.
+                    self.submit_queued_ops(i, false)?;
+                    self.deliver_messages_to(i)?;
                 }
+                // The clock ran on while the process was frozen: the missed ticks (a runtime
+                // derives ticks from a monotonic clock), then the backlog.
+                self.catch_up(i)?;
                 self.complete_writes(i)?;
+                if !lagging {
+                    self.submit_queued_ops(i, true)?;
+                }
             }
         }
         Ok(())
@@ -793,6 +1153,31 @@ impl Sim {
         }
     }
 
+    fn submit_queued_ops(&mut self, i: usize, tell_time: bool) -> SimResult<()> {
+        for op in std::mem::take(&mut self.nodes[i].queued_ops) {
+            if self.history[op].completion.is_none() {
+                self.submit_op(op, tell_time)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step every packet due for node `i` into it at once, without telling it the time
+    /// first (the runtime bug `InjectedBug::LeaseReadOnLaggingClock`).
+    fn deliver_messages_to(&mut self, i: usize) -> SimResult<()> {
+        let due: Vec<(u64, u64)> = self
+            .net
+            .iter()
+            .filter(|(k, p)| k.0 <= self.now && p.msg.to == self.nodes[i].id)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let packet = self.net.remove(&key).expect("listed");
+            self.deliver_packet(packet, false, &mut Vec::new())?;
+        }
+        Ok(())
+    }
+
     fn deliver_messages(&mut self) -> SimResult<()> {
         let mut deferred = Vec::new();
         while let Some(entry) = self.net.first_entry() {
@@ -800,6 +1185,25 @@ impl Sim {
                 break;
             }
             let packet = entry.remove();
+            self.deliver_packet(packet, true, &mut deferred)?;
+        }
+        for (until, packet) in deferred {
+            self.packet_seq += 1;
+            self.net
+                .insert((until.max(self.now + 1), self.packet_seq), packet);
+        }
+        Ok(())
+    }
+
+    /// Deliver one packet (deferred if its receiver is paused); with `tell_time`, the
+    /// receiver's core first gets the ticks its clock owes.
+    fn deliver_packet(
+        &mut self,
+        packet: Packet,
+        tell_time: bool,
+        deferred: &mut Vec<(u64, Packet)>,
+    ) -> SimResult<()> {
+        {
             let to = packet.msg.to.0 as usize - 1;
             let from = packet.msg.from.0 as usize - 1;
             if self.blocked.contains(&(packet.msg.from, packet.msg.to))
@@ -810,13 +1214,22 @@ impl Sim {
                         r.report_snapshot(packet.msg.to, false);
                     }
                 }
-                continue;
+                return Ok(());
             }
             if let Some(until) = self.nodes[to].paused_until {
                 deferred.push((until, packet));
-                continue;
+                return Ok(());
+            }
+            if tell_time {
+                self.catch_up(to)?;
             }
             self.trace_message(&packet.msg);
+            if self.cfg.inject_per_mille > 0 && packet.snapshot.is_none() {
+                if self.seen.len() >= 512 {
+                    self.seen.pop_front();
+                }
+                self.seen.push_back(packet.msg.clone());
+            }
             if let Some(data) = packet.snapshot {
                 // The runtime streamed the data; some transfers fail.
                 let ok = !self.rng.chance(self.chaos.snapshot_fail_per_mille, 1000);
@@ -824,7 +1237,7 @@ impl Sim {
                     r.report_snapshot(packet.msg.to, ok);
                 }
                 if !ok {
-                    continue;
+                    return Ok(());
                 }
                 let MessageBody::Snapshot { meta } = &packet.msg.body else {
                     unreachable!("snapshot data travels only with Snapshot messages")
@@ -839,11 +1252,6 @@ impl Sim {
             if self.is_running(from) {
                 self.drain(from)?;
             }
-        }
-        for (until, packet) in deferred {
-            self.packet_seq += 1;
-            self.net
-                .insert((until.max(self.now + 1), self.packet_seq), packet);
         }
         Ok(())
     }
@@ -902,6 +1310,12 @@ impl Sim {
     fn handle_ready(&mut self, i: usize, rd: Ready) -> SimResult<()> {
         let id = self.nodes[i].id;
         self.trace = mix(mix(self.trace, id.0), rd.number);
+        if !rd.rejected.is_empty() && !self.expect_rejection {
+            return self.fail(format!(
+                "{id} rejected a message a correct member sent: {:?}",
+                rd.rejected
+            ));
+        }
         if let Some(ss) = rd.soft_state {
             self.log(|| format!("{id} soft state {ss:?}"));
             if ss.role == Role::Leader {
@@ -967,7 +1381,19 @@ impl Sim {
             let ctx = u64::from_le_bytes(rs.context[..8].try_into().expect("8-byte context"));
             if let Some(op) = self.nodes[i].reads.remove(&ctx) {
                 match rs.index {
-                    Some(index) => self.nodes[i].reads_waiting_apply.push((index, op)),
+                    Some(index) => {
+                        // Read freshness, checked directly (the history check needs a write
+                        // to the same key to notice): the read index covers every entry
+                        // committed before the read was asked.
+                        let floor = self.history[op].commit_floor;
+                        if index.0 < floor && self.history[op].completion.is_none() {
+                            return self.fail(format!(
+                                "stale read index: {id} answers read {op} with index {index}, \
+                                 but {floor} was committed before it was asked"
+                            ));
+                        }
+                        self.nodes[i].reads_waiting_apply.push((index, op))
+                    }
                     None => self.complete(op, Completion::Fail),
                 }
             }
@@ -1271,7 +1697,9 @@ impl Sim {
             Some(l) if self.rng.chance(4, 5) => l.0 as usize - 1,
             _ => self.rng.below(n) as usize,
         };
-        if !self.is_running(target) {
+        let paused = self.nodes[target].raft.is_some() && !self.is_running(target);
+        let queue = paused && lease_on(&self.cfg) && self.rng.chance(1, 2);
+        if !self.is_running(target) && !queue {
             // Connection refused or no answer: try another node next tick.
             self.clients[c].leader_hint = None;
             self.clients[c].next_at = self.now + 1;
@@ -1304,12 +1732,36 @@ impl Sim {
             seq: self.clients[c].seq,
             node: target,
             deadline: self.now + OP_TIMEOUT_TICKS,
+            commit_floor: self.committed.len().saturating_sub(1) as u64,
         });
         self.clients[c].busy = Some(index);
+        if queue {
+            // The connection is open; the paused process reads the request when it resumes.
+            self.nodes[target].queued_ops.push(index);
+            return Ok(());
+        }
+        self.submit_op(index, true)
+    }
+
+    /// Hand client request `index` of the history to its node; with `tell_time`, the
+    /// node's core first gets the ticks its clock owes (as a correct runtime does).
+    fn submit_op(&mut self, index: usize, tell_time: bool) -> SimResult<()> {
+        let (target, key, op) = {
+            let r = &self.history[index];
+            (r.node, r.key, r.op)
+        };
+        let c = self
+            .clients
+            .iter()
+            .position(|cl| cl.id == self.history[index].client)
+            .expect("client exists");
         if op == Op::Read && self.cfg.local_reads {
             let value = self.nodes[target].kv.get(key);
             self.complete(index, Completion::Ok(OpResult::Read(value)));
             return Ok(());
+        }
+        if tell_time {
+            self.catch_up(target)?;
         }
         let raft = self.nodes[target].raft.as_mut().expect("running");
         let result = match op {
@@ -1323,7 +1775,7 @@ impl Sim {
                 };
                 let req = Request {
                     client: self.clients[c].id,
-                    seq: self.clients[c].seq,
+                    seq: self.history[index].seq,
                     command,
                 };
                 raft.propose(vec![req.encode()]).map(Some)
@@ -1435,9 +1887,9 @@ fn profile(cfg: &SimConfig) -> u64 {
     cfg.profile.unwrap_or(mix(cfg.seed, 0xC4A05) % 4)
 }
 
-/// Lease reads are on for a third of the seeds (decided from the seed alone).
-fn lease_on(seed: u64) -> bool {
-    mix(seed, 0x1EA5E) % 3 == 0
+/// Lease reads are on for a third of the seeds (decided from the seed alone), unless forced.
+fn lease_on(cfg: &SimConfig) -> bool {
+    cfg.lease.unwrap_or(mix(cfg.seed, 0x1EA5E) % 3 == 0)
 }
 
 fn short(body: &MessageBody) -> String {
@@ -1470,8 +1922,8 @@ pub fn run_seed(cfg: SimConfig) -> SimResult<Report> {
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
             Err(format!(
-                "seed {seed}: panic: {msg} (replay: HAVEN_SIM_SEED_START={seed} HAVEN_SIM_SEEDS=1 \
-                 HAVEN_SIM_VERBOSE=1 cargo test --release --test sim sim_seeds)"
+                "seed {seed}: panic: {msg} (replay: HAVEN_SIM_SEED_START={seed} {REPLAY_COUNTS} \
+                 HAVEN_SIM_VERBOSE=1 cargo test --release --test sim <this test>)"
             ))
         }
     }

@@ -54,7 +54,19 @@ impl Driver {
             persisted_messages,
             committed_entries,
             read_states,
+            rejected,
         } = ready;
+        for r in rejected {
+            dlog!(
+                self,
+                Level::Warn,
+                "peer_message_rejected",
+                peer = r.from.0,
+                message = r.message,
+                message_term = r.term.0,
+                reason = r.reason
+            );
+        }
         if let Some(soft) = soft_state {
             self.on_soft_state(soft);
         }

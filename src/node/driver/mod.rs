@@ -299,18 +299,22 @@ impl Driver {
     /// messages). Never blocks.
     fn poll_one(&mut self) -> Result<bool> {
         if let Ok(m) = self.ch.internal.try_recv() {
+            self.tick_to_now()?;
             self.on_internal(m)?;
             return Ok(true);
         }
         if let Ok((from, msg)) = self.ch.peers.try_recv() {
+            self.tick_to_now()?;
             self.on_peer(from, msg)?;
             return Ok(true);
         }
         if let Ok(event) = self.ch.clients.try_recv() {
+            self.tick_to_now()?;
             self.on_client_event(event);
             return Ok(true);
         }
         if let Ok(input) = self.ch.inputs.try_recv() {
+            self.tick_to_now()?;
             self.on_input(input)?;
             return Ok(true);
         }

@@ -11,11 +11,33 @@ use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 impl Driver {
+    /// Give the core every tick the monotonic clock owes it, before each input and not only
+    /// between batches: the core judges lease reads by the ticks it has seen, so after a
+    /// pause (SIGSTOP, a stall) the up to `MAX_DRIVER_INPUTS_PER_ITERATION` inputs queued
+    /// meanwhile would otherwise meet a clock that lags real time, and a ReadIndex could be
+    /// answered from a lease that already expired. One clock read per input.
+    pub(super) fn tick_to_now(&mut self) -> Result<()> {
+        let now = self.now();
+        if now >= self.next_tick {
+            self.catch_up_ticks(now)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn on_clock(&mut self) -> Result<()> {
         let now = self.now();
         if now < self.next_tick {
             return Ok(());
         }
+        self.catch_up_ticks(now)?;
+        self.expire(now);
+        if self.leader_usable() && !self.waiting_leader.is_empty() {
+            self.drain_waiting();
+        }
+        Ok(())
+    }
+
+    fn catch_up_ticks(&mut self, now: Instant) -> Result<()> {
         let mut ticks = 0;
         while now >= self.next_tick && ticks < self.max_catch_up_ticks {
             self.raft.tick().map_err(storage)?;
@@ -23,12 +45,9 @@ impl Driver {
             ticks += 1;
         }
         if now >= self.next_tick {
-            // A long pause: the core saw enough ticks to time out; skip the rest.
+            // A long pause: the core saw enough ticks to time out (and for any lease, which
+            // is shorter than an election timeout, to expire); skip the rest.
             self.next_tick = now + self.tick;
-        }
-        self.expire(now);
-        if self.leader_usable() && !self.waiting_leader.is_empty() {
-            self.drain_waiting();
         }
         Ok(())
     }
