@@ -195,9 +195,10 @@ pub fn newest_snapshot(dir: impl AsRef<Path>) -> Result<Option<SnapshotFile>> {
     Ok(list_snapshots(dir)?.pop())
 }
 
-/// Delete all but the newest `keep` snapshot files in `dir` (usually [`SNAPSHOTS_TO_KEEP`]),
-/// and any temporary file left by an interrupted write. Returns the deleted paths. `keep` must
-/// be at least 1: the log may be compacted behind the newest snapshot, which must survive.
+/// Delete all but the newest `keep` snapshot files in `dir` (usually [`SNAPSHOTS_TO_KEEP`]).
+/// Returns the deleted paths. `keep` must be at least 1: the log may be compacted behind the
+/// newest snapshot, which must survive. Temporary files are left alone: one may be a snapshot
+/// the apply thread is writing right now (see [`remove_leftover_temp_files`]).
 pub fn prune_snapshots(dir: impl AsRef<Path>, keep: usize) -> Result<Vec<PathBuf>> {
     let dir = dir.as_ref();
     if keep == 0 {
@@ -209,24 +210,37 @@ pub fn prune_snapshots(dir: impl AsRef<Path>, keep: usize) -> Result<Vec<PathBuf
     let snapshots = list_snapshots(dir)?;
     let old = snapshots.len().saturating_sub(keep);
     doomed.extend(snapshots.into_iter().take(old).map(|m| m.path));
-    if let Ok(entries) = fs::list_dir(dir) {
-        for entry in entries {
-            if entry
+    remove_all(dir, &doomed)?;
+    Ok(doomed)
+}
+
+/// Delete the temporary files of snapshot writes that a crash interrupted. Only for a member
+/// that is starting: while it runs, a temporary file may be a write in progress. Returns the
+/// deleted paths.
+pub fn remove_leftover_temp_files(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let dir = dir.as_ref();
+    let doomed: Vec<PathBuf> = fs::list_dir(dir)?
+        .into_iter()
+        .filter(|entry| {
+            entry
                 .name
                 .as_deref()
                 .is_some_and(|n| n.ends_with(TEMP_SUFFIX))
-            {
-                doomed.push(entry.path);
-            }
-        }
-    }
-    for path in &doomed {
+        })
+        .map(|entry| entry.path)
+        .collect();
+    remove_all(dir, &doomed)?;
+    Ok(doomed)
+}
+
+fn remove_all(dir: &Path, doomed: &[PathBuf]) -> Result<()> {
+    for path in doomed {
         fs::remove_file(path)?;
     }
     if !doomed.is_empty() {
         fs::sync_dir(dir)?;
     }
-    Ok(doomed)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,5 +258,22 @@ mod tests {
         );
         assert_eq!(parse_file_name("00000000000000000042-x.snap"), None);
         assert_eq!(parse_file_name("whatever.snap.tmp"), None);
+    }
+
+    #[test]
+    fn prune_leaves_a_snapshot_being_written_alone_and_start_up_removes_leftovers() {
+        // Regression (issue 14): the transfer thread's prune deleted every temporary file,
+        // including the snapshot the apply thread was writing, whose rename then failed.
+        let dir = tempfile::tempdir().unwrap();
+        let in_progress = dir
+            .path()
+            .join(format!("{:020}-{:020}{TEMP_SUFFIX}", 7, 1));
+        std::fs::write(&in_progress, b"half a snapshot").unwrap();
+        let removed = prune_snapshots(dir.path(), 1).unwrap();
+        assert!(removed.is_empty(), "{removed:?}");
+        assert!(in_progress.exists(), "prune must not touch a write in progress");
+        let removed = remove_leftover_temp_files(dir.path()).unwrap();
+        assert_eq!(removed, vec![in_progress.clone()]);
+        assert!(!in_progress.exists());
     }
 }

@@ -2,11 +2,12 @@
 
 use super::exit::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE};
 use haven::net::ClusterSecret;
-use haven::node::{Config, Node};
+use haven::node::{Config, Node, NodeThread};
 use haven::{ClusterId, Error, NodeId, Result};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Options of `haven serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -132,13 +133,16 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn wait_for_signal(set: &libc::sigset_t) -> i32 {
-    let mut signal: libc::c_int = 0;
-    // SAFETY: `set` is a valid signal set and `signal` a valid out-pointer.
-    unsafe {
-        libc::sigwait(set, &mut signal);
-    }
-    signal
+/// Wait up to `timeout` for one of the blocked signals; `None` when none came.
+fn wait_for_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` is a valid signal set, `timeout` a valid timespec, and a null info
+    // pointer is allowed.
+    let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+    (signal > 0).then_some(signal)
 }
 
 /// Run a member until SIGTERM/SIGINT; the process exit code.
@@ -160,7 +164,21 @@ pub fn run(args: &ServeArgs) -> i32 {
             return EXIT_RUN_FAILED;
         }
     };
-    let signal = wait_for_signal(&signals);
+    inject_fault_from_env(&node);
+    // Until a signal, or until the member fails (a storage failure, a thread that panicked):
+    // then exit non-zero, so that a supervisor restarts the process.
+    let signal = loop {
+        if let Some(signal) = wait_for_signal(&signals, FAILURE_POLL) {
+            break signal;
+        }
+        if let Some(why) = node.failure() {
+            haven::event!(haven::logging::Level::Error, node: Some(args.id), term: None,
+                "member_failed", error = why);
+            eprintln!("haven serve: the member stopped: {why}");
+            let _ = node.shutdown();
+            return EXIT_RUN_FAILED;
+        }
+    };
     haven::event!(haven::logging::Level::Info, node: Some(args.id), term: None,
         "signal_received", signal = signal);
     match node.shutdown() {
@@ -170,6 +188,20 @@ pub fn run(args: &ServeArgs) -> i32 {
             EXIT_RUN_FAILED
         }
     }
+}
+
+/// How often `haven serve` looks at the member's health between signals.
+const FAILURE_POLL: Duration = Duration::from_millis(100);
+
+/// Fault injection for tests: `HAVEN_FAULT_PANIC=driver|apply` makes that thread of the
+/// member panic once it runs, to show that the process then exits non-zero.
+fn inject_fault_from_env(node: &Node) {
+    let thread = match std::env::var("HAVEN_FAULT_PANIC").as_deref() {
+        Ok("driver") => NodeThread::Driver,
+        Ok("apply") => NodeThread::Apply,
+        _ => return,
+    };
+    node.inject_panic(thread);
 }
 
 #[cfg(test)]

@@ -497,8 +497,13 @@ pub fn prometheus(view: &ClusterView) -> String {
     // Per-peer figures, from each leader's view (only a leader tracks match indexes).
     let mut lag = Vec::new();
     let mut contact_lines = Vec::new();
+    let mut rejected_lines = Vec::new();
     for s in &answered {
         for m in s.members.iter().filter(|m| m.id != s.id) {
+            rejected_lines.push(format!(
+                "{{member=\"{}\",peer=\"{}\"}} {}",
+                s.id.0, m.id.0, m.rejected_messages
+            ));
             if let Some(matched) = m.match_index {
                 lag.push(format!(
                     "{{member=\"{}\",peer=\"{}\"}} {}",
@@ -528,6 +533,12 @@ pub fn prometheus(view: &ClusterView) -> String {
         "gauge",
         "Seconds since the member last heard from the peer.",
         contact_lines,
+    );
+    family(
+        "haven_peer_messages_rejected_total",
+        "counter",
+        "Messages from the peer that the member dropped because no correct peer could have sent them.",
+        rejected_lines,
     );
     let counter = |f: fn(&Status) -> u64| -> Vec<String> {
         answered

@@ -70,6 +70,8 @@ pub(crate) enum ApplyTask {
     TakeSnapshot(Sender<Result<LogIndex>>),
     /// Finish the queue, flush, and stop.
     Stop,
+    /// Fault injection for tests ([`Node::inject_panic`](super::Node::inject_panic)): panic.
+    InjectPanic,
 }
 
 /// When to take a snapshot.
@@ -154,6 +156,7 @@ impl ApplyThread {
                 ApplyTask::TakeSnapshot(done) => {
                     let _ = done.send(self.snapshot());
                 }
+                ApplyTask::InjectPanic => panic!("injected panic (fault injection)"),
                 ApplyTask::Stop => {
                     self.fail_reads(|| Error::Unavailable("the member is shutting down".into()));
                     if let Err(e) = self.sm.flush() {

@@ -103,6 +103,18 @@ pub(crate) enum Input {
     /// Take a snapshot now.
     TakeSnapshot(Sender<Result<LogIndex>>),
     Shutdown,
+    /// Fault injection for tests: make this thread panic.
+    InjectPanic(NodeThread),
+}
+
+/// A member thread that [`Node::inject_panic`] can make panic (fault injection for tests).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeThread {
+    /// The driver (the Raft core's thread).
+    Driver,
+    /// The apply thread (the state machine's).
+    Apply,
 }
 
 /// Counters updated off the driver thread.
@@ -120,7 +132,11 @@ pub(crate) struct NodeShared {
     /// Wakes the driver after an input is queued.
     pub(crate) parker: Arc<Parker>,
     pub(crate) stopped: AtomicBool,
+    /// Why the member stopped taking part (a storage failure, a thread that panicked): once
+    /// set, every call fails with `Fatal` and this reason.
     pub(crate) failure: Mutex<Option<String>>,
+    /// `failure` is set (read without the lock on every call).
+    pub(crate) failed: AtomicBool,
     pub(crate) request_timeout: Duration,
     pub(crate) serve_limit: ServeLimit,
 }
@@ -135,6 +151,7 @@ impl NodeShared {
         if slot.is_none() {
             *slot = Some(why.to_string());
         }
+        self.failed.store(true, Ordering::SeqCst);
     }
 
     fn closed_error(&self) -> Error {
@@ -146,7 +163,7 @@ impl NodeShared {
 
     /// One attempt at a request, answered by the driver or the apply thread.
     pub(crate) fn call(&self, request: Request, deadline: Instant) -> Result<Response> {
-        if self.stopped.load(Ordering::SeqCst) {
+        if self.stopped.load(Ordering::SeqCst) || self.failed.load(Ordering::SeqCst) {
             return Err(self.closed_error());
         }
         let (tx, rx) = bounded(1);
@@ -246,6 +263,8 @@ impl Node {
                 file = torn.file.display(), offset = torn.offset, bytes = torn.bytes_dropped);
         }
         let wal = Arc::new(wal);
+        // No thread runs yet, so a temporary snapshot file is one a crash interrupted.
+        crate::snapshots::remove_leftover_temp_files(data_dir.snap_dir())?;
         let mut sm = open_state_machine(&data_dir, config.state_cache_bytes)?;
         bootstrap(&wal, &sm, &mut data_dir, &config)?;
         let snapshot = recover_snapshot(&wal, &mut sm, &data_dir, id)?;
@@ -303,6 +322,7 @@ impl Node {
             parker: Arc::clone(&parker),
             stopped: AtomicBool::new(false),
             failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             serve_limit: Arc::clone(&serve_limit),
         });
@@ -324,7 +344,12 @@ impl Node {
             pending_since: None,
             failed: None,
         };
-        let apply = spawn(format!("haven-{}-apply", id.0), move || apply_thread.run())?;
+        let apply = spawn_member_thread(
+            format!("haven-{}-apply", id.0),
+            &shared,
+            Some(internal_tx.clone()),
+            move || apply_thread.run(),
+        )?;
         let transfer = Transfer::new(
             id,
             data_dir.snap_dir(),
@@ -334,7 +359,12 @@ impl Node {
             Duration::from_millis(config.snapshot_transfer_timeout_ms),
             serve_limit,
         );
-        let transfer = spawn(format!("haven-{}-snap", id.0), move || transfer.run())?;
+        let transfer = spawn_member_thread(
+            format!("haven-{}-snap", id.0),
+            &shared,
+            Some(internal_tx.clone()),
+            move || transfer.run(),
+        )?;
         let driver = Driver::new(
             config.clone(),
             Box::new(driver::SystemClock),
@@ -354,7 +384,10 @@ impl Node {
                 transfer: transfer_tx,
             },
         );
-        let driver = spawn(format!("haven-{}-driver", id.0), move || driver.run())?;
+        let driver =
+            spawn_member_thread(format!("haven-{}-driver", id.0), &shared, None, move || {
+                driver.run()
+            })?;
         event!(Level::Info, node: Some(id.0), term: None, "node_started",
             listen = local_addr, applied = applied.0, last_index = wal.last_index().0);
         Ok(Node {
@@ -391,6 +424,21 @@ impl Node {
     /// (`client/local.rs`, where `Node::client` lives).
     pub(crate) fn shared(&self) -> &Arc<NodeShared> {
         &self.shared
+    }
+
+    /// Why this member stopped taking part, if it did: a storage failure or a thread that
+    /// panicked. A supervisor (such as `haven serve`) watches it and restarts the process.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failure).clone()
+    }
+
+    /// Fault injection for tests: make one of the member's threads panic, to check that the
+    /// member then stops loudly.
+    #[doc(hidden)]
+    pub fn inject_panic(&self, thread: NodeThread) {
+        if self.shared.inputs.send(Input::InjectPanic(thread)).is_ok() {
+            self.shared.parker.notify();
+        }
     }
 
     /// This member's view: role, term, leader, commit and applied index, members (with the
@@ -520,6 +568,37 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .name(name)
         .spawn(f)
         .map_err(|e| Error::io("spawning a node thread", e))
+}
+
+/// Start one of the member's threads so that its panic stops the member loudly, never
+/// silently: the panic message becomes the member's failure (`status()` reports it, every
+/// later call fails with `Fatal`, `haven serve` exits non-zero), and the driver is told to
+/// stop taking part (`internal`; `None` for the driver itself, which is gone).
+fn spawn_member_thread(
+    name: String,
+    shared: &Arc<NodeShared>,
+    internal: Option<Waking<Internal>>,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    let shared = Arc::clone(shared);
+    spawn(name.clone(), move || {
+        let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) else {
+            return;
+        };
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        let why = format!("thread {name} panicked: {message}");
+        event!(Level::Error, node: Some(shared.id.0), term: None, "thread_panicked",
+            thread = name, error = why);
+        shared.set_failure(&why);
+        if let Some(internal) = internal {
+            internal.send(Internal::Fatal(why));
+        }
+        shared.parker.notify();
+    })
 }
 
 fn random_seed() -> u64 {

@@ -16,11 +16,13 @@ use bincode::{Decode, Encode};
 ///
 /// Version 2 appended `snapshots_installed`, `fsync_latency` and `fsync_latency_sum_micros`
 /// to [`Counters`] (and `snapshots_received` now counts fetched snapshots, installed or not).
-pub const CLIENT_PROTOCOL_VERSION: u32 = 2;
+/// Version 3 appended `rejected_messages` to [`MemberStatus`] and `peer_messages_rejected` to
+/// [`Counters`].
+pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest client protocol version whose [`Request::Status`] a member answers: a status
 /// encoded by a newer member would not decode in an older client.
-pub const MIN_STATUS_PROTOCOL_VERSION: u32 = 2;
+pub const MIN_STATUS_PROTOCOL_VERSION: u32 = 3;
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Encode, Decode)]
@@ -231,6 +233,9 @@ pub struct MemberStatus {
     pub match_index: Option<LogIndex>,
     /// Milliseconds since the answering member last heard from it (`None`: never, or itself).
     pub last_contact_ms: Option<u64>,
+    /// Messages from it that the answering member dropped because no correct peer could have
+    /// sent them (an impossible index, a second leader in one term, ...; protocol version 3).
+    pub rejected_messages: u64,
 }
 
 /// Counters of one member since it started (monotonic), for monitoring.
@@ -265,6 +270,9 @@ pub struct Counters {
     pub fsync_latency: Histogram,
     /// Sum of all `fsync_latency` observations in microseconds (protocol version 2).
     pub fsync_latency_sum_micros: u64,
+    /// Peer messages dropped because no correct peer could have sent them, from all peers
+    /// (protocol version 3; per peer in [`MemberStatus::rejected_messages`]).
+    pub peer_messages_rejected: u64,
 }
 
 /// A member's view of the cluster.

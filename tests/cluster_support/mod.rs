@@ -138,6 +138,10 @@ impl Cluster {
             let mut leader = None;
             for (_, node) in self.running() {
                 let status = node.status().ok()?;
+                if status.failure.is_some() {
+                    // A member that stopped after a failure takes no part any more.
+                    continue;
+                }
                 let l = status.leader?;
                 if leader.is_some_and(|x| x != l) {
                     return None;
@@ -146,7 +150,8 @@ impl Cluster {
             }
             let l = leader?;
             let index = (l.0 - 1) as usize;
-            self.nodes.get(index)?.as_ref().map(|_| index)
+            let node = self.nodes.get(index)?.as_ref()?;
+            node.failure().is_none().then_some(index)
         })
     }
 
@@ -199,6 +204,17 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Start `haven serve` for member `id` of `addrs` (ids 1..=n), data in `dir/n{id}`.
     pub fn start(dir: &Path, id: u64, addrs: &[SocketAddr], extra: &[&str]) -> ServeProcess {
+        ServeProcess::start_with_env(dir, id, addrs, extra, &[])
+    }
+
+    /// [`ServeProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        dir: &Path,
+        id: u64,
+        addrs: &[SocketAddr],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
         let secret_file = dir.join("secret");
         if !secret_file.exists() {
             std::fs::write(&secret_file, SECRET).unwrap();
@@ -226,6 +242,7 @@ impl ServeProcess {
             .args(["--cluster-id", &CLUSTER.0.to_string()])
             .args(extra)
             .env("HAVEN_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -260,6 +277,22 @@ impl ServeProcess {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));

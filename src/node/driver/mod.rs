@@ -350,6 +350,13 @@ impl Driver {
                 self.begin_shutdown();
                 Ok(())
             }
+            Input::InjectPanic(super::NodeThread::Driver) => {
+                panic!("injected panic (fault injection)")
+            }
+            Input::InjectPanic(super::NodeThread::Apply) => {
+                self.to_apply(ApplyTask::InjectPanic);
+                Ok(())
+            }
         }
     }
 

@@ -35,6 +35,12 @@ impl Driver {
                     .get(&id)
                     .map(|t| now.duration_since(*t).as_millis() as u64)
             },
+            rejected_messages: self
+                .raft
+                .rejected_messages()
+                .get(&id)
+                .copied()
+                .unwrap_or(0),
         };
         let mut members: Vec<MemberStatus> = membership
             .voters
@@ -54,6 +60,7 @@ impl Driver {
         let (fsync_latency, fsync_sum) = self.wal.sync_latency().snapshot();
         counters.fsync_latency = fsync_latency;
         counters.fsync_latency_sum_micros = fsync_sum;
+        counters.peer_messages_rejected = self.raft.rejected_messages().values().sum();
         counters.transport_drops = self
             .transport
             .peers()
