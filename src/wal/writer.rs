@@ -543,39 +543,40 @@ impl Writer {
     }
 
     /// Encode one validated batch, rolling over segments as needed.
+    ///
+    /// Order matters for every record: first make room (a roll-over writes the new segment's
+    /// header from `tentative`, and a header describes the log *before* its first record), then
+    /// encode the record, then apply it to `tentative`.
     fn encode_batch(&mut self, batch: super::WriteBatch, ops: &mut Vec<Op>) -> Result<()> {
         if let Some((index, term)) = batch.compact_to {
-            let changed = {
-                let published = self.shared.read();
-                self.tentative.compact(index, term, &published.log)
-            };
-            if changed {
+            // `Tentative::compact` changes nothing at or below the compaction point.
+            if index > self.tentative.compacted.0 {
                 self.make_room(SMALL_RECORD_BOUND, ops)?;
                 let salt = self.active.seq;
                 append_compact(&mut self.buf, salt, index, term)?;
                 ops.push(Op::Compact(index, term));
+                let published = self.shared.read();
+                self.tentative.compact(index, term, &published.log);
             }
         }
         if let Some(first) = batch.entries.first().map(|e| e.index) {
             if first <= self.tentative.last {
-                {
-                    let published = self.shared.read();
-                    self.tentative.truncate(first, &published.log);
-                }
                 self.make_room(SMALL_RECORD_BOUND, ops)?;
                 let salt = self.active.seq;
                 append_truncate(&mut self.buf, salt, first)?;
                 ops.push(Op::Truncate(first));
+                let published = self.shared.read();
+                self.tentative.truncate(first, &published.log);
             }
             let positions = self.encode_entries(&batch.entries, ops)?;
             ops.push(Op::Append(batch.entries, positions));
         }
         if let Some(hs) = batch.hard_state {
-            self.tentative.hard_state = hs;
             self.make_room(SMALL_RECORD_BOUND, ops)?;
             let salt = self.active.seq;
             append_hard_state(&mut self.buf, salt, &hs)?;
             ops.push(Op::HardState(hs));
+            self.tentative.hard_state = hs;
         }
         Ok(())
     }
