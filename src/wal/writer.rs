@@ -417,13 +417,22 @@ impl Writer {
         }
         if !turn.is_empty() {
             // An internal invariant broken mid-turn panics (with its message on stderr); the
-            // log then stops taking writes rather than leaving callers waiting forever.
+            // log then stops taking writes rather than leaving callers waiting forever, and
+            // every callback of the turn not yet called is called with the error. `turn` keeps
+            // each request until its callback has run (see `Writer::turn`), so none is lost.
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut turn)));
-            if outcome.is_err() {
-                self.shared
-                    .set_fatal("the wal writer panicked (an internal invariant broke)".into());
-                turn.clear();
+            if let Err(panic) = outcome {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let reason = format!("the wal writer panicked mid-turn: {what}");
+                self.shared.set_fatal(reason.clone());
+                for req in turn.drain(..) {
+                    (req.on_durable)(Err(Error::Fatal(reason.clone())));
+                }
             }
         }
         self.turn_buf = turn;
@@ -431,6 +440,10 @@ impl Writer {
     }
 
     /// Write, sync, publish and acknowledge one turn's batches.
+    ///
+    /// A request stays in `requests` until its callback has been called (the callback is
+    /// swapped for a no-op first), so that if anything here panics, `drain_and_turn` finds
+    /// every callback not yet called and fails it.
     fn turn(&mut self, requests: &mut Vec<Request>) {
         if let Some(e) = self.shared.fatal_error() {
             for req in requests.drain(..) {
@@ -440,26 +453,25 @@ impl Writer {
         }
         self.tentative = Tentative::from_published(&self.shared.read().log);
         let mut ops = Vec::new();
-        let mut acks = Vec::with_capacity(requests.len());
         let mut failure = None;
-        for req in requests.drain(..) {
+        for req in requests.iter_mut() {
+            // Taken, not cloned: `req` keeps only its callback from here on.
+            let batch = std::mem::take(&mut req.batch);
             if failure.is_some() {
-                acks.push(req.on_durable);
                 continue;
             }
             let checked = {
                 let published = self.shared.read();
                 let mut after = self.tentative.clone();
-                after.validate(&req.batch, &published.log)
+                after.validate(&batch, &published.log)
             };
             if let Err(e) = checked {
-                (req.on_durable)(Err(e));
+                take_callback(req)(Err(e));
                 continue;
             }
-            if let Err(e) = self.encode_batch(req.batch, &mut ops) {
+            if let Err(e) = self.encode_batch(batch, &mut ops) {
                 failure = Some(e);
             }
-            acks.push(req.on_durable);
         }
         if failure.is_none() && !self.buf.is_empty() {
             failure = self.flush().and_then(|()| self.sync()).err();
@@ -468,18 +480,20 @@ impl Writer {
             // Nothing of this turn is acknowledged or published; the log takes no more writes.
             self.shared.set_fatal(e.to_string());
             let reason = format!("the wal stopped taking writes: {e}");
-            for ack in acks {
-                ack(Err(Error::Fatal(reason.clone())));
+            for req in requests.iter_mut() {
+                take_callback(req)(Err(Error::Fatal(reason.clone())));
             }
+            requests.clear();
             return;
         }
         let compacted = self.publish(ops);
         if compacted {
             self.delete_compacted_segments();
         }
-        for ack in acks {
-            ack(Ok(()));
+        for req in requests.iter_mut() {
+            take_callback(req)(Ok(()));
         }
+        requests.clear();
         // Freed only now: dropping a few hundred entries is not free, and nobody waits for it.
         self.evicted.clear();
     }
@@ -710,6 +724,12 @@ impl Writer {
         self.shared.sync_latency.record(micros);
         Ok(())
     }
+}
+
+/// The request's callback, leaving a no-op in its place (a boxed zero-sized closure does not
+/// allocate), so a callback is never called twice.
+fn take_callback(req: &mut Request) -> super::DurableCallback {
+    std::mem::replace(&mut req.on_durable, Box::new(|_| {}))
 }
 
 fn take_prepared(prepared: &Receiver<Prepared>) -> Result<(PathBuf, File)> {
