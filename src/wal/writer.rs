@@ -309,6 +309,7 @@ impl Writer {
         let tentative = Tentative::from_published(&state);
         let mut starts = VecDeque::new();
         let mut active = None;
+        let mut active_version = WAL_FORMAT_VERSION;
         {
             let mut published = shared.write();
             published.log = state;
@@ -318,8 +319,10 @@ impl Writer {
                     SegmentRef {
                         path: seg.path.clone(),
                         file: Arc::clone(&seg.file),
+                        version: seg.version,
                     },
                 );
+                active_version = seg.version;
                 if let Some(start_last) = seg.start_last {
                     starts.push_back((seg.seq, start_last));
                 }
@@ -343,6 +346,7 @@ impl Writer {
                     SegmentRef {
                         path: active.path.clone(),
                         file: Arc::clone(&active.file),
+                        version: WAL_FORMAT_VERSION,
                     },
                 );
                 active
@@ -371,6 +375,13 @@ impl Writer {
             writer.encode_header()?;
             writer.flush()?;
             writer.sync()?;
+        } else if active_version != WAL_FORMAT_VERSION {
+            // Records of this version never go into an older segment: continue in a new one.
+            let mut ops = Vec::new();
+            writer.roll(None, &mut ops)?;
+            writer.flush()?;
+            writer.sync()?;
+            writer.publish(ops);
         }
         writer.removed_at_start = writer.delete_compacted_segments();
         Ok(writer)
@@ -678,6 +689,7 @@ impl Writer {
             SegmentRef {
                 path: self.active.path.clone(),
                 file: Arc::clone(&self.active.file),
+                version: WAL_FORMAT_VERSION,
             },
         ));
         self.encode_header()
@@ -693,6 +705,7 @@ impl Writer {
             last_index: t.last,
             last_term: t.last_term,
             hard_state: t.hard_state,
+            segment_bytes: self.active.size,
         };
         append_segment_header(&mut self.buf, &header)?;
         Ok(())
