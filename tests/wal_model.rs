@@ -143,11 +143,12 @@ fn run(seed: u64) {
             let t = term.max(model.last_term());
             let len = 20 + rng.below(3000) as usize;
             let torn_hs = hard_state(t.max(model.hard_state.term.0), model.hard_state.commit.0);
+            let torn = entries(lo, lo + count - 1, t, len);
             let mut after = before.clone();
             let mut newest = None;
             if rng.below(2) == 0 {
                 wal.write(WriteBatch {
-                    entries: entries(lo, lo + count - 1, t, len),
+                    entries: torn.clone(),
                     hard_state: (rng.below(2) == 0).then_some(torn_hs),
                     ..WriteBatch::default()
                 })
@@ -181,9 +182,9 @@ fn run(seed: u64) {
                 "seed {seed} step {step}: {kept} entries appeared from nowhere"
             );
             if kept > 0 {
-                for _ in 0..kept {
+                for e in &torn[..kept as usize] {
                     model.terms.push(t);
-                    model.lens.push(len.max(format!("i{lo}t{t}:").len() + 20));
+                    model.lens.push(e.data.len());
                 }
                 term = t;
             }
