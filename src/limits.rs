@@ -35,6 +35,10 @@ pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest WAL segment a configuration may ask for.
 pub const MIN_WAL_SEGMENT_BYTES: u64 = 64 * 1024;
 
+/// Largest WAL segment a configuration may ask for, and the largest segment file recovery reads
+/// (checked before the file is read into memory, whatever its header says).
+pub const MAX_WAL_SEGMENT_BYTES: u64 = 1 << 40;
+
 /// Most entries appended to the WAL in one record.
 pub const MAX_WAL_BATCH_ENTRIES: usize = 4096;
 
@@ -196,6 +200,7 @@ const _: () = assert!(MAX_FRAME_PAYLOAD_BYTES as u64 + 64 <= DEFAULT_WAL_SEGMENT
 const _: () = assert!(MAX_CLIENTS * MAX_RETAINED_RESULT_BYTES <= 128 * 1024 * 1024);
 const _: () = assert!(MAX_RETAINED_RESULT_BYTES < MAX_COMMAND_BYTES);
 const _: () = assert!(MIN_WAL_SEGMENT_BYTES <= DEFAULT_WAL_SEGMENT_BYTES);
+const _: () = assert!(DEFAULT_WAL_SEGMENT_BYTES <= MAX_WAL_SEGMENT_BYTES);
 const _: () = assert!(MAX_HANDSHAKE_FRAME_BYTES < MAX_FRAME_PAYLOAD_BYTES);
 const _: () = assert!(PEER_BULK_SEND_QUEUE * SNAPSHOT_CHUNK_BYTES <= MAX_INFLIGHT_BYTES);
 // A turn never waits for more batches than can be queued, and always fits a maximal entry.

@@ -5,7 +5,7 @@
 mod wal_common;
 
 use haven::codec::{append_raw_frame, FRAME_HEADER_BYTES};
-use haven::wal::{Wal, WalOptions, WriteBatch};
+use haven::wal::{Wal, WalOptions, WriteBatch, WAL_FORMAT_VERSION};
 use haven::{Error, LogIndex};
 use std::path::Path;
 use wal_common::*;
@@ -53,7 +53,8 @@ fn last_index_before(path: &Path, cut: u64) -> u64 {
                     .try_into()
                     .unwrap(),
             );
-            let entries: Vec<haven::Entry> =
+            // Format version 2: the record's write offset, then the entries.
+            let (_, entries): (u64, Vec<haven::Entry>) =
                 haven::codec::decode_value(&payload[..plen as usize]).unwrap();
             last = entries.last().unwrap().index.0;
         }
@@ -73,6 +74,17 @@ fn torn_or_zeroed_tail_keeps_exactly_the_whole_records() {
         let data_end = end_off + end_len;
         let header_end = records[0].1;
         let cut = header_end + rng.below(data_end - header_end + 1);
+        // A cut inside a record's padding (not covered by the checksum) leaves the record whole.
+        let original = std::fs::read(&seg).unwrap();
+        let whole_at = records
+            .iter()
+            .find(|&&(o, l, _)| {
+                let plen = u32::from_le_bytes(
+                    original[o as usize + 4..o as usize + 8].try_into().unwrap(),
+                ) as u64;
+                o + (FRAME_HEADER_BYTES as u64) + plen <= cut && cut < o + l
+            })
+            .map_or(cut, |&(o, l, _)| o + l);
         let how = case % 3;
         match how {
             // The file ends mid-record (a crash before the size was extended).
@@ -92,11 +104,11 @@ fn torn_or_zeroed_tail_keeps_exactly_the_whole_records() {
                 patch(&seg, at, &junk);
             }
         }
-        let expect_last = last_index_before(&seg, cut);
+        let expect_last = last_index_before(&seg, whole_at);
         let boundary = records
             .iter()
             .map(|&(o, l, _)| o + l)
-            .filter(|&e| e <= cut)
+            .filter(|&e| e <= whole_at)
             .max()
             .unwrap();
         let options = WalOptions {
@@ -119,7 +131,7 @@ fn torn_or_zeroed_tail_keeps_exactly_the_whole_records() {
         } else {
             // Nothing reported means nothing was cut: the cut fell on a record boundary.
             assert!(
-                how != 2 && cut == boundary,
+                how != 2 && whole_at == boundary,
                 "case {case} (how {how}): bytes were dropped at {boundary} without a report"
             );
         }
@@ -232,7 +244,8 @@ fn a_missing_segment_is_detected() {
 
 #[test]
 fn newer_versions_are_unsupported_not_corrupt() {
-    // A segment header whose WAL format version is 2, with a valid checksum.
+    // A segment header whose WAL format version is the next one, with a valid checksum.
+    let next = WAL_FORMAT_VERSION + 1;
     let dir = tempfile::tempdir().unwrap();
     let segs = build_multi_segment_log(dir.path());
     let first = &segs[0];
@@ -240,15 +253,19 @@ fn newer_versions_are_unsupported_not_corrupt() {
     let (_, len, kind) = frames(first)[0];
     let plen = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
     let mut payload = data[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + plen].to_vec();
-    assert_eq!(payload[0], 1, "the version is the payload's first byte");
-    payload[0] = 2;
+    assert_eq!(
+        u32::from(payload[0]),
+        WAL_FORMAT_VERSION,
+        "the version is the payload's first byte"
+    );
+    payload[0] = next as u8;
     let mut frame = Vec::new();
     append_raw_frame(&mut frame, kind, 1, &payload).unwrap();
     assert_eq!(frame.len() as u64, len);
     patch(first, 0, &frame);
     match Wal::open(dir.path(), small_options()) {
         Err(Error::UnsupportedVersion { what, found, .. }) => {
-            assert_eq!((what, found), ("wal segment", 2));
+            assert_eq!((what, found), ("wal segment", next));
         }
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }

@@ -53,7 +53,7 @@ use crate::error::{Error, Result};
 use crate::histogram::AtomicHistogram;
 use crate::limits::{
     DEFAULT_WAL_CACHE_BYTES, DEFAULT_WAL_SEGMENT_BYTES, MAX_FRAME_PAYLOAD_BYTES,
-    MIN_WAL_SEGMENT_BYTES, WAL_SUBMIT_QUEUE,
+    MAX_WAL_SEGMENT_BYTES, MIN_WAL_SEGMENT_BYTES, WAL_SUBMIT_QUEUE,
 };
 use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::{Entry, HardState, LogIndex, Term};
@@ -99,9 +99,9 @@ impl WalOptions {
                 self.segment_bytes
             )));
         }
-        if self.segment_bytes > 1 << 40 {
+        if self.segment_bytes > MAX_WAL_SEGMENT_BYTES {
             return Err(Error::InvalidArgument(format!(
-                "wal segment_bytes {} over the maximum of 1 TiB",
+                "wal segment_bytes {} over the maximum of {MAX_WAL_SEGMENT_BYTES}",
                 self.segment_bytes
             )));
         }
@@ -150,6 +150,8 @@ pub(crate) struct Request {
 pub(crate) struct SegmentRef {
     path: PathBuf,
     file: Arc<File>,
+    /// WAL format version of the segment (from its header): how its records decode.
+    version: u32,
 }
 
 /// What readers see: only durable state.
@@ -239,11 +241,9 @@ impl Wal {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating wal directory {}", dir.display()), e))?;
         let segment_bytes = options.segment_bytes_rounded();
-        // The largest file recovery accepts: a normal segment, or one grown for an oversize record.
-        let max_segment = segment_bytes.max(writer::oversize_segment_bytes(
-            crate::codec::frame_len(MAX_FRAME_PAYLOAD_BYTES),
-        ));
-        let recovered = recovery::recover(&dir, options.cache_bytes, max_segment)?;
+        // How large a segment may be comes from each segment's own header, not from the options
+        // (which may have changed since it was written).
+        let recovered = recovery::recover(&dir, options.cache_bytes)?;
         let report = recovered.report.clone();
         let shared = Arc::new(Shared {
             published: RwLock::new(Published {
@@ -585,7 +585,10 @@ fn read_record(seg: &SegmentRef, pos: &RecordPos) -> Result<Vec<Entry>> {
             "record is shorter than when it was written",
         )));
     };
-    match decode_record(frame.kind, frame.payload).map_err(at)? {
+    match decode_record(seg.version, frame.kind, frame.payload)
+        .map_err(at)?
+        .0
+    {
         Record::Entries(entries) if entries.first().map(|e| e.index) == Some(pos.first) => {
             Ok(entries)
         }

@@ -4,23 +4,32 @@
 //! Rules (also in `docs/FORMAT.md`, "Recovery"):
 //! - Segments are replayed in number order, starting after the last gap in the numbering (a gap
 //!   can only be left by compaction deleting a prefix of segments out of order in a crash).
+//! - A segment file may be no larger than its header says it was made (`segment_bytes`), and
+//!   never larger than `MAX_WAL_SEGMENT_BYTES`: checked before the file is read.
 //! - In a sealed (not last) segment, every byte after the last record must be zero and every
 //!   frame must verify; otherwise the WAL refuses to open with `Corrupt { file, offset }`.
 //! - In the last segment, the first frame that does not verify (or a zero header followed by
-//!   non-zero bytes) starts a torn tail only if no frame that verifies with this segment's salt
-//!   follows anywhere after it. A torn tail is zeroed on disk, synced and reported. If a valid
-//!   frame does follow, the bad frame is corruption, not a torn write: `Corrupt`.
+//!   non-zero bytes) is where the last write may have been torn. Power loss can keep any subset
+//!   of that write's pages, so frames of the same write may verify after it: they are dropped
+//!   with it. But a frame that verifies and belongs to a *later* write (its write offset says
+//!   its write began after the bad spot) proves that the write holding the bad spot had been
+//!   synced before it: `Corrupt`. A torn tail is zeroed on disk, synced and reported.
+//!   (Version 1 segments carry no write offsets: any frame that verifies after the bad spot
+//!   makes it `Corrupt`.)
 //! - After replay, every live index must be held by a replayed record; otherwise a segment is
 //!   missing and the WAL refuses to open.
 
-use super::record::{decode_record, Record, SegmentHeader};
+use super::record::{
+    decode_record, peek_write_offset, Record, SegmentHeader, KIND_SEGMENT_HEADER, WAL_FORMAT_V1,
+    WAL_FORMAT_VERSION,
+};
 use super::segment::{parse_segment_name, read_all, segment_path, PREPARED_EXT};
 use super::state::{LogState, RecordPos};
 use crate::codec::{
     read_frame, verify_frame, FrameHeader, HeaderDefect, FRAME_ALIGN, FRAME_HEADER_BYTES,
 };
 use crate::error::{Error, Result};
-use crate::limits::MAX_FRAME_PAYLOAD_BYTES;
+use crate::limits::{MAX_FRAME_PAYLOAD_BYTES, MAX_WAL_SEGMENT_BYTES};
 use crate::types::{Entry, HardState, LogIndex, Term};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -60,6 +69,8 @@ pub(crate) struct RecoveredSegment {
     pub seq: u64,
     pub path: PathBuf,
     pub file: Arc<File>,
+    /// WAL format version (from the header; the current one for a last segment without one).
+    pub version: u32,
     /// Last index of the log when the segment was started (from its header), `None` when the
     /// last segment has no header yet.
     pub start_last: Option<LogIndex>,
@@ -268,41 +279,81 @@ enum ScanEnd {
     Bad(usize, Error),
 }
 
+/// What the scan of one segment learned besides where its records end.
+struct Scanned {
+    end: ScanEnd,
+    /// The segment's header, if its first frame verified.
+    header: Option<SegmentHeader>,
+    /// Where the write holding the last whole record began (version 2 segments).
+    write_start: Option<usize>,
+}
+
+impl Scanned {
+    fn version(&self) -> u32 {
+        self.header.map_or(WAL_FORMAT_VERSION, |h| h.version)
+    }
+}
+
 /// Scan one segment's bytes, replaying every whole record. Returns where the records end.
-fn scan(data: &[u8], seq: u64, path: &Path, replay: &mut Replayer) -> Result<ScanEnd> {
+fn scan(data: &[u8], seq: u64, path: &Path, replay: &mut Replayer) -> Result<Scanned> {
     let mut offset = 0usize;
-    loop {
+    let mut header = None;
+    let mut write_start = None;
+    let end = loop {
         let Some(head) = data.get(offset..offset + FRAME_HEADER_BYTES) else {
-            return Ok(ScanEnd::Clean(offset));
+            break ScanEnd::Clean(offset);
         };
         let mut head_bytes = [0u8; FRAME_HEADER_BYTES];
         head_bytes.copy_from_slice(head);
-        let header = match FrameHeader::parse(&head_bytes, MAX_FRAME_PAYLOAD_BYTES) {
+        let frame = match FrameHeader::parse(&head_bytes, MAX_FRAME_PAYLOAD_BYTES) {
             Ok(h) => h,
-            Err(HeaderDefect::Zeroed) => return Ok(ScanEnd::Clean(offset)),
-            Err(defect) => return Ok(ScanEnd::Bad(offset, defect.into_error(0))),
+            Err(HeaderDefect::Zeroed) => break ScanEnd::Clean(offset),
+            Err(defect) => break ScanEnd::Bad(offset, defect.into_error(0)),
         };
         let payload_start = offset + FRAME_HEADER_BYTES;
-        let Some(payload) = data.get(payload_start..payload_start + header.payload_len as usize)
+        let Some(payload) = data.get(payload_start..payload_start + frame.payload_len as usize)
         else {
-            return Ok(ScanEnd::Bad(
-                offset,
-                corrupt("frame extends beyond the end of the file"),
-            ));
+            break ScanEnd::Bad(offset, corrupt("frame extends beyond the end of the file"));
         };
-        match verify_frame(&header, seq, payload) {
+        match verify_frame(&frame, seq, payload) {
             Ok(()) => {}
             Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
-            Err(e) => return Ok(ScanEnd::Bad(offset, e)),
+            Err(e) => break ScanEnd::Bad(offset, e),
         }
         // The frame verified: from here on any defect is real corruption (or a writer bug),
         // wherever it is.
         let at = |e: Error| e.in_file(path, offset as u64);
-        let record = decode_record(header.kind, payload).map_err(at)?;
-        let len = header.frame_len();
+        if (frame.kind == KIND_SEGMENT_HEADER) != (offset == 0) {
+            return Err(at(corrupt(
+                "a segment header is the first record of a segment and only there",
+            )));
+        }
+        let version = header.map_or(WAL_FORMAT_VERSION, |h: SegmentHeader| h.version);
+        let (record, write_offset) = decode_record(version, frame.kind, payload).map_err(at)?;
+        if let Record::SegmentHeader(h) = record {
+            header = Some(h);
+        }
+        if let Some(back) = write_offset {
+            // A frame either starts a new write (right after the previous one ended) or
+            // continues the write the frame before it belongs to.
+            let start = offset.checked_sub(back as usize);
+            if start != Some(offset) && (start.is_none() || start != write_start) {
+                return Err(at(corrupt(format!(
+                    "record says its write began {back} bytes before it, but the write of the \
+                     record before it began at {write_start:?}"
+                ))));
+            }
+            write_start = start;
+        }
+        let len = frame.frame_len();
         replay.apply(record, seq, offset as u64, len).map_err(at)?;
         offset += len;
-    }
+    };
+    Ok(Scanned {
+        end,
+        header,
+        write_start,
+    })
 }
 
 /// Offset one past the last non-zero byte at or after `from`, rounded up to the frame alignment
@@ -317,25 +368,95 @@ fn nonzero_end(data: &[u8], from: usize) -> Option<usize> {
     )
 }
 
-/// First offset after `from` (8-byte aligned) where a frame verifies under `seq`.
-fn valid_frame_after(data: &[u8], from: usize, seq: u64) -> Option<usize> {
-    let mut at = from.next_multiple_of(FRAME_ALIGN);
-    while at + FRAME_HEADER_BYTES <= data.len() {
-        if data.get(at..at + 2) == Some(b"HV".as_slice()) {
-            let rest = data.get(at..).unwrap_or_default();
-            match read_frame(rest, seq, MAX_FRAME_PAYLOAD_BYTES) {
-                Ok(Some(_)) | Err(Error::UnsupportedVersion { .. }) => return Some(at),
-                _ => {}
+/// Decide whether the bytes of the last segment from `bad` on (where the records stop: a frame
+/// that does not verify, or a zero header followed by non-zero bytes) can be a torn last write.
+/// `Err` with the reason when a frame after `bad` shows that they cannot. `search_from` is where
+/// to start looking for frames (8-byte aligned offsets up to the last non-zero byte).
+fn check_torn(
+    data: &[u8],
+    bad: usize,
+    search_from: usize,
+    seq: u64,
+    scanned: &Scanned,
+) -> std::result::Result<(), String> {
+    let Some(dirty_end) = nonzero_end(data, bad) else {
+        return Ok(());
+    };
+    let mut at = search_from.next_multiple_of(FRAME_ALIGN);
+    while at + FRAME_HEADER_BYTES <= dirty_end {
+        let frame = match data.get(at..at + 2) {
+            Some(magic) if magic == b"HV".as_slice() => {
+                let rest = data.get(at..).unwrap_or_default();
+                read_frame(rest, seq, MAX_FRAME_PAYLOAD_BYTES)
             }
+            _ => Ok(None),
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Err(Error::UnsupportedVersion { .. }) => {
+                return Err(format!(
+                    "a frame of an unknown version follows at offset {at}"
+                ))
+            }
+            _ => {
+                at += FRAME_ALIGN;
+                continue;
+            }
+        };
+        if scanned.version() == WAL_FORMAT_V1 {
+            return Err(format!(
+                "a valid frame follows at offset {at}, so this is not a torn tail"
+            ));
         }
-        at += FRAME_ALIGN;
+        let Some(start) = peek_write_offset(frame.kind, frame.payload)
+            .and_then(|back| at.checked_sub(usize::try_from(back).ok()?))
+        else {
+            return Err(format!(
+                "a valid frame at offset {at} is not a record a write can leave there"
+            ));
+        };
+        if start > bad {
+            return Err(format!(
+                "a valid frame follows at offset {at}, written by a later write (begun at \
+                 {start}), so the write holding offset {bad} had been synced: this is not a torn \
+                 tail"
+            ));
+        }
+        if start != bad && Some(start) != scanned.write_start {
+            return Err(format!(
+                "a valid frame at offset {at} says its write began at {start}, which is neither \
+                 where the last whole record's write began nor where the records stop"
+            ));
+        }
+        // A frame of the torn write itself (a later page survived, an earlier one did not).
+        at += frame.len.max(FRAME_ALIGN);
     }
-    None
+    Ok(())
 }
 
-/// Recover the log in `dir`. `max_segment_bytes` bounds how large a segment file may be before
-/// it is refused (so a bogus file cannot make recovery allocate without limit).
-pub(crate) fn recover(dir: &Path, cache_limit: usize, max_segment_bytes: u64) -> Result<Recovered> {
+/// The largest a segment file may be: what its header says the writer made it (version 2), and
+/// never more than `MAX_WAL_SEGMENT_BYTES`. Read from the file's first bytes only, before the
+/// file is read whole.
+fn segment_limit(file: &File, size: u64, seq: u64) -> u64 {
+    let mut head = vec![0u8; (size.min(4096)) as usize];
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return MAX_WAL_SEGMENT_BYTES;
+    }
+    let Ok(Some(frame)) = read_frame(&head, seq, MAX_FRAME_PAYLOAD_BYTES) else {
+        return MAX_WAL_SEGMENT_BYTES;
+    };
+    match decode_record(WAL_FORMAT_VERSION, frame.kind, frame.payload) {
+        Ok((Record::SegmentHeader(h), _)) if h.segment_bytes > 0 => {
+            h.segment_bytes.min(MAX_WAL_SEGMENT_BYTES)
+        }
+        _ => MAX_WAL_SEGMENT_BYTES,
+    }
+}
+
+/// Recover the log in `dir`. How large each segment file may be comes from its own header
+/// (see `segment_limit`), so a bogus file cannot make recovery allocate without limit and a
+/// segment written under a larger `segment_bytes` option is still read.
+pub(crate) fn recover(dir: &Path, cache_limit: usize) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let mut seqs = Vec::new();
     let listing =
@@ -384,17 +505,19 @@ pub(crate) fn recover(dir: &Path, cache_limit: usize, max_segment_bytes: u64) ->
             .metadata()
             .map_err(|e| Error::io(format!("reading size of {}", path.display()), e))?
             .len();
-        if size > max_segment_bytes {
+        let limit = segment_limit(&file, size, seq);
+        if size > limit {
             return Err(Error::corrupt(
                 0,
-                format!("segment is {size} bytes, over the largest a segment can be ({max_segment_bytes})"),
+                format!("segment is {size} bytes, over the {limit} its header allows"),
             )
             .in_file(&path, 0));
         }
         let data = read_all(&file, &path)?;
         let had_header = replay.state.is_some();
         let records_before = replay.records;
-        let scan_end = scan(&data, seq, &path, &mut replay)?;
+        let mut scanned = scan(&data, seq, &path, &mut replay)?;
+        let scan_end = std::mem::replace(&mut scanned.end, ScanEnd::Clean(0));
         let end = match scan_end {
             ScanEnd::Clean(end) => match nonzero_end(&data, end) {
                 None => end,
@@ -410,12 +533,10 @@ pub(crate) fn recover(dir: &Path, cache_limit: usize, max_segment_bytes: u64) ->
                         )
                         .in_file(&path, 0));
                     }
-                    if let Some(valid) = valid_frame_after(&data, end + FRAME_ALIGN, seq) {
+                    if let Err(why) = check_torn(&data, end, end + FRAME_ALIGN, seq, &scanned) {
                         return Err(Error::corrupt(
                             end as u64,
-                            format!(
-                                "zero frame header followed by a valid frame at offset {valid}"
-                            ),
+                            format!("zero frame header: {why}"),
                         )
                         .in_file(&path, 0));
                     }
@@ -427,16 +548,14 @@ pub(crate) fn recover(dir: &Path, cache_limit: usize, max_segment_bytes: u64) ->
                 if !is_last {
                     return Err(err.in_file(&path, at as u64));
                 }
-                if let Some(valid) = valid_frame_after(&data, at + FRAME_ALIGN, seq) {
+                if let Err(why) = check_torn(&data, at, at + FRAME_ALIGN, seq, &scanned) {
                     let reason = match err {
                         Error::Corrupt { reason, .. } => reason,
                         other => other.to_string(),
                     };
-                    return Err(Error::corrupt(
-                        at as u64,
-                        format!("{reason}; a valid frame follows at offset {valid}, so this is not a torn tail"),
-                    )
-                    .in_file(&path, 0));
+                    return Err(
+                        Error::corrupt(at as u64, format!("{reason}; {why}")).in_file(&path, 0)
+                    );
                 }
                 let dirty_end = nonzero_end(&data, at).unwrap_or(at);
                 zero_range = Some((at, dirty_end));
@@ -453,15 +572,15 @@ pub(crate) fn recover(dir: &Path, cache_limit: usize, max_segment_bytes: u64) ->
             )
             .in_file(&path, 0));
         }
-        let start_last = if replay.records > records_before {
-            segment_start_last(&data, seq)
-        } else {
-            None
+        let start_last = match scanned.header {
+            Some(h) if replay.records > records_before => Some(h.last_index),
+            _ => None,
         };
         segments.push(RecoveredSegment {
             seq,
             path,
             file: Arc::new(file),
+            version: scanned.version(),
             start_last,
             size,
             end: end as u64,
@@ -518,13 +637,4 @@ pub(crate) fn recover(dir: &Path, cache_limit: usize, max_segment_bytes: u64) ->
         segments,
         report,
     })
-}
-
-/// The `last_index` field of the segment header at the start of `data` (already verified).
-fn segment_start_last(data: &[u8], seq: u64) -> Option<LogIndex> {
-    let frame = read_frame(data, seq, MAX_FRAME_PAYLOAD_BYTES).ok()??;
-    match decode_record(frame.kind, frame.payload).ok()? {
-        Record::SegmentHeader(h) => Some(h.last_index),
-        _ => None,
-    }
 }

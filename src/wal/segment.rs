@@ -40,6 +40,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 #[derive(Debug, Default)]
 pub struct FaultInjector {
     fail_syncs: AtomicBool,
+    panic_next_sync: AtomicBool,
     syncs: AtomicU64,
 }
 
@@ -54,6 +55,12 @@ impl FaultInjector {
         self.fail_syncs.store(true, Ordering::SeqCst);
     }
 
+    /// The next fdatasync the WAL issues panics instead (once): a stand-in for an internal
+    /// invariant breaking in the middle of a write turn, after its bytes were written.
+    pub fn panic_next_sync(&self) {
+        self.panic_next_sync.store(true, Ordering::SeqCst);
+    }
+
     /// How many fdatasync calls the WAL has issued through this injector (including failed ones).
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
@@ -64,6 +71,9 @@ impl FaultInjector {
 pub(crate) fn sync_data(file: &File, faults: Option<&FaultInjector>) -> std::io::Result<()> {
     if let Some(f) = faults {
         f.syncs.fetch_add(1, Ordering::SeqCst);
+        if f.panic_next_sync.swap(false, Ordering::SeqCst) {
+            panic!("wal: injected panic in a write turn (FaultInjector::panic_next_sync)");
+        }
         if f.fail_syncs.load(Ordering::SeqCst) {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }

@@ -309,6 +309,7 @@ impl Writer {
         let tentative = Tentative::from_published(&state);
         let mut starts = VecDeque::new();
         let mut active = None;
+        let mut active_version = WAL_FORMAT_VERSION;
         {
             let mut published = shared.write();
             published.log = state;
@@ -318,8 +319,10 @@ impl Writer {
                     SegmentRef {
                         path: seg.path.clone(),
                         file: Arc::clone(&seg.file),
+                        version: seg.version,
                     },
                 );
+                active_version = seg.version;
                 if let Some(start_last) = seg.start_last {
                     starts.push_back((seg.seq, start_last));
                 }
@@ -343,6 +346,7 @@ impl Writer {
                     SegmentRef {
                         path: active.path.clone(),
                         file: Arc::clone(&active.file),
+                        version: WAL_FORMAT_VERSION,
                     },
                 );
                 active
@@ -371,6 +375,13 @@ impl Writer {
             writer.encode_header()?;
             writer.flush()?;
             writer.sync()?;
+        } else if active_version != WAL_FORMAT_VERSION {
+            // Records of this version never go into an older segment: continue in a new one.
+            let mut ops = Vec::new();
+            writer.roll(None, &mut ops)?;
+            writer.flush()?;
+            writer.sync()?;
+            writer.publish(ops);
         }
         writer.removed_at_start = writer.delete_compacted_segments();
         Ok(writer)
@@ -417,13 +428,22 @@ impl Writer {
         }
         if !turn.is_empty() {
             // An internal invariant broken mid-turn panics (with its message on stderr); the
-            // log then stops taking writes rather than leaving callers waiting forever.
+            // log then stops taking writes rather than leaving callers waiting forever, and
+            // every callback of the turn not yet called is called with the error. `turn` keeps
+            // each request until its callback has run (see `Writer::turn`), so none is lost.
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut turn)));
-            if outcome.is_err() {
-                self.shared
-                    .set_fatal("the wal writer panicked (an internal invariant broke)".into());
-                turn.clear();
+            if let Err(panic) = outcome {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let reason = format!("the wal writer panicked mid-turn: {what}");
+                self.shared.set_fatal(reason.clone());
+                for req in turn.drain(..) {
+                    (req.on_durable)(Err(Error::Fatal(reason.clone())));
+                }
             }
         }
         self.turn_buf = turn;
@@ -431,6 +451,10 @@ impl Writer {
     }
 
     /// Write, sync, publish and acknowledge one turn's batches.
+    ///
+    /// A request stays in `requests` until its callback has been called (the callback is
+    /// swapped for a no-op first), so that if anything here panics, `drain_and_turn` finds
+    /// every callback not yet called and fails it.
     fn turn(&mut self, requests: &mut Vec<Request>) {
         if let Some(e) = self.shared.fatal_error() {
             for req in requests.drain(..) {
@@ -440,26 +464,25 @@ impl Writer {
         }
         self.tentative = Tentative::from_published(&self.shared.read().log);
         let mut ops = Vec::new();
-        let mut acks = Vec::with_capacity(requests.len());
         let mut failure = None;
-        for req in requests.drain(..) {
+        for req in requests.iter_mut() {
+            // Taken, not cloned: `req` keeps only its callback from here on.
+            let batch = std::mem::take(&mut req.batch);
             if failure.is_some() {
-                acks.push(req.on_durable);
                 continue;
             }
             let checked = {
                 let published = self.shared.read();
                 let mut after = self.tentative.clone();
-                after.validate(&req.batch, &published.log)
+                after.validate(&batch, &published.log)
             };
             if let Err(e) = checked {
-                (req.on_durable)(Err(e));
+                take_callback(req)(Err(e));
                 continue;
             }
-            if let Err(e) = self.encode_batch(req.batch, &mut ops) {
+            if let Err(e) = self.encode_batch(batch, &mut ops) {
                 failure = Some(e);
             }
-            acks.push(req.on_durable);
         }
         if failure.is_none() && !self.buf.is_empty() {
             failure = self.flush().and_then(|()| self.sync()).err();
@@ -468,18 +491,20 @@ impl Writer {
             // Nothing of this turn is acknowledged or published; the log takes no more writes.
             self.shared.set_fatal(e.to_string());
             let reason = format!("the wal stopped taking writes: {e}");
-            for ack in acks {
-                ack(Err(Error::Fatal(reason.clone())));
+            for req in requests.iter_mut() {
+                take_callback(req)(Err(Error::Fatal(reason.clone())));
             }
+            requests.clear();
             return;
         }
         let compacted = self.publish(ops);
         if compacted {
             self.delete_compacted_segments();
         }
-        for ack in acks {
-            ack(Ok(()));
+        for req in requests.iter_mut() {
+            take_callback(req)(Ok(()));
         }
+        requests.clear();
         // Freed only now: dropping a few hundred entries is not free, and nobody waits for it.
         self.evicted.clear();
     }
@@ -543,39 +568,40 @@ impl Writer {
     }
 
     /// Encode one validated batch, rolling over segments as needed.
+    ///
+    /// Order matters for every record: first make room (a roll-over writes the new segment's
+    /// header from `tentative`, and a header describes the log *before* its first record), then
+    /// encode the record, then apply it to `tentative`.
     fn encode_batch(&mut self, batch: super::WriteBatch, ops: &mut Vec<Op>) -> Result<()> {
         if let Some((index, term)) = batch.compact_to {
-            let changed = {
-                let published = self.shared.read();
-                self.tentative.compact(index, term, &published.log)
-            };
-            if changed {
+            // `Tentative::compact` changes nothing at or below the compaction point.
+            if index > self.tentative.compacted.0 {
                 self.make_room(SMALL_RECORD_BOUND, ops)?;
                 let salt = self.active.seq;
                 append_compact(&mut self.buf, salt, index, term)?;
                 ops.push(Op::Compact(index, term));
+                let published = self.shared.read();
+                self.tentative.compact(index, term, &published.log);
             }
         }
         if let Some(first) = batch.entries.first().map(|e| e.index) {
             if first <= self.tentative.last {
-                {
-                    let published = self.shared.read();
-                    self.tentative.truncate(first, &published.log);
-                }
                 self.make_room(SMALL_RECORD_BOUND, ops)?;
                 let salt = self.active.seq;
                 append_truncate(&mut self.buf, salt, first)?;
                 ops.push(Op::Truncate(first));
+                let published = self.shared.read();
+                self.tentative.truncate(first, &published.log);
             }
             let positions = self.encode_entries(&batch.entries, ops)?;
             ops.push(Op::Append(batch.entries, positions));
         }
         if let Some(hs) = batch.hard_state {
-            self.tentative.hard_state = hs;
             self.make_room(SMALL_RECORD_BOUND, ops)?;
             let salt = self.active.seq;
             append_hard_state(&mut self.buf, salt, &hs)?;
             ops.push(Op::HardState(hs));
+            self.tentative.hard_state = hs;
         }
         Ok(())
     }
@@ -663,6 +689,7 @@ impl Writer {
             SegmentRef {
                 path: self.active.path.clone(),
                 file: Arc::clone(&self.active.file),
+                version: WAL_FORMAT_VERSION,
             },
         ));
         self.encode_header()
@@ -678,6 +705,7 @@ impl Writer {
             last_index: t.last,
             last_term: t.last_term,
             hard_state: t.hard_state,
+            segment_bytes: self.active.size,
         };
         append_segment_header(&mut self.buf, &header)?;
         Ok(())
@@ -709,6 +737,12 @@ impl Writer {
         self.shared.sync_latency.record(micros);
         Ok(())
     }
+}
+
+/// The request's callback, leaving a no-op in its place (a boxed zero-sized closure does not
+/// allocate), so a callback is never called twice.
+fn take_callback(req: &mut Request) -> super::DurableCallback {
+    std::mem::replace(&mut req.on_durable, Box::new(|_| {}))
 }
 
 fn take_prepared(prepared: &Receiver<Prepared>) -> Result<(PathBuf, File)> {

@@ -164,3 +164,166 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// A number from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// Run a seeded test for `HAVEN_WAL_SEEDS` seeds (default `default_count`) from
+/// `HAVEN_WAL_SEED_START` (default 0) over all cores, like the Raft simulator does with
+/// `HAVEN_SIM_*`. Every failing seed is printed with the line that replays it alone; the test
+/// fails if any did.
+pub fn run_seeds(test: &str, default_count: u64, run: impl Fn(u64) + Sync) {
+    let count = env_u64("HAVEN_WAL_SEEDS", default_count);
+    let start = env_u64("HAVEN_WAL_SEED_START", 0);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(2)
+        .min(count.max(1));
+    let began = std::time::Instant::now();
+    let mut failures: Vec<(u64, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let run = &run;
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut seed = start + t;
+                    while seed < start + count {
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed)));
+                        if let Err(panic) = outcome {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            eprintln!(
+                                "{test}: seed {seed} FAILED: {what}\n  replay: \
+                                 HAVEN_WAL_SEED_START={seed} HAVEN_WAL_SEEDS=1 cargo test \
+                                 --release --test {test}"
+                            );
+                            failures.push((seed, what));
+                        }
+                        seed += threads;
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    failures.sort();
+    eprintln!(
+        "{test}: {count} seeds from {start} in {:.1}s, {} failed",
+        began.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    if let Some((seed, what)) = failures.first() {
+        panic!(
+            "{} of {count} seeds failed; first: seed {seed}: {what}\n  replay: \
+             HAVEN_WAL_SEED_START={seed} HAVEN_WAL_SEEDS=1 cargo test --release --test {test}",
+            failures.len()
+        );
+    }
+}
+
+/// A scratch directory on tmpfs when there is one: these tests check what recovery makes of
+/// the bytes in the files, not whether the disk keeps them, so an fdatasync need not cost.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// The bytes of every segment file in `dir`, by path.
+pub fn segment_images(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    segments(dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// The byte range `[lo, hi)` where `after` differs from `before` (zeros where `before` is
+/// shorter), or `None` if they are equal.
+pub fn changed_range(before: &[u8], after: &[u8]) -> Option<(usize, usize)> {
+    let old = |i: usize| before.get(i).copied().unwrap_or(0);
+    let lo = (0..after.len()).find(|&i| after[i] != old(i))?;
+    let hi = (0..after.len()).rev().find(|&i| after[i] != old(i))? + 1;
+    Some((lo, hi))
+}
+
+/// Page size of the power-loss simulator, and the sector size a page may tear at.
+pub const PAGE: usize = 4096;
+pub const SECTOR: usize = 512;
+
+/// What power loss may leave of one unfinished write: `after` is the file with the write
+/// complete, `before` without it; only bytes in `[lo, hi)` (the write) change. Each 4 KiB page
+/// of the write independently reached the disk, did not (old bytes), was zeroed, was filled
+/// with garbage, or tore at 512-byte sectors. Returns the image and whether an earlier page of
+/// the write was lost while a later one survived (the case kill -9 never produces).
+pub fn tear_write(
+    rng: &mut Rng,
+    before: &[u8],
+    after: &[u8],
+    lo: usize,
+    hi: usize,
+) -> (Vec<u8>, bool) {
+    let mut image = after.to_vec();
+    let old = |i: usize| before.get(i).copied().unwrap_or(0);
+    let mut lost_before = false;
+    let mut out_of_order = false;
+    let mut page = lo / PAGE * PAGE;
+    while page < hi {
+        let (a, b) = (page.max(lo), (page + PAGE).min(hi));
+        let lost = match rng.below(6) {
+            0 | 1 => false,
+            2 => {
+                (a..b).for_each(|i| image[i] = old(i));
+                true
+            }
+            3 => {
+                (a..b).for_each(|i| image[i] = 0);
+                true
+            }
+            4 => {
+                (a..b).for_each(|i| image[i] = rng.next() as u8);
+                true
+            }
+            _ => {
+                let mut sector = a / SECTOR * SECTOR;
+                let mut any = false;
+                while sector < b {
+                    if rng.below(2) == 0 {
+                        (sector.max(a)..(sector + SECTOR).min(b)).for_each(|i| image[i] = old(i));
+                        any = true;
+                    }
+                    sector += SECTOR;
+                }
+                any
+            }
+        };
+        if lost {
+            lost_before = true;
+        } else if lost_before {
+            out_of_order = true;
+        }
+        page += PAGE;
+    }
+    (image, out_of_order)
+}
