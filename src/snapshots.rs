@@ -265,13 +265,14 @@ mod tests {
         // Regression (issue 14): the transfer thread's prune deleted every temporary file,
         // including the snapshot the apply thread was writing, whose rename then failed.
         let dir = tempfile::tempdir().unwrap();
-        let in_progress = dir
-            .path()
-            .join(format!("{:020}-{:020}{TEMP_SUFFIX}", 7, 1));
+        let in_progress = dir.path().join(format!("{:020}-{:020}{TEMP_SUFFIX}", 7, 1));
         std::fs::write(&in_progress, b"half a snapshot").unwrap();
         let removed = prune_snapshots(dir.path(), 1).unwrap();
         assert!(removed.is_empty(), "{removed:?}");
-        assert!(in_progress.exists(), "prune must not touch a write in progress");
+        assert!(
+            in_progress.exists(),
+            "prune must not touch a write in progress"
+        );
         let removed = remove_leftover_temp_files(dir.path()).unwrap();
         assert_eq!(removed, vec![in_progress.clone()]);
         assert!(!in_progress.exists());

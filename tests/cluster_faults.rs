@@ -176,13 +176,9 @@ fn an_impossible_peer_message_is_dropped_counted_per_peer_and_shown_in_status() 
         "127.0.0.1:0".parse().unwrap(),
     );
     let (tx, _rx) = crossbeam_channel::unbounded();
-    let forger = Transport::<PeerMessage>::start(
-        config,
-        &[(leader_id, cluster.addrs[leader])],
-        tx,
-        None,
-    )
-    .expect("dial as a member");
+    let forger =
+        Transport::<PeerMessage>::start(config, &[(leader_id, cluster.addrs[leader])], tx, None)
+            .expect("dial as a member");
     // An acknowledgement of entries far beyond the leader's log: no correct follower sends it.
     let forged = PeerMessage::Raft(Message {
         group: GroupId(0),

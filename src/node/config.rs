@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::limits::{
     DEFAULT_WAL_CACHE_BYTES, DEFAULT_WAL_SEGMENT_BYTES, MAX_CLIENT_CONNECTIONS, MAX_MEMBERS,
-    MIN_WAL_SEGMENT_BYTES,
+    MAX_WAL_SEGMENT_BYTES, MIN_WAL_SEGMENT_BYTES,
 };
 use crate::net::ClusterSecret;
 use crate::types::{ClusterId, NodeId};
@@ -225,9 +225,12 @@ impl Config {
                 self.state_cache_bytes
             ));
         }
-        if self.wal_segment_bytes < MIN_WAL_SEGMENT_BYTES || self.wal_segment_bytes > 1 << 40 {
+        if self.wal_segment_bytes < MIN_WAL_SEGMENT_BYTES
+            || self.wal_segment_bytes > MAX_WAL_SEGMENT_BYTES
+        {
             return bad(format!(
-                "wal_segment_bytes: {} is not between {MIN_WAL_SEGMENT_BYTES} and 1 TiB",
+                "wal_segment_bytes: {} is not between {MIN_WAL_SEGMENT_BYTES} and \
+                 {MAX_WAL_SEGMENT_BYTES}",
                 self.wal_segment_bytes
             ));
         }

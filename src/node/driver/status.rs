@@ -35,12 +35,7 @@ impl Driver {
                     .get(&id)
                     .map(|t| now.duration_since(*t).as_millis() as u64)
             },
-            rejected_messages: self
-                .raft
-                .rejected_messages()
-                .get(&id)
-                .copied()
-                .unwrap_or(0),
+            rejected_messages: self.raft.rejected_messages().get(&id).copied().unwrap_or(0),
         };
         let mut members: Vec<MemberStatus> = membership
             .voters
