@@ -771,7 +771,7 @@ mod tests {
         match read_frame(&mut client, &mut reader, addr, deadline(), "challenge") {
             Err(Error::Auth(m)) => {
                 assert!(m.contains("version 99 is not supported"), "{m}");
-                assert!(m.contains("speaks version 1"), "{m}");
+                assert!(m.contains("speaks version 2"), "{m}");
             }
             other => panic!("expected Auth, got {other:?}"),
         }
