@@ -157,7 +157,10 @@ fn clients_without_a_certificate_from_another_ca_or_expired_are_refused_with_aut
     ));
     assert!(late.contains("TLS"), "{late}");
     // The member counts a refusal after its linger, which may end after the client's error.
-    assert!(wait_until(Duration::from_secs(5), || member.stats().handshakes_refused == 3));
+    assert!(wait_until(Duration::from_secs(5), || member
+        .stats()
+        .handshakes_refused
+        == 3));
 
     // A certificate from the client CA is let in.
     let good = clients_ca.client("alice");
