@@ -779,6 +779,47 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_initiator_is_refused_with_a_clear_reason() {
+        // What a member or client built before version 2 sends: its Hello body still decodes,
+        // but its proof would be keyed and bound differently, so it is refused up front.
+        let (mut client, mut server, addr) = pair();
+        let acceptor = thread::spawn(move || {
+            let s = secret(b"0123456789abcdef");
+            let admit = |_: &Role| Ok(());
+            let params = AcceptorParams {
+                node_id: NodeId(1),
+                cluster_id: ClusterId(7),
+                member_secret: &s,
+                client_secret: &s,
+                founding: None,
+                admit: &admit,
+            };
+            accept(&mut server, addr, &params, deadline(), 1024).err()
+        });
+        let hello = HelloV1 {
+            cluster_id: ClusterId(7),
+            role: peer(2),
+            expected_acceptor: Some(NodeId(1)),
+            nonce: [1; NONCE_BYTES],
+            founding: None,
+        };
+        let envelope = HelloEnvelope {
+            version: 1,
+            body: codec::encode_value(&hello).unwrap(),
+        };
+        write_frame(&mut client, kind::HELLO, &envelope, deadline()).unwrap();
+        let mut reader = FrameReader::new(MAX_HANDSHAKE_FRAME_BYTES, 0);
+        match read_frame(&mut client, &mut reader, addr, deadline(), "challenge") {
+            Err(Error::Auth(m)) => {
+                assert!(m.contains("version 1 is not supported"), "{m}");
+                assert!(m.contains("speaks version 2"), "{m}");
+            }
+            other => panic!("expected Auth, got {other:?}"),
+        }
+        assert!(matches!(acceptor.join().unwrap(), Some(Error::Auth(_))));
+    }
+
+    #[test]
     fn transcript_binds_every_field() {
         let n1 = [1u8; NONCE_BYTES];
         let n2 = [2u8; NONCE_BYTES];
@@ -869,7 +910,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             body: body.clone(),
         };
-        let mut expected = vec![1u8, body.len() as u8];
+        let mut expected = vec![2u8, body.len() as u8];
         expected.extend_from_slice(&body);
         assert_eq!(codec::encode_value(&envelope).unwrap(), expected);
     }
