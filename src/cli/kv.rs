@@ -4,7 +4,7 @@
 //! [`super::exit`].
 
 use super::exit::{fail, report, Outcome, EXIT_NO};
-use haven::net::ClusterSecret;
+use haven::net::{ClientTls, ClusterSecret};
 use haven::sm::{prefix_end, CasResult};
 use haven::{Client, ClientOptions, ClusterId, Error, Result};
 use std::io::{Read, Write};
@@ -18,9 +18,19 @@ pub struct ClusterArgs {
     /// the leader and fails over to the others).
     #[arg(long, value_name = "HOST:PORT,...")]
     pub cluster: String,
-    /// File holding the cluster secret (16 to 1024 bytes; a trailing newline is ignored).
+    /// File holding the client secret (the members' --client-secret-file; the member secret
+    /// where none is set). 16 to 1024 bytes; a trailing newline is ignored.
     #[arg(long)]
     pub secret_file: PathBuf,
+    /// Connect with TLS, trusting the CA in this PEM file (the members' --tls-ca).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for members started with --client-ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// The cluster's id.
     #[arg(long, default_value_t = 1)]
     pub cluster_id: u64,
@@ -59,9 +69,23 @@ impl ClusterArgs {
             )));
         }
         let request_timeout = Duration::from_millis(self.timeout_ms);
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(ClientTls::from_files(
+                ca,
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+            )?),
+            None if self.tls_cert.is_some() => {
+                return Err(Error::InvalidArgument(
+                    "--tls-cert needs --tls-ca (the CA of the members' certificates)".into(),
+                ))
+            }
+            None => None,
+        };
         Ok(ClientOptions {
             request_timeout,
             connect_timeout: request_timeout.min(Duration::from_secs(1)),
+            tls,
             ..ClientOptions::default()
         })
     }

@@ -9,6 +9,7 @@ pub mod kv;
 pub mod progress;
 pub mod serve;
 pub mod status;
+pub mod tls;
 
 use clap::{Parser, Subcommand};
 use exit::finish;
@@ -46,6 +47,12 @@ pub enum Command {
     Scan(kv::ScanArgs),
     /// One row per member: role, term, commit and applied index, lag, last contact.
     Status(status::StatusArgs),
+    /// TLS helpers: `haven tls gen` makes a CA and certificates for a test cluster.
+    Tls {
+        /// What to do.
+        #[command(subcommand)]
+        command: tls::TlsCommand,
+    },
     /// Measure a part of haven on this machine.
     Bench {
         /// What to measure.
@@ -82,6 +89,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Cas(args) => finish("cas", kv::cas(&args)),
         Command::Scan(args) => finish("scan", kv::scan(&args)),
         Command::Status(args) => finish("status", status::run(&args).map_err(exit::fail)),
+        Command::Tls { command } => finish("tls", tls::run(&command).map_err(exit::fail)),
         Command::Bench { target } => bench::run(target),
     }
 }

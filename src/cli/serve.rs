@@ -1,7 +1,7 @@
 //! `haven serve`: run one member in the foreground until SIGTERM or SIGINT.
 
 use super::exit::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE};
-use haven::net::ClusterSecret;
+use haven::net::{ClusterSecret, MemberTls};
 use haven::node::{Config, Node, NodeThread};
 use haven::{ClusterId, Error, NodeId, Result};
 use std::collections::BTreeMap;
@@ -25,9 +25,27 @@ pub struct ServeArgs {
     /// The data directory (created if missing).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// File holding the cluster secret (16 to 1024 bytes; a trailing newline is ignored).
+    /// File holding the member secret, which members prove to each other (16 to 1024 bytes; a
+    /// trailing newline is ignored).
     #[arg(long)]
     pub secret_file: PathBuf,
+    /// File holding the client secret, which remote clients prove. Without it clients use
+    /// the member secret and could act as members: a development setup (a warning is logged).
+    #[arg(long, value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+    /// This member's certificate (PEM, leaf first), signed by --tls-ca, valid for the
+    /// addresses peers dial. Turns TLS on for every connection (with --tls-key, --tls-ca).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The member CA (PEM): every member's certificate is signed by it (mutual TLS).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Require every remote client to present a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
     /// The cluster's id.
     #[arg(long, default_value_t = 1)]
     pub cluster_id: u64,
@@ -116,6 +134,26 @@ pub fn config(args: &ServeArgs) -> Result<Config> {
     config.snapshot_trailing_entries = args.snapshot_trailing_entries;
     config.state_cache_bytes = args.state_cache_mib << 20;
     config.lease_reads = args.lease_reads;
+    config.client_secret = args
+        .client_secret_file
+        .as_deref()
+        .map(|path| {
+            read_secret(path).map_err(|e| {
+                Error::InvalidArgument(format!("--client-secret-file: {e}").replace(
+                    "--client-secret-file: --secret-file: ",
+                    "--client-secret-file: ",
+                ))
+            })
+        })
+        .transpose()?;
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        config.tls = Some(MemberTls::from_files(
+            cert,
+            key,
+            ca,
+            args.client_ca.as_deref(),
+        )?);
+    }
     Ok(config)
 }
 
@@ -154,6 +192,12 @@ pub fn run(args: &ServeArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if config.client_secret.is_none() {
+        haven::event!(haven::logging::Level::Warn, node: Some(args.id), term: None,
+            "development_setup",
+            message = "no --client-secret-file: clients authenticate with the member secret, \
+                       so any client could act as a member; give clients their own secret");
+    }
     let signals = block_signals();
     let node = match Node::open(config) {
         Ok(node) => node,

@@ -71,13 +71,14 @@ fn ask(
     address: &str,
     cluster_id: ClusterId,
     secret: &ClusterSecret,
-    timeout: Duration,
+    base: &ClientOptions,
 ) -> Result<Status> {
+    let timeout = base.request_timeout;
     let options = ClientOptions {
         request_timeout: timeout,
         connect_timeout: timeout.min(Duration::from_secs(1)),
         prefer_leader: false,
-        ..ClientOptions::default()
+        ..base.clone()
     };
     Client::connect(&[address], cluster_id, secret, options)?.status()
 }
@@ -87,12 +88,12 @@ fn ask_all(
     addresses: &[String],
     cluster_id: ClusterId,
     secret: &ClusterSecret,
-    timeout: Duration,
+    options: &ClientOptions,
 ) -> Vec<Result<Status>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = addresses
             .iter()
-            .map(|a| scope.spawn(move || ask(a, cluster_id, secret, timeout)))
+            .map(|a| scope.spawn(move || ask(a, cluster_id, secret, options)))
             .collect();
         handles
             .into_iter()
@@ -120,10 +121,24 @@ pub fn gather(
     secret: &ClusterSecret,
     timeout: Duration,
 ) -> Result<ClusterView> {
+    let options = ClientOptions {
+        request_timeout: timeout,
+        ..ClientOptions::default()
+    };
+    gather_with(addresses, cluster_id, secret, &options)
+}
+
+/// [`gather`] with the client's options (TLS, and `request_timeout` as each member's deadline).
+pub fn gather_with(
+    addresses: &[String],
+    cluster_id: ClusterId,
+    secret: &ClusterSecret,
+    options: &ClientOptions,
+) -> Result<ClusterView> {
     let mut asked: Vec<(String, Result<Status>)> = addresses
         .iter()
         .cloned()
-        .zip(ask_all(addresses, cluster_id, secret, timeout))
+        .zip(ask_all(addresses, cluster_id, secret, options))
         .collect();
     // The configuration: the leader's, else that of the answer with the highest term.
     let config_source = |asked: &[(String, Result<Status>)]| -> Option<Status> {
@@ -145,7 +160,7 @@ pub fn gather(
             })
             .map(|m| m.address.clone())
             .collect();
-        let more = ask_all(&missing, cluster_id, secret, timeout);
+        let more = ask_all(&missing, cluster_id, secret, options);
         asked.extend(missing.into_iter().zip(more));
     }
     if asked.iter().all(|(_, r)| r.is_err()) {
@@ -653,11 +668,11 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let addresses = args.cluster.addresses()?;
     let secret = args.cluster.secret()?;
     let options = args.cluster.options()?;
-    let view = gather(
+    let view = gather_with(
         &addresses,
         ClusterId(args.cluster.cluster_id),
         &secret,
-        options.request_timeout,
+        &options,
     )?;
     let text = if args.json {
         json(&view) + "\n"

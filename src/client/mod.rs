@@ -31,7 +31,7 @@ pub use crate::proto::{
 };
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::net::ClusterSecret;
+use crate::net::{ClientTls, ClusterSecret};
 use crate::sm::{
     CasResult, Command, CommandResult, DeleteRangeResult, DeleteResult, Op, PutResult, RangePage,
     Txn, TxnResult, VersionedValue, UNTRACKED_CLIENT,
@@ -52,6 +52,9 @@ pub struct ClientOptions {
     /// Remote backend: connect to the leader when a member names it (saves the forwarding hop);
     /// `false` keeps the first member that answers.
     pub prefer_leader: bool,
+    /// Remote backend: TLS settings (the member CA, and a client certificate when members
+    /// require one). `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +64,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(1),
             read_mode: ReadMode::Linearizable,
             prefer_leader: true,
+            tls: None,
         }
     }
 }

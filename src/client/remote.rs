@@ -8,7 +8,7 @@
 use super::{Backend, ClientOptions};
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::resolve_address;
-use crate::net::{ClientConnection, ClusterSecret};
+use crate::net::{ClientConnection, ClientTls, ClusterSecret};
 use crate::proto::{
     ClientRequest, ClientResponse, Request, Response, Status, CLIENT_PROTOCOL_VERSION,
 };
@@ -35,6 +35,7 @@ pub(crate) struct RemoteBackend {
     secret: ClusterSecret,
     connect_timeout: Duration,
     prefer_leader: bool,
+    tls: Option<ClientTls>,
     state: Mutex<State>,
 }
 
@@ -70,6 +71,7 @@ impl RemoteBackend {
             secret: secret.clone(),
             connect_timeout: options.connect_timeout,
             prefer_leader: options.prefer_leader,
+            tls: options.tls.clone(),
             state: Mutex::new(State {
                 conn: None,
                 next: 0,
@@ -85,7 +87,14 @@ impl RemoteBackend {
             .connect_timeout
             .min(deadline.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
-        Connection::connect(addr, self.cluster_id, &self.secret, handshake_id(), timeout)
+        Connection::connect_with(
+            addr,
+            self.cluster_id,
+            &self.secret,
+            handshake_id(),
+            timeout,
+            self.tls.as_ref(),
+        )
     }
 
     /// The current connection, or a new one: to the leader if a member names it and it

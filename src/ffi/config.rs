@@ -356,6 +356,7 @@ fn connect(
         connect_timeout: Duration::from_millis(options.connect_timeout_ms),
         read_mode: read_mode("read_mode", options.read_mode)?,
         prefer_leader: options.prefer_leader != 0,
+        ..ClientOptions::default()
     };
     let client = Client::connect(
         &members,

@@ -2,15 +2,15 @@
 
 use super::config::CLIENT_KEEPALIVE_INTERVAL;
 use super::handshake::{self, InitiatorParams, Role};
+use super::tls::{self, Stream};
 use super::wire::{self, kind, FrameReader, Next};
-use super::{ClusterSecret, Message};
+use super::{ClientTls, ClusterSecret, Message};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_CLIENT_INFLIGHT_REQUESTS, MAX_FRAME_PAYLOAD_BYTES};
 use crate::types::{ClusterId, NodeId};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::marker::PhantomData;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,7 +87,7 @@ struct Pending<Resp> {
 /// [timeout, 2 * timeout]: a write then gives up at the earliest after half of the time left,
 /// at the latest when it is spent, and the request counts as not sent).
 struct Writer {
-    stream: TcpStream,
+    stream: Stream,
     timeout: Option<Duration>,
 }
 
@@ -177,10 +177,35 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
         client_id: u64,
         timeout: Duration,
     ) -> Result<ClientConnection<Req, Resp>> {
+        Self::connect_with(addr, cluster_id, secret, client_id, timeout, None)
+    }
+
+    /// [`ClientConnection::connect`], over TLS when `tls` is given. The member's certificate
+    /// must be signed by the CA in `tls` and valid for `addr`'s IP address. A TLS client
+    /// against a plaintext member, and the reverse, fail with `Auth` saying so.
+    pub fn connect_with(
+        addr: SocketAddr,
+        cluster_id: ClusterId,
+        secret: &ClusterSecret,
+        client_id: u64,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<ClientConnection<Req, Resp>> {
         let deadline = Instant::now() + timeout;
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        let tcp = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| Error::Unavailable(format!("cannot connect to {addr}: {e}")))?;
-        wire::configure_socket(&stream)?;
+        wire::configure_socket(&tcp)?;
+        let control = tcp
+            .try_clone()
+            .map_err(|e| Error::io("cloning a socket", e))?;
+        let unavailable = |e: Error| match e {
+            Error::Timeout(_) | Error::Io { .. } => {
+                Error::Unavailable(format!("handshake with {addr} failed: {e}"))
+            }
+            other => other,
+        };
+        let mut stream = tls::connect_stream(tcp, tls.map(|t| t.config()), addr, deadline)
+            .map_err(unavailable)?;
         let params = InitiatorParams {
             cluster_id,
             secret,
@@ -195,16 +220,11 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             deadline,
             MAX_FRAME_PAYLOAD_BYTES,
         )
-        .map_err(|e| match e {
-            Error::Timeout(_) | Error::Io { .. } => {
-                Error::Unavailable(format!("handshake with {addr} failed: {e}"))
-            }
-            other => other,
-        })?;
+        .map_err(unavailable)?;
         stream
             .set_read_timeout(Some(CLIENT_KEEPALIVE_INTERVAL))
             .map_err(|e| Error::io("setting a read timeout", e))?;
-        let clone = |s: &TcpStream| s.try_clone().map_err(|e| Error::io("cloning a socket", e));
+        let clone = |s: &Stream| s.try_clone().map_err(|e| Error::io("cloning a socket", e));
         let inner = Arc::new(Inner {
             addr,
             member: established.acceptor,
@@ -214,7 +234,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
                 stream: clone(&stream)?,
                 timeout: None,
             }),
-            control: clone(&stream)?,
+            control,
             pending: Mutex::new(Pending {
                 waiters: HashMap::new(),
                 closed: None,
@@ -282,7 +302,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             if let Err(e) = writer.limit_to(left) {
                 return Err(not_sent(e.to_string()));
             }
-            if let Err(e) = writer.stream.write_all(&frame) {
+            if let Err(e) = writer.stream.write_all_bytes(&frame) {
                 // A partial frame is never processed, and the connection is closed so no later
                 // bytes can complete it: the request was not applied.
                 drop(writer);
@@ -354,7 +374,7 @@ impl<Req, Resp> Drop for ClientConnection<Req, Resp> {
 /// arrived for a keepalive interval.
 fn read_responses<Resp: Message>(
     inner: Arc<Inner<Resp>>,
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut reader: FrameReader,
 ) {
     let mut keepalive = Vec::new();
@@ -390,7 +410,7 @@ fn read_responses<Resp: Message>(
                 if let Ok(mut writer) = inner.writer.try_lock() {
                     let sent = writer
                         .limit_to(CLIENT_KEEPALIVE_INTERVAL)
-                        .and_then(|_| writer.stream.write_all(&keepalive));
+                        .and_then(|_| writer.stream.write_all_bytes(&keepalive));
                     if let Err(e) = sent {
                         break format!("keepalive failed: {e}");
                     }

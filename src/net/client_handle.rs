@@ -1,13 +1,14 @@
 //! A remote-client connection as the runtime sees it: the [`ClientEvent`]s it delivers and the
 //! [`ClientHandle`] that answers them, from any thread, without blocking on the network.
 
+use super::tls::Stream;
 use super::wire::{self, kind};
 use super::Message;
 use crate::limits::MAX_CLIENT_INFLIGHT_REQUESTS;
 use crate::park::ParkedSender;
 use crossbeam_channel::TrySendError;
 use std::fmt;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -65,7 +66,8 @@ pub(super) struct ClientConnInner<Resp> {
     pub(super) has_leftover: AtomicBool,
     /// Why the connection was closed from this side because of a fault, for the log.
     pub(super) fault: Mutex<Option<String>>,
-    pub(super) stream: TcpStream,
+    /// For direct writes (plaintext only) and for closing.
+    pub(super) stream: Stream,
 }
 
 impl<Resp> ClientConnInner<Resp> {
@@ -166,6 +168,10 @@ impl<Resp: Message> ClientHandle<Resp> {
     /// to the writer thread, which writes it before anything else.
     fn try_write_direct(&self, request_id: u64, response: Resp) -> Result<(), Resp> {
         let inner = &*self.inner;
+        // TLS: always through the writer thread (see `tls.rs`).
+        let Stream::Plain(tcp) = &inner.stream else {
+            return Err(response);
+        };
         if inner.responses.len() > 0 {
             return Err(response);
         }
@@ -178,7 +184,7 @@ impl<Resp: Message> ClientHandle<Resp> {
             return Err(response);
         }
         let written = out.write(
-            &inner.stream,
+            tcp,
             kind::CLIENT_RESPONSE,
             inner.salt,
             &(request_id, &response),

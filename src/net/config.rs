@@ -85,8 +85,14 @@ pub struct TransportConfig {
     pub node_id: NodeId,
     /// The cluster this member belongs to; connections from other clusters are refused.
     pub cluster_id: ClusterId,
-    /// The cluster secret.
+    /// The member secret: peers prove it to each other (and clients too, when no
+    /// `client_secret` is set).
     pub secret: ClusterSecret,
+    /// The secret remote clients prove. `None`: clients use the member secret, so any client
+    /// could also open a peer lane (a development setup; `haven serve` warns).
+    pub client_secret: Option<ClusterSecret>,
+    /// TLS for every connection (mutual TLS on peer lanes). `None`: plaintext.
+    pub tls: Option<super::MemberTls>,
     /// Where to listen for peers and remote clients (port 0 picks a free port).
     pub listen_addr: SocketAddr,
     /// The whole handshake must finish within this time, or the connection is dropped.
@@ -125,6 +131,8 @@ impl fmt::Debug for TransportConfig {
             .field("node_id", &self.node_id)
             .field("cluster_id", &self.cluster_id)
             .field("secret", &self.secret)
+            .field("client_secret", &self.client_secret)
+            .field("tls", &self.tls)
             .field("listen_addr", &self.listen_addr)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -152,6 +160,8 @@ impl TransportConfig {
             node_id,
             cluster_id,
             secret,
+            client_secret: None,
+            tls: None,
             listen_addr,
             handshake_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),

@@ -6,17 +6,25 @@
 //! initiator                                   acceptor
 //!   Hello { version, cluster, role, expected acceptor, nonce_i }  ->
 //!                          <-  Challenge { acceptor id, nonce_a }   (or Refusal)
-//!   Proof { HMAC(secret, "initiator" ‖ transcript) }              ->
-//!                          <-  Welcome { HMAC(secret, "acceptor" ‖ transcript) }   (or Refusal)
+//!   Proof { HMAC(key, "initiator" ‖ transcript) }                 ->
+//!                          <-  Welcome { HMAC(key, "acceptor" ‖ transcript) }   (or Refusal)
 //! ```
 //!
 //! The transcript binds the protocol version, the cluster id, the initiator's role and id, the
-//! lane, the acceptor's id and both fresh 32-byte nonces, so a proof is valid for exactly one
-//! connection and one direction. The initiator proves first: the acceptor never hands a MAC to
+//! lane, the acceptor's id, both fresh 32-byte nonces and the TLS channel binding (zeros in
+//! plaintext), so a proof is valid for exactly one connection, one TLS session and one
+//! direction.
+//!
+//! **The key depends on the role.** A `Peer` proves knowledge of the member secret; a `Client`
+//! of the client secret (the member secret when none is configured). The acceptor picks the
+//! key by the role claimed in `Hello`, and the role is in the transcript, so a client that
+//! claims a member's id cannot produce a proof that verifies: holding the client secret never
+//! opens a peer lane. The initiator proves first: the acceptor never hands a MAC to
 //! somebody who has not shown the secret. Tags are compared in constant time
 //! (`hmac::Mac::verify_slice`). Either side may answer with a `Refusal` frame carrying a reason;
 //! the receiver turns it into [`Error::Auth`]. `docs/FORMAT.md` gives the byte layout.
 
+use super::tls::Stream;
 use super::wire::{kind, FrameReader, Next};
 use super::{ClusterSecret, Lane};
 use crate::codec;
@@ -27,20 +35,21 @@ use bincode::{Decode, Encode};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// The handshake protocol version this build speaks.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added the TLS channel binding to the transcript and keys a client's proof with
+/// the client secret.
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// Length of a nonce and of a MAC tag, in bytes.
 const NONCE_BYTES: usize = 32;
 const TAG_BYTES: usize = 32;
 
-const LABEL_INITIATOR: &[u8] = b"haven/handshake/v1/initiator";
-const LABEL_ACCEPTOR: &[u8] = b"haven/handshake/v1/acceptor";
-const LABEL_SALT: &[u8] = b"haven/handshake/v1/frame-salt";
+const LABEL_INITIATOR: &[u8] = b"haven/handshake/v2/initiator";
+const LABEL_ACCEPTOR: &[u8] = b"haven/handshake/v2/acceptor";
+const LABEL_SALT: &[u8] = b"haven/handshake/v2/frame-salt";
 
 /// Longest reason text put in a refusal, so that the refusal always fits one handshake frame.
 const MAX_REASON_BYTES: usize = 512;
@@ -129,6 +138,13 @@ pub(crate) enum RefusalCode {
     ShuttingDown,
     /// Both sides are founding members but were founded with different memberships.
     FoundingMismatch,
+    /// The acceptor uses TLS and the initiator spoke plaintext (sent in plaintext).
+    TlsRequired,
+    /// The acceptor does not use TLS and the initiator sent a TLS ClientHello (sent in
+    /// plaintext).
+    TlsNotServed,
+    /// The role needs a certificate signed by a CA the initiator's certificate is not from.
+    CertificateRequired,
 }
 
 /// A refusal frame's payload.
@@ -185,7 +201,10 @@ pub(crate) struct InitiatorParams<'a> {
 pub(crate) struct AcceptorParams<'a> {
     pub(crate) node_id: NodeId,
     pub(crate) cluster_id: ClusterId,
-    pub(crate) secret: &'a ClusterSecret,
+    /// The key of `Peer` proofs.
+    pub(crate) member_secret: &'a ClusterSecret,
+    /// The key of `Client` proofs (the member secret when no client secret is configured).
+    pub(crate) client_secret: &'a ClusterSecret,
     /// This member's founding digest; an initiator with a different one is refused.
     pub(crate) founding: Option<[u8; 32]>,
     /// Decides whether this role may connect at all (membership, client slots); runs before
@@ -224,12 +243,13 @@ fn transcript(
     acceptor: NodeId,
     nonce_initiator: &[u8; NONCE_BYTES],
     nonce_acceptor: &[u8; NONCE_BYTES],
+    channel_binding: &[u8; 32],
 ) -> Vec<u8> {
     let (role_tag, id, lane) = match role {
         Role::Peer { node_id, lane } => (1u8, node_id.0, lane.wire_tag()),
         Role::Client { client_id } => (2u8, *client_id, 0u8),
     };
-    let mut out = Vec::with_capacity(4 + 8 + 1 + 8 + 1 + 8 + 2 * NONCE_BYTES);
+    let mut out = Vec::with_capacity(4 + 8 + 1 + 8 + 1 + 8 + 2 * NONCE_BYTES + 32);
     out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     out.extend_from_slice(&cluster_id.0.to_le_bytes());
     out.push(role_tag);
@@ -238,6 +258,7 @@ fn transcript(
     out.extend_from_slice(&acceptor.0.to_le_bytes());
     out.extend_from_slice(nonce_initiator);
     out.extend_from_slice(nonce_acceptor);
+    out.extend_from_slice(channel_binding);
     out
 }
 
@@ -283,8 +304,8 @@ fn remaining(deadline: Instant, what: &str) -> Result<Duration> {
     Ok(left)
 }
 
-fn write_frame<T: Encode>(
-    stream: &mut TcpStream,
+pub(crate) fn write_frame<T: Encode>(
+    stream: &mut Stream,
     kind: u8,
     value: &T,
     deadline: Instant,
@@ -295,12 +316,15 @@ fn write_frame<T: Encode>(
         .set_write_timeout(Some(remaining(deadline, "writing")?))
         .map_err(|e| Error::io("setting a write timeout", e))?;
     stream
-        .write_all(&buf)
-        .map_err(|e| Error::io("writing a handshake frame", e))
+        .write_all_bytes(&buf)
+        .map_err(|e| match stream.tls_failure() {
+            Some(tls) => Error::Auth(format!("TLS: {tls}")),
+            None => Error::io("writing a handshake frame", e),
+        })
 }
 
 /// Best effort: tell the other side why, then give up. A failed write changes nothing.
-fn refuse(stream: &mut TcpStream, refusal: Refusal, deadline: Instant) -> Error {
+fn refuse(stream: &mut Stream, refusal: Refusal, deadline: Instant) -> Error {
     let deadline = deadline.max(Instant::now() + Duration::from_millis(100));
     let _ = write_frame(stream, kind::REFUSAL, &refusal, deadline);
     refusal.into_sent_error()
@@ -309,7 +333,7 @@ fn refuse(stream: &mut TcpStream, refusal: Refusal, deadline: Instant) -> Error 
 /// Read the next handshake frame and return its kind and payload. A refusal from the other side
 /// becomes an error here.
 fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     reader: &mut FrameReader,
     addr: SocketAddr,
     deadline: Instant,
@@ -320,7 +344,15 @@ fn read_frame(
         stream
             .set_read_timeout(Some(remaining(deadline, what)?))
             .map_err(|e| Error::io("setting a read timeout", e))?;
-        match reader.next(stream)? {
+        let next = reader
+            .next(stream)
+            .map_err(|e| match stream.tls_failure() {
+                // A certificate the other side rejected arrives as a TLS alert after our side of
+                // the TLS handshake completed (TLS 1.3): it is a refusal, not an IO failure.
+                Some(tls) => Error::Auth(format!("{addr}: TLS: {tls}")),
+                None => e,
+            })?;
+        match next {
             Next::Frame {
                 kind: kind::REFUSAL,
                 payload,
@@ -352,7 +384,7 @@ fn expect_kind(found: u8, wanted: u8, what: &str) -> Result<()> {
 
 /// Run the initiator's side on a connected stream. `addr` is only used in messages.
 pub(crate) fn initiate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     addr: SocketAddr,
     params: &InitiatorParams<'_>,
     deadline: Instant,
@@ -394,6 +426,7 @@ pub(crate) fn initiate(
         challenge.acceptor,
         &nonce_initiator,
         &challenge.nonce,
+        &stream.channel_binding()?,
     );
     let proof = Tag {
         mac: tag(params.secret, LABEL_INITIATOR, &transcript)?,
@@ -426,7 +459,7 @@ pub(crate) fn initiate(
 /// Run the acceptor's side on an accepted stream. Every refusal has already been sent to the
 /// initiator (best effort) when this returns an error; the caller logs it with `addr`.
 pub(crate) fn accept(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     addr: SocketAddr,
     params: &AcceptorParams<'_>,
     deadline: Instant,
@@ -494,7 +527,13 @@ pub(crate) fn accept(
         params.node_id,
         &hello.nonce,
         &nonce_acceptor,
+        &stream.channel_binding()?,
     );
+    // The key is chosen by the claimed role: a client secret never verifies a peer's proof.
+    let (secret, key_name) = match hello.role {
+        Role::Peer { .. } => (params.member_secret, "member secret"),
+        Role::Client { .. } => (params.client_secret, "client secret"),
+    };
 
     let (found, payload) = read_frame(stream, &mut reader, addr, deadline, "proof")?;
     expect_kind(found, kind::PROOF, "proof")?;
@@ -502,11 +541,11 @@ pub(crate) fn accept(
         Ok(proof) => proof,
         Err(e) => return Err(refuse(stream, malformed(e), deadline)),
     };
-    if !verify(params.secret, LABEL_INITIATOR, &transcript, &proof.mac) {
+    if !verify(secret, LABEL_INITIATOR, &transcript, &proof.mac) {
         let refusal = Refusal::new(
             RefusalCode::BadProof,
             format!(
-                "the proof of {} does not verify with the secret of member {}: the cluster \
+                "the proof of {} does not verify with the {key_name} of member {}: the cluster \
                  secrets differ",
                 hello.role, params.node_id
             ),
@@ -529,10 +568,10 @@ pub(crate) fn accept(
         }
     }
     let welcome = Tag {
-        mac: tag(params.secret, LABEL_ACCEPTOR, &transcript)?,
+        mac: tag(secret, LABEL_ACCEPTOR, &transcript)?,
     };
     write_frame(stream, kind::WELCOME, &welcome, deadline)?;
-    let salt = frame_salt(params.secret, &transcript)?;
+    let salt = frame_salt(secret, &transcript)?;
     reader.set_limits(max_payload, salt);
     Ok(Established {
         acceptor: params.node_id,
@@ -553,19 +592,19 @@ pub(crate) fn decode_late_refusal(payload: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
     use std::thread;
 
     fn secret(s: &[u8]) -> ClusterSecret {
         ClusterSecret::new(s.to_vec()).unwrap()
     }
 
-    fn pair() -> (TcpStream, TcpStream, SocketAddr) {
+    fn pair() -> (Stream, Stream, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).unwrap();
         let (server, _) = listener.accept().unwrap();
-        (client, server, addr)
+        (Stream::Plain(client), Stream::Plain(server), addr)
     }
 
     fn deadline() -> Instant {
@@ -603,7 +642,8 @@ mod tests {
             let params = AcceptorParams {
                 node_id: NodeId(1),
                 cluster_id: ClusterId(7),
-                secret: &acceptor_secret,
+                member_secret: &acceptor_secret,
+                client_secret: &acceptor_secret,
                 founding: acceptor_founding,
                 admit: &admit,
             };
@@ -714,7 +754,8 @@ mod tests {
             let params = AcceptorParams {
                 node_id: NodeId(1),
                 cluster_id: ClusterId(7),
-                secret: &s,
+                member_secret: &s,
+                client_secret: &s,
                 founding: None,
                 admit: &admit,
             };
@@ -730,7 +771,48 @@ mod tests {
         match read_frame(&mut client, &mut reader, addr, deadline(), "challenge") {
             Err(Error::Auth(m)) => {
                 assert!(m.contains("version 99 is not supported"), "{m}");
-                assert!(m.contains("speaks version 1"), "{m}");
+                assert!(m.contains("speaks version 2"), "{m}");
+            }
+            other => panic!("expected Auth, got {other:?}"),
+        }
+        assert!(matches!(acceptor.join().unwrap(), Some(Error::Auth(_))));
+    }
+
+    #[test]
+    fn a_version_1_initiator_is_refused_with_a_clear_reason() {
+        // What a member or client built before version 2 sends: its Hello body still decodes,
+        // but its proof would be keyed and bound differently, so it is refused up front.
+        let (mut client, mut server, addr) = pair();
+        let acceptor = thread::spawn(move || {
+            let s = secret(b"0123456789abcdef");
+            let admit = |_: &Role| Ok(());
+            let params = AcceptorParams {
+                node_id: NodeId(1),
+                cluster_id: ClusterId(7),
+                member_secret: &s,
+                client_secret: &s,
+                founding: None,
+                admit: &admit,
+            };
+            accept(&mut server, addr, &params, deadline(), 1024).err()
+        });
+        let hello = HelloV1 {
+            cluster_id: ClusterId(7),
+            role: peer(2),
+            expected_acceptor: Some(NodeId(1)),
+            nonce: [1; NONCE_BYTES],
+            founding: None,
+        };
+        let envelope = HelloEnvelope {
+            version: 1,
+            body: codec::encode_value(&hello).unwrap(),
+        };
+        write_frame(&mut client, kind::HELLO, &envelope, deadline()).unwrap();
+        let mut reader = FrameReader::new(MAX_HANDSHAKE_FRAME_BYTES, 0);
+        match read_frame(&mut client, &mut reader, addr, deadline(), "challenge") {
+            Err(Error::Auth(m)) => {
+                assert!(m.contains("version 1 is not supported"), "{m}");
+                assert!(m.contains("speaks version 2"), "{m}");
             }
             other => panic!("expected Auth, got {other:?}"),
         }
@@ -741,10 +823,10 @@ mod tests {
     fn transcript_binds_every_field() {
         let n1 = [1u8; NONCE_BYTES];
         let n2 = [2u8; NONCE_BYTES];
-        let base = transcript(ClusterId(1), &peer(2), NodeId(3), &n1, &n2);
+        let base = transcript(ClusterId(1), &peer(2), NodeId(3), &n1, &n2, &[0; 32]);
         let variants = [
-            transcript(ClusterId(9), &peer(2), NodeId(3), &n1, &n2),
-            transcript(ClusterId(1), &peer(4), NodeId(3), &n1, &n2),
+            transcript(ClusterId(9), &peer(2), NodeId(3), &n1, &n2, &[0; 32]),
+            transcript(ClusterId(1), &peer(4), NodeId(3), &n1, &n2, &[0; 32]),
             transcript(
                 ClusterId(1),
                 &Role::Peer {
@@ -754,6 +836,7 @@ mod tests {
                 NodeId(3),
                 &n1,
                 &n2,
+                &[0; 32],
             ),
             transcript(
                 ClusterId(1),
@@ -761,9 +844,10 @@ mod tests {
                 NodeId(3),
                 &n1,
                 &n2,
+                &[0; 32],
             ),
-            transcript(ClusterId(1), &peer(2), NodeId(5), &n1, &n2),
-            transcript(ClusterId(1), &peer(2), NodeId(3), &n2, &n1),
+            transcript(ClusterId(1), &peer(2), NodeId(5), &n1, &n2, &[0; 32]),
+            transcript(ClusterId(1), &peer(2), NodeId(3), &n2, &n1, &[0; 32]),
         ];
         for v in variants {
             assert_ne!(v, base);
@@ -787,16 +871,17 @@ mod tests {
             NodeId(1),
             &[1; NONCE_BYTES],
             &[2; NONCE_BYTES],
+            &[3; 32],
         );
-        assert_eq!(t.len(), 94);
-        let expected = "6898e1628670a8c188fbc6718b7170566f9db33bdc1ce03a1adcced47676bd5a";
+        assert_eq!(t.len(), 126);
+        let expected = "804526d6a7595f282baf349543e9a7864597149bf53da32fdbb745c366b924aa";
         let got: String = tag(&s, LABEL_INITIATOR, &t)
             .unwrap()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(got, expected);
-        assert_eq!(frame_salt(&s, &t).unwrap(), 15530878953702455390);
+        assert_eq!(frame_salt(&s, &t).unwrap(), 16887568300605228331);
 
         // Message payloads: varint ids, raw 32-byte arrays, enum variants as varints.
         let challenge = Challenge {
@@ -825,7 +910,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             body: body.clone(),
         };
-        let mut expected = vec![1u8, body.len() as u8];
+        let mut expected = vec![2u8, body.len() as u8];
         expected.extend_from_slice(&body);
         assert_eq!(codec::encode_value(&envelope).unwrap(), expected);
     }

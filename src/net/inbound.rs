@@ -6,6 +6,7 @@ use super::client_handle::{ClientConnInner, ClientEvent, ClientHandle};
 use super::config::log_event;
 use super::handshake::{self, AcceptorParams, Refusal, RefusalCode, Role};
 use super::shared::{lock, InboundConn, Shared};
+use super::tls::{self, PeerCertificates, Stream};
 use super::wire::{self, kind, FrameReader, Next};
 use super::Message;
 use crate::codec;
@@ -17,7 +18,6 @@ use crate::park::{self, ParkedReceiver};
 use crate::types::NodeId;
 use crossbeam_channel::{SendTimeoutError, Sender, TryRecvError};
 use std::cell::Cell;
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,7 @@ fn on_accept<M: Message, Req: Message, Resp: Message>(
             id,
             InboundConn {
                 stream: registered,
+                addr,
                 role: None,
             },
         );
@@ -151,22 +152,56 @@ impl Drop for PendingGuard<'_> {
 pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
     shared: Arc<Shared<M, Req, Resp>>,
     id: u64,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     addr: SocketAddr,
 ) {
+    let raw = tcp.try_clone();
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let mut pending = Some(PendingGuard(&shared.pending_handshakes));
+    // TLS or plaintext, decided by the first byte; a mismatch is refused here, in plaintext.
+    let opened = tls::accept_stream(
+        tcp,
+        shared.config.tls.as_ref(),
+        shared.config.node_id,
+        addr,
+        deadline,
+    );
+    let (mut stream, certs) = match (opened, raw) {
+        (Ok(opened), _) => opened,
+        (Err(e), raw) => {
+            drop(pending.take());
+            shared
+                .counters
+                .handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if !shared.is_stopping() {
+                shared.log(Level::Warn, &format!("refused connection from {addr}: {e}"));
+            }
+            if let Ok(raw) = raw {
+                let _ = raw.shutdown(Shutdown::Both);
+            }
+            shared.unregister(id);
+            return;
+        }
+    };
     let established = {
-        let _pending = PendingGuard(&shared.pending_handshakes);
+        let _pending = pending.take();
         // Set when `admit` reserves a client slot, so a later failure can release it.
         let reserved_client_slot = Cell::new(false);
-        let admit = |role: &Role| admit(&shared, role, &reserved_client_slot);
+        let admit = |role: &Role| admit(&shared, role, certs, &reserved_client_slot);
+        let member_secret = &shared.config.secret;
         let params = AcceptorParams {
             node_id: shared.config.node_id,
             cluster_id: shared.config.cluster_id,
-            secret: &shared.config.secret,
+            member_secret,
+            client_secret: shared
+                .config
+                .client_secret
+                .as_ref()
+                .unwrap_or(member_secret),
             founding: shared.config.founding_digest,
             admit: &admit,
         };
-        let deadline = Instant::now() + shared.config.handshake_timeout;
         let outcome = handshake::accept(
             &mut stream,
             addr,
@@ -197,7 +232,7 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
                 .counters
                 .handshakes_accepted
                 .fetch_add(1, Ordering::Relaxed);
-            shared.register_role(id, est.role);
+            shared.register_role(id, est.role, addr);
             let setup = stream
                 .set_read_timeout(Some(shared.config.idle_timeout))
                 .and_then(|_| stream.set_write_timeout(Some(shared.config.write_timeout)));
@@ -242,6 +277,7 @@ pub(super) fn serve<M: Message, Req: Message, Resp: Message>(
 fn admit<M: Message, Req: Message, Resp: Message>(
     shared: &Shared<M, Req, Resp>,
     role: &Role,
+    certs: PeerCertificates,
     reserved_client_slot: &Cell<bool>,
 ) -> std::result::Result<(), Refusal> {
     let me = shared.config.node_id;
@@ -266,11 +302,31 @@ fn admit<M: Message, Req: Message, Resp: Message>(
                 ),
             ))
         }
+        Role::Peer { .. } if certs.tls && !certs.member => Err(Refusal::new(
+            RefusalCode::CertificateRequired,
+            format!(
+                "{role} presented no certificate signed by the member CA of member {me}: a \
+                 client certificate cannot open a peer lane"
+            ),
+        )),
         Role::Peer { .. } => Ok(()),
         Role::Client { .. } if shared.clients.is_none() => Err(Refusal::new(
             RefusalCode::ClientsNotServed,
             format!("member {me} does not serve remote clients"),
         )),
+        Role::Client { .. }
+            if shared
+                .config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.requires_client_certificates())
+                && !(certs.client || certs.member) =>
+        {
+            Err(Refusal::new(
+                RefusalCode::CertificateRequired,
+                format!("member {me} requires a client certificate signed by its client CA"),
+            ))
+        }
         Role::Client { .. } => {
             let max = shared.config.max_client_connections;
             let slots = &shared.counters.client_connections;
@@ -303,7 +359,7 @@ enum Flow {
 /// `closed_here` says this side closed the connection itself.
 fn read_frames<M: Message, Req: Message, Resp: Message>(
     shared: &Shared<M, Req, Resp>,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     reader: &mut FrameReader,
     mut on_frame: impl FnMut(u8, &[u8]) -> Flow,
     close: impl Fn(String),
@@ -347,7 +403,7 @@ fn serve_peer<M: Message, Req: Message, Resp: Message>(
     shared: &Shared<M, Req, Resp>,
     from: NodeId,
     role: Role,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     mut reader: FrameReader,
 ) {
     let on_frame = |frame_kind: u8, payload: &[u8]| match frame_kind {
@@ -385,7 +441,7 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
     connection_id: u64,
     client_id: u64,
     addr: SocketAddr,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     salt: u64,
     mut reader: FrameReader,
 ) {
@@ -493,7 +549,7 @@ const CLIENT_WRITER_WAIT: Duration = Duration::from_secs(1);
 /// Write queued responses, coalescing whatever is queued into one write.
 fn client_writer<Resp: Message>(
     inner: Arc<ClientConnInner<Resp>>,
-    mut stream: TcpStream,
+    stream: Stream,
     salt: u64,
     queued: ParkedReceiver<(u64, Resp)>,
     warn: impl Fn(String),
@@ -548,7 +604,7 @@ fn client_writer<Resp: Message>(
         if inner.closed.load(Ordering::SeqCst) {
             break;
         }
-        let written = stream.write_all(&batch);
+        let written = stream.write_all_bytes(&batch);
         out.last_write = Some(Instant::now());
         drop(out);
         if let Err(e) = written {

@@ -76,6 +76,7 @@ mod handshake;
 mod inbound;
 mod peer;
 mod shared;
+mod tls;
 mod transport;
 mod wire;
 
@@ -86,6 +87,7 @@ pub use config::{
     ClusterSecret, DeliverHook, TransportConfig, CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES,
     MIN_SECRET_BYTES,
 };
+pub use tls::{ClientTls, MemberTls};
 pub use transport::Transport;
 
 use bincode::{Decode, Encode};
@@ -208,6 +210,9 @@ pub struct TransportStats {
     pub messages_received: u64,
     /// Client requests delivered to the client channel.
     pub client_requests_received: u64,
+    /// Peer connections closed because a newer one claimed the same member and lane (a
+    /// restarted member, normally; see the log line for both addresses).
+    pub peer_connections_replaced: u64,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use super::config::log_event;
 use super::handshake::{self, InitiatorParams, Role};
+use super::tls::{self, Stream};
 use super::wire::{self, kind};
 use super::{ClusterSecret, Lane, LaneStats, Message, SendOutcome};
 use crate::codec;
@@ -12,7 +13,6 @@ use crate::logging::Level;
 use crate::park::{self, ParkedReceiver, ParkedSender};
 use crate::types::{ClusterId, NodeId};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +25,8 @@ pub(crate) struct SenderContext {
     pub(crate) cluster_id: ClusterId,
     pub(crate) secret: ClusterSecret,
     pub(crate) founding_digest: Option<[u8; 32]>,
+    /// Mutual TLS on every lane (this member's certificate, the member CA); None: plaintext.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) write_timeout: Duration,
@@ -298,7 +300,7 @@ fn jitter_seed() -> u64 {
 
 /// An authenticated outbound connection.
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     salt: u64,
 }
 
@@ -324,14 +326,16 @@ impl<M: Message> LaneSender<M> {
     }
 
     fn connect(&self) -> Result<Connection> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, self.ctx.connect_timeout)
+        let tcp = TcpStream::connect_timeout(&self.addr, self.ctx.connect_timeout)
             .map_err(|e| Error::Unavailable(format!("cannot connect: {e}")))?;
-        wire::configure_socket(&stream)?;
+        wire::configure_socket(&tcp)?;
         // Registered before the handshake, so that closing the lane interrupts it.
-        self.control.set_stream(stream.try_clone().ok());
+        self.control.set_stream(tcp.try_clone().ok());
         if self.stopped() {
             return Err(Error::Unavailable("lane closed".into()));
         }
+        let deadline = Instant::now() + self.ctx.handshake_timeout;
+        let mut stream = tls::connect_stream(tcp, self.ctx.tls.as_ref(), self.addr, deadline)?;
         let params = InitiatorParams {
             cluster_id: self.ctx.cluster_id,
             secret: &self.ctx.secret,
@@ -342,7 +346,6 @@ impl<M: Message> LaneSender<M> {
             expected_acceptor: Some(self.peer),
             founding: self.ctx.founding_digest,
         };
-        let deadline = Instant::now() + self.ctx.handshake_timeout;
         let established = handshake::initiate(
             &mut stream,
             self.addr,
@@ -421,7 +424,7 @@ impl<M: Message> LaneSender<M> {
                 // lost (the next round reconnects).
                 if conn
                     .as_ref()
-                    .is_some_and(|c| wire::peer_has_closed(&c.stream))
+                    .is_some_and(|c| wire::peer_has_closed(c.stream.tcp()))
                 {
                     self.disconnect(&mut conn);
                     self.log(Level::Info, "peer closed the connection; reconnecting");
@@ -494,9 +497,11 @@ impl<M: Message> LaneSender<M> {
             let mut out = self.control.lock_outlet();
             // Attached before writing: `first` and what is queued go out first (under the
             // outlet), direct writes after them.
-            out.stream = conn
-                .as_ref()
-                .and_then(|c| Some((c.stream.try_clone().ok()?, c.salt)));
+            // TLS lanes take no direct writes (see `tls.rs`): the outlet stays detached.
+            out.stream = conn.as_ref().and_then(|c| match &c.stream {
+                Stream::Plain(tcp) => Some((tcp.try_clone().ok()?, c.salt)),
+                Stream::Tls(_) => None,
+            });
             if let Err(message) =
                 self.write_batch(&mut batch, &mut conn, &mut out, Some(first), false)
             {
@@ -546,7 +551,7 @@ impl<M: Message> LaneSender<M> {
         }
         let mut result = Ok(());
         if !batch.is_empty() {
-            let written = c.stream.write_all(batch);
+            let written = c.stream.write_all_bytes(batch);
             out.direct.last_write = Some(Instant::now());
             match written {
                 Ok(()) => {

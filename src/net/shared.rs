@@ -30,6 +30,8 @@ pub(super) struct PeerEntry<M> {
 /// membership changes can close it.
 pub(super) struct InboundConn {
     pub(super) stream: TcpStream,
+    /// Where it came from.
+    pub(super) addr: SocketAddr,
     /// None while the handshake runs.
     pub(super) role: Option<Role>,
 }
@@ -43,6 +45,7 @@ pub(super) struct InboundCounters {
     pub(super) client_connections: AtomicUsize,
     pub(super) messages_received: AtomicU64,
     pub(super) client_requests_received: AtomicU64,
+    pub(super) peer_connections_replaced: AtomicU64,
 }
 
 /// Everything the transport's threads share.
@@ -91,10 +94,15 @@ impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
         ids
     }
 
-    /// Record that connection `id` finished its handshake as `role`. An older connection from
-    /// the same peer and lane is closed: the peer reconnected, so the old one is dead or dying
-    /// (a half-open connection would otherwise hold a thread until the idle timeout).
-    pub(super) fn register_role(&self, id: u64, role: Role) {
+    /// Record that connection `id` (from `addr`) finished its handshake as `role`. An older
+    /// connection from the same peer and lane is closed: newer wins, because a restarted peer
+    /// reconnects before its old connection times out (a half-open connection would otherwise
+    /// hold a thread until the idle timeout). Only a holder of the member secret (and, with
+    /// TLS, of a member certificate) can claim a peer role, so this is a member replacing its
+    /// own lane; it is still logged with both addresses and counted
+    /// ([`TransportStats::peer_connections_replaced`](super::TransportStats)), because two
+    /// live processes with one id would otherwise take turns silently.
+    pub(super) fn register_role(&self, id: u64, role: Role, addr: SocketAddr) {
         let mut conns = lock(&self.conns);
         if let Role::Peer { .. } = role {
             let older: Vec<u64> = conns
@@ -105,6 +113,17 @@ impl<M: Message, Req: Message, Resp: Message> Shared<M, Req, Resp> {
             for other in older {
                 if let Some(old) = conns.remove(&other) {
                     let _ = old.stream.shutdown(Shutdown::Both);
+                    self.counters
+                        .peer_connections_replaced
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.log(
+                        Level::Warn,
+                        &format!(
+                            "{role} connected again from {addr}; closing its older connection \
+                             from {} (newer wins)",
+                            old.addr
+                        ),
+                    );
                 }
             }
         }

@@ -57,6 +57,7 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             cluster_id: config.cluster_id,
             secret: config.secret.clone(),
             founding_digest: config.founding_digest,
+            tls: config.tls.as_ref().map(|t| Arc::clone(t.dialer())),
             connect_timeout: config.connect_timeout,
             handshake_timeout: config.handshake_timeout,
             write_timeout: config.write_timeout,
@@ -239,6 +240,7 @@ impl<M: Message, Req: Message, Resp: Message> Transport<M, Req, Resp> {
             client_connections: c.client_connections.load(Ordering::Relaxed),
             messages_received: c.messages_received.load(Ordering::Relaxed),
             client_requests_received: c.client_requests_received.load(Ordering::Relaxed),
+            peer_connections_replaced: c.peer_connections_replaced.load(Ordering::Relaxed),
         }
     }
 

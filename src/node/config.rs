@@ -5,7 +5,7 @@ use crate::limits::{
     DEFAULT_WAL_CACHE_BYTES, DEFAULT_WAL_SEGMENT_BYTES, MAX_CLIENT_CONNECTIONS, MAX_MEMBERS,
     MAX_WAL_SEGMENT_BYTES, MIN_WAL_SEGMENT_BYTES,
 };
-use crate::net::ClusterSecret;
+use crate::net::{ClusterSecret, MemberTls};
 use crate::types::{ClusterId, NodeId};
 use crate::wal::FaultInjector;
 use std::collections::BTreeMap;
@@ -38,8 +38,13 @@ pub struct Config {
     /// with `add_learner` and to receive the state) instead of founding one. Ignored once the
     /// data directory holds a log.
     pub join: bool,
-    /// The cluster secret (16 to 1024 bytes).
+    /// The member secret (16 to 1024 bytes): members prove it to each other.
     pub secret: ClusterSecret,
+    /// The secret remote clients prove. `None`: clients use the member secret (a development
+    /// setup: any client could then act as a member).
+    pub client_secret: Option<ClusterSecret>,
+    /// TLS on every connection (mutual TLS between members). `None`: plaintext.
+    pub tls: Option<MemberTls>,
     /// Dial these addresses instead of the members' advertised ones (NAT, tunnels,
     /// fault-injecting proxies in tests).
     pub peer_routes: BTreeMap<NodeId, SocketAddr>,
@@ -120,6 +125,8 @@ impl Config {
             members,
             join: false,
             secret,
+            client_secret: None,
+            tls: None,
             peer_routes: BTreeMap::new(),
             tick_ms: 10,
             election_timeout_ms: 150,

@@ -296,6 +296,8 @@ impl Node {
             config.listen_addr,
         );
         transport_config.max_client_connections = config.max_client_connections;
+        transport_config.client_secret = config.client_secret.clone();
+        transport_config.tls = config.tls.clone();
         transport_config.founding_digest = data_dir.founding_digest();
         let wake = Arc::clone(&parker);
         transport_config.on_deliver = Some(Arc::new(move || wake.notify()));

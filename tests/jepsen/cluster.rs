@@ -357,6 +357,7 @@ impl Cluster {
                 connect_timeout: Duration::from_millis(500),
                 read_mode: ReadMode::Linearizable,
                 prefer_leader,
+                tls: None,
             },
         )
     }
@@ -383,6 +384,7 @@ impl Cluster {
                 connect_timeout: request_timeout,
                 read_mode,
                 prefer_leader: false,
+                tls: None,
             },
         )
     }

@@ -43,6 +43,10 @@ pub struct ClusterBenchArgs {
     /// Directory for the members' data (default: a new directory under the current one).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run twice, over plaintext and then over TLS (certificates made by `haven tls gen`),
+    /// and report TLS's throughput as a fraction of plaintext's.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// CPU time (user + system) a process has used, in clock ticks, from /proc.
@@ -93,8 +97,24 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[rank - 1]) / 1000.0
 }
 
-/// Run the benchmark; prints the report.
+/// Run the benchmark; prints the report (two, and their ratio, with `--tls`).
 pub fn run(args: &ClusterBenchArgs) -> Result<()> {
+    if !args.tls {
+        return run_once(args, false).map(|_| ());
+    }
+    let plain = run_once(args, false)?;
+    let tls = run_once(args, true)?;
+    let ratio = if plain > 0.0 { tls / plain } else { 0.0 };
+    if args.json {
+        println!(r#"{{"tls_over_plaintext_ops_ratio":{ratio:.3}}}"#);
+    } else {
+        println!("TLS / plaintext throughput: {ratio:.3}");
+    }
+    Ok(())
+}
+
+/// One run, over TLS or plaintext; prints its report and returns its ops/s.
+fn run_once(args: &ClusterBenchArgs, tls: bool) -> Result<f64> {
     if args.members == 0 || args.members > 7 {
         return Err(Error::InvalidArgument("--members must be 1 to 7".into()));
     }
@@ -120,15 +140,57 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
     let secret_file = dir.join("secret");
     std::fs::write(&secret_file, SECRET).map_err(|e| Error::io("writing the secret", e))?;
     let addrs = free_addrs(args.members)?;
+    let tls_dir = dir.join(if tls { "tls" } else { "no-tls" });
+    if tls {
+        crate::cli::tls::generate(&crate::cli::tls::TlsGenArgs {
+            dir: tls_dir.clone(),
+            members: args.members,
+            clients: 0,
+            hosts: "127.0.0.1".into(),
+            days: 1,
+        })?;
+    }
     let mut members = Vec::new();
     for id in 1..=args.members {
-        members.push(start_member(dir, id, &addrs, &secret_file, CLUSTER, &[])?);
+        let cert = tls_dir.join(format!("member-{id}.pem"));
+        let key = tls_dir.join(format!("member-{id}-key.pem"));
+        let ca = tls_dir.join("ca.pem");
+        let (cert, key, ca) = (
+            cert.to_string_lossy(),
+            key.to_string_lossy(),
+            ca.to_string_lossy(),
+        );
+        let extra: Vec<&str> = if tls {
+            vec!["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]
+        } else {
+            Vec::new()
+        };
+        // Plaintext and TLS runs use their own data directories.
+        let data = dir.join(if tls { "tls-data" } else { "data" });
+        std::fs::create_dir_all(&data).map_err(|e| Error::io("creating the data directory", e))?;
+        members.push(start_member(
+            &data,
+            id,
+            &addrs,
+            &secret_file,
+            CLUSTER,
+            &extra,
+        )?);
     }
     let secret = ClusterSecret::new(SECRET.to_vec())?;
     let addr_strings: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let addr_refs: Vec<&str> = addr_strings.iter().map(String::as_str).collect();
     let options = ClientOptions {
         request_timeout: Duration::from_secs(10),
+        tls: if tls {
+            Some(haven::net::ClientTls::from_files(
+                &tls_dir.join("ca.pem"),
+                None,
+                None,
+            )?)
+        } else {
+            None
+        },
         ..ClientOptions::default()
     };
 
@@ -260,7 +322,7 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
             })
             .collect();
         println!(
-            r#"{{"members":{},"writers":{},"connections":{},"value_bytes":{},"seconds":{:.3},"ops":{},"errors":{},"ops_per_sec":{:.1},"p50_ms":{:.3},"p99_ms":{:.3},"max_ms":{:.3},"leader":{},"client_cpu_us_per_op":{:.1},"total_cpu_us_per_op":{:.1},"memory":[{}]}}"#,
+            r#"{{"tls":{tls},"members":{},"writers":{},"connections":{},"value_bytes":{},"seconds":{:.3},"ops":{},"errors":{},"ops_per_sec":{:.1},"p50_ms":{:.3},"p99_ms":{:.3},"max_ms":{:.3},"leader":{},"client_cpu_us_per_op":{:.1},"total_cpu_us_per_op":{:.1},"memory":[{}]}}"#,
             args.members,
             args.writers,
             connections,
@@ -279,8 +341,9 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "haven bench cluster: {} members, {} writers over {} connections, {}-byte values, \
-             {:.1} s",
+            "haven bench cluster ({}): {} members, {} writers over {} connections, {}-byte \
+             values, {:.1} s",
+            if tls { "TLS" } else { "plaintext" },
             args.members,
             args.writers,
             connections,
@@ -313,5 +376,5 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ops)
 }
