@@ -175,6 +175,20 @@ pub const MAX_APPLY_MERGED_TASKS: usize = 64;
 /// applied alone).
 pub const MAX_APPLY_MERGED_BYTES: usize = 16 << 20;
 
+/// Threads of a member's HTTP endpoint that answer requests (one more accepts connections).
+/// Scrapes are small and rare; two keep one slow client from blocking a scrape.
+pub const HTTP_WORKERS: usize = 2;
+
+/// Accepted HTTP connections waiting for a worker; past this the endpoint answers 503 at once.
+pub const HTTP_QUEUE: usize = 16;
+
+/// Longest request head (request line and headers) the HTTP endpoint reads.
+pub const MAX_HTTP_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+
+/// How long the HTTP endpoint waits for a request's bytes, or to write its answer
+/// (milliseconds): a slow client holds a worker at most this long per read or write.
+pub const HTTP_IO_TIMEOUT_MS: u64 = 2_000;
+
 /// A peer lane's sender stops adding queued messages to one socket write once it holds this
 /// many bytes...
 pub const MAX_PEER_BATCH_BYTES: usize = 256 * 1024;
@@ -214,3 +228,5 @@ const _: () = assert!(MAX_DRIVER_INTERNAL_QUEUE <= 64 * 1024);
 // A peer write batch takes no more than one lane can queue, and is small next to a frame.
 const _: () = assert!(MAX_PEER_BATCH_MESSAGES <= PEER_SEND_QUEUE);
 const _: () = assert!(MAX_PEER_BATCH_BYTES <= MAX_FRAME_PAYLOAD_BYTES);
+// The endpoint has a worker, a queue, and room for an ordinary request head (a few hundred bytes).
+const _: () = assert!(MAX_HTTP_REQUEST_HEAD_BYTES >= 1024 && HTTP_WORKERS >= 1 && HTTP_QUEUE >= 1);

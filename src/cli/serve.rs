@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// Serve linearizable reads from the leader's lease (needs bounded clock drift).
     #[arg(long)]
     pub lease_reads: bool,
+    /// Serve GET /metrics, /health and /status over HTTP on this address (HOST:PORT; bind a
+    /// loopback or private address: the endpoint has no authentication). Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+    /// /health answers 503 when this member's applied index is more than this many entries
+    /// behind its commit index.
+    #[arg(long, default_value_t = 10_000)]
+    pub health_max_lag: u64,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -115,6 +123,12 @@ pub fn config(args: &ServeArgs) -> Result<Config> {
     config.snapshot_trailing_entries = args.snapshot_trailing_entries;
     config.state_cache_bytes = args.state_cache_mib << 20;
     config.lease_reads = args.lease_reads;
+    if let Some(http) = &args.http_listen {
+        let addr = haven::net::resolve_address(http)
+            .map_err(|e| Error::InvalidArgument(format!("--http-listen: {e}")))?;
+        config.http_listen = Some(addr);
+    }
+    config.health_max_lag_entries = args.health_max_lag;
     Ok(config)
 }
 
