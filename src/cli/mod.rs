@@ -6,6 +6,7 @@ pub mod children;
 pub mod demo;
 pub mod exit;
 pub mod kv;
+pub mod member;
 pub mod progress;
 pub mod serve;
 pub mod status;
@@ -46,6 +47,18 @@ pub enum Command {
     Scan(kv::ScanArgs),
     /// One row per member: role, term, commit and applied index, lag, last contact.
     Status(status::StatusArgs),
+    /// List, add, promote and remove members.
+    Member {
+        /// What to do.
+        #[command(subcommand)]
+        action: member::MemberCommand,
+    },
+    /// Move leadership.
+    Leader {
+        /// What to do.
+        #[command(subcommand)]
+        action: member::LeaderCommand,
+    },
     /// Measure a part of haven on this machine.
     Bench {
         /// What to measure.
@@ -80,6 +93,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Cas(args) => finish("cas", kv::cas(&args)),
         Command::Scan(args) => finish("scan", kv::scan(&args)),
         Command::Status(args) => finish("status", status::run(&args).map_err(exit::fail)),
+        Command::Member { action } => finish("member", member::run(&action)),
+        Command::Leader { action } => finish("leader", member::run_leader(&action)),
         Command::Bench { target } => bench::run(target),
     }
 }
