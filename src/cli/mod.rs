@@ -9,6 +9,7 @@ pub mod kv;
 pub mod member;
 pub mod progress;
 pub mod serve;
+pub mod snapshot;
 pub mod status;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,12 @@ pub enum Command {
         #[command(subcommand)]
         action: member::MemberCommand,
     },
+    /// Back up a cluster's state, check a backup, restore one into a new cluster.
+    Snapshot {
+        /// What to do.
+        #[command(subcommand)]
+        action: snapshot::SnapshotCommand,
+    },
     /// Move leadership.
     Leader {
         /// What to do.
@@ -94,6 +101,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Scan(args) => finish("scan", kv::scan(&args)),
         Command::Status(args) => finish("status", status::run(&args).map_err(exit::fail)),
         Command::Member { action } => finish("member", member::run(&action)),
+        Command::Snapshot { action } => finish("snapshot", snapshot::run(&action)),
         Command::Leader { action } => finish("leader", member::run_leader(&action)),
         Command::Bench { target } => bench::run(target),
     }

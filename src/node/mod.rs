@@ -38,6 +38,7 @@
 //! ```
 
 mod apply_thread;
+mod backup;
 mod config;
 mod driver;
 mod endpoint;
@@ -46,6 +47,7 @@ mod reply;
 mod transfer;
 mod wal_store;
 
+pub use self::backup::{restore_backup, restored_cluster_id, verify_backup, BackupInfo, Restored};
 pub use self::config::{Config, MAX_REQUEST_TIMEOUT_MS};
 pub use self::peer_message::{PeerMessage, SnapshotChunk};
 
