@@ -43,6 +43,7 @@ pub mod limits;
 pub mod logging;
 pub mod net;
 pub mod node;
+pub mod observe;
 mod park;
 pub mod proto;
 pub mod raft;

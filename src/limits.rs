@@ -179,6 +179,20 @@ pub const MAX_APPLY_MERGED_TASKS: usize = 64;
 /// applied alone).
 pub const MAX_APPLY_MERGED_BYTES: usize = 16 << 20;
 
+/// Threads of a member's HTTP endpoint that answer requests (one more accepts connections).
+/// Scrapes are small and rare; two keep one slow client from blocking a scrape.
+pub const HTTP_WORKERS: usize = 2;
+
+/// Accepted HTTP connections waiting for a worker; past this the endpoint answers 503 at once.
+pub const HTTP_QUEUE: usize = 16;
+
+/// Longest request head (request line and headers) the HTTP endpoint reads.
+pub const MAX_HTTP_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+
+/// How long the HTTP endpoint waits for a request's bytes, or to write its answer
+/// (milliseconds): a slow client holds a worker at most this long per read or write.
+pub const HTTP_IO_TIMEOUT_MS: u64 = 2_000;
+
 /// A peer lane's sender stops adding queued messages to one socket write once it holds this
 /// many bytes...
 pub const MAX_PEER_BATCH_BYTES: usize = 256 * 1024;
@@ -242,3 +256,5 @@ pub const MAX_RING_VNODES: u64 = 1 << 22;
 const _: () = assert!(MAX_MAP_PARTITIONS as usize * MAX_MAP_REPLICAS as usize * 4 <= 32 << 20);
 // Owner indices fit the table's u32 slots with room for the vacancy marker.
 const _: () = assert!(MAX_MAP_OWNERS < u32::MAX as usize);
+// The endpoint has a worker, a queue, and room for an ordinary request head (a few hundred bytes).
+const _: () = assert!(MAX_HTTP_REQUEST_HEAD_BYTES >= 1024 && HTTP_WORKERS >= 1 && HTTP_QUEUE >= 1);

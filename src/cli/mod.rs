@@ -6,8 +6,10 @@ pub mod children;
 pub mod demo;
 pub mod exit;
 pub mod kv;
+pub mod member;
 pub mod progress;
 pub mod serve;
+pub mod snapshot;
 pub mod status;
 pub mod tls;
 
@@ -53,6 +55,24 @@ pub enum Command {
         #[command(subcommand)]
         command: tls::TlsCommand,
     },
+    /// List, add, promote and remove members.
+    Member {
+        /// What to do.
+        #[command(subcommand)]
+        action: member::MemberCommand,
+    },
+    /// Back up a cluster's state, check a backup, restore one into a new cluster.
+    Snapshot {
+        /// What to do.
+        #[command(subcommand)]
+        action: snapshot::SnapshotCommand,
+    },
+    /// Move leadership.
+    Leader {
+        /// What to do.
+        #[command(subcommand)]
+        action: member::LeaderCommand,
+    },
     /// Measure a part of haven on this machine.
     Bench {
         /// What to measure.
@@ -90,6 +110,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Scan(args) => finish("scan", kv::scan(&args)),
         Command::Status(args) => finish("status", status::run(&args).map_err(exit::fail)),
         Command::Tls { command } => finish("tls", tls::run(&command).map_err(exit::fail)),
+        Command::Member { action } => finish("member", member::run(&action)),
+        Command::Snapshot { action } => finish("snapshot", snapshot::run(&action)),
+        Command::Leader { action } => finish("leader", member::run_leader(&action)),
         Command::Bench { target } => bench::run(target),
     }
 }

@@ -74,6 +74,14 @@ pub struct ServeArgs {
     /// Serve linearizable reads from the leader's lease (needs bounded clock drift).
     #[arg(long)]
     pub lease_reads: bool,
+    /// Serve GET /metrics, /health and /status over HTTP on this address (HOST:PORT; bind a
+    /// loopback or private address: the endpoint has no authentication). Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+    /// /health answers 503 when this member's applied index is more than this many entries
+    /// behind its commit index.
+    #[arg(long, default_value_t = 10_000)]
+    pub health_max_lag: u64,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -154,6 +162,12 @@ pub fn config(args: &ServeArgs) -> Result<Config> {
             args.client_ca.as_deref(),
         )?);
     }
+    if let Some(http) = &args.http_listen {
+        let addr = haven::net::resolve_address(http)
+            .map_err(|e| Error::InvalidArgument(format!("--http-listen: {e}")))?;
+        config.http_listen = Some(addr);
+    }
+    config.health_max_lag_entries = args.health_max_lag;
     Ok(config)
 }
 

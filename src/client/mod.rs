@@ -22,12 +22,13 @@
 //! The API is shaped for a C ABI later: byte slices in, owned values out, no generics, no
 //! callbacks, `Clone + Send + Sync` handles.
 
+mod backup;
 mod local;
 mod remote;
 
 pub use crate::proto::{
     AdminOp, Counters, Histogram, MemberStatus, NodeRole, ReadMode, ReadOp, Request, Response,
-    Status,
+    SnapshotChunk, SnapshotInfo, Status,
 };
 
 use crate::error::{Error, ErrorCode, Result};

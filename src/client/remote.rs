@@ -9,9 +9,7 @@ use super::{Backend, ClientOptions};
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::resolve_address;
 use crate::net::{ClientConnection, ClientTls, ClusterSecret};
-use crate::proto::{
-    ClientRequest, ClientResponse, Request, Response, Status, CLIENT_PROTOCOL_VERSION,
-};
+use crate::proto::{ClientRequest, ClientResponse, Request, Response, Status};
 use crate::types::ClusterId;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -168,7 +166,7 @@ impl RemoteBackend {
             .saturating_duration_since(Instant::now())
             .min(Duration::from_secs(1));
         let request = ClientRequest {
-            version: CLIENT_PROTOCOL_VERSION,
+            version: Request::Status.protocol_version(),
             timeout_ms: timeout.as_millis() as u32,
             request: Request::Status,
         };
@@ -198,8 +196,9 @@ impl Backend for RemoteBackend {
         let member_timeout = left
             .saturating_sub(ANSWER_MARGIN)
             .max(Duration::from_millis(1));
+        // The lowest version that has the request, so older members serve what they know.
         let framed = ClientRequest {
-            version: CLIENT_PROTOCOL_VERSION,
+            version: request.protocol_version(),
             timeout_ms: member_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
             request,
         };

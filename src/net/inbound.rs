@@ -4,7 +4,8 @@
 
 use super::client_handle::{ClientConnInner, ClientEvent, ClientHandle};
 use super::config::log_event;
-use super::handshake::{self, AcceptorParams, Refusal, RefusalCode, Role};
+use super::handshake::{self, AcceptorParams, Role};
+use super::refusal::{Refusal, RefusalCode};
 use super::shared::{lock, InboundConn, Shared};
 use super::tls::{self, PeerCertificates, Stream};
 use super::wire::{self, kind, FrameReader, Next};

@@ -75,6 +75,7 @@ mod config;
 mod handshake;
 mod inbound;
 mod peer;
+mod refusal;
 mod shared;
 mod tls;
 mod transport;

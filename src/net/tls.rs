@@ -33,7 +33,7 @@
 //! certificate from either CA at the TLS layer and checks afterwards which CA signed it
 //! ([`PeerCertificates`]): a `Peer` role without a member certificate is refused.
 
-use super::handshake::{Refusal, RefusalCode};
+use super::refusal::{Refusal, RefusalCode};
 use super::wire::{kind, FrameReader, Next};
 use crate::codec;
 use crate::error::{Error, Result};

@@ -15,7 +15,7 @@ use crate::limits::{
 };
 use crate::logging::Level;
 use crate::park::{ParkedReceiver, Waking};
-use crate::proto::{ReadOp, Response};
+use crate::proto::{ReadOp, Response, SnapshotInfo};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
 use crate::snapshots::SnapshotFiles;
@@ -154,7 +154,7 @@ impl ApplyThread {
                     );
                 }
                 ApplyTask::TakeSnapshot(done) => {
-                    let _ = done.send(self.snapshot());
+                    let _ = done.send(self.snapshot().map(|file| file.index));
                 }
                 ApplyTask::InjectPanic => panic!("injected panic (fault injection)"),
                 ApplyTask::Stop => {
@@ -282,7 +282,7 @@ impl ApplyThread {
 
     /// Write a snapshot of the current state and tell the driver, which compacts the log
     /// behind it.
-    fn snapshot(&mut self) -> Result<LogIndex> {
+    fn snapshot(&mut self) -> Result<crate::snapshots::SnapshotFile> {
         if let Some(why) = &self.failed {
             return Err(Error::Fatal(why.clone()));
         }
@@ -306,7 +306,7 @@ impl ApplyThread {
             membership,
         };
         self.internal.send(Internal::SnapshotTaken(meta));
-        Ok(file.index)
+        Ok(file)
     }
 
     fn restore(&mut self, meta: SnapshotMeta, path: PathBuf, orphans: Vec<Waiter>) {
@@ -340,7 +340,7 @@ impl ApplyThread {
         }
     }
 
-    fn serve(&self, read: PendingRead) {
+    fn serve(&mut self, read: PendingRead) {
         if let Some(why) = &self.failed {
             read.reply.fail(Error::Fatal(why.clone()));
             return;
@@ -351,6 +351,16 @@ impl ApplyThread {
                 .sm
                 .range(start, end.as_deref(), *limit as usize)
                 .map(Response::Range),
+            // A backup: a snapshot like the periodic ones (it resets their count and the log
+            // is compacted behind it as usual), whose bytes the client then reads in chunks.
+            ReadOp::Snapshot => self.snapshot().map(|file| {
+                Response::Snapshot(SnapshotInfo {
+                    index: file.index,
+                    term: file.term,
+                    size: file.size,
+                    sha256: file.sha256,
+                })
+            }),
         };
         read.reply.send(result);
     }

@@ -81,6 +81,12 @@ pub struct Config {
     pub serve_clients: bool,
     /// Most remote-client connections served at once.
     pub max_client_connections: usize,
+    /// Serve the read-only HTTP endpoint (`/metrics`, `/health`, `/status`; see
+    /// `observe::http`) on this address; `None` (the default) serves none.
+    pub http_listen: Option<SocketAddr>,
+    /// `/health` answers 503 when the member's applied index is more than this many entries
+    /// behind its commit index.
+    pub health_max_lag_entries: u64,
     /// Test seam: make the WAL's fdatasync fail on demand.
     #[doc(hidden)]
     pub wal_faults: Option<Arc<FaultInjector>>,
@@ -99,6 +105,7 @@ impl std::fmt::Debug for Config {
             .field("tick_ms", &self.tick_ms)
             .field("election_timeout_ms", &self.election_timeout_ms)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("http_listen", &self.http_listen)
             .finish_non_exhaustive()
     }
 }
@@ -108,7 +115,8 @@ impl Config {
     /// every 50 ms, ReadIndex reads (no lease), a snapshot every 100,000 entries or 256 MiB
     /// with 10,000 entries kept behind it, 128 MiB of state caches (96 MiB
     /// of them sled's), 64 MiB WAL segments, requests
-    /// time out after 5 s, remote clients served.
+    /// time out after 5 s, remote clients served, no HTTP endpoint (`/health` tolerates an
+    /// apply lag of 10,000 entries once one is configured).
     pub fn new(
         id: NodeId,
         cluster_id: ClusterId,
@@ -144,6 +152,8 @@ impl Config {
             request_timeout_ms: 5_000,
             serve_clients: true,
             max_client_connections: 256,
+            http_listen: None,
+            health_max_lag_entries: 10_000,
             wal_faults: None,
         }
     }

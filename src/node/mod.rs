@@ -38,13 +38,16 @@
 //! ```
 
 mod apply_thread;
+mod backup;
 mod config;
 mod driver;
+mod endpoint;
 mod peer_message;
 mod reply;
 mod transfer;
 mod wal_store;
 
+pub use self::backup::{restore_backup, restored_cluster_id, verify_backup, BackupInfo, Restored};
 pub use self::config::{Config, MAX_REQUEST_TIMEOUT_MS};
 pub use self::peer_message::{PeerMessage, SnapshotChunk};
 
@@ -161,6 +164,30 @@ impl NodeShared {
         }
     }
 
+    /// The member's status (see [`Node::status`]).
+    pub(crate) fn status(&self) -> Result<Status> {
+        match self.call(Request::Status, Instant::now() + self.request_timeout) {
+            Ok(Response::Status(status)) => Ok(*status),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => match lock(&self.failure).clone() {
+                Some(why) => Ok(Status {
+                    id: self.id,
+                    role: NodeRole::Stopped,
+                    term: Term(0),
+                    leader: None,
+                    commit_index: LogIndex(0),
+                    applied_index: LogIndex(0),
+                    first_index: LogIndex(0),
+                    last_index: LogIndex(0),
+                    members: Vec::new(),
+                    counters: Default::default(),
+                    failure: Some(why),
+                }),
+                None => Err(e),
+            },
+        }
+    }
+
     /// One attempt at a request, answered by the driver or the apply thread.
     pub(crate) fn call(&self, request: Request, deadline: Instant) -> Result<Response> {
         if self.stopped.load(Ordering::SeqCst) || self.failed.load(Ordering::SeqCst) {
@@ -215,6 +242,7 @@ struct Running {
     transfer: JoinHandle<()>,
     transport: Arc<NodeTransport>,
     wal: Arc<Wal>,
+    http: Option<crate::observe::http::HttpServer>,
     _data_dir: DataDir,
 }
 
@@ -329,6 +357,17 @@ impl Node {
             serve_limit: Arc::clone(&serve_limit),
         });
 
+        // Before any thread starts, so a bad address fails the open with nothing to stop.
+        let http = match config.http_listen {
+            Some(addr) => Some(endpoint::start(
+                addr,
+                &shared,
+                &transport,
+                config.health_max_lag_entries,
+            )?),
+            None => None,
+        };
+
         let apply_thread = ApplyThread {
             id,
             sm,
@@ -402,6 +441,7 @@ impl Node {
                 transfer,
                 transport,
                 wal,
+                http,
                 _data_dir: data_dir,
             })),
         })
@@ -415,6 +455,14 @@ impl Node {
     /// The address the member listens on (with the real port when port 0 was configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the HTTP endpoint listens (with the real port when port 0 was configured), if
+    /// [`Config::http_listen`] asked for one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        lock(&self.running)
+            .as_ref()
+            .and_then(|r| r.http.as_ref().map(|h| h.local_addr()))
     }
 
     /// The configuration it was opened with.
@@ -449,26 +497,7 @@ impl Node {
     /// A member stopped by a storage failure answers with role [`NodeRole::Stopped`] and the
     /// cause in [`Status::failure`] (the rest is empty: its core is gone).
     pub fn status(&self) -> Result<Status> {
-        match self.call(Request::Status) {
-            Ok(Response::Status(status)) => Ok(*status),
-            Ok(other) => Err(unexpected(&other)),
-            Err(e) => match lock(&self.shared.failure).clone() {
-                Some(why) => Ok(Status {
-                    id: self.shared.id,
-                    role: NodeRole::Stopped,
-                    term: Term(0),
-                    leader: None,
-                    commit_index: LogIndex(0),
-                    applied_index: LogIndex(0),
-                    first_index: LogIndex(0),
-                    last_index: LogIndex(0),
-                    members: Vec::new(),
-                    counters: Default::default(),
-                    failure: Some(why),
-                }),
-                None => Err(e),
-            },
-        }
+        self.shared.status()
     }
 
     /// The applied index and the sha256 of this member's state (`docs/FORMAT.md`, "State
@@ -534,9 +563,13 @@ impl Node {
     /// entries are applied; then every thread stops and every file is closed. Requests whose
     /// outcome is unknown end with `Timeout`. A crash at any point is safe too.
     pub fn shutdown(&self) -> Result<()> {
-        let Some(running) = lock(&self.running).take() else {
+        let Some(mut running) = lock(&self.running).take() else {
             return Ok(());
         };
+        // The endpoint first: it asks the driver, which is about to stop.
+        if let Some(http) = running.http.as_mut() {
+            http.shutdown();
+        }
         self.shared.stopped.store(true, Ordering::SeqCst);
         let _ = self.shared.inputs.send(Input::Shutdown);
         self.shared.parker.notify();

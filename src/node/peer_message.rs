@@ -59,25 +59,8 @@ pub enum PeerMessage {
     },
 }
 
-/// One chunk of a snapshot file: what the leader's transfer thread reads, sends and the
-/// follower's transfer thread writes, passed whole from one to the other. (A tuple variant
-/// around this struct encodes exactly as the struct-like variant with these fields did.)
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct SnapshotChunk {
-    /// The snapshot's last included index.
-    pub index: LogIndex,
-    /// Its term.
-    pub term: Term,
-    /// sha256 of the snapshot (as in its file name); the follower checks the file against it
-    /// once complete.
-    pub sha256: [u8; 32],
-    /// Byte offset of `data` in the file.
-    pub offset: u64,
-    /// At most `SNAPSHOT_CHUNK_BYTES` bytes.
-    pub data: Vec<u8>,
-    /// This chunk ends the file.
-    pub done: bool,
-}
+/// One chunk of a snapshot file (defined in `proto`, which a client's backup reads too).
+pub use crate::proto::SnapshotChunk;
 
 impl PeerMessage {
     /// A short name for logs.

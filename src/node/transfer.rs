@@ -14,15 +14,20 @@
 //! Leader side: it answers each request with the chunk read at that offset from the snapshot
 //! file of that index and term, or with `SnapshotGone` if that file was pruned meanwhile.
 //!
+//! Client side (a backup, `Client::save_snapshot`): the same chunks, read by offset, answered to
+//! the client's `Request::SnapshotChunk`.
+//!
 //! File IO happens here, never on the driver, so a transfer does not delay heartbeats.
 
 use super::peer_message::{PeerMessage, SnapshotChunk};
+use super::reply::Reply;
 use super::{Internal, NodeTransport};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::logging::Level;
 use crate::park::Waking;
+use crate::proto::Response;
 use crate::raft::{Message, MessageBody};
 use crate::snapshots::{list_snapshots, prune_snapshots, snapshot_file_name, verify_snapshot};
 use crate::types::{LogIndex, NodeId, Term};
@@ -45,6 +50,13 @@ pub(crate) enum TransferTask {
         index: LogIndex,
         term: Term,
         offset: u64,
+    },
+    /// A client reads the chunk at `offset` of snapshot (`index`, `term`) (a backup).
+    ServeClient {
+        index: LogIndex,
+        term: Term,
+        offset: u64,
+        reply: Reply,
     },
     /// Follower: fetch the data of this `Snapshot` message from its sender.
     Fetch(Message),
@@ -136,6 +148,18 @@ impl Transfer {
                     term,
                     offset,
                 } => self.serve(to, index, term, offset),
+                TransferTask::ServeClient {
+                    index,
+                    term,
+                    offset,
+                    reply,
+                } => {
+                    let chunk = self.read_chunk(index, term, offset);
+                    if chunk.is_err() {
+                        self.serving = None;
+                    }
+                    reply.send(chunk.map(Response::SnapshotChunk));
+                }
                 TransferTask::Fetch(message) => self.fetch(message),
                 TransferTask::Chunk { from, chunk } => self.on_chunk(from, &chunk),
                 TransferTask::Gone { from, index, term } => {

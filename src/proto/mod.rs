@@ -17,7 +17,12 @@ use bincode::{Decode, Encode};
 /// Version 2 appended `snapshots_installed`, `fsync_latency` and `fsync_latency_sum_micros`
 /// to [`Counters`] (and `snapshots_received` now counts fetched snapshots, installed or not).
 /// Version 3 appended `rejected_messages` to [`MemberStatus`] and `peer_messages_rejected` to
-/// [`Counters`].
+/// [`Counters`], and the backup requests: [`ReadOp::Snapshot`], [`Request::SnapshotChunk`]
+/// and their answers [`Response::Snapshot`], [`Response::SnapshotChunk`].
+///
+/// A client sends each request with the lowest version that has it
+/// ([`Request::protocol_version`]), so that a member of an older version still serves every
+/// request it knows.
 pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest client protocol version whose [`Request::Status`] a member answers: a status
@@ -55,6 +60,11 @@ pub enum ReadOp {
         /// Most keys returned, in `1..=MAX_SCAN_LIMIT`.
         limit: u32,
     },
+    /// Write a snapshot file of the whole state as of this read (protocol version 3) and
+    /// answer with [`Response::Snapshot`]; its bytes are then read with
+    /// [`Request::SnapshotChunk`]. Read linearizably, the snapshot holds every write
+    /// acknowledged before the request was sent.
+    Snapshot,
 }
 
 /// A membership or leadership operation. Each waits until it took effect (the change is
@@ -104,6 +114,17 @@ pub enum Request {
     StateHash,
     /// A membership or leadership change.
     Admin(AdminOp),
+    /// The bytes at `offset` of the answering member's snapshot file (`index`, `term`), as
+    /// described by a [`Response::Snapshot`] (protocol version 3). Answered with
+    /// [`Response::SnapshotChunk`].
+    SnapshotChunk {
+        /// The snapshot's last included index.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+        /// Byte offset in the file.
+        offset: u64,
+    },
 }
 
 impl Request {
@@ -115,8 +136,57 @@ impl Request {
             Request::Status => "status",
             Request::StateHash => "state_hash",
             Request::Admin(_) => "admin",
+            Request::SnapshotChunk { .. } => "snapshot_chunk",
         }
     }
+
+    /// The lowest client protocol version that has this request (what a client puts in
+    /// [`ClientRequest::version`]).
+    pub fn protocol_version(&self) -> u32 {
+        match self {
+            Request::Read {
+                op: ReadOp::Snapshot,
+                ..
+            }
+            | Request::SnapshotChunk { .. }
+            // The version-3 status carries the rejected-message counters.
+            | Request::Status => 3,
+            _ => 2,
+        }
+    }
+}
+
+/// A snapshot file a member wrote for a client (the answer to [`ReadOp::Snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SnapshotInfo {
+    /// The last log index the snapshot includes.
+    pub index: LogIndex,
+    /// The term of that entry.
+    pub term: Term,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// sha256 over the file's bytes before its trailer (as in its name).
+    pub sha256: [u8; 32],
+}
+
+/// One chunk of a snapshot file: what a leader sends a follower installing its snapshot, and
+/// what a member answers a client's [`Request::SnapshotChunk`] with. (A tuple variant around
+/// this struct encodes exactly as a struct-like variant with these fields.)
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SnapshotChunk {
+    /// The snapshot's last included index.
+    pub index: LogIndex,
+    /// Its term.
+    pub term: Term,
+    /// sha256 of the snapshot (as in its file name); the receiver checks the file against it
+    /// once complete.
+    pub sha256: [u8; 32],
+    /// Byte offset of `data` in the file.
+    pub offset: u64,
+    /// At most `SNAPSHOT_CHUNK_BYTES` bytes.
+    pub data: Vec<u8>,
+    /// This chunk ends the file.
+    pub done: bool,
 }
 
 /// What a member answers.
@@ -140,6 +210,11 @@ pub enum Response {
     },
     /// An [`AdminOp`] took effect.
     Done,
+    /// The answer to [`ReadOp::Snapshot`]: the snapshot file written.
+    Snapshot(SnapshotInfo),
+    /// The answer to [`Request::SnapshotChunk`]: `None` if the member has no such snapshot
+    /// (never had, or replaced and deleted it since) or the offset is past its end.
+    SnapshotChunk(Option<SnapshotChunk>),
 }
 
 /// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.
@@ -353,6 +428,34 @@ mod tests {
             encode_value(&request).unwrap(),
             [0x01, 0xfb, 0xf4, 0x01, 0x01, 0x00, 0x01, 0x6b, 0x00]
         );
+    }
+
+    #[test]
+    fn backup_requests_are_version_3_and_their_layout_is_stable() {
+        // docs/FORMAT.md, "Client protocol": the version-3 tags are appended after the old ones.
+        let begin = Request::Read {
+            op: ReadOp::Snapshot,
+            mode: ReadMode::Linearizable,
+        };
+        assert_eq!(encode_value(&begin).unwrap(), [0x01, 0x02, 0x00]);
+        let chunk = Request::SnapshotChunk {
+            index: LogIndex(7),
+            term: Term(2),
+            offset: 300,
+        };
+        assert_eq!(
+            encode_value(&chunk).unwrap(),
+            [0x05, 0x07, 0x02, 0xfb, 0x2c, 0x01]
+        );
+        assert_eq!(begin.protocol_version(), 3);
+        assert_eq!(chunk.protocol_version(), 3);
+        // Everything else keeps the version that introduced it, so older members serve it.
+        assert_eq!(Request::Status.protocol_version(), 2);
+        assert_eq!(Response::SnapshotChunk(None), {
+            let bytes = encode_value(&Response::SnapshotChunk(None)).unwrap();
+            assert_eq!(bytes, [0x07, 0x00]);
+            decode_value::<Response>(&bytes).unwrap()
+        });
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::net::{ClientEvent, SendOutcome};
 use crate::node::apply_thread::{ApplyTask, PendingRead};
 use crate::node::peer_message::PeerMessage;
 use crate::node::reply::Reply;
+use crate::node::transfer::TransferTask;
 use crate::node::{node_role, Internal};
 use crate::proto::{
     AdminOp, ClientRequest, ClientResponse, NodeRole, ReadMode, ReadOp, Request, Response,
@@ -20,6 +21,7 @@ use crate::proto::{
 };
 use crate::raft::{MembershipChange, RaftError, ReadState, Role, SoftState};
 use crate::types::{LogIndex, NodeId, Term};
+use crossbeam_channel::TrySendError;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -148,6 +150,28 @@ impl Driver {
                 reply,
                 deadline,
             }),
+            Request::SnapshotChunk {
+                index,
+                term,
+                offset,
+            } => {
+                // The transfer thread reads snapshot files (never the driver: file IO).
+                let task = TransferTask::ServeClient {
+                    index,
+                    term,
+                    offset,
+                    reply,
+                };
+                if let Err(TrySendError::Full(TransferTask::ServeClient { reply, .. })) =
+                    self.ch.transfer.try_send(task)
+                {
+                    reply.fail(Error::Unavailable(format!(
+                        "member {} is busy with snapshot transfers",
+                        self.id
+                    )));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -500,6 +524,7 @@ impl Driver {
 /// Check a read's arguments before any round trip (the state machine checks them again).
 pub(super) fn validate_read(op: &ReadOp) -> Result<()> {
     match op {
+        ReadOp::Snapshot => {}
         ReadOp::Get { key } => {
             if key.is_empty() || key.len() > MAX_KEY_BYTES {
                 return Err(Error::InvalidArgument(format!(
