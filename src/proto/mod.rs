@@ -7,7 +7,7 @@
 
 use crate::error::{Error, ErrorCode};
 pub use crate::histogram::Histogram;
-use crate::sm::{Command, CommandResult, RangePage, VersionedValue};
+use crate::sm::{Command, CommandResult, MapMoves, MapRecord, Owners, RangePage, VersionedValue};
 use crate::types::{LogIndex, NodeId, Term};
 use bincode::{Decode, Encode};
 
@@ -16,7 +16,9 @@ use bincode::{Decode, Encode};
 ///
 /// Version 2 appended `snapshots_installed`, `fsync_latency` and `fsync_latency_sum_micros`
 /// to [`Counters`] (and `snapshots_received` now counts fetched snapshots, installed or not).
-pub const CLIENT_PROTOCOL_VERSION: u32 = 2;
+/// Version 3 appended the partition-map reads ([`ReadOp::MapOwners`] ..) and their responses;
+/// the requests of versions 2 and 3 are otherwise the same, so a member still answers version 2.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest client protocol version whose [`Request::Status`] a member answers: a status
 /// encoded by a newer member would not decode in an older client.
@@ -52,6 +54,32 @@ pub enum ReadOp {
         end: Option<Vec<u8>>,
         /// Most keys returned, in `1..=MAX_SCAN_LIMIT`.
         limit: u32,
+    },
+    /// The partition and owners of `key` in partition map `name` (protocol version 3).
+    MapOwners {
+        /// The map.
+        name: String,
+        /// The key (at most `MAX_KEY_BYTES`; may be empty).
+        key: Vec<u8>,
+    },
+    /// The partition of `key` in map `name`, with the map's epoch (protocol version 3).
+    MapPartition {
+        /// The map.
+        name: String,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// The whole of map `name` (protocol version 3).
+    Map {
+        /// The map.
+        name: String,
+    },
+    /// The moves of map `name` after `since_epoch` (protocol version 3).
+    MapMoves {
+        /// The map.
+        name: String,
+        /// Moves of the epochs after this one.
+        since_epoch: u64,
     },
 }
 
@@ -138,6 +166,19 @@ pub enum Response {
     },
     /// An [`AdminOp`] took effect.
     Done,
+    /// The answer to [`ReadOp::MapOwners`].
+    MapOwners(Owners),
+    /// The answer to [`ReadOp::MapPartition`].
+    MapPartition {
+        /// The map's epoch.
+        epoch: u64,
+        /// The key's partition.
+        partition: u32,
+    },
+    /// The answer to [`ReadOp::Map`]: `None` if there is no such map.
+    Map(Option<MapRecord>),
+    /// The answer to [`ReadOp::MapMoves`].
+    MapMoves(MapMoves),
 }
 
 /// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.
