@@ -7,6 +7,7 @@ pub mod demo;
 pub mod exit;
 pub mod kv;
 pub mod progress;
+pub mod ring;
 pub mod serve;
 pub mod status;
 
@@ -46,6 +47,8 @@ pub enum Command {
     Scan(kv::ScanArgs),
     /// One row per member: role, term, commit and applied index, lag, last contact.
     Status(status::StatusArgs),
+    /// Replicated partition maps: create, join, leave, weight, show, owners KEY, moves.
+    Ring(ring::RingArgs),
     /// Measure a part of haven on this machine.
     Bench {
         /// What to measure.
@@ -82,6 +85,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Cas(args) => finish("cas", kv::cas(&args)),
         Command::Scan(args) => finish("scan", kv::scan(&args)),
         Command::Status(args) => finish("status", status::run(&args).map_err(exit::fail)),
+        Command::Ring(args) => finish("ring", ring::run(&args)),
         Command::Bench { target } => bench::run(target),
     }
 }
