@@ -19,14 +19,25 @@ fn fails(run: cli_support::Run, code: i32, mentions: &str) {
     let lines = run.stderr_lines();
     assert_eq!(lines.len(), 1, "exactly one stderr line: {run:?}");
     assert!(lines[0].starts_with("haven ring"), "{run:?}");
-    assert!(lines[0].contains(mentions), "expected {mentions:?} in {run:?}");
+    assert!(
+        lines[0].contains(mentions),
+        "expected {mentions:?} in {run:?}"
+    );
 }
 
 #[test]
 fn ring_commands_round_trip_and_fail_with_the_documented_codes() {
     let cluster = TestCluster::start(3);
     assert_eq!(
-        ok(cluster.run(&["ring", "create", "jobs", "--partitions", "64", "--replicas", "2"])),
+        ok(cluster.run(&[
+            "ring",
+            "create",
+            "jobs",
+            "--partitions",
+            "64",
+            "--replicas",
+            "2"
+        ])),
         "epoch 1 slots_moved 0 replica_moves 0\n"
     );
     assert_eq!(
@@ -46,7 +57,10 @@ fn ring_commands_round_trip_and_fail_with_the_documented_codes() {
         "{shown}"
     );
     assert!(lines[1].starts_with("OWNER"), "{shown}");
-    let rows: Vec<Vec<&str>> = lines[2..].iter().map(|l| l.split_whitespace().collect()).collect();
+    let rows: Vec<Vec<&str>> = lines[2..]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(rows.len(), 3, "{shown}");
     let primaries: u32 = rows.iter().map(|r| r[2].parse::<u32>().unwrap()).sum();
     let replicas: u32 = rows.iter().map(|r| r[3].parse::<u32>().unwrap()).sum();
@@ -76,13 +90,32 @@ fn ring_commands_round_trip_and_fail_with_the_documented_codes() {
         assert!(f[3] == "w1" || f[4] != "w1", "{line}");
     }
     let all = ok(cluster.run(&["ring", "moves", "jobs"]));
-    assert!(all.ends_with(&moves), "moves since 0 end with those of epoch 6");
+    assert!(
+        all.ends_with(&moves),
+        "moves since 0 end with those of epoch 6"
+    );
 
     // Bad input: exit 2, nothing changed.
-    fails(cluster.run(&["ring", "join", "jobs", "w2"]), 2, "already joined");
-    fails(cluster.run(&["ring", "join", "jobs", "w9", "--weight", "0"]), 2, "weight");
-    fails(cluster.run(&["ring", "leave", "nope", "w2"]), 2, "no map named");
-    fails(cluster.run(&["ring", "owners", "nope", "k"]), 2, "no map named");
+    fails(
+        cluster.run(&["ring", "join", "jobs", "w2"]),
+        2,
+        "already joined",
+    );
+    fails(
+        cluster.run(&["ring", "join", "jobs", "w9", "--weight", "0"]),
+        2,
+        "weight",
+    );
+    fails(
+        cluster.run(&["ring", "leave", "nope", "w2"]),
+        2,
+        "no map named",
+    );
+    fails(
+        cluster.run(&["ring", "owners", "nope", "k"]),
+        2,
+        "no map named",
+    );
     fails(
         cluster.run(&["ring", "create", "x", "--load-cap", "0.5"]),
         2,
@@ -96,12 +129,19 @@ fn ring_commands_round_trip_and_fail_with_the_documented_codes() {
     // Absent map: exit 1.
     fails(cluster.run(&["ring", "show", "nope"]), 1, "no map named");
     let shown_again = ok(cluster.run(&["ring", "show", "jobs"]));
-    assert!(shown_again.starts_with("map jobs epoch 6 "), "{shown_again}");
+    assert!(
+        shown_again.starts_with("map jobs epoch 6 "),
+        "{shown_again}"
+    );
 
     // Compacted moves: exit 1 once the epochs are gone.
     for i in 0..haven::limits::MAX_MAP_MOVES_EPOCHS {
         let weight = (1 + i % 2).to_string();
         ok(cluster.run(&["ring", "weight", "jobs", "w2", "--weight", &weight]));
     }
-    fails(cluster.run(&["ring", "moves", "jobs", "--since", "1"]), 1, "no longer kept");
+    fails(
+        cluster.run(&["ring", "moves", "jobs", "--since", "1"]),
+        1,
+        "no longer kept",
+    );
 }

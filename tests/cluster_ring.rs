@@ -57,11 +57,14 @@ fn every_member_holds_the_byte_identical_table_after_restarts_and_a_snapshot_ins
     client
         .create_map("m", 512, 3, Strategy::Rendezvous, LoadCap::PerMille(1020))
         .unwrap();
-    let mut pure = compute(&[], &MapParams {
-        partitions: 512,
-        replicas: 3,
-        ..MapParams::default()
-    })
+    let mut pure = compute(
+        &[],
+        &MapParams {
+            partitions: 512,
+            replicas: 3,
+            ..MapParams::default()
+        },
+    )
     .unwrap();
     let mut changes = vec![];
     for (i, owner) in ["n1", "n2", "n3", "n4", "n5"].into_iter().enumerate() {

@@ -8,11 +8,9 @@ use haven::sm::placement::{
     compute, diff, Change, LoadCap, MapParams, Owner, OwnerId, Strategy, Table,
     DEFAULT_LOAD_CAP_PER_MILLE,
 };
-use haven::sm::{
-    Command, CommandResult, MapChange, MapMoves, Op, PARTITION_MAP_COMMAND_VERSION,
-};
-use haven::{Entry, ErrorCode, LogIndex};
+use haven::sm::{Command, CommandResult, MapChange, MapMoves, Op, PARTITION_MAP_COMMAND_VERSION};
 use haven::snapshots::SnapshotFiles;
+use haven::{Entry, ErrorCode, LogIndex};
 use sm_util::{command_entry, untracked, Harness};
 
 fn create(name: &str, partitions: u32, replicas: u32, strategy: Strategy) -> Op {
@@ -185,10 +183,7 @@ fn no_op() -> Op {
 fn bad_input_is_rejected_and_changes_nothing() {
     let long_name = "n".repeat(haven::limits::MAX_MAP_NAME_BYTES + 1);
     let long_owner = "o".repeat(haven::limits::MAX_OWNER_ID_BYTES + 1);
-    let setup = [
-        create("m", 64, 2, Strategy::Rendezvous),
-        join("m", "a", 1),
-    ];
+    let setup = [create("m", 64, 2, Strategy::Rendezvous), join("m", "a", 1)];
     let bad: Vec<(Op, &str)> = vec![
         (join("nope", "a", 1), "no map named"),
         (leave("nope", "a"), "no map named"),
@@ -196,7 +191,10 @@ fn bad_input_is_rejected_and_changes_nothing() {
         (join("m", "a", 1), "already joined"),
         (join("m", "b", 0), "weight"),
         (weight("m", "a", 0), "weight"),
-        (join("m", "b", haven::limits::MAX_OWNER_WEIGHT + 1), "weight"),
+        (
+            join("m", "b", haven::limits::MAX_OWNER_WEIGHT + 1),
+            "weight",
+        ),
         (leave("m", "zed"), "not an owner"),
         (weight("m", "zed", 1), "not an owner"),
         (join(&long_name, "a", 1), "map name"),
@@ -206,7 +204,10 @@ fn bad_input_is_rejected_and_changes_nothing() {
         (create("m", 64, 2, Strategy::Rendezvous), "exists already"),
         (create("z", 0, 2, Strategy::Rendezvous), "partitions"),
         (create("z", 64, 0, Strategy::Rendezvous), "replicas"),
-        (create("z", 1 << 20, 8, Strategy::Rendezvous), "over the limit"),
+        (
+            create("z", 1 << 20, 8, Strategy::Rendezvous),
+            "over the limit",
+        ),
         (
             create(
                 "z",
@@ -243,7 +244,10 @@ fn bad_input_is_rejected_and_changes_nothing() {
         }
         let reason = rejected(h.apply_op(op.clone()));
         assert!(reason.contains(what), "{op:?}: {reason}");
-        assert!(reason.contains("InvalidArgument") || reason.contains("invalid"), "{reason}");
+        assert!(
+            reason.contains("InvalidArgument") || reason.contains("invalid"),
+            "{reason}"
+        );
         twin.apply_op(no_op());
     }
     assert_eq!(table(&h, "m"), before);
@@ -336,7 +340,10 @@ fn the_table_survives_reopen_crash_replay_and_snapshot_restore_byte_for_byte() {
     let mut h = Harness::new();
     h.apply_op(create("m", 128, 3, Strategy::Rendezvous));
     // Deferred: the crash below loses these from sled; replay must recompute the same table.
-    h.apply_batch_with(&changes().into_iter().map(untracked).collect::<Vec<_>>(), true);
+    h.apply_batch_with(
+        &changes().into_iter().map(untracked).collect::<Vec<_>>(),
+        true,
+    );
     let expected = map_bytes(&h, "m");
     let hash = h.sm.state_hash().unwrap();
     let moves = h.sm.map_moves("m", 1).unwrap();
@@ -367,7 +374,11 @@ fn a_batch_that_fails_part_way_publishes_no_map() {
     let mut h = Harness::new();
     let first = h.next_index();
     let entries: Vec<Entry> = vec![
-        command_entry(first, 1, &untracked(create("m", 8, 1, Strategy::Rendezvous))),
+        command_entry(
+            first,
+            1,
+            &untracked(create("m", 8, 1, Strategy::Rendezvous)),
+        ),
         // A gap: the batch fails and nothing of it is applied.
         command_entry(first + 2, 1, &untracked(join("m", "a", 1))),
     ];
@@ -390,7 +401,11 @@ fn a_batch_that_fails_part_way_publishes_no_map() {
 fn a_small_maps_stored_table_is_pinned() {
     let mut h = Harness::new();
     h.apply_op(create("demo", 8, 2, Strategy::Rendezvous));
-    for op in [join("demo", "a", 1), join("demo", "b", 1), join("demo", "c", 2)] {
+    for op in [
+        join("demo", "a", 1),
+        join("demo", "b", 1),
+        join("demo", "c", 2),
+    ] {
         h.apply_op(op);
     }
     let map = h.sm.partition_map("demo").unwrap();
@@ -414,4 +429,5 @@ const PINNED_ROWS: [[u32; 2]; 8] = [
     [2, 1],
     [0, 2],
 ];
-const PINNED_RECORD_HEX: &str = "010408020101fbfc03030161010162010163021002000102000202000102020102010002";
+const PINNED_RECORD_HEX: &str =
+    "010408020101fbfc03030161010162010163021002000102000202000102020102010002";

@@ -8,8 +8,7 @@
 use super::exit::{fail, Outcome, EXIT_NO};
 use super::kv::{from_hex, ClusterArgs};
 use haven::sm::placement::{
-    LoadCap, Strategy, DEFAULT_PARTITIONS, DEFAULT_REPLICAS,
-    DEFAULT_VNODES_PER_WEIGHT,
+    LoadCap, Strategy, DEFAULT_PARTITIONS, DEFAULT_REPLICAS, DEFAULT_VNODES_PER_WEIGHT,
 };
 use haven::sm::{MapChange, MapMoves, PartitionMap};
 use haven::{Error, Result};
@@ -203,7 +202,11 @@ pub fn run(args: &RingArgs) -> Outcome {
         }
         RingCommand::Weight(a) => {
             let client = a.cluster.connect().map_err(fail)?;
-            print_change(client.set_weight(&a.name, &a.owner, a.weight).map_err(fail)?)
+            print_change(
+                client
+                    .set_weight(&a.name, &a.owner, a.weight)
+                    .map_err(fail)?,
+            )
         }
         RingCommand::Show(a) => {
             let client = a.cluster.connect().map_err(fail)?;
@@ -258,11 +261,10 @@ pub fn run(args: &RingArgs) -> Outcome {
                     } => {
                         for epoch in &epochs {
                             for m in epoch.moves().map_err(fail)? {
-                                let name =
-                                    |o: &Option<haven::sm::placement::OwnerId>| match o {
-                                        Some(id) => id.0.clone(),
-                                        None => "-".into(),
-                                    };
+                                let name = |o: &Option<haven::sm::placement::OwnerId>| match o {
+                                    Some(id) => id.0.clone(),
+                                    None => "-".into(),
+                                };
                                 text.push_str(&format!(
                                     "{} {} {} {} {}\n",
                                     epoch.epoch,

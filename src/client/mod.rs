@@ -363,7 +363,9 @@ impl Client {
         match self.read(op, self.inner.options.read_mode)? {
             Response::Map(None) => Ok(None),
             Response::Map(Some(record)) => record.to_map().map(Some).map_err(|e| {
-                Error::Fatal(format!("the member sent a partition map that is not valid: {e}"))
+                Error::Fatal(format!(
+                    "the member sent a partition map that is not valid: {e}"
+                ))
             }),
             other => Err(unexpected(&other)),
         }

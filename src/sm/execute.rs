@@ -9,12 +9,12 @@ use super::command::{Command, Op, UNTRACKED_CLIENT};
 use super::kv;
 use super::overlay::{Overlay, Writes};
 use super::placement::{Change, Owner, OwnerId};
-use super::ring::{self, BatchMaps, MapReader, PartitionMap};
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use super::result::CommandResult;
+use super::ring::{self, BatchMaps, MapReader, PartitionMap};
 use crate::error::Result;
 use crate::types::LogIndex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Runs the commands of one batch against the batch's overlay and keeps the client table's
 /// eviction order in step (with an undo log, see [`Executor::roll_back`]).

@@ -8,8 +8,8 @@
 //! logic because the shared plumbing below the features reads them: the record cache reads a
 //! user key's metadata, and snapshot verification checks every record ([`check_pair`]).
 
+use super::map_record::{EpochMoves, MapRecord};
 use super::result::{CommandResult, KeyMeta, VersionedValue};
-use super::ring::{EpochMoves, MapRecord};
 use crate::codec::{decode_borrowed, decode_value};
 use crate::error::{Error, Result};
 use crate::types::{LogIndex, Term};
@@ -190,7 +190,10 @@ pub(crate) fn decode_map_record<T: Decode<()>>(what: &str, bytes: &[u8]) -> Resu
             found: u32::from(version),
             supported: u32::from(MAP_RECORD_VERSION),
         }),
-        _ => Err(Error::corrupt(0, format!("state {what} record: bad version byte"))),
+        _ => Err(Error::corrupt(
+            0,
+            format!("state {what} record: bad version byte"),
+        )),
     }
 }
 
@@ -253,7 +256,10 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
                 let moves: EpochMoves = decode_map_record("partition map moves", value)?;
                 moves.check(epoch)
             }
-            None => Err(Error::corrupt(0, "malformed partition map key in state records")),
+            None => Err(Error::corrupt(
+                0,
+                "malformed partition map key in state records",
+            )),
         },
         _ => Err(Error::corrupt(0, "unknown key in state records")),
     }

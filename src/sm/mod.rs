@@ -44,6 +44,7 @@ mod command;
 mod execute;
 mod kv;
 mod layout;
+mod map_record;
 mod overlay;
 pub mod placement;
 mod result;
@@ -51,16 +52,18 @@ mod ring;
 mod snapshot;
 
 pub use command::{Command, Op, COMMAND_VERSION, PARTITION_MAP_COMMAND_VERSION, UNTRACKED_CLIENT};
-pub use ring::{
-    oldest_moves_since, EpochMoves, MapMoves, MapReader, MapRecord, Owners, PartitionMap,
-    SlotMove, FIRST_EPOCH,
-};
 pub use kv::{prefix_end, Compare, CompareOp, Txn, TxnOp};
 pub use result::{
     ApplyOutcome, CasResult, CommandResult, DeleteRangeResult, DeleteResult, EntryResult, KeyMeta,
     KeyValue, MapChange, PutResult, RangePage, TxnOpResult, TxnResult, VersionedValue,
 };
-pub(crate) use ring::{validate_key_read as validate_map_key_read, validate_name as validate_map_name};
+pub use ring::{
+    oldest_moves_since, EpochMoves, MapMoves, MapReader, MapRecord, Owners, PartitionMap, SlotMove,
+    FIRST_EPOCH,
+};
+pub(crate) use ring::{
+    validate_key_read as validate_map_key_read, validate_name as validate_map_name,
+};
 pub(crate) use snapshot::{verify_snapshot, SnapshotSummary};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SALT};
 
@@ -70,8 +73,7 @@ use execute::Executor;
 use layout::{
     decode_record, parse_state_tree_name, sled_error, state_tree_name, AppliedRecord,
     ACTIVE_TREE_KEY, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
-    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META,
-    PREFIX_RING,
+    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META, PREFIX_RING,
 };
 use overlay::{batch_of, merge_writes, merged, Overlay, Writes};
 

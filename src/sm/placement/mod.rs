@@ -44,11 +44,11 @@ mod tests;
 pub use hash::{key_hash, partition_of, xxh64};
 
 use crate::error::{Error, Result};
-use bincode::{Decode, Encode};
 use crate::limits::{
     MAX_MAP_OWNERS, MAX_MAP_PARTITIONS, MAX_MAP_REPLICAS, MAX_OWNER_ID_BYTES, MAX_OWNER_WEIGHT,
     MAX_RING_VNODES,
 };
+use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Default number of partitions of a map.
