@@ -158,6 +158,11 @@ fn a_remote_client_reads_owners_partition_map_and_moves() {
     assert!(remote.map("nope").unwrap().is_none());
     // In process, an unknown map fails without a request.
     let local = cluster.node(0).client();
+    assert!(
+        remote.applied_map("jobs").is_none(),
+        "remote: no local copy"
+    );
+    assert!(local.applied_map("nope").is_none());
     assert_eq!(
         local.owners("nope", b"k").unwrap_err().code(),
         ErrorCode::InvalidArgument

@@ -319,6 +319,14 @@ impl Client {
         self.owners_with(name, key, ReadMode::Stale)
     }
 
+    /// In process only: this member's applied copy of map `name`, to hold for many lookups
+    /// (`map.table.lookup(key)` is a hash, a remainder and a slice: ~15 ns, where
+    /// [`Client::owners`] also takes a lock and copies the owner ids). The copy does not change;
+    /// take it again to see later epochs. `None` for a remote client or an unknown map.
+    pub fn applied_map(&self, name: &str) -> Option<Arc<PartitionMap>> {
+        self.inner.backend.maps()?.get(name)
+    }
+
     /// [`Client::owners`], linearizable: reflects every change acknowledged before the call.
     pub fn owners_linearizable(&self, name: &str, key: &[u8]) -> Result<Owners> {
         self.owners_with(name, key, ReadMode::Linearizable)
