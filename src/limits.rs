@@ -258,3 +258,33 @@ const _: () = assert!(MAX_MAP_PARTITIONS as usize * MAX_MAP_REPLICAS as usize * 
 const _: () = assert!(MAX_MAP_OWNERS < u32::MAX as usize);
 // The endpoint has a worker, a queue, and room for an ordinary request head (a few hundred bytes).
 const _: () = assert!(MAX_HTTP_REQUEST_HEAD_BYTES >= 1024 && HTTP_WORKERS >= 1 && HTTP_QUEUE >= 1);
+
+/// Most partition maps in the replicated state.
+pub const MAX_MAPS: usize = 256;
+
+/// Longest partition-map name, in bytes (its key in the state is `r` ‖ length byte ‖ name).
+pub const MAX_MAP_NAME_BYTES: usize = 128;
+
+/// Most slots (partitions x replicas) of a replicated partition map. Bounds its stored table and
+/// the moves of one change (at most one per slot), so that each is one state record that fits
+/// a snapshot frame next to a chunk, and a read of them fits a client frame.
+pub const MAX_MAP_SLOTS: u64 = 1 << 18;
+
+/// How many epochs of moves a replicated map keeps: `moves(since)` reaches back this far;
+/// older gets a `Compacted` answer.
+pub const MAX_MAP_MOVES_EPOCHS: u64 = 32;
+
+/// Most slot moves one `moves` read returns (it stops after the epoch that reaches this, and
+/// the caller asks again from there); always at least one epoch.
+pub const MAX_MOVES_PER_READ: u64 = MAX_MAP_SLOTS;
+
+// The map name's length fits its one length byte in the key.
+const _: () = assert!(MAX_MAP_NAME_BYTES <= u8::MAX as usize);
+// A stored table (<= 3 bytes per slot varint, <= 4 + 256 bytes per owner) and one epoch's moves
+// (<= 5 + 1 + 3 + 3 bytes per slot, plus an owner dictionary) each fit a snapshot frame beside a
+// full chunk; a moves read (two epochs at most) and a table read fit a client frame.
+const _: () = assert!(
+    (MAX_MAP_SLOTS as usize) * 12 + MAX_MAP_OWNERS * (MAX_OWNER_ID_BYTES + 8) + 64 * 1024
+        <= (MAX_FRAME_PAYLOAD_BYTES - SNAPSHOT_CHUNK_BYTES) / 2
+);
+const _: () = assert!(MAX_MOVES_PER_READ <= MAX_MAP_SLOTS);

@@ -8,6 +8,7 @@ pub mod exit;
 pub mod kv;
 pub mod member;
 pub mod progress;
+pub mod ring;
 pub mod serve;
 pub mod snapshot;
 pub mod status;
@@ -73,6 +74,8 @@ pub enum Command {
         #[command(subcommand)]
         action: member::LeaderCommand,
     },
+    /// Replicated partition maps: create, join, leave, weight, show, owners KEY, moves.
+    Ring(ring::RingArgs),
     /// Measure a part of haven on this machine.
     Bench {
         /// What to measure.
@@ -113,6 +116,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Member { action } => finish("member", member::run(&action)),
         Command::Snapshot { action } => finish("snapshot", snapshot::run(&action)),
         Command::Leader { action } => finish("leader", member::run_leader(&action)),
+        Command::Ring(args) => finish("ring", ring::run(&args)),
         Command::Bench { target } => bench::run(target),
     }
 }

@@ -5,6 +5,7 @@ use super::{Backend, Client, ClientOptions};
 use crate::error::Result;
 use crate::node::{Node, NodeShared};
 use crate::proto::{Request, Response};
+use crate::sm::MapReader;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +21,10 @@ impl Backend for LocalBackend {
 
     fn describe(&self) -> String {
         format!("member {} (in process)", self.shared.id)
+    }
+
+    fn maps(&self) -> Option<MapReader> {
+        Some(self.shared.maps.clone())
     }
 }
 

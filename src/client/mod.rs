@@ -33,9 +33,11 @@ pub use crate::proto::{
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::{ClientTls, ClusterSecret};
+use crate::sm::placement::{LoadCap, Strategy};
 use crate::sm::{
-    CasResult, Command, CommandResult, DeleteRangeResult, DeleteResult, Op, PutResult, RangePage,
-    Txn, TxnResult, VersionedValue, UNTRACKED_CLIENT,
+    CasResult, Command, CommandResult, DeleteRangeResult, DeleteResult, MapChange, MapMoves,
+    MapReader, Op, Owners, PartitionMap, PutResult, RangePage, Txn, TxnResult, VersionedValue,
+    UNTRACKED_CLIENT,
 };
 use crate::types::{ClusterId, LogIndex, NodeId};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,6 +78,11 @@ pub(crate) trait Backend: Send + Sync {
     fn call(&self, request: Request, deadline: Instant) -> Result<Response>;
     /// For error messages.
     fn describe(&self) -> String;
+    /// The partition maps as the member in this process applied them, if the backend is in
+    /// process (reads of them need no request at all).
+    fn maps(&self) -> Option<MapReader> {
+        None
+    }
 }
 
 /// A registered client id and the next sequence number to use with it.
@@ -251,6 +258,151 @@ impl Client {
     pub fn scan_prefix(&self, prefix: &[u8], limit: u32) -> Result<RangePage> {
         let end = crate::sm::prefix_end(prefix);
         self.range(prefix, end.as_deref(), limit)
+    }
+
+    // ----- partition maps -----
+
+    /// Create partition map `name` (no owners yet, epoch 1): `partitions` partitions (fixed), each
+    /// with `replicas` owners once there are that many. `InvalidArgument` if the name is taken
+    /// or a parameter is out of range (see `sm::placement::MapParams`).
+    pub fn create_map(
+        &self,
+        name: &str,
+        partitions: u32,
+        replicas: u32,
+        strategy: Strategy,
+        load_cap: LoadCap,
+    ) -> Result<MapChange> {
+        self.map_write(Op::CreateMap {
+            name: name.to_string(),
+            partitions,
+            replicas,
+            strategy,
+            load_cap,
+        })
+    }
+
+    /// Owner `owner` joins map `name` with `weight` (its share is proportional to it). The
+    /// result has the new epoch and how much moved. `InvalidArgument` (nothing changed) for an
+    /// unknown map, an owner that has joined already, a weight of 0 or over the limit.
+    pub fn join(&self, name: &str, owner: &str, weight: u32) -> Result<MapChange> {
+        self.map_write(Op::JoinMap {
+            name: name.to_string(),
+            owner: owner.to_string(),
+            weight,
+        })
+    }
+
+    /// Owner `owner` leaves map `name`; its partitions go to the others.
+    pub fn leave(&self, name: &str, owner: &str) -> Result<MapChange> {
+        self.map_write(Op::LeaveMap {
+            name: name.to_string(),
+            owner: owner.to_string(),
+        })
+    }
+
+    /// Owner `owner` of map `name` gets weight `weight`.
+    pub fn set_weight(&self, name: &str, owner: &str, weight: u32) -> Result<MapChange> {
+        self.map_write(Op::SetOwnerWeight {
+            name: name.to_string(),
+            owner: owner.to_string(),
+            weight,
+        })
+    }
+
+    /// The partition of `key` in map `name` and its owners (primary first), with the epoch of
+    /// the table that answered. In process: from the member's applied copy, with no request at
+    /// all; remote: one stale read of the member this client talks to. Either may be behind the
+    /// leader by a few changes: compare the epoch, or use [`Client::owners_linearizable`].
+    /// `InvalidArgument` if there is no such map.
+    pub fn owners(&self, name: &str, key: &[u8]) -> Result<Owners> {
+        if let Some(maps) = self.inner.backend.maps() {
+            crate::sm::validate_map_key_read(name, key)?;
+            let map = maps.get(name).ok_or_else(|| no_such_map(name))?;
+            return Ok(map.owners(key));
+        }
+        self.owners_with(name, key, ReadMode::Stale)
+    }
+
+    /// In process only: this member's applied copy of map `name`, to hold for many lookups
+    /// (`map.table.lookup(key)` is a hash, a remainder and a slice: ~15 ns, where
+    /// [`Client::owners`] also takes a lock and copies the owner ids). The copy does not change;
+    /// take it again to see later epochs. `None` for a remote client or an unknown map.
+    pub fn applied_map(&self, name: &str) -> Option<Arc<PartitionMap>> {
+        self.inner.backend.maps()?.get(name)
+    }
+
+    /// [`Client::owners`], linearizable: reflects every change acknowledged before the call.
+    pub fn owners_linearizable(&self, name: &str, key: &[u8]) -> Result<Owners> {
+        self.owners_with(name, key, ReadMode::Linearizable)
+    }
+
+    fn owners_with(&self, name: &str, key: &[u8], mode: ReadMode) -> Result<Owners> {
+        let op = ReadOp::MapOwners {
+            name: name.to_string(),
+            key: key.to_vec(),
+        };
+        match self.read(op, mode)? {
+            Response::MapOwners(owners) => Ok(owners),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The epoch of map `name` and the partition of `key` in it (served like
+    /// [`Client::owners`]).
+    pub fn partition_of(&self, name: &str, key: &[u8]) -> Result<(u64, u32)> {
+        if let Some(maps) = self.inner.backend.maps() {
+            crate::sm::validate_map_key_read(name, key)?;
+            let map = maps.get(name).ok_or_else(|| no_such_map(name))?;
+            let (partition, _) = map.table.lookup(key);
+            return Ok((map.epoch, partition));
+        }
+        let op = ReadOp::MapPartition {
+            name: name.to_string(),
+            key: key.to_vec(),
+        };
+        match self.read(op, ReadMode::Stale)? {
+            Response::MapPartition { epoch, partition } => Ok((epoch, partition)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The whole of map `name` (epoch and table), `None` if there is no such map; read as
+    /// [`ClientOptions::read_mode`] says.
+    pub fn map(&self, name: &str) -> Result<Option<PartitionMap>> {
+        let op = ReadOp::Map {
+            name: name.to_string(),
+        };
+        match self.read(op, self.inner.options.read_mode)? {
+            Response::Map(None) => Ok(None),
+            Response::Map(Some(record)) => record.to_map().map(Some).map_err(|e| {
+                Error::Fatal(format!(
+                    "the member sent a partition map that is not valid: {e}"
+                ))
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The slots map `name` moved in the epochs after `since_epoch` (or
+    /// [`MapMoves::Compacted`] when those are no longer kept); read as
+    /// [`ClientOptions::read_mode`] says. `InvalidArgument` if there is no such map.
+    pub fn moves(&self, name: &str, since_epoch: u64) -> Result<MapMoves> {
+        let op = ReadOp::MapMoves {
+            name: name.to_string(),
+            since_epoch,
+        };
+        match self.read(op, self.inner.options.read_mode)? {
+            Response::MapMoves(moves) => Ok(moves),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn map_write(&self, op: Op) -> Result<MapChange> {
+        match self.write(op)? {
+            CommandResult::MapChanged(change) => Ok(change),
+            other => Err(unexpected_result(other)),
+        }
     }
 
     // ----- cluster -----
@@ -475,6 +627,10 @@ fn message(e: &Error) -> String {
         Error::Unavailable(m) | Error::Timeout(m) => m.clone(),
         other => other.to_string(),
     }
+}
+
+fn no_such_map(name: &str) -> Error {
+    Error::InvalidArgument(format!("partition map: there is no map named {name:?}"))
 }
 
 fn unexpected(response: &Response) -> Error {

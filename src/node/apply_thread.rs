@@ -361,6 +361,24 @@ impl ApplyThread {
                     sha256: file.sha256,
                 })
             }),
+            ReadOp::MapOwners { name, key } => {
+                self.sm.map_owners(name, key).map(Response::MapOwners)
+            }
+            ReadOp::MapPartition { name, key } => {
+                self.sm
+                    .map_owners(name, key)
+                    .map(|owners| Response::MapPartition {
+                        epoch: owners.epoch,
+                        partition: owners.partition,
+                    })
+            }
+            ReadOp::Map { name } => Ok(Response::Map(
+                self.sm.partition_map(name).map(|map| map.to_record()),
+            )),
+            ReadOp::MapMoves { name, since_epoch } => self
+                .sm
+                .map_moves(name, *since_epoch)
+                .map(Response::MapMoves),
         };
         read.reply.send(result);
     }

@@ -65,7 +65,7 @@ use crate::net::{Transport, TransportConfig};
 use crate::park::{self, Parker, Waking};
 use crate::proto::{AdminOp, ClientRequest, ClientResponse, NodeRole, Request, Response, Status};
 use crate::raft::{self, Membership, Message, Raft, SnapshotMeta};
-use crate::sm::StateMachine;
+use crate::sm::{MapReader, StateMachine};
 use crate::snapshots::{list_snapshots, snapshot_membership, SnapshotFiles};
 use crate::types::{Entry, EntryKind, GroupId, HardState, LogIndex, NodeId, Term};
 use crate::wal::{Wal, WalOptions, WriteBatch};
@@ -142,6 +142,8 @@ pub(crate) struct NodeShared {
     pub(crate) failed: AtomicBool,
     pub(crate) request_timeout: Duration,
     pub(crate) serve_limit: ServeLimit,
+    /// The partition maps as the apply thread has applied them (local `owners` reads).
+    pub(crate) maps: MapReader,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -355,6 +357,7 @@ impl Node {
             failed: AtomicBool::new(false),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             serve_limit: Arc::clone(&serve_limit),
+            maps: sm.map_reader(),
         });
 
         // Before any thread starts, so a bad address fails the open with nothing to stop.

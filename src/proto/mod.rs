@@ -7,7 +7,7 @@
 
 use crate::error::{Error, ErrorCode};
 pub use crate::histogram::Histogram;
-use crate::sm::{Command, CommandResult, RangePage, VersionedValue};
+use crate::sm::{Command, CommandResult, MapMoves, MapRecord, Owners, RangePage, VersionedValue};
 use crate::types::{LogIndex, NodeId, Term};
 use bincode::{Decode, Encode};
 
@@ -23,6 +23,7 @@ use bincode::{Decode, Encode};
 /// A client sends each request with the lowest version that has it
 /// ([`Request::protocol_version`]), so that a member of an older version still serves every
 /// request it knows.
+/// The partition-map reads ([`ReadOp::MapOwners`] ..) and their responses are version 3 too.
 pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest client protocol version whose [`Request::Status`] a member answers: a status
@@ -65,6 +66,32 @@ pub enum ReadOp {
     /// [`Request::SnapshotChunk`]. Read linearizably, the snapshot holds every write
     /// acknowledged before the request was sent.
     Snapshot,
+    /// The partition and owners of `key` in partition map `name` (protocol version 3).
+    MapOwners {
+        /// The map.
+        name: String,
+        /// The key (at most `MAX_KEY_BYTES`; may be empty).
+        key: Vec<u8>,
+    },
+    /// The partition of `key` in map `name`, with the map's epoch (protocol version 3).
+    MapPartition {
+        /// The map.
+        name: String,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// The whole of map `name` (protocol version 3).
+    Map {
+        /// The map.
+        name: String,
+    },
+    /// The moves of map `name` after `since_epoch` (protocol version 3).
+    MapMoves {
+        /// The map.
+        name: String,
+        /// Moves of the epochs after this one.
+        since_epoch: u64,
+    },
 }
 
 /// A membership or leadership operation. Each waits until it took effect (the change is
@@ -145,12 +172,20 @@ impl Request {
     pub fn protocol_version(&self) -> u32 {
         match self {
             Request::Read {
-                op: ReadOp::Snapshot,
+                op:
+                    ReadOp::Snapshot
+                    | ReadOp::MapOwners { .. }
+                    | ReadOp::MapPartition { .. }
+                    | ReadOp::Map { .. }
+                    | ReadOp::MapMoves { .. },
                 ..
             }
             | Request::SnapshotChunk { .. }
             // The version-3 status carries the rejected-message counters.
             | Request::Status => 3,
+            // A command an older member cannot decode (sent as version 3, it gets a clear
+            // `UnsupportedVersion` from a version-2 member instead of a decoding failure).
+            Request::Write(command) if command.min_version() > 1 => 3,
             _ => 2,
         }
     }
@@ -215,6 +250,19 @@ pub enum Response {
     /// The answer to [`Request::SnapshotChunk`]: `None` if the member has no such snapshot
     /// (never had, or replaced and deleted it since) or the offset is past its end.
     SnapshotChunk(Option<SnapshotChunk>),
+    /// The answer to [`ReadOp::MapOwners`].
+    MapOwners(Owners),
+    /// The answer to [`ReadOp::MapPartition`].
+    MapPartition {
+        /// The map's epoch.
+        epoch: u64,
+        /// The key's partition.
+        partition: u32,
+    },
+    /// The answer to [`ReadOp::Map`]: `None` if there is no such map.
+    Map(Option<MapRecord>),
+    /// The answer to [`ReadOp::MapMoves`].
+    MapMoves(MapMoves),
 }
 
 /// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.

@@ -4,20 +4,27 @@
 //!
 //! Encoding (see `docs/FORMAT.md`, "State-machine command"): one version byte, then the bincode
 //! encoding of [`Command`]. The version byte is the *lowest* command version that knows every
-//! variant the command uses. Today every variant is version 1. When a variant is added (sessions,
-//! locks, elections, the partition map), it is appended to its enum and commands that use it are
+//! variant the command uses: 1 for the key-value and client ops, 2 for the partition-map ops
+//! ([`PARTITION_MAP_COMMAND_VERSION`]). When a variant is added (sessions, locks, elections),
+//! it is appended to its enum and commands that use it are
 //! stamped with the next version, so an older member reports `UnsupportedVersion` for exactly
 //! those commands instead of mistaking them for garbage. Enum variants are only ever appended:
 //! their position is their tag on disk.
 
 use super::kv::{self, Txn};
+use super::placement::{LoadCap, MapParams, Strategy};
+use super::ring;
 use crate::codec::{decode_value, encode_value_into};
 use crate::error::{Error, Result};
 use crate::limits::MAX_COMMAND_BYTES;
 use bincode::{Decode, Encode};
 
 /// The newest command version this build writes and reads.
-pub const COMMAND_VERSION: u8 = 1;
+pub const COMMAND_VERSION: u8 = PARTITION_MAP_COMMAND_VERSION;
+
+/// The command version that added the partition-map commands ([`Op::CreateMap`] to
+/// [`Op::SetOwnerWeight`]).
+pub const PARTITION_MAP_COMMAND_VERSION: u8 = 2;
 
 /// The client id of commands that are not tracked for at-most-once application: they apply each
 /// time they are committed. Meant for commands that are idempotent or that the runtime issues
@@ -79,6 +86,65 @@ pub enum Op {
     },
     /// A transaction: if every compare holds, run `success`, otherwise `failure`.
     Txn(Txn),
+    /// Create an empty partition map (version 2; `ring.rs`).
+    CreateMap {
+        /// Its name (1..=`MAX_MAP_NAME_BYTES` bytes).
+        name: String,
+        /// Partitions (fixed for the map's life).
+        partitions: u32,
+        /// Owners per partition, the first the primary.
+        replicas: u32,
+        /// How partitions rank owners.
+        strategy: Strategy,
+        /// The bound on an owner's load.
+        load_cap: LoadCap,
+    },
+    /// An owner joins a partition map (version 2).
+    JoinMap {
+        /// The map.
+        name: String,
+        /// The owner's id (1..=`MAX_OWNER_ID_BYTES` bytes).
+        owner: String,
+        /// Its weight (1..=`MAX_OWNER_WEIGHT`).
+        weight: u32,
+    },
+    /// An owner leaves a partition map (version 2).
+    LeaveMap {
+        /// The map.
+        name: String,
+        /// The owner's id.
+        owner: String,
+    },
+    /// An owner's weight changes (version 2).
+    SetOwnerWeight {
+        /// The map.
+        name: String,
+        /// The owner's id.
+        owner: String,
+        /// Its new weight.
+        weight: u32,
+    },
+}
+
+impl Op {
+    /// A [`Op::CreateMap`]'s parameters, `None` for any other op.
+    pub fn map_params(&self) -> Option<MapParams> {
+        match self {
+            Op::CreateMap {
+                partitions,
+                replicas,
+                strategy,
+                load_cap,
+                ..
+            } => Some(MapParams {
+                partitions: *partitions,
+                replicas: *replicas,
+                strategy: *strategy,
+                load_cap: *load_cap,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl Command {
@@ -107,13 +173,35 @@ impl Command {
                 kv::validate_delete_range(start, end.as_deref(), *limit)
             }
             Op::Txn(txn) => txn.validate(),
+            Op::CreateMap { name, .. } => {
+                // Some: this arm is a CreateMap.
+                let params = self.op.map_params().unwrap_or_default();
+                ring::validate_create(name, &params)
+            }
+            Op::JoinMap {
+                name,
+                owner,
+                weight,
+            }
+            | Op::SetOwnerWeight {
+                name,
+                owner,
+                weight,
+            } => ring::validate_owner_weight(name, owner, *weight),
+            Op::LeaveMap { name, owner } => ring::validate_leave(name, owner),
         }
     }
 
     /// The lowest command version that knows every variant this command uses (see the module
-    /// docs). Every variant is version 1 today.
+    /// docs).
     pub fn min_version(&self) -> u8 {
-        1
+        match self.op {
+            Op::CreateMap { .. }
+            | Op::JoinMap { .. }
+            | Op::LeaveMap { .. }
+            | Op::SetOwnerWeight { .. } => PARTITION_MAP_COMMAND_VERSION,
+            _ => 1,
+        }
     }
 
     /// Encode for a log entry: the version byte, then the bincode value. Fails with
@@ -184,7 +272,7 @@ mod tests {
     fn command_round_trips_with_version_byte() {
         let cmd = put(b"k", b"v");
         let bytes = cmd.encode().unwrap();
-        assert_eq!(bytes[0], COMMAND_VERSION);
+        assert_eq!(bytes[0], 1);
         assert_eq!(Command::decode(&bytes).unwrap(), cmd);
     }
 
@@ -194,7 +282,7 @@ mod tests {
         bytes[0] = COMMAND_VERSION + 1;
         assert!(matches!(
             Command::decode(&bytes),
-            Err(Error::UnsupportedVersion { found: 2, .. })
+            Err(Error::UnsupportedVersion { found: 3, .. })
         ));
         bytes[0] = 0;
         assert!(matches!(

@@ -8,28 +8,39 @@ use super::clients::{Admission, ClientOrder, ClientTable};
 use super::command::{Command, Op, UNTRACKED_CLIENT};
 use super::kv;
 use super::overlay::{Overlay, Writes};
+use super::placement::{Change, Owner, OwnerId};
 use super::result::CommandResult;
+use super::ring::{self, BatchMaps, MapReader, PartitionMap};
 use crate::error::Result;
 use crate::types::LogIndex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Runs the commands of one batch against the batch's overlay and keeps the client table's
 /// eviction order in step (with an undo log, see [`Executor::roll_back`]).
 pub(crate) struct Executor<'t, 'o> {
     pub(crate) overlay: Overlay<'t>,
     clients: ClientTable<'o>,
+    maps: BatchMaps<'o>,
 }
 
 impl<'t, 'o> Executor<'t, 'o> {
-    pub(crate) fn new(overlay: Overlay<'t>, clients: &'o mut ClientOrder) -> Executor<'t, 'o> {
+    pub(crate) fn new(
+        overlay: Overlay<'t>,
+        clients: &'o mut ClientOrder,
+        maps: &'o MapReader,
+    ) -> Executor<'t, 'o> {
         Executor {
             overlay,
             clients: ClientTable::new(clients),
+            maps: BatchMaps::new(maps),
         }
     }
 
-    /// The batch's writes; its changes of the client order stay.
-    pub(crate) fn into_writes(self) -> Writes {
-        self.overlay.into_writes()
+    /// The batch's writes and the partition maps it changed (to publish); its changes of the
+    /// client order stay.
+    pub(crate) fn into_writes(self) -> (Writes, BTreeMap<String, Arc<PartitionMap>>) {
+        (self.overlay.into_writes(), self.maps.into_changed())
     }
 
     /// Undo the batch's changes of the client order (its writes are dropped with the overlay).
@@ -99,6 +110,31 @@ impl<'t, 'o> Executor<'t, 'o> {
                 index,
             )?),
             Op::Txn(txn) => CommandResult::Txn(kv::txn(overlay, txn, index)?),
+            Op::CreateMap { name, .. } => {
+                // Some: this arm is a CreateMap.
+                let params = op.map_params().unwrap_or_default();
+                ring::create_map(overlay, &mut self.maps, name, params)?
+            }
+            Op::JoinMap {
+                name,
+                owner,
+                weight,
+            } => {
+                let change = Change::Join(Owner::new(owner.as_str(), *weight));
+                ring::change_map(overlay, &mut self.maps, name, &change)?
+            }
+            Op::LeaveMap { name, owner } => {
+                let change = Change::Leave(OwnerId(owner.clone()));
+                ring::change_map(overlay, &mut self.maps, name, &change)?
+            }
+            Op::SetOwnerWeight {
+                name,
+                owner,
+                weight,
+            } => {
+                let change = Change::SetWeight(OwnerId(owner.clone()), *weight);
+                ring::change_map(overlay, &mut self.maps, name, &change)?
+            }
         })
     }
 }

@@ -8,6 +8,7 @@
 //! logic because the shared plumbing below the features reads them: the record cache reads a
 //! user key's metadata, and snapshot verification checks every record ([`check_pair`]).
 
+use super::map_record::{EpochMoves, MapRecord};
 use super::result::{CommandResult, KeyMeta, VersionedValue};
 use crate::codec::{decode_borrowed, decode_value};
 use crate::error::{Error, Result};
@@ -49,7 +50,9 @@ pub(crate) const PREFIX_SESSION: u8 = b's';
 pub(crate) const PREFIX_LOCK: u8 = b'x';
 /// Reserved for elections: `e` ‖ ... . Not written yet.
 pub(crate) const PREFIX_ELECTION: u8 = b'e';
-/// Reserved for the partition map (ring): `r` ‖ ... . Not written yet.
+/// Prefix of the partition maps (`ring.rs`): `r` ‖ name length (u8) ‖ name -> [`MapRecord`]
+/// (the map's table), and `r` ‖ name length (u8) ‖ name ‖ epoch (u64 BE) -> [`EpochMoves`]
+/// (the slots that change made move), for the last `MAX_MAP_MOVES_EPOCHS` epochs.
 pub(crate) const PREFIX_RING: u8 = b'r';
 
 /// Every prefix, taken or reserved: no two features may share one.
@@ -134,6 +137,66 @@ pub(crate) fn client_id_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(id))
 }
 
+/// The key of map `name`'s table: `r` ‖ name length (u8) ‖ name. The name's length is checked
+/// (at most `MAX_MAP_NAME_BYTES` < 256) before any key is made.
+pub(crate) fn map_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + name.len());
+    k.push(PREFIX_RING);
+    k.push(name.len() as u8);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The key of the moves map `name` made at `epoch`: its table key ‖ epoch (u64 BE).
+pub(crate) fn map_moves_key(name: &str, epoch: u64) -> Vec<u8> {
+    let mut k = map_key(name);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+/// What an `r` key names: a map's table (`None`) or its moves at an epoch.
+pub(crate) fn parse_map_key(key: &[u8]) -> Option<(&str, Option<u64>)> {
+    let (&prefix, rest) = key.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    if prefix != PREFIX_RING || len == 0 || rest.len() < len as usize {
+        return None;
+    }
+    let (name, tail) = rest.split_at(len as usize);
+    let name = std::str::from_utf8(name).ok()?;
+    match tail.len() {
+        0 => Some((name, None)),
+        8 => Some((name, Some(u64::from_be_bytes(tail.try_into().ok()?)))),
+        _ => None,
+    }
+}
+
+/// Version byte of the `r` records (`MapRecord`, `EpochMoves`): each is this byte, then its
+/// bincode encoding. A newer version is `UnsupportedVersion`.
+pub(crate) const MAP_RECORD_VERSION: u8 = 1;
+
+/// Encode an `r` record: the version byte, then bincode.
+pub(crate) fn encode_map_record<T: Encode>(record: &T) -> Result<Vec<u8>> {
+    let mut out = vec![MAP_RECORD_VERSION];
+    crate::codec::encode_value_into(record, &mut out)?;
+    Ok(out)
+}
+
+/// Decode an `r` record (see [`encode_map_record`]).
+pub(crate) fn decode_map_record<T: Decode<()>>(what: &str, bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&MAP_RECORD_VERSION, body)) => decode_record(what, body),
+        Some((&version, _)) if version > MAP_RECORD_VERSION => Err(Error::UnsupportedVersion {
+            what: "partition map record",
+            found: u32::from(version),
+            supported: u32::from(MAP_RECORD_VERSION),
+        }),
+        _ => Err(Error::corrupt(
+            0,
+            format!("state {what} record: bad version byte"),
+        )),
+    }
+}
+
 /// Decode a stored record, naming the key's kind in the error.
 pub(crate) fn decode_record<T: Decode<()>>(what: &str, bytes: &[u8]) -> Result<T> {
     decode_value(bytes).map_err(|e| with_context(what, e))
@@ -185,6 +248,19 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
         }
         Some(&PREFIX_META) if key == KEY_LAYOUT => decode_record::<u32>("layout", value).map(drop),
         Some(&PREFIX_META) if key == KEY_MEMBERSHIP => Ok(()),
+        Some(&PREFIX_RING) => match parse_map_key(key) {
+            Some((_, None)) => decode_map_record::<MapRecord>("partition map", value)?
+                .check()
+                .map(drop),
+            Some((_, Some(epoch))) => {
+                let moves: EpochMoves = decode_map_record("partition map moves", value)?;
+                moves.check(epoch)
+            }
+            None => Err(Error::corrupt(
+                0,
+                "malformed partition map key in state records",
+            )),
+        },
         _ => Err(Error::corrupt(0, "unknown key in state records")),
     }
 }

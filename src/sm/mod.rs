@@ -44,16 +44,25 @@ mod command;
 mod execute;
 mod kv;
 mod layout;
+mod map_record;
 mod overlay;
 pub mod placement;
 mod result;
+mod ring;
 mod snapshot;
 
-pub use command::{Command, Op, COMMAND_VERSION, UNTRACKED_CLIENT};
+pub use command::{Command, Op, COMMAND_VERSION, PARTITION_MAP_COMMAND_VERSION, UNTRACKED_CLIENT};
 pub use kv::{prefix_end, Compare, CompareOp, Txn, TxnOp};
 pub use result::{
     ApplyOutcome, CasResult, CommandResult, DeleteRangeResult, DeleteResult, EntryResult, KeyMeta,
-    KeyValue, PutResult, RangePage, TxnOpResult, TxnResult, VersionedValue,
+    KeyValue, MapChange, PutResult, RangePage, TxnOpResult, TxnResult, VersionedValue,
+};
+pub use ring::{
+    oldest_moves_since, EpochMoves, MapMoves, MapReader, MapRecord, Owners, PartitionMap, SlotMove,
+    FIRST_EPOCH,
+};
+pub(crate) use ring::{
+    validate_key_read as validate_map_key_read, validate_name as validate_map_name,
 };
 pub(crate) use snapshot::{verify_snapshot, SnapshotSummary};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SALT};
@@ -64,7 +73,7 @@ use execute::Executor;
 use layout::{
     decode_record, parse_state_tree_name, sled_error, state_tree_name, AppliedRecord,
     ACTIVE_TREE_KEY, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
-    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META,
+    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META, PREFIX_RING,
 };
 use overlay::{batch_of, merge_writes, merged, Overlay, Writes};
 
@@ -76,6 +85,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 /// sled refuses a second open of a database with an `Io` error whose message says it could not
 /// acquire the lock. That is `DataDir`: another process has the directory, or (sled issues
@@ -169,6 +179,8 @@ pub struct StateMachine {
     pending_bytes: usize,
     /// Records of the tree kept in memory (see `store::RecordCache`).
     cache: RefCell<RecordCache>,
+    /// The partition maps, decoded (`ring.rs`); shared with the member's readers.
+    maps: MapReader,
     /// Set after a storage failure: the in-memory view may no longer match the disk, so the
     /// machine refuses to apply or snapshot (DESIGN.md: after a storage IO error the node stops
     /// taking writes).
@@ -277,7 +289,10 @@ impl StateMachine {
         let cached = load_cached(&tree)?;
         let mut cache = RecordCache::new(record_cache_bytes);
         cache.load_metas(&tree)?;
+        let maps = MapReader::default();
+        maps.load(&tree)?;
         Ok(StateMachine {
+            maps,
             db,
             tree,
             generation,
@@ -363,6 +378,7 @@ impl StateMachine {
         let mut applier = Executor::new(
             Overlay::with_pending(&self.tree, &self.pending, &self.cache),
             &mut self.cached.clients,
+            &self.maps,
         );
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut failure = None;
@@ -441,8 +457,9 @@ impl StateMachine {
         if outcomes.is_empty() {
             return Ok(outcomes);
         }
-        let writes = applier.into_writes();
+        let (writes, maps) = applier.into_writes();
         self.pending_bytes += merge_writes(&mut self.pending, writes);
+        self.maps.publish(maps);
         self.cached.applied = (applied_index, applied_term);
         if membership.is_some() {
             self.cached.membership = membership;
@@ -499,6 +516,32 @@ impl StateMachine {
         kv::evaluate_compares(&self.view(), compares)
     }
 
+    /// The partition maps as this machine has applied them, shared: a reader keeps seeing every
+    /// later change (and the maps of a restored snapshot).
+    pub fn map_reader(&self) -> MapReader {
+        self.maps.clone()
+    }
+
+    /// Partition map `name` as applied here, `None` if there is no such map.
+    pub fn partition_map(&self, name: &str) -> Option<Arc<PartitionMap>> {
+        self.maps.get(name)
+    }
+
+    /// The owners of `key` in map `name` (`InvalidArgument` if there is no such map).
+    pub fn map_owners(&self, name: &str, key: &[u8]) -> Result<Owners> {
+        ring::validate_key_read(name, key)?;
+        let map = self.maps.get(name).ok_or_else(|| ring::no_such_map(name))?;
+        Ok(map.owners(key))
+    }
+
+    /// The moves of map `name` after `since_epoch` (see [`MapMoves`]; `InvalidArgument` if
+    /// there is no such map).
+    pub fn map_moves(&self, name: &str, since_epoch: u64) -> Result<MapMoves> {
+        ring::validate_name(name)?;
+        let map = self.maps.get(name).ok_or_else(|| ring::no_such_map(name))?;
+        ring::read_moves(&self.view(), name, map.epoch, since_epoch)
+    }
+
     /// The state as reads see it: the tree, through the cache, with the pending writes on top.
     fn view(&self) -> Overlay<'_> {
         Overlay::with_pending(&self.tree, &self.pending, &self.cache)
@@ -541,6 +584,12 @@ impl StateMachine {
                 Some(&PREFIX_CLIENT) => {
                     // The record's bincode bytes are canonical (one encoding per value).
                     hasher.update([PREFIX_CLIENT]);
+                    put_bytes(&mut hasher, &key[1..]);
+                    put_bytes(&mut hasher, &value);
+                }
+                Some(&PREFIX_RING) => {
+                    // The records' bytes are canonical (a version byte, then bincode).
+                    hasher.update([PREFIX_RING]);
                     put_bytes(&mut hasher, &key[1..]);
                     put_bytes(&mut hasher, &value);
                 }
@@ -668,6 +717,11 @@ impl StateMachine {
         // Learns the new tree's keys (or, if that fails, holds nothing: never the old tree's).
         if let Err(e) = self.cache.borrow_mut().load_metas(&self.tree) {
             self.cache.borrow_mut().clear();
+            self.maps.clear();
+            return Err(e);
+        }
+        if let Err(e) = self.maps.load(&self.tree) {
+            self.maps.clear();
             return Err(e);
         }
         self.cached = cached;

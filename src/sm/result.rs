@@ -123,6 +123,17 @@ pub struct TxnResult {
     pub results: Vec<TxnOpResult>,
 }
 
+/// Result of a partition-map command: the epoch it made and what moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct MapChange {
+    /// The map's epoch after the command (1 for a creation).
+    pub epoch: u64,
+    /// Slots whose owner changed (`placement::diff`), promotions within a partition included.
+    pub slots_moved: u64,
+    /// Partition replicas that must be copied (`placement::replica_moves`).
+    pub replica_moves: u64,
+}
+
 /// What a command did. Variants are only ever appended.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -166,6 +177,8 @@ pub enum CommandResult {
         /// The revision the command was applied at.
         revision: LogIndex,
     },
+    /// A partition map was created or changed (command version 2).
+    MapChanged(MapChange),
 }
 
 /// What applying one entry produced.

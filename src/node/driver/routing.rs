@@ -551,6 +551,12 @@ pub(super) fn validate_read(op: &ReadOp) -> Result<()> {
                 ));
             }
         }
+        ReadOp::MapOwners { name, key } | ReadOp::MapPartition { name, key } => {
+            crate::sm::validate_map_key_read(name, key)?;
+        }
+        ReadOp::Map { name } | ReadOp::MapMoves { name, .. } => {
+            crate::sm::validate_map_name(name)?;
+        }
     }
     Ok(())
 }

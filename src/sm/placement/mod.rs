@@ -48,6 +48,7 @@ use crate::limits::{
     MAX_MAP_OWNERS, MAX_MAP_PARTITIONS, MAX_MAP_REPLICAS, MAX_OWNER_ID_BYTES, MAX_OWNER_WEIGHT,
     MAX_RING_VNODES,
 };
+use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Default number of partitions of a map.
@@ -62,7 +63,7 @@ pub const DEFAULT_LOAD_CAP_PER_MILLE: u32 = 1020;
 pub const MAX_LOAD_CAP_PER_MILLE: u32 = 100_000;
 
 /// An owner's id: any non-empty UTF-8 string up to [`MAX_OWNER_ID_BYTES`].
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
 pub struct OwnerId(pub String);
 
 impl fmt::Display for OwnerId {
@@ -96,8 +97,9 @@ impl Owner {
     }
 }
 
-/// How a partition ranks owners.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How a partition ranks owners. Encoded in commands and the stored map (bincode: tag 0 `Ring`
+/// with its u32, tag 1 `Rendezvous`), so variants are only ever appended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub enum Strategy {
     /// Consistent-hash ring: `weight x vnodes_per_weight` virtual nodes per owner, clockwise.
     Ring {
@@ -119,8 +121,9 @@ impl Strategy {
     }
 }
 
-/// The bound on an owner's load relative to its weighted fair share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The bound on an owner's load relative to its weighted fair share. Encoded like
+/// [`Strategy`] (tag 0 `Unbounded`, tag 1 `PerMille` with its u32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum LoadCap {
     /// No bound: each partition takes its top-ranked owners.
     Unbounded,
@@ -362,6 +365,48 @@ impl Table {
         })
     }
 
+    /// Every slot, row after row (`partitions x width` owner indices).
+    pub fn slots(&self) -> &[u32] {
+        &self.slots
+    }
+
+    /// Rebuild a table from its parts (a stored or received copy), checking everything a table
+    /// promises: valid parameters, owners valid, sorted by id and distinct, `width = min(R,
+    /// owners)`, `partitions x width` slots, each an owner index, distinct within a row.
+    /// `InvalidArgument` naming the first defect otherwise; never panics.
+    pub fn from_parts(params: MapParams, owners: Vec<Owner>, slots: Vec<u32>) -> Result<Table> {
+        params.validate()?;
+        let sorted = sorted_owners(&owners, &params)?;
+        if sorted != owners {
+            return Err(invalid("owners are not sorted by id".into()));
+        }
+        let width = (params.replicas as usize).min(owners.len());
+        if slots.len() as u64 != u64::from(params.partitions) * width as u64 {
+            return Err(invalid(format!(
+                "{} slots for {} partitions of {width} owners",
+                slots.len(),
+                params.partitions
+            )));
+        }
+        for (partition, row) in slots.chunks(width.max(1)).enumerate() {
+            for (i, &owner) in row.iter().enumerate() {
+                if owner as usize >= owners.len() || row[..i].contains(&owner) {
+                    return Err(invalid(format!(
+                        "partition {partition}: slot {i} holds owner index {owner}, not a \
+                         distinct owner of {}",
+                        owners.len()
+                    )));
+                }
+            }
+        }
+        Ok(Table {
+            params,
+            owners,
+            width,
+            slots,
+        })
+    }
+
     fn known(&self, id: &OwnerId) -> Result<usize> {
         self.owner_index(id)
             .ok_or_else(|| invalid(format!("{id} is not an owner")))
@@ -387,7 +432,7 @@ impl Table {
 }
 
 /// One slot whose owner changed between two tables.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Move {
     /// The partition.
     pub partition: u32,

@@ -1,0 +1,222 @@
+//! The stored records of the partition maps (`ring.rs`) and their decoded forms: the plumbing
+//! below both `layout.rs` (which checks every record of a snapshot) and `ring.rs` (which writes
+//! them), kept apart from `layout.rs` only for its size. Byte layout: `docs/FORMAT.md`,
+//! "Partition map records".
+
+use super::placement::{LoadCap, MapParams, Move, Owner, OwnerId, Strategy, Table};
+use crate::error::{Error, Result};
+use bincode::{Decode, Encode};
+
+fn invalid(message: String) -> Error {
+    Error::InvalidArgument(format!("partition map: {message}"))
+}
+
+/// The epoch of a freshly created map (no owners yet).
+pub const FIRST_EPOCH: u64 = 1;
+
+/// A stored map: its epoch, parameters, owners and table, exactly as `r` ‖ len ‖ name holds it
+/// (after the record's version byte; `docs/FORMAT.md`, "Partition map records"). Also the
+/// answer to a `map` read.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MapRecord {
+    /// Bumped by every change; [`FIRST_EPOCH`] at creation.
+    pub epoch: u64,
+    /// Partitions.
+    pub partitions: u32,
+    /// Replicas per partition.
+    pub replicas: u32,
+    /// The placement strategy.
+    pub strategy: Strategy,
+    /// The load cap.
+    pub load_cap: LoadCap,
+    /// Owners sorted by id, with their weights.
+    pub owners: Vec<(OwnerId, u32)>,
+    /// `partitions x min(replicas, owners)` owner indices, row after row, primary first.
+    pub slots: Vec<u32>,
+}
+
+impl MapRecord {
+    /// The map it describes, checked (`InvalidArgument` naming the defect).
+    pub fn to_map(&self) -> Result<PartitionMap> {
+        let params = MapParams {
+            partitions: self.partitions,
+            replicas: self.replicas,
+            strategy: self.strategy,
+            load_cap: self.load_cap,
+        };
+        let owners = self
+            .owners
+            .iter()
+            .map(|(id, weight)| Owner {
+                id: id.clone(),
+                weight: *weight,
+            })
+            .collect();
+        let table = Table::from_parts(params, owners, self.slots.clone())?;
+        if self.epoch < FIRST_EPOCH {
+            return Err(invalid("a map's epoch starts at 1".into()));
+        }
+        Ok(PartitionMap {
+            epoch: self.epoch,
+            table,
+        })
+    }
+
+    /// Check a stored record (`Corrupt` if it is not a valid map).
+    pub(crate) fn check(&self) -> Result<()> {
+        self.to_map()
+            .map(drop)
+            .map_err(|e| Error::corrupt(0, format!("state partition map record: {e}")))
+    }
+}
+
+/// A map as a member has applied it: its epoch and table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMap {
+    /// The epoch of this table.
+    pub epoch: u64,
+    /// The table.
+    pub table: Table,
+}
+
+impl PartitionMap {
+    /// The partition of `key` and its owners, primary first.
+    pub fn owners(&self, key: &[u8]) -> Owners {
+        let (partition, row) = self.table.lookup(key);
+        let owners = self.table.owners();
+        Owners {
+            epoch: self.epoch,
+            partition,
+            owners: row.iter().map(|&o| owners[o as usize].id.clone()).collect(),
+        }
+    }
+
+    /// The stored form.
+    pub fn to_record(&self) -> MapRecord {
+        let params = self.table.params();
+        MapRecord {
+            epoch: self.epoch,
+            partitions: params.partitions,
+            replicas: params.replicas,
+            strategy: params.strategy,
+            load_cap: params.load_cap,
+            owners: self
+                .table
+                .owners()
+                .iter()
+                .map(|o| (o.id.clone(), o.weight))
+                .collect(),
+            slots: self.table.slots().to_vec(),
+        }
+    }
+}
+
+/// Who owns a key: the answer of `owners(name, key)`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Owners {
+    /// The epoch of the table that answered (compare to know the answer is recent enough).
+    pub epoch: u64,
+    /// The key's partition.
+    pub partition: u32,
+    /// Its owners, primary first (`min(R, owners)` of them; none while the map has no owner).
+    pub owners: Vec<OwnerId>,
+}
+
+/// One moved slot, with owners as indices into [`EpochMoves::owners`] plus one (0: none), so
+/// that an epoch that moves many slots names each owner once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct SlotMove {
+    /// The partition.
+    pub partition: u32,
+    /// The slot (0 is the primary).
+    pub slot: u32,
+    /// Who held it: index into `owners` plus one; 0 for a slot that is new.
+    pub from: u32,
+    /// Who holds it now: index into `owners` plus one; 0 for a slot that is gone.
+    pub to: u32,
+}
+
+/// The slots one change moved (`placement::diff` of the tables before and after), by partition
+/// then slot. Stored under `r` ‖ len ‖ name ‖ epoch and returned by `moves` reads.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct EpochMoves {
+    /// The epoch the change made.
+    pub epoch: u64,
+    /// Every owner a move names, sorted by id.
+    pub owners: Vec<OwnerId>,
+    /// The moved slots.
+    pub moves: Vec<SlotMove>,
+}
+
+impl EpochMoves {
+    pub(crate) fn from_moves(epoch: u64, moves: &[Move]) -> EpochMoves {
+        let mut owners: Vec<OwnerId> = moves
+            .iter()
+            .flat_map(|m| m.from.iter().chain(m.to.iter()))
+            .cloned()
+            .collect();
+        owners.sort();
+        owners.dedup();
+        let index = |id: &Option<OwnerId>| match id {
+            // Found: every id of `moves` is in `owners`.
+            Some(id) => owners.binary_search(id).map_or(0, |i| i as u32 + 1),
+            None => 0,
+        };
+        let moves = moves
+            .iter()
+            .map(|m| SlotMove {
+                partition: m.partition,
+                slot: m.slot,
+                from: index(&m.from),
+                to: index(&m.to),
+            })
+            .collect();
+        EpochMoves {
+            epoch,
+            owners,
+            moves,
+        }
+    }
+
+    fn owner(&self, index: u32) -> Result<Option<OwnerId>> {
+        match index {
+            0 => Ok(None),
+            i => self
+                .owners
+                .get(i as usize - 1)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| invalid(format!("move names owner {i} of {}", self.owners.len()))),
+        }
+    }
+
+    /// The moves with owner ids (`InvalidArgument` for an index out of range).
+    pub fn moves(&self) -> Result<Vec<Move>> {
+        self.moves
+            .iter()
+            .map(|m| {
+                Ok(Move {
+                    partition: m.partition,
+                    slot: m.slot,
+                    from: self.owner(m.from)?,
+                    to: self.owner(m.to)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Check a stored record of epoch `epoch` (`Corrupt` if it is not valid).
+    pub(crate) fn check(&self, epoch: u64) -> Result<()> {
+        let bad = |why: String| Error::corrupt(0, format!("state partition map moves: {why}"));
+        if self.epoch != epoch || epoch <= FIRST_EPOCH {
+            return Err(bad(format!(
+                "epoch {} under the key of {epoch}",
+                self.epoch
+            )));
+        }
+        if self.owners.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad("owners are not sorted and distinct".into()));
+        }
+        self.moves().map(drop).map_err(|e| bad(e.to_string()))
+    }
+}
