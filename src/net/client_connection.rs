@@ -106,6 +106,9 @@ impl Writer {
     }
 }
 
+/// Where pushed frames go (see [`ClientConnection::on_push`]).
+type PushHandler = Box<dyn FnMut(&[u8]) + Send>;
+
 struct Inner<Resp> {
     addr: SocketAddr,
     member: NodeId,
@@ -117,6 +120,9 @@ struct Inner<Resp> {
     pending: Mutex<Pending<Resp>>,
     closed: AtomicBool,
     next_request_id: AtomicU64,
+    /// The subscriber of pushed frames; dropped when the connection closes, which is how the
+    /// subscriber learns of it.
+    push_handler: Mutex<Option<PushHandler>>,
 }
 
 impl<Resp> Inner<Resp> {
@@ -132,6 +138,8 @@ impl<Resp> Inner<Resp> {
         for (_, slot) in pending.waiters.drain() {
             slot.finish(SlotState::Abandoned);
         }
+        drop(pending);
+        drop(lock(&self.push_handler).take());
     }
 
     fn close_reason(&self) -> String {
@@ -221,6 +229,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             }),
             closed: AtomicBool::new(false),
             next_request_id: AtomicU64::new(1),
+            push_handler: Mutex::new(None),
         });
         let reader_inner = Arc::clone(&inner);
         let reader = established.reader;
@@ -307,6 +316,24 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
         }
     }
 
+    /// Hand every pushed frame's payload (frame kind 34, `ClientPush`) to `handler`, on the
+    /// reader thread (so it must not block), in the order they arrive. It replaces an earlier
+    /// handler and is dropped when the connection closes (or at once if it is closed already),
+    /// which tells its owner that nothing more will come. Without a handler pushed frames are
+    /// dropped.
+    pub fn on_push(&self, handler: impl FnMut(&[u8]) + Send + 'static) {
+        let mut slot = lock(&self.inner.push_handler);
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        *slot = Some(Box::new(handler));
+        drop(slot);
+        // Closed meanwhile: `close` may have looked before the handler was in place.
+        if self.inner.closed.load(Ordering::SeqCst) {
+            drop(lock(&self.inner.push_handler).take());
+        }
+    }
+
     /// The member that accepted this connection.
     pub fn member(&self) -> NodeId {
         self.inner.member
@@ -380,6 +407,14 @@ fn read_responses<Resp: Message>(
                 }
                 Err(e) => break format!("undecodable response: {e}"),
             },
+            Ok(Next::Frame {
+                kind: kind::CLIENT_PUSH,
+                payload,
+            }) => {
+                if let Some(handler) = lock(&inner.push_handler).as_mut() {
+                    handler(payload);
+                }
+            }
             Ok(Next::Frame {
                 kind: kind::KEEPALIVE,
                 ..

@@ -11,12 +11,25 @@ use crate::sm::{Command, CommandResult, RangePage, VersionedValue};
 use crate::types::{LogIndex, NodeId, Term};
 use bincode::{Decode, Encode};
 
+mod watch;
+pub use watch::{
+    EventKind, PushFrame, WatchEnd, WatchEvent, WatchPush, WatchSpec, PUSH_FRAME_VERSION,
+};
+
 /// Version of the client protocol carried in every [`ClientRequest`]. A member refuses a
 /// request of a newer version with `UnsupportedVersion`.
 ///
 /// Version 2 appended `snapshots_installed`, `fsync_latency` and `fsync_latency_sum_micros`
 /// to [`Counters`] (and `snapshots_received` now counts fetched snapshots, installed or not).
-pub const CLIENT_PROTOCOL_VERSION: u32 = 2;
+///
+/// Version 3 appended watches: [`Request::Watch`], [`Request::CancelWatch`],
+/// [`ReadOp::RangeAt`] with its answer [`Response::RangeAt`], and pushed frames (frame kind 34,
+/// [`PushFrame`]). A member pushes only for watches a client opened, so a client of an older
+/// version, which never sends these requests, never receives a pushed frame.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest client protocol version that may open a watch.
+pub const MIN_WATCH_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest client protocol version whose [`Request::Status`] a member answers: a status
 /// encoded by a newer member would not decode in an older client.
@@ -46,6 +59,17 @@ pub enum ReadOp {
     },
     /// Keys in `[start, end)` in key order (`end` `None`: to the last key), at most `limit`.
     Range {
+        /// First key (inclusive); may be empty.
+        start: Vec<u8>,
+        /// End key (exclusive); `None` for no upper bound.
+        end: Option<Vec<u8>>,
+        /// Most keys returned, in `1..=MAX_SCAN_LIMIT`.
+        limit: u32,
+    },
+    /// [`ReadOp::Range`], answered with the revision the page reflects
+    /// ([`Response::RangeAt`]): the state after applying every entry up to it, so a watch from
+    /// that revision + 1 misses nothing and repeats nothing (protocol version 3).
+    RangeAt {
         /// First key (inclusive); may be empty.
         start: Vec<u8>,
         /// End key (exclusive); `None` for no upper bound.
@@ -102,6 +126,22 @@ pub enum Request {
     StateHash,
     /// A membership or leadership change.
     Admin(AdminOp),
+    /// Open a watch on this connection (protocol version 3): the member answers
+    /// [`Response::Done`] once it is registered, then pushes [`PushFrame`]s with this
+    /// `watch_id`. Served by the member the client is connected to (never forwarded). Remote
+    /// clients only.
+    Watch {
+        /// The client's id for the watch, unique among its open watches on the connection.
+        watch_id: u64,
+        /// What to watch, from which revision.
+        spec: WatchSpec,
+    },
+    /// Close a watch opened on this connection (answered [`Response::Done`], also if it had
+    /// ended already).
+    CancelWatch {
+        /// The watch.
+        watch_id: u64,
+    },
 }
 
 impl Request {
@@ -113,6 +153,8 @@ impl Request {
             Request::Status => "status",
             Request::StateHash => "state_hash",
             Request::Admin(_) => "admin",
+            Request::Watch { .. } => "watch",
+            Request::CancelWatch { .. } => "cancel_watch",
         }
     }
 }
@@ -136,8 +178,15 @@ pub enum Response {
         /// sha256 of the state (`docs/FORMAT.md`, "State hash").
         hash: [u8; 32],
     },
-    /// An [`AdminOp`] took effect.
+    /// An [`AdminOp`] took effect (also: a watch was opened or cancelled).
     Done,
+    /// The result of a [`ReadOp::RangeAt`].
+    RangeAt {
+        /// The keys.
+        page: RangePage,
+        /// The revision the page reflects (the member's applied index when it read).
+        revision: LogIndex,
+    },
 }
 
 /// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.
