@@ -9,6 +9,7 @@ pub mod kv;
 pub mod progress;
 pub mod serve;
 pub mod status;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 use exit::finish;
@@ -46,6 +47,10 @@ pub enum Command {
     Scan(kv::ScanArgs),
     /// One row per member: role, term, commit and applied index, lag, last contact.
     Status(status::StatusArgs),
+    /// Print every change of the keys under PREFIX as it happens, one line per event
+    /// (`REVISION TAB put|delete TAB KEY TAB VALUE`, or JSON with --json); exit 0 after --count
+    /// events, 1 if the cluster ends the watch (compacted, overflow).
+    Watch(watch::WatchArgs),
     /// Measure a part of haven on this machine.
     Bench {
         /// What to measure.
@@ -82,6 +87,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Cas(args) => finish("cas", kv::cas(&args)),
         Command::Scan(args) => finish("scan", kv::scan(&args)),
         Command::Status(args) => finish("status", status::run(&args).map_err(exit::fail)),
+        Command::Watch(args) => finish("watch", watch::run(&args)),
         Command::Bench { target } => bench::run(target),
     }
 }
