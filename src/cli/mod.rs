@@ -70,6 +70,9 @@ pub enum BenchTarget {
     Cluster(bench::cluster::ClusterBenchArgs),
     /// Partition-map placement: balance, movement, lookup and rebuild time per strategy.
     Ring(bench::ring::RingBenchArgs),
+    /// Watch fan-out: a 3-member cluster in this process under a paced write load; events/s
+    /// delivered to each count of watchers, completeness, write-to-delivery latency.
+    Watch(bench::watch::WatchBenchArgs),
 }
 
 /// Run the parsed command; the process exit code.
