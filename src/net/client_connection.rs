@@ -89,6 +89,9 @@ struct Pending<Resp> {
 struct Writer {
     stream: TcpStream,
     timeout: Option<Duration>,
+    /// When the last frame was written: a connection that only receives (a watch's pushes)
+    /// must still write a keepalive now and then, or the member closes it as idle.
+    last_write: Instant,
 }
 
 impl Writer {
@@ -221,6 +224,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             writer: Mutex::new(Writer {
                 stream: clone(&stream)?,
                 timeout: None,
+                last_write: Instant::now(),
             }),
             control: clone(&stream)?,
             pending: Mutex::new(Pending {
@@ -291,6 +295,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             if let Err(e) = writer.limit_to(left) {
                 return Err(not_sent(e.to_string()));
             }
+            writer.last_write = Instant::now();
             if let Err(e) = writer.stream.write_all(&frame) {
                 // A partial frame is never processed, and the connection is closed so no later
                 // bytes can complete it: the request was not applied.
@@ -414,6 +419,18 @@ fn read_responses<Resp: Message>(
                 if let Some(handler) = lock(&inner.push_handler).as_mut() {
                     handler(payload);
                 }
+                // Pushes keep the read side busy, so the timeout below may never fire.
+                if let Ok(mut writer) = inner.writer.try_lock() {
+                    if writer.last_write.elapsed() >= CLIENT_KEEPALIVE_INTERVAL {
+                        writer.last_write = Instant::now();
+                        let sent = writer
+                            .limit_to(CLIENT_KEEPALIVE_INTERVAL)
+                            .and_then(|_| writer.stream.write_all(&keepalive));
+                        if let Err(e) = sent {
+                            break format!("keepalive failed: {e}");
+                        }
+                    }
+                }
             }
             Ok(Next::Frame {
                 kind: kind::KEEPALIVE,
@@ -423,6 +440,7 @@ fn read_responses<Resp: Message>(
             Ok(Next::TimedOut) => {
                 // A writer busy with a request proves liveness well enough; skip the keepalive.
                 if let Ok(mut writer) = inner.writer.try_lock() {
+                    writer.last_write = Instant::now();
                     let sent = writer
                         .limit_to(CLIENT_KEEPALIVE_INTERVAL)
                         .and_then(|_| writer.stream.write_all(&keepalive));
