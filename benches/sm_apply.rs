@@ -5,7 +5,7 @@
 //! the background; durability comes from the WAL, DESIGN.md rule 2).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use haven::sm::{Command, Op, StateMachine};
+use haven::sm::{ChangeCapture, Command, Op, StateMachine};
 use haven::{Entry, EntryKind, GroupId, LogIndex, Term};
 use std::time::{Duration, Instant};
 
@@ -148,10 +148,31 @@ fn apply_many_clients(c: &mut Criterion) {
 
 /// What the node's apply thread does under load: `apply_deferred` batches of 64 puts (one per
 /// client, 256 clients), flushed to sled every 32 batches, with a 32 MiB record cache, on a
-/// state whose 100k keys already exist (steady state: updates, not inserts).
+/// state whose 100k keys already exist (steady state: updates, not inserts). Once with change
+/// capture off (the runtime when nobody watches and the watch window is 0), once recording
+/// changes (its default: the window keeps recent events), once with previous values too (a
+/// watch asked for them).
 fn apply_deferred_steady_state(c: &mut Criterion) {
     let mut group = c.benchmark_group("sm_apply_deferred");
     group.measurement_time(Duration::from_secs(5));
+    for (name, capture) in [
+        ("64x32_then_flush", ChangeCapture::Off),
+        ("64x32_then_flush_capturing_changes", ChangeCapture::Changes),
+        (
+            "64x32_then_flush_capturing_previous",
+            ChangeCapture::ChangesWithPrevious,
+        ),
+    ] {
+        steady_state(&mut group, name, capture);
+    }
+    group.finish();
+}
+
+fn steady_state(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    capture: ChangeCapture,
+) {
     let clients = 256u64;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut sm = StateMachine::open_with_record_cache(dir.path().join("state"), 32 << 20, 32 << 20)
@@ -205,8 +226,9 @@ fn apply_deferred_steady_state(c: &mut Criterion) {
         let batch = make_batch(1000);
         sm.apply(&batch).expect("apply");
     }
+    sm.set_change_capture(capture);
     group.throughput(Throughput::Elements(64 * 32));
-    group.bench_function("64x32_then_flush", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -222,7 +244,6 @@ fn apply_deferred_steady_state(c: &mut Criterion) {
             total
         })
     });
-    group.finish();
 }
 
 criterion_group!(

@@ -288,3 +288,49 @@ const _: () = assert!(
         <= (MAX_FRAME_PAYLOAD_BYTES - SNAPSHOT_CHUNK_BYTES) / 2
 );
 const _: () = assert!(MAX_MOVES_PER_READ <= MAX_MAP_SLOTS);
+
+/// Default number of recent events (changes of user keys) a member keeps for watches that start
+/// in the past (`Config::watch_window_events`). A watch from before the window is ended with
+/// `Compacted`.
+pub const DEFAULT_WATCH_WINDOW_EVENTS: usize = 100_000;
+
+/// Most events a member may be configured to keep for watches.
+pub const MAX_WATCH_WINDOW_EVENTS: usize = 10_000_000;
+
+/// Key and value bytes of the recent events a member keeps at most, whatever the event count
+/// (the oldest revisions go first).
+pub const WATCH_WINDOW_BYTES: usize = 256 << 20;
+
+/// Default number of events one watcher may have queued, not yet taken by its client
+/// (`Config::watch_buffer_events`); a watcher that falls further behind is ended with
+/// `Overflow`.
+pub const DEFAULT_WATCH_BUFFER_EVENTS: usize = 65_536;
+
+/// Most events one watcher's buffer may be configured to hold.
+pub const MAX_WATCH_BUFFER_EVENTS: usize = 1 << 20;
+
+/// Most watches open at once on one member (all clients together).
+pub const MAX_WATCHES: usize = 4096;
+
+/// Batches of applied entries queued from the apply thread to the watch thread. The apply
+/// thread never waits for it: a batch that finds it full is dropped, and the watch thread ends
+/// the watches that needed it with `Compacted` (never a silent gap).
+pub const WATCH_HUB_QUEUE: usize = 4096;
+
+/// Default interval of progress notifications on an idle watch
+/// (`Config::watch_progress_interval_ms`).
+pub const DEFAULT_WATCH_PROGRESS_INTERVAL_MS: u64 = 1000;
+
+/// Most events the member puts in one pushed frame (several revisions of one watch travel in one
+/// frame when they are ready together; a revision is never split).
+pub const MAX_WATCH_PUSH_EVENTS: usize = 1024;
+
+/// Bytes of pushed frames one client connection may have queued; a watch whose push finds it
+/// full is ended with `Overflow`.
+pub const MAX_CLIENT_PUSH_QUEUE_BYTES: usize = 32 << 20;
+
+const _: () = assert!(DEFAULT_WATCH_WINDOW_EVENTS <= MAX_WATCH_WINDOW_EVENTS);
+const _: () = assert!(DEFAULT_WATCH_BUFFER_EVENTS <= MAX_WATCH_BUFFER_EVENTS);
+// A pushed frame of MAX_WATCH_PUSH_EVENTS events fits a frame only with small events; a frame
+// is cut earlier by bytes (the push queue holds at least one maximal frame).
+const _: () = assert!(MAX_FRAME_PAYLOAD_BYTES <= MAX_CLIENT_PUSH_QUEUE_BYTES);

@@ -13,6 +13,7 @@ pub mod serve;
 pub mod snapshot;
 pub mod status;
 pub mod tls;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 use exit::finish;
@@ -76,6 +77,10 @@ pub enum Command {
     },
     /// Replicated partition maps: create, join, leave, weight, show, owners KEY, moves.
     Ring(ring::RingArgs),
+    /// Print every change of the keys under PREFIX as it happens, one line per event
+    /// (`REVISION TAB put|delete TAB KEY TAB VALUE`, or JSON with --json); exit 0 after --count
+    /// events, 1 if the cluster ends the watch (compacted, overflow).
+    Watch(watch::WatchArgs),
     /// Measure a part of haven on this machine.
     Bench {
         /// What to measure.
@@ -95,6 +100,9 @@ pub enum BenchTarget {
     Cluster(bench::cluster::ClusterBenchArgs),
     /// Partition-map placement: balance, movement, lookup and rebuild time per strategy.
     Ring(bench::ring::RingBenchArgs),
+    /// Watch fan-out: a 3-member cluster in this process under a paced write load; events/s
+    /// delivered to each count of watchers, completeness, write-to-delivery latency.
+    Watch(bench::watch::WatchBenchArgs),
 }
 
 /// Run the parsed command; the process exit code.
@@ -117,6 +125,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Snapshot { action } => finish("snapshot", snapshot::run(&action)),
         Command::Leader { action } => finish("leader", member::run_leader(&action)),
         Command::Ring(args) => finish("ring", ring::run(&args)),
+        Command::Watch(args) => finish("watch", watch::run(&args)),
         Command::Bench { target } => bench::run(target),
     }
 }

@@ -1,10 +1,11 @@
 //! The in-process backend: a [`Client`] whose calls go straight to a member running in this
 //! process (its driver, or its apply thread for reads), with no socket in between.
 
+use super::watch::WatchStream;
 use super::{Backend, Client, ClientOptions};
 use crate::error::Result;
 use crate::node::{Node, NodeShared};
-use crate::proto::{Request, Response};
+use crate::proto::{Request, Response, WatchSpec};
 use crate::sm::MapReader;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,27 @@ struct LocalBackend {
 impl Backend for LocalBackend {
     fn call(&self, request: Request, deadline: Instant) -> Result<Response> {
         self.shared.call(request, deadline)
+    }
+
+    fn watch(&self, spec: &WatchSpec, deadline: Instant) -> Result<WatchStream> {
+        if self
+            .shared
+            .stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // Nowhere else to go: an in-process client is bound to its member.
+            return Err(crate::error::Error::Fatal(format!(
+                "member {} is shut down",
+                self.shared.id
+            )));
+        }
+        let watch = Node::watch_local(&self.shared, spec.clone(), deadline)?;
+        let id = watch.id;
+        let shared = Arc::clone(&self.shared);
+        Ok(WatchStream {
+            next: Box::new(move |timeout| watch.recv_timeout(timeout)),
+            cancel: Box::new(move || shared.watches.cancel_local(id)),
+        })
     }
 
     fn describe(&self) -> String {

@@ -25,6 +25,10 @@
 mod backup;
 mod local;
 mod remote;
+mod watch;
+
+pub use self::watch::{Watch, WatchNotice, WATCH_RESUME_TIMEOUT};
+pub use crate::proto::{EventKind, WatchEvent, WatchSpec};
 
 pub use crate::proto::{
     AdminOp, Counters, Histogram, MemberStatus, NodeRole, ReadMode, ReadOp, Request, Response,
@@ -76,6 +80,8 @@ impl Default for ClientOptions {
 pub(crate) trait Backend: Send + Sync {
     /// One attempt. `Unavailable`: not applied; `Timeout`: maybe applied.
     fn call(&self, request: Request, deadline: Instant) -> Result<Response>;
+    /// Open a watch on one member (see `watch.rs`). `Unavailable`/`Timeout`: try again.
+    fn watch(&self, spec: &WatchSpec, deadline: Instant) -> Result<self::watch::WatchStream>;
     /// For error messages.
     fn describe(&self) -> String;
     /// The partition maps as the member in this process applied them, if the backend is in

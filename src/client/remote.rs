@@ -5,13 +5,22 @@
 //! next member in the list. When a member cannot be reached, stops answering or reports that it
 //! failed, the connection is dropped and the next attempt goes to another member.
 
+use super::watch::{receive_from, WatchStream};
 use super::{Backend, ClientOptions};
+use crate::codec;
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::resolve_address;
 use crate::net::{ClientConnection, ClientTls, ClusterSecret};
-use crate::proto::{ClientRequest, ClientResponse, Request, Response, Status};
+use crate::proto::{
+    ClientRequest, ClientResponse, PushFrame, Request, Response, Status, WatchPush, WatchSpec,
+    CLIENT_PROTOCOL_VERSION, PUSH_FRAME_VERSION,
+};
 use crate::types::ClusterId;
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Weak;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,6 +36,59 @@ struct State {
     next: usize,
 }
 
+/// Pushes one watch may have waiting for its pump; beyond, the watch is dropped here and its
+/// pump resumes it from its last delivered revision (no gap: the member still has them, or says
+/// `Compacted`).
+const WATCH_ROUTE_BUFFER: usize = 1024;
+
+/// Routes pushed frames to the watches of this client, by (connection, watch id). A connection's
+/// routes are removed when it closes (its push handler is dropped), which ends those watches'
+/// streams: their pumps resume them elsewhere.
+#[derive(Default)]
+struct PushRoutes {
+    routes: Mutex<HashMap<(u64, u64), Sender<WatchPush>>>,
+}
+
+impl PushRoutes {
+    fn route(&self, connection: u64, payload: &[u8]) {
+        // A frame that does not decode, or of a newer version, ends nothing by itself; the
+        // watch it was for stalls and is resumed when its connection goes.
+        let Ok(frame) = codec::decode_value::<PushFrame>(payload) else {
+            return;
+        };
+        if frame.version > PUSH_FRAME_VERSION {
+            return;
+        }
+        let mut routes = lock(&self.routes);
+        let key = (connection, frame.watch_id);
+        if let Some(tx) = routes.get(&key) {
+            match tx.try_send(frame.push) {
+                Ok(()) => {}
+                // Its pump is behind (or gone): let it resume from where it is.
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    routes.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn connection_closed(&self, connection: u64) {
+        lock(&self.routes).retain(|(c, _), _| *c != connection);
+    }
+}
+
+/// Removes a connection's routes when the connection drops its push handler.
+struct RouteGuard {
+    routes: Arc<PushRoutes>,
+    connection: u64,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.routes.connection_closed(self.connection);
+    }
+}
+
 pub(crate) struct RemoteBackend {
     members: Vec<SocketAddr>,
     cluster_id: ClusterId,
@@ -35,6 +97,8 @@ pub(crate) struct RemoteBackend {
     prefer_leader: bool,
     tls: Option<ClientTls>,
     state: Mutex<State>,
+    routes: Arc<PushRoutes>,
+    next_watch_id: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,6 +138,8 @@ impl RemoteBackend {
                 conn: None,
                 next: 0,
             }),
+            routes: Arc::default(),
+            next_watch_id: AtomicU64::new(1),
         };
         // Connect now, so a wrong secret or cluster id is reported at once.
         backend.connection(Instant::now() + options.request_timeout)?;
@@ -85,14 +151,21 @@ impl RemoteBackend {
             .connect_timeout
             .min(deadline.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
-        Connection::connect_with(
+        let conn = Connection::connect_with(
             addr,
             self.cluster_id,
             &self.secret,
             handshake_id(),
             timeout,
             self.tls.as_ref(),
-        )
+        )?;
+        // Every connection routes its pushed frames, so a watch can use any of them.
+        let guard = RouteGuard {
+            routes: Arc::clone(&self.routes),
+            connection: conn.client_id(),
+        };
+        conn.on_push(move |payload| guard.routes.route(guard.connection, payload));
+        Ok(conn)
     }
 
     /// The current connection, or a new one: to the leader if a member names it and it
@@ -228,6 +301,71 @@ impl Backend for RemoteBackend {
                 Err(e)
             }
         }
+    }
+
+    fn watch(&self, spec: &WatchSpec, deadline: Instant) -> Result<WatchStream> {
+        let conn = self.connection(deadline)?;
+        let watch_id = self.next_watch_id.fetch_add(1, Ordering::Relaxed);
+        let key = (conn.client_id(), watch_id);
+        let (tx, rx) = bounded(WATCH_ROUTE_BUFFER);
+        // Routed before the member can push anything for it.
+        lock(&self.routes.routes).insert(key, tx);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let request = ClientRequest {
+            version: CLIENT_PROTOCOL_VERSION,
+            timeout_ms: left
+                .saturating_sub(ANSWER_MARGIN)
+                .max(Duration::from_millis(1))
+                .as_millis()
+                .min(u128::from(u32::MAX)) as u32,
+            request: Request::Watch {
+                watch_id,
+                spec: spec.clone(),
+            },
+        };
+        let failed = |e: Error| {
+            lock(&self.routes.routes).remove(&key);
+            e
+        };
+        match conn.call(request, left.max(Duration::from_millis(1))) {
+            Ok(Ok(Response::Done)) => {}
+            Ok(Ok(_)) => {
+                return Err(failed(Error::Fatal("unexpected answer to watch".into())));
+            }
+            Ok(Err(wire)) => {
+                let e = Error::from(wire);
+                if matches!(e.code(), ErrorCode::Unavailable | ErrorCode::Fatal) {
+                    self.drop_connection(&conn);
+                    return Err(failed(Error::Unavailable(e.to_string())));
+                }
+                return Err(failed(e));
+            }
+            Err(e) => {
+                self.drop_connection(&conn);
+                return Err(failed(e));
+            }
+        }
+        let routes = Arc::clone(&self.routes);
+        let weak: Weak<Connection> = Arc::downgrade(&conn);
+        let cancel = move || {
+            lock(&routes.routes).remove(&key);
+            let Some(conn) = weak.upgrade() else {
+                return;
+            };
+            if conn.is_closed() {
+                return;
+            }
+            let request = ClientRequest {
+                version: CLIENT_PROTOCOL_VERSION,
+                timeout_ms: 500,
+                request: Request::CancelWatch { watch_id },
+            };
+            let _ = conn.call(request, Duration::from_secs(1));
+        };
+        Ok(WatchStream {
+            next: receive_from(rx),
+            cancel: Box::new(cancel),
+        })
     }
 
     fn describe(&self) -> String {

@@ -89,6 +89,9 @@ struct Pending<Resp> {
 struct Writer {
     stream: Stream,
     timeout: Option<Duration>,
+    /// When the last frame was written: a connection that only receives (a watch's pushes)
+    /// must still write a keepalive now and then, or the member closes it as idle.
+    last_write: Instant,
 }
 
 impl Writer {
@@ -106,6 +109,9 @@ impl Writer {
     }
 }
 
+/// Where pushed frames go (see [`ClientConnection::on_push`]).
+type PushHandler = Box<dyn FnMut(&[u8]) + Send>;
+
 struct Inner<Resp> {
     addr: SocketAddr,
     member: NodeId,
@@ -117,6 +123,9 @@ struct Inner<Resp> {
     pending: Mutex<Pending<Resp>>,
     closed: AtomicBool,
     next_request_id: AtomicU64,
+    /// The subscriber of pushed frames; dropped when the connection closes, which is how the
+    /// subscriber learns of it.
+    push_handler: Mutex<Option<PushHandler>>,
 }
 
 impl<Resp> Inner<Resp> {
@@ -132,6 +141,8 @@ impl<Resp> Inner<Resp> {
         for (_, slot) in pending.waiters.drain() {
             slot.finish(SlotState::Abandoned);
         }
+        drop(pending);
+        drop(lock(&self.push_handler).take());
     }
 
     fn close_reason(&self) -> String {
@@ -233,6 +244,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             writer: Mutex::new(Writer {
                 stream: clone(&stream)?,
                 timeout: None,
+                last_write: Instant::now(),
             }),
             control,
             pending: Mutex::new(Pending {
@@ -241,6 +253,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             }),
             closed: AtomicBool::new(false),
             next_request_id: AtomicU64::new(1),
+            push_handler: Mutex::new(None),
         });
         let reader_inner = Arc::clone(&inner);
         let reader = established.reader;
@@ -302,6 +315,7 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
             if let Err(e) = writer.limit_to(left) {
                 return Err(not_sent(e.to_string()));
             }
+            writer.last_write = Instant::now();
             if let Err(e) = writer.stream.write_all_bytes(&frame) {
                 // A partial frame is never processed, and the connection is closed so no later
                 // bytes can complete it: the request was not applied.
@@ -324,6 +338,24 @@ impl<Req: Message, Resp: Message> ClientConnection<Req, Resp> {
                  applied",
                 inner.close_reason()
             ))),
+        }
+    }
+
+    /// Hand every pushed frame's payload (frame kind 34, `ClientPush`) to `handler`, on the
+    /// reader thread (so it must not block), in the order they arrive. It replaces an earlier
+    /// handler and is dropped when the connection closes (or at once if it is closed already),
+    /// which tells its owner that nothing more will come. Without a handler pushed frames are
+    /// dropped.
+    pub fn on_push(&self, handler: impl FnMut(&[u8]) + Send + 'static) {
+        let mut slot = lock(&self.inner.push_handler);
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        *slot = Some(Box::new(handler));
+        drop(slot);
+        // Closed meanwhile: `close` may have looked before the handler was in place.
+        if self.inner.closed.load(Ordering::SeqCst) {
+            drop(lock(&self.inner.push_handler).take());
         }
     }
 
@@ -401,6 +433,26 @@ fn read_responses<Resp: Message>(
                 Err(e) => break format!("undecodable response: {e}"),
             },
             Ok(Next::Frame {
+                kind: kind::CLIENT_PUSH,
+                payload,
+            }) => {
+                if let Some(handler) = lock(&inner.push_handler).as_mut() {
+                    handler(payload);
+                }
+                // Pushes keep the read side busy, so the timeout below may never fire.
+                if let Ok(mut writer) = inner.writer.try_lock() {
+                    if writer.last_write.elapsed() >= CLIENT_KEEPALIVE_INTERVAL {
+                        writer.last_write = Instant::now();
+                        let sent = writer
+                            .limit_to(CLIENT_KEEPALIVE_INTERVAL)
+                            .and_then(|_| writer.stream.write_all_bytes(&keepalive));
+                        if let Err(e) = sent {
+                            break format!("keepalive failed: {e}");
+                        }
+                    }
+                }
+            }
+            Ok(Next::Frame {
                 kind: kind::KEEPALIVE,
                 ..
             }) => {}
@@ -408,6 +460,7 @@ fn read_responses<Resp: Message>(
             Ok(Next::TimedOut) => {
                 // A writer busy with a request proves liveness well enough; skip the keepalive.
                 if let Ok(mut writer) = inner.writer.try_lock() {
+                    writer.last_write = Instant::now();
                     let sent = writer
                         .limit_to(CLIENT_KEEPALIVE_INTERVAL)
                         .and_then(|_| writer.stream.write_all_bytes(&keepalive));

@@ -4,9 +4,11 @@
 use super::tls::Stream;
 use super::wire::{self, kind};
 use super::Message;
-use crate::limits::MAX_CLIENT_INFLIGHT_REQUESTS;
+use crate::codec;
+use crate::limits::{MAX_CLIENT_INFLIGHT_REQUESTS, MAX_CLIENT_PUSH_QUEUE_BYTES};
 use crate::park::ParkedSender;
 use crossbeam_channel::TrySendError;
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,10 +66,33 @@ pub(super) struct ClientConnInner<Resp> {
     pub(super) outlet: Mutex<wire::DirectWrites>,
     /// `outlet.leftover` is not empty (read without the lock by the waiting writer thread).
     pub(super) has_leftover: AtomicBool,
+    /// Pushed frames (kind `CLIENT_PUSH`), already framed, waiting for the writer thread; bounded
+    /// by [`MAX_CLIENT_PUSH_QUEUE_BYTES`].
+    pub(super) pushes: Mutex<PushQueue>,
+    /// `pushes` is not empty (read without the lock by the waiting writer thread).
+    pub(super) has_pushes: AtomicBool,
     /// Why the connection was closed from this side because of a fault, for the log.
     pub(super) fault: Mutex<Option<String>>,
     /// For direct writes (plaintext only) and for closing.
     pub(super) stream: Stream,
+}
+
+/// Framed pushes waiting for the writer thread.
+#[derive(Default)]
+pub(super) struct PushQueue {
+    pub(super) frames: VecDeque<Vec<u8>>,
+    pub(super) bytes: usize,
+}
+
+/// What became of a [`ClientHandle::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued for the connection's writer.
+    Queued,
+    /// The connection's push queue is full (the client reads too slowly): not queued.
+    Full,
+    /// The connection is closed, or the value does not fit a frame: not queued.
+    Closed,
 }
 
 impl<Resp> ClientConnInner<Resp> {
@@ -136,6 +161,34 @@ impl<Resp> ClientHandle<Resp> {
     /// The client's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.peer_addr
+    }
+
+    /// Queue a pushed frame (kind 34, `ClientPush`, payload `value`), which is not the answer to
+    /// a request: the client routes it by its content (docs/FORMAT.md, "Pushed frames"). Never
+    /// blocks. Pushed frames keep their order among themselves, not with responses.
+    ///
+    /// `Full` when the connection already has [`MAX_CLIENT_PUSH_QUEUE_BYTES`] of pushes queued,
+    /// unless `last` is set: a last push (ending a watch, at most one per watch) is always
+    /// queued, so the client learns why a watch ended.
+    pub fn push<P: bincode::Encode>(&self, value: &P, last: bool) -> PushOutcome {
+        if self.is_closed() {
+            return PushOutcome::Closed;
+        }
+        let mut frame = Vec::new();
+        if codec::append_frame(&mut frame, kind::CLIENT_PUSH, self.inner.salt, value).is_err() {
+            return PushOutcome::Closed;
+        }
+        {
+            let mut queue = self.inner.pushes.lock().unwrap_or_else(|e| e.into_inner());
+            if !last && queue.bytes + frame.len() > MAX_CLIENT_PUSH_QUEUE_BYTES {
+                return PushOutcome::Full;
+            }
+            queue.bytes += frame.len();
+            queue.frames.push_back(frame);
+            self.inner.has_pushes.store(true, Ordering::SeqCst);
+        }
+        self.inner.responses.wake();
+        PushOutcome::Queued
     }
 }
 

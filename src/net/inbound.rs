@@ -466,6 +466,8 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
         salt,
         outlet: Mutex::new(wire::DirectWrites::default()),
         has_leftover: AtomicBool::new(false),
+        pushes: Mutex::new(Default::default()),
+        has_pushes: AtomicBool::new(false),
         fault: Mutex::new(None),
         stream: control,
     });
@@ -562,7 +564,9 @@ fn client_writer<Resp: Message>(
         // the outlet, so a direct write (which needs an empty queue and the outlet) never
         // overtakes it.
         let woken = queued.wait_until(CLIENT_WRITER_WAIT, || {
-            inner.closed.load(Ordering::SeqCst) || inner.has_leftover.load(Ordering::SeqCst)
+            inner.closed.load(Ordering::SeqCst)
+                || inner.has_leftover.load(Ordering::SeqCst)
+                || inner.has_pushes.load(Ordering::SeqCst)
         });
         if inner.closed.load(Ordering::SeqCst) {
             break;
@@ -575,6 +579,15 @@ fn client_writer<Resp: Message>(
         if !out.leftover.is_empty() {
             batch.append(&mut out.leftover);
             inner.has_leftover.store(false, Ordering::SeqCst);
+        }
+        if inner.has_pushes.load(Ordering::SeqCst) {
+            let mut pushes = inner.pushes.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded by the push queue's byte limit.
+            while let Some(frame) = pushes.frames.pop_front() {
+                pushes.bytes -= frame.len();
+                batch.extend_from_slice(&frame);
+            }
+            inner.has_pushes.store(false, Ordering::SeqCst);
         }
         let mut count = 0usize;
         // Bounded by the queue's capacity.

@@ -83,7 +83,7 @@ mod wire;
 
 pub use address::{free_loopback_addrs, resolve_address};
 pub use client_connection::ClientConnection;
-pub use client_handle::{ClientEvent, ClientHandle};
+pub use client_handle::{ClientEvent, ClientHandle, PushOutcome};
 pub use config::{
     ClusterSecret, DeliverHook, TransportConfig, CLIENT_KEEPALIVE_INTERVAL, MAX_SECRET_BYTES,
     MIN_SECRET_BYTES,

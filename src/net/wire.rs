@@ -32,6 +32,8 @@ pub(crate) mod kind {
     pub const CLIENT_REQUEST: u8 = 32;
     /// Member to client: `(request_id, response)`.
     pub const CLIENT_RESPONSE: u8 = 33;
+    /// A member's pushed frame to a remote client (a watch's events), not an answer to a request.
+    pub const CLIENT_PUSH: u8 = 34;
 }
 
 /// Initial size of a reader's buffer; it grows to the largest frame seen and shrinks back once

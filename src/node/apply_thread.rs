@@ -6,6 +6,7 @@
 //! never delays the driver's ticks, heartbeats or WAL submissions.
 
 use super::reply::Reply;
+use super::watch::WatchFeed;
 use super::{Internal, SharedCounters};
 use crate::error::{Error, Result};
 use crate::event;
@@ -96,6 +97,8 @@ pub(crate) struct ApplyThread {
     pub(crate) pending_since: Option<Instant>,
     /// Set after a failure: the machine applies nothing more.
     pub(crate) failed: Option<String>,
+    /// Where the changes of applied entries go, for watches (`watch.rs`).
+    pub(crate) watch_feed: WatchFeed,
 }
 
 /// How long the oldest pending write may wait before a flush.
@@ -238,8 +241,10 @@ impl ApplyThread {
         }
         let count = entries.len() as u64;
         let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+        let capture = self.watch_feed.capture();
+        self.sm.set_change_capture(capture);
         match self.sm.apply_deferred(&entries) {
-            Ok(outcomes) => {
+            Ok(mut outcomes) => {
                 if self.pending_since.is_none() && self.sm.pending_writes() > 0 {
                     self.pending_since = Some(Instant::now());
                 }
@@ -248,6 +253,7 @@ impl ApplyThread {
                     .entries_applied
                     .fetch_add(count, Ordering::Relaxed);
                 let (applied, _) = self.sm.applied();
+                self.watch_feed.publish(&mut outcomes, applied, capture);
                 self.counters.applied.store(applied.0, Ordering::Relaxed);
                 self.internal.send(Internal::Applied(applied));
                 self.entries_since_snapshot += count;
@@ -327,6 +333,7 @@ impl ApplyThread {
                 self.entries_since_snapshot = 0;
                 self.bytes_since_snapshot = 0;
                 self.counters.applied.store(file.index.0, Ordering::Relaxed);
+                self.watch_feed.restored(file.index);
                 event!(Level::Info, node: Some(self.id.0), term: None, "snapshot_restored",
                     index = meta.index.0, ms = started.elapsed().as_millis());
                 self.internal.send(Internal::Applied(file.index));
@@ -379,6 +386,13 @@ impl ApplyThread {
                 .sm
                 .map_moves(name, *since_epoch)
                 .map(Response::MapMoves),
+            ReadOp::RangeAt { start, end, limit } => self
+                .sm
+                .range(start, end.as_deref(), *limit as usize)
+                .map(|page| Response::RangeAt {
+                    page,
+                    revision: self.sm.applied().0,
+                }),
         };
         read.reply.send(result);
     }

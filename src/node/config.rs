@@ -2,8 +2,10 @@
 
 use crate::error::{Error, Result};
 use crate::limits::{
-    DEFAULT_WAL_CACHE_BYTES, DEFAULT_WAL_SEGMENT_BYTES, MAX_CLIENT_CONNECTIONS, MAX_MEMBERS,
-    MAX_WAL_SEGMENT_BYTES, MIN_WAL_SEGMENT_BYTES,
+    DEFAULT_WAL_CACHE_BYTES, DEFAULT_WAL_SEGMENT_BYTES, DEFAULT_WATCH_BUFFER_EVENTS,
+    DEFAULT_WATCH_PROGRESS_INTERVAL_MS, DEFAULT_WATCH_WINDOW_EVENTS, MAX_CLIENT_CONNECTIONS,
+    MAX_MEMBERS, MAX_WAL_SEGMENT_BYTES, MAX_WATCH_BUFFER_EVENTS, MAX_WATCH_WINDOW_EVENTS,
+    MIN_WAL_SEGMENT_BYTES,
 };
 use crate::net::{ClusterSecret, MemberTls};
 use crate::types::{ClusterId, NodeId};
@@ -87,6 +89,15 @@ pub struct Config {
     /// `/health` answers 503 when the member's applied index is more than this many entries
     /// behind its commit index.
     pub health_max_lag_entries: u64,
+    /// Recent events (changes of user keys) kept for watches that start in the past; a watch
+    /// from before them is ended with `Compacted`. 0 keeps none (and records changes only
+    /// while a watch is open).
+    pub watch_window_events: usize,
+    /// Events one watcher may have queued and not yet taken; beyond, it is ended with
+    /// `Overflow`.
+    pub watch_buffer_events: usize,
+    /// An idle watch gets a progress notification (the member's applied revision) this often.
+    pub watch_progress_interval_ms: u64,
     /// Test seam: make the WAL's fdatasync fail on demand.
     #[doc(hidden)]
     pub wal_faults: Option<Arc<FaultInjector>>,
@@ -154,6 +165,9 @@ impl Config {
             max_client_connections: 256,
             http_listen: None,
             health_max_lag_entries: 10_000,
+            watch_window_events: DEFAULT_WATCH_WINDOW_EVENTS,
+            watch_buffer_events: DEFAULT_WATCH_BUFFER_EVENTS,
+            watch_progress_interval_ms: DEFAULT_WATCH_PROGRESS_INTERVAL_MS,
             wal_faults: None,
         }
     }
@@ -260,6 +274,24 @@ impl Config {
                 self.request_timeout_ms
             ));
         }
+        if self.watch_window_events > MAX_WATCH_WINDOW_EVENTS {
+            return bad(format!(
+                "watch_window_events: {} is over the limit of {MAX_WATCH_WINDOW_EVENTS}",
+                self.watch_window_events
+            ));
+        }
+        if self.watch_buffer_events == 0 || self.watch_buffer_events > MAX_WATCH_BUFFER_EVENTS {
+            return bad(format!(
+                "watch_buffer_events: {} is not in 1..={MAX_WATCH_BUFFER_EVENTS}",
+                self.watch_buffer_events
+            ));
+        }
+        if !(10..=60_000).contains(&self.watch_progress_interval_ms) {
+            return bad(format!(
+                "watch_progress_interval_ms: {} is not in 10..=60000",
+                self.watch_progress_interval_ms
+            ));
+        }
         if self.max_client_connections == 0 || self.max_client_connections > MAX_CLIENT_CONNECTIONS
         {
             return bad(format!(
@@ -337,6 +369,11 @@ mod tests {
         rejected(|c| c.state_cache_bytes = 0, "state_cache_bytes");
         rejected(|c| c.request_timeout_ms = 0, "request_timeout_ms");
         rejected(|c| c.max_client_connections = 0, "max_client_connections");
+        rejected(|c| c.watch_buffer_events = 0, "watch_buffer_events");
+        rejected(
+            |c| c.watch_progress_interval_ms = 0,
+            "watch_progress_interval_ms",
+        );
         rejected(
             |c| {
                 c.peer_routes

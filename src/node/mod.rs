@@ -46,6 +46,7 @@ mod peer_message;
 mod reply;
 mod transfer;
 mod wal_store;
+mod watch;
 
 pub use self::backup::{restore_backup, restored_cluster_id, verify_backup, BackupInfo, Restored};
 pub use self::config::{Config, MAX_REQUEST_TIMEOUT_MS};
@@ -56,6 +57,8 @@ use self::driver::Driver;
 use self::reply::Reply;
 use self::transfer::{ServeLimit, Transfer};
 use self::wal_store::WalStore;
+pub(crate) use self::watch::LocalWatch;
+use self::watch::{WatchHub, WatchSettings};
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::event;
@@ -144,6 +147,8 @@ pub(crate) struct NodeShared {
     pub(crate) serve_limit: ServeLimit,
     /// The partition maps as the apply thread has applied them (local `owners` reads).
     pub(crate) maps: MapReader,
+    /// Opens and closes this member's watches (`watch.rs`).
+    pub(crate) watches: WatchHub,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -241,6 +246,7 @@ impl NodeShared {
 struct Running {
     driver: JoinHandle<()>,
     apply: JoinHandle<()>,
+    watch: JoinHandle<()>,
     transfer: JoinHandle<()>,
     transport: Arc<NodeTransport>,
     wal: Arc<Wal>,
@@ -348,6 +354,16 @@ impl Node {
         let counters = Arc::new(SharedCounters::default());
         counters.applied.store(applied.0, Ordering::Relaxed);
         let serve_limit: ServeLimit = Arc::new(AtomicU64::new(u64::MAX));
+        let (watches, watch_feed, watch_loop) = watch::start(
+            id,
+            applied,
+            WatchSettings {
+                window_events: config.watch_window_events,
+                buffer_events: config.watch_buffer_events,
+                progress_interval: Duration::from_millis(config.watch_progress_interval_ms),
+            },
+        );
+        let watch = spawn(format!("haven-{}-watch", id.0), watch_loop)?;
         let shared = Arc::new(NodeShared {
             id,
             inputs: input_tx,
@@ -358,6 +374,7 @@ impl Node {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             serve_limit: Arc::clone(&serve_limit),
             maps: sm.map_reader(),
+            watches,
         });
 
         // Before any thread starts, so a bad address fails the open with nothing to stop.
@@ -387,6 +404,7 @@ impl Node {
             bytes_since_snapshot: 0,
             pending_since: None,
             failed: None,
+            watch_feed,
         };
         let apply = spawn_member_thread(
             format!("haven-{}-apply", id.0),
@@ -441,6 +459,7 @@ impl Node {
             running: Mutex::new(Some(Running {
                 driver,
                 apply,
+                watch,
                 transfer,
                 transport,
                 wal,
@@ -556,6 +575,18 @@ impl Node {
         self.shared.serve_limit.store(bytes, Ordering::SeqCst);
     }
 
+    /// Open a watch on this member (the in-process client's path, `client/local.rs`).
+    pub(crate) fn watch_local(
+        shared: &NodeShared,
+        spec: crate::proto::WatchSpec,
+        deadline: Instant,
+    ) -> Result<LocalWatch> {
+        if shared.stopped.load(Ordering::SeqCst) {
+            return Err(shared.closed_error());
+        }
+        shared.watches.watch_local(spec, deadline)
+    }
+
     fn call(&self, request: Request) -> Result<Response> {
         self.shared
             .call(request, Instant::now() + self.shared.request_timeout)
@@ -578,6 +609,8 @@ impl Node {
         self.shared.parker.notify();
         let _ = running.driver.join();
         let _ = running.apply.join();
+        self.shared.watches.stop();
+        let _ = running.watch.join();
         let _ = running.transfer.join();
         running.transport.shutdown();
         drop(running.transport);

@@ -11,6 +11,11 @@ use crate::sm::{Command, CommandResult, MapMoves, MapRecord, Owners, RangePage, 
 use crate::types::{LogIndex, NodeId, Term};
 use bincode::{Decode, Encode};
 
+mod watch;
+pub use watch::{
+    EventKind, PushFrame, WatchEnd, WatchEvent, WatchPush, WatchSpec, PUSH_FRAME_VERSION,
+};
+
 /// Version of the client protocol carried in every [`ClientRequest`]. A member refuses a
 /// request of a newer version with `UnsupportedVersion`.
 ///
@@ -23,8 +28,15 @@ use bincode::{Decode, Encode};
 /// A client sends each request with the lowest version that has it
 /// ([`Request::protocol_version`]), so that a member of an older version still serves every
 /// request it knows.
-/// The partition-map reads ([`ReadOp::MapOwners`] ..) and their responses are version 3 too.
+/// The partition-map reads ([`ReadOp::MapOwners`] ..) and their responses are version 3 too,
+/// and so are watches: [`Request::Watch`], [`Request::CancelWatch`],
+/// [`ReadOp::RangeAt`] with its answer [`Response::RangeAt`], and pushed frames (frame kind 34,
+/// [`PushFrame`]). A member pushes only for watches a client opened, so a client of an older
+/// version, which never sends these requests, never receives a pushed frame.
 pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest client protocol version that may open a watch.
+pub const MIN_WATCH_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest client protocol version whose [`Request::Status`] a member answers: a status
 /// encoded by a newer member would not decode in an older client.
@@ -92,6 +104,17 @@ pub enum ReadOp {
         /// Moves of the epochs after this one.
         since_epoch: u64,
     },
+    /// [`ReadOp::Range`], answered with the revision the page reflects
+    /// ([`Response::RangeAt`]): the state after applying every entry up to it, so a watch from
+    /// that revision + 1 misses nothing and repeats nothing (protocol version 3).
+    RangeAt {
+        /// First key (inclusive); may be empty.
+        start: Vec<u8>,
+        /// End key (exclusive); `None` for no upper bound.
+        end: Option<Vec<u8>>,
+        /// Most keys returned, in `1..=MAX_SCAN_LIMIT`.
+        limit: u32,
+    },
 }
 
 /// A membership or leadership operation. Each waits until it took effect (the change is
@@ -152,6 +175,22 @@ pub enum Request {
         /// Byte offset in the file.
         offset: u64,
     },
+    /// Open a watch on this connection (protocol version 3): the member answers
+    /// [`Response::Done`] once it is registered, then pushes [`PushFrame`]s with this
+    /// `watch_id`. Served by the member the client is connected to (never forwarded). Remote
+    /// clients only.
+    Watch {
+        /// The client's id for the watch, unique among its open watches on the connection.
+        watch_id: u64,
+        /// What to watch, from which revision.
+        spec: WatchSpec,
+    },
+    /// Close a watch opened on this connection (answered [`Response::Done`], also if it had
+    /// ended already).
+    CancelWatch {
+        /// The watch.
+        watch_id: u64,
+    },
 }
 
 impl Request {
@@ -164,6 +203,8 @@ impl Request {
             Request::StateHash => "state_hash",
             Request::Admin(_) => "admin",
             Request::SnapshotChunk { .. } => "snapshot_chunk",
+            Request::Watch { .. } => "watch",
+            Request::CancelWatch { .. } => "cancel_watch",
         }
     }
 
@@ -177,10 +218,13 @@ impl Request {
                     | ReadOp::MapOwners { .. }
                     | ReadOp::MapPartition { .. }
                     | ReadOp::Map { .. }
-                    | ReadOp::MapMoves { .. },
+                    | ReadOp::MapMoves { .. }
+                    | ReadOp::RangeAt { .. },
                 ..
             }
             | Request::SnapshotChunk { .. }
+            | Request::Watch { .. }
+            | Request::CancelWatch { .. }
             // The version-3 status carries the rejected-message counters.
             | Request::Status => 3,
             // A command an older member cannot decode (sent as version 3, it gets a clear
@@ -243,7 +287,7 @@ pub enum Response {
         /// sha256 of the state (`docs/FORMAT.md`, "State hash").
         hash: [u8; 32],
     },
-    /// An [`AdminOp`] took effect.
+    /// An [`AdminOp`] took effect (also: a watch was opened or cancelled).
     Done,
     /// The answer to [`ReadOp::Snapshot`]: the snapshot file written.
     Snapshot(SnapshotInfo),
@@ -263,6 +307,13 @@ pub enum Response {
     Map(Option<MapRecord>),
     /// The answer to [`ReadOp::MapMoves`].
     MapMoves(MapMoves),
+    /// The result of a [`ReadOp::RangeAt`].
+    RangeAt {
+        /// The keys.
+        page: RangePage,
+        /// The revision the page reflects (the member's applied index when it read).
+        revision: LogIndex,
+    },
 }
 
 /// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.

@@ -39,6 +39,7 @@
 //! ```
 
 mod cache;
+mod changes;
 mod clients;
 mod command;
 mod execute;
@@ -51,6 +52,7 @@ mod result;
 mod ring;
 mod snapshot;
 
+pub use changes::{ChangeCapture, KvChange};
 pub use command::{Command, Op, COMMAND_VERSION, PARTITION_MAP_COMMAND_VERSION, UNTRACKED_CLIENT};
 pub use kv::{prefix_end, Compare, CompareOp, Txn, TxnOp};
 pub use result::{
@@ -181,6 +183,8 @@ pub struct StateMachine {
     cache: RefCell<RecordCache>,
     /// The partition maps, decoded (`ring.rs`); shared with the member's readers.
     maps: MapReader,
+    /// Which changes of user keys applying records (for watches).
+    capture: ChangeCapture,
     /// Set after a storage failure: the in-memory view may no longer match the disk, so the
     /// machine refuses to apply or snapshot (DESIGN.md: after a storage IO error the node stops
     /// taking writes).
@@ -300,6 +304,7 @@ impl StateMachine {
             pending: Writes::new(),
             pending_bytes: 0,
             cache: RefCell::new(cache),
+            capture: ChangeCapture::Off,
             failed: None,
         })
     }
@@ -307,6 +312,12 @@ impl StateMachine {
     /// The index and term of the last applied entry ((0, 0) before any).
     pub fn applied(&self) -> (LogIndex, Term) {
         self.cached.applied
+    }
+
+    /// Record, from the next apply on, the changes of user keys each entry makes in
+    /// [`ApplyOutcome::changes`] (`changes.rs`; off by default, and then free).
+    pub fn set_change_capture(&mut self, capture: ChangeCapture) {
+        self.capture = capture;
     }
 
     /// The payload of the last applied membership entry, opaque to the state machine.
@@ -380,6 +391,7 @@ impl StateMachine {
             &mut self.cached.clients,
             &self.maps,
         );
+        applier.overlay.set_capture(self.capture);
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut failure = None;
         for entry in entries {
@@ -431,12 +443,24 @@ impl StateMachine {
                     },
                 },
             };
+            let changes = if self.capture == ChangeCapture::Off {
+                Vec::new()
+            } else {
+                match applier.overlay.take_changes() {
+                    Ok(changes) => changes,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            };
             applied_index = entry.index;
             applied_term = entry.term;
             outcomes.push(ApplyOutcome {
                 index: entry.index,
                 term: entry.term,
                 result,
+                changes,
             });
         }
         if failure.is_none() && !outcomes.is_empty() {

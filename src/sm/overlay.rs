@@ -3,6 +3,7 @@
 //! they reach sled in one atomic batch.
 
 use super::cache::RecordCache;
+use super::changes::{ChangeCapture, KvChange};
 use super::layout::{
     client_key, decode_meta, decode_record, kv_key, sled_error, ClientRecord, Pairs,
 };
@@ -53,6 +54,13 @@ pub(crate) struct Overlay<'t> {
     base: Option<&'t Writes>,
     cache: Option<&'t RefCell<RecordCache>>,
     writes: Writes,
+    /// What to record of writes of user keys (for watches); `Off` costs one comparison.
+    capture: ChangeCapture,
+    /// The changes recorded since the last `take_changes`.
+    changes: Vec<KvChange>,
+    /// A failed lookup of a previous value: the batch must fail rather than report a change
+    /// without it.
+    capture_error: Option<Error>,
 }
 
 impl<'t> Overlay<'t> {
@@ -64,6 +72,9 @@ impl<'t> Overlay<'t> {
             base: None,
             cache: None,
             writes: BTreeMap::new(),
+            capture: ChangeCapture::Off,
+            changes: Vec::new(),
+            capture_error: None,
         }
     }
 
@@ -78,6 +89,41 @@ impl<'t> Overlay<'t> {
             base: Some(pending),
             cache: Some(cache),
             writes: BTreeMap::new(),
+            capture: ChangeCapture::Off,
+            changes: Vec::new(),
+            capture_error: None,
+        }
+    }
+
+    /// Record changes of user keys from now on (see `changes.rs`).
+    pub(crate) fn set_capture(&mut self, capture: ChangeCapture) {
+        self.capture = capture;
+    }
+
+    /// The changes of user keys recorded since the last call, in the order they were made;
+    /// the error of a failed lookup of a previous value, if any.
+    pub(crate) fn take_changes(&mut self) -> Result<Vec<KvChange>> {
+        if let Some(e) = self.capture_error.take() {
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut self.changes))
+    }
+
+    /// Record a write of `key` (`value` `None`: a removal) if it is a user key and capture is on.
+    fn capture_write(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let previous = match self.capture {
+            ChangeCapture::Off => return,
+            ChangeCapture::Changes => None,
+            ChangeCapture::ChangesWithPrevious => match self.get(key) {
+                Ok(previous) => Some(previous),
+                Err(e) => {
+                    self.capture_error.get_or_insert(e);
+                    None
+                }
+            },
+        };
+        if let Some(change) = KvChange::of(key, value, previous) {
+            self.changes.push(change);
         }
     }
 
@@ -108,10 +154,16 @@ impl<'t> Overlay<'t> {
     }
 
     pub(crate) fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if self.capture != ChangeCapture::Off {
+            self.capture_write(&key, Some(&value));
+        }
         self.writes.insert(key, Write::Put(value));
     }
 
     pub(crate) fn remove(&mut self, key: Vec<u8>) {
+        if self.capture != ChangeCapture::Off {
+            self.capture_write(&key, None);
+        }
         self.writes.insert(key, Write::Remove);
     }
 

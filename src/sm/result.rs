@@ -214,4 +214,7 @@ pub struct ApplyOutcome {
     pub term: Term,
     /// What it did.
     pub result: EntryResult,
+    /// The changes of user keys it made, in order, all at revision `index`; recorded only when
+    /// [`super::StateMachine::set_change_capture`] asked for them (empty otherwise).
+    pub changes: Vec<super::KvChange>,
 }

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod ring;
 pub mod wal;
+pub mod watch;
 
 use super::exit::EXIT_RUN_FAILED;
 use super::BenchTarget;
@@ -14,6 +15,7 @@ pub fn run(target: BenchTarget) -> i32 {
         BenchTarget::Cluster(args) => ("cluster", cluster::run(&args)),
         BenchTarget::Ring(args) => ("ring", ring::run(&args)),
         BenchTarget::Wal(args) => ("wal", wal::run_wal(&args)),
+        BenchTarget::Watch(args) => ("watch", watch::run(&args)),
     };
     match outcome {
         Ok(()) => 0,

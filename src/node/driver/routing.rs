@@ -48,13 +48,17 @@ impl Driver {
     }
 
     pub(super) fn on_client_event(&mut self, event: ClientEvent<ClientRequest, ClientResponse>) {
-        let ClientEvent::Request {
-            conn,
-            request_id,
-            request,
-        } = event
-        else {
-            return; // Closed: answers to it are dropped by the transport
+        let (conn, request_id, request) = match event {
+            ClientEvent::Request {
+                conn,
+                request_id,
+                request,
+            } => (conn, request_id, request),
+            ClientEvent::Closed { conn } => {
+                // Answers to it are dropped by the transport; its watches end here.
+                self.shared.watches.connection_closed(conn.connection_id());
+                return;
+            }
         };
         let reply = Reply::Remote { conn, request_id };
         if request.version > CLIENT_PROTOCOL_VERSION {
@@ -170,6 +174,34 @@ impl Driver {
                         self.id
                     )));
                 }
+                Ok(())
+            }
+            // Served by this member, never forwarded: a watch is pushed on the connection it
+            // was opened on.
+            Request::Watch { watch_id, spec } => {
+                match reply {
+                    Reply::Remote { conn, request_id } => self.shared.watches.watch_remote(
+                        conn.clone(),
+                        watch_id,
+                        spec,
+                        Reply::Remote { conn, request_id },
+                        deadline,
+                    ),
+                    other => other.fail(Error::InvalidArgument(
+                        "watch: only a remote client's connection can carry a watch (in \
+                         process, use Client::watch)"
+                            .into(),
+                    )),
+                }
+                Ok(())
+            }
+            Request::CancelWatch { watch_id } => {
+                if let Reply::Remote { conn, .. } = &reply {
+                    self.shared
+                        .watches
+                        .cancel_remote(conn.connection_id(), watch_id, deadline);
+                }
+                reply.send(Ok(Response::Done));
                 Ok(())
             }
         }
@@ -533,7 +565,7 @@ pub(super) fn validate_read(op: &ReadOp) -> Result<()> {
                 )));
             }
         }
-        ReadOp::Range { start, end, limit } => {
+        ReadOp::Range { start, end, limit } | ReadOp::RangeAt { start, end, limit } => {
             if *limit == 0 || *limit as usize > MAX_SCAN_LIMIT {
                 return Err(Error::InvalidArgument(format!(
                     "range: limit {limit} is not in 1..={MAX_SCAN_LIMIT}"

@@ -1,0 +1,355 @@
+//! `haven bench watch`: watch fan-out under a write load. A 3-member cluster in this process
+//! (real TCP between the members, data directories under the current directory); writers paced
+//! at `--rate` writes/s for `--seconds`; for each count in `--watchers`, that many watches on
+//! the written prefix, spread over the members (in process, or over TCP with `--remote`).
+//!
+//! Reported per watcher count: writes/s achieved, events delivered per second (all watchers
+//! together), whether every watcher received every event exactly once and in order, and the
+//! latency from the start of a write to its delivery to a watcher (p50/p99/max). That latency
+//! includes the write's own commit; the commit-to-delivery part is at most it (the write's
+//! value carries the time it was sent, since a member may deliver before the writer hears the
+//! acknowledgement).
+
+use crate::cli::children::{free_addrs, WorkDir};
+use haven::client::{Watch, WatchNotice};
+use haven::net::ClusterSecret;
+use haven::node::{Config, Node};
+use haven::{Client, ClientOptions, ClusterId, LogIndex, NodeId};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `haven bench watch`.
+#[derive(clap::Args, Debug)]
+pub struct WatchBenchArgs {
+    /// Target write rate (writes/s), paced over the writers.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Seconds of writing per watcher count.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Concurrent writers (each waits for its write; the pacing spreads the rate over them).
+    #[arg(long, default_value_t = 64)]
+    pub writers: usize,
+    /// Watcher counts to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    pub watchers: Vec<usize>,
+    /// Watch over TCP (remote clients, pushed frames) instead of in process.
+    #[arg(long)]
+    pub remote: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One watcher count's figures.
+struct Row {
+    watchers: usize,
+    writes: u64,
+    write_seconds: f64,
+    delivered: u64,
+    deliver_seconds: f64,
+    complete: usize,
+    ended: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Row {
+    fn writes_per_second(&self) -> f64 {
+        self.writes as f64 / self.write_seconds
+    }
+
+    fn events_per_second(&self) -> f64 {
+        self.delivered as f64 / self.deliver_seconds
+    }
+}
+
+/// What one watcher saw.
+struct Received {
+    revisions: Vec<u64>,
+    latencies_micros: Vec<u32>,
+    ended: bool,
+}
+
+const SECRET: &[u8] = b"haven bench watch secret";
+
+fn start_cluster(dir: &std::path::Path) -> Result<Vec<Node>, String> {
+    let addrs = free_addrs(3).map_err(|e| format!("no free ports: {e}"))?;
+    let members: BTreeMap<NodeId, String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (NodeId(i as u64 + 1), a.to_string()))
+        .collect();
+    let secret = ClusterSecret::new(SECRET.to_vec()).map_err(|e| e.to_string())?;
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let config = Config::new(
+            NodeId(i as u64 + 1),
+            ClusterId(1),
+            dir.join(format!("n{}", i + 1)),
+            *addr,
+            members.clone(),
+            secret.clone(),
+        );
+        nodes.push(Node::open(config).map_err(|e| format!("member {}: {e}", i + 1))?);
+    }
+    Ok(nodes)
+}
+
+fn wait_for_leader(nodes: &[Node]) -> Result<usize, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.status().is_ok_and(|s| s.leader == Some(n.id())) {
+                return Ok(i);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err("no leader within 20 s".into())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// Take events until `expected` of them arrived (`expected` is `u64::MAX - 1` while the writes
+/// go on, then their count; `u64::MAX` cuts the watcher off).
+fn receive(watch: Watch, epoch: Instant, expected: Arc<AtomicU64>) -> Received {
+    let mut got = Received {
+        revisions: Vec::new(),
+        latencies_micros: Vec::new(),
+        ended: false,
+    };
+    loop {
+        let expected = expected.load(Ordering::SeqCst);
+        if expected == u64::MAX || got.revisions.len() as u64 >= expected {
+            break;
+        }
+        match watch.next_timeout(Duration::from_millis(50)) {
+            Some(Ok(WatchNotice::Events { revision, events })) => {
+                let now = epoch.elapsed().as_micros() as u64;
+                for e in events {
+                    got.revisions.push(revision.0);
+                    let sent = e
+                        .value
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(now, u64::from_le_bytes);
+                    got.latencies_micros
+                        .push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+                }
+            }
+            Some(Ok(WatchNotice::Progress { .. })) => {}
+            Some(Ok(_)) | Some(Err(_)) => {
+                got.ended = true;
+                break;
+            }
+            None => {}
+        }
+    }
+    got
+}
+
+fn measure(
+    args: &WatchBenchArgs,
+    nodes: &[Node],
+    leader: usize,
+    watchers: usize,
+    phase: usize,
+) -> Result<Row, String> {
+    let prefix = format!("bench/{phase}/");
+    let secret = ClusterSecret::new(SECRET.to_vec()).map_err(|e| e.to_string())?;
+    let epoch = Instant::now();
+    let expected = Arc::new(AtomicU64::new(u64::MAX - 1));
+    let mut receivers = Vec::new();
+    let mut remote_clients = Vec::new();
+    for w in 0..watchers {
+        let node = &nodes[w % nodes.len()];
+        let client = if args.remote {
+            let addr = node.local_addr().to_string();
+            let options = ClientOptions {
+                prefer_leader: false,
+                ..ClientOptions::default()
+            };
+            let c = Client::connect(&[addr.as_str()], ClusterId(1), &secret, options)
+                .map_err(|e| format!("watcher {w}: {e}"))?;
+            remote_clients.push(c.clone());
+            c
+        } else {
+            node.client()
+        };
+        let watch = client
+            .watch_prefix(prefix.as_bytes(), LogIndex(0))
+            .map_err(|e| format!("watcher {w}: {e}"))?;
+        let expected = Arc::clone(&expected);
+        receivers.push(std::thread::spawn(move || receive(watch, epoch, expected)));
+    }
+    // Paced writers: write i is due at i / rate after the start.
+    let writer = nodes[leader].client();
+    let total = (args.rate as f64 * args.seconds).max(1.0) as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let writers: Vec<_> = (0..args.writers.max(1))
+        .map(|_| {
+            let (writer, next, failures, prefix) = (
+                writer.clone(),
+                Arc::clone(&next),
+                Arc::clone(&failures),
+                prefix.clone(),
+            );
+            let rate = args.rate.max(1);
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let mut value = (epoch.elapsed().as_micros() as u64).to_le_bytes().to_vec();
+                value.extend_from_slice(&[0u8; 24]);
+                let key = format!("{prefix}{}", i % 1000);
+                if writer.put(key.as_bytes(), &value).is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        let _ = w.join();
+    }
+    let write_seconds = start.elapsed().as_secs_f64();
+    let writes = total - failures.load(Ordering::Relaxed);
+    expected.store(writes, Ordering::SeqCst);
+    // Every watcher ends once it has every event; one that cannot within 10 s is cut off.
+    let cutoff = Instant::now() + Duration::from_secs(10);
+    while receivers.iter().any(|r| !r.is_finished()) && Instant::now() < cutoff {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let deliver_seconds = start.elapsed().as_secs_f64();
+    expected.store(u64::MAX, Ordering::SeqCst);
+    let mut all_latencies = Vec::new();
+    let mut delivered = 0u64;
+    let mut complete = 0;
+    let mut ended = 0;
+    for r in receivers {
+        let got = r
+            .join()
+            .map_err(|_| "a watcher thread panicked".to_string())?;
+        delivered += got.revisions.len() as u64;
+        let in_order = got.revisions.windows(2).all(|w| w[0] < w[1]);
+        if in_order && got.revisions.len() as u64 == writes && !got.ended {
+            complete += 1;
+        }
+        if got.ended {
+            ended += 1;
+        }
+        all_latencies.extend(got.latencies_micros);
+    }
+    all_latencies.sort_unstable();
+    drop(remote_clients);
+    Ok(Row {
+        watchers,
+        writes,
+        write_seconds,
+        delivered,
+        deliver_seconds,
+        complete,
+        ended,
+        p50_ms: percentile(&all_latencies, 0.50),
+        p99_ms: percentile(&all_latencies, 0.99),
+        max_ms: percentile(&all_latencies, 1.0),
+    })
+}
+
+/// Run the bench.
+pub fn run(args: &WatchBenchArgs) -> haven::Result<()> {
+    run_inner(args).map_err(haven::Error::Fatal)
+}
+
+fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
+    if args.watchers.is_empty() || args.seconds <= 0.0 || args.rate == 0 {
+        return Err("--watchers, --seconds and --rate must be positive".into());
+    }
+    let dir = WorkDir::create("haven-bench-watch").map_err(|e| e.to_string())?;
+    let nodes = start_cluster(dir.path())?;
+    let leader = wait_for_leader(&nodes)?;
+    let mut rows = Vec::new();
+    for (phase, &watchers) in args.watchers.iter().enumerate() {
+        eprintln!("haven bench watch: {watchers} watcher(s)...");
+        rows.push(measure(args, &nodes, leader, watchers, phase)?);
+    }
+    for n in &nodes {
+        let _ = n.shutdown();
+    }
+    if args.json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"watchers\":{},\"writes\":{},\"writes_per_second\":{:.0},\
+                     \"events_delivered\":{},\"events_per_second\":{:.0},\
+                     \"watchers_complete\":{},\"watchers_ended\":{},\
+                     \"p50_write_to_delivery_ms\":{:.3},\"p99_write_to_delivery_ms\":{:.3},\
+                     \"max_write_to_delivery_ms\":{:.3}}}",
+                    r.watchers,
+                    r.writes,
+                    r.writes_per_second(),
+                    r.delivered,
+                    r.events_per_second(),
+                    r.complete,
+                    r.ended,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms
+                )
+            })
+            .collect();
+        println!(
+            "{{\"bench\":\"watch\",\"remote\":{},\"rate\":{},\"seconds\":{},\"results\":[{}]}}",
+            args.remote,
+            args.rate,
+            args.seconds,
+            items.join(",")
+        );
+    } else {
+        println!(
+            "{:>8} {:>8} {:>10} {:>12} {:>12} {:>9} {:>8} {:>8} {:>8}",
+            "watchers",
+            "writes",
+            "writes/s",
+            "delivered",
+            "events/s",
+            "complete",
+            "p50 ms",
+            "p99 ms",
+            "max ms"
+        );
+        for r in &rows {
+            println!(
+                "{:>8} {:>8} {:>10.0} {:>12} {:>12.0} {:>9} {:>8.2} {:>8.2} {:>8.2}",
+                r.watchers,
+                r.writes,
+                r.writes_per_second(),
+                r.delivered,
+                r.events_per_second(),
+                format!("{}/{}", r.complete, r.watchers),
+                r.p50_ms,
+                r.p99_ms,
+                r.max_ms
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,784 @@
+//! Watches on one member: the watch thread (`haven-{id}-watch`), its window of recent events,
+//! and the watchers it pushes to.
+//!
+//! The apply thread hands it, per applied batch, the changes of user keys each entry made (the
+//! state machine records them, `sm/changes.rs`) through a bounded queue that it never waits
+//! for ([`WatchFeed`]). Everything else happens here, off the apply path: decoding the records,
+//! keeping the window, matching each watcher's range and pushing.
+//!
+//! Promises, and how they are kept:
+//! - *Every change, in order, a revision's events together.* One thread sees the batches in
+//!   apply order and pushes each watcher's events of a revision in one push (several revisions
+//!   may share a push; one is never split).
+//! - *Never a silent gap.* `complete_from` is the oldest revision from which the window holds
+//!   every event. It moves up when the window drops its oldest revision, when a batch was lost
+//!   (the feed's queue was full: the next batch carries `gap_through`), when a snapshot replaced
+//!   the state (its events were never seen here), and while nothing is recorded (capture off).
+//!   A watch that needs a revision below it is ended with `Compacted { oldest }`, at
+//!   registration or (for a lost batch) while it runs. Previous values have their own
+//!   `prev_complete_from`, since they are recorded only while a watch asks for them.
+//! - *Bounded.* The window by `Config::watch_window_events` and `WATCH_WINDOW_BYTES`; each
+//!   watcher's queue by `Config::watch_buffer_events` (in process) or the connection's push
+//!   queue (remote); a watcher that would exceed it is ended with `Overflow`.
+//! - *Progress.* An idle watcher gets `Progress { revision }` (everything up to the member's
+//!   applied revision was pushed) every `Config::watch_progress_interval_ms`, and once at
+//!   registration when nothing was pushed then, so the client always knows where to resume.
+
+use super::reply::Reply;
+use crate::error::{Error, Result};
+use crate::event;
+use crate::limits::{MAX_WATCHES, MAX_WATCH_PUSH_EVENTS, WATCH_HUB_QUEUE, WATCH_WINDOW_BYTES};
+use crate::logging::Level;
+use crate::net::{ClientHandle, PushOutcome};
+use crate::proto::{
+    ClientResponse, EventKind, PushFrame, Response, WatchEnd, WatchEvent, WatchPush, WatchSpec,
+    PUSH_FRAME_VERSION,
+};
+use crate::sm::{ApplyOutcome, ChangeCapture, KvChange};
+use crate::types::{LogIndex, NodeId};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The changes of one applied batch, from the apply thread.
+pub(crate) struct AppliedBatch {
+    /// Events of revisions up to and including this one were lost (a dropped batch, a restored
+    /// snapshot): the window cannot be complete below it.
+    gap_through: Option<LogIndex>,
+    /// The applied index after the batch.
+    through: LogIndex,
+    /// What the state machine recorded while applying it.
+    capture: ChangeCapture,
+    /// Per entry with changes: its revision and changes, in order.
+    revisions: Vec<(LogIndex, Vec<KvChange>)>,
+}
+
+/// Who receives a watcher's pushes.
+pub(crate) enum Sink {
+    /// An in-process client: a channel, bounded by the count of queued events.
+    Local {
+        tx: Sender<WatchPush>,
+        queued: Arc<AtomicUsize>,
+    },
+    /// A remote client's connection.
+    Remote {
+        conn: ClientHandle<ClientResponse>,
+        watch_id: u64,
+    },
+}
+
+/// Which watcher: in-process ones by the hub's id, remote ones by connection and their id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum WatchKey {
+    Local(u64),
+    Remote { connection: u64, watch_id: u64 },
+}
+
+enum HubInput {
+    Applied(AppliedBatch),
+    Register {
+        spec: WatchSpec,
+        sink: Sink,
+        key: WatchKey,
+        /// Answered `Done` once registered (remote watches), or with the refusal.
+        reply: Option<Reply>,
+    },
+    Cancel(WatchKey),
+    ConnectionClosed(u64),
+    Stop,
+}
+
+/// What an in-process watcher reads: the pushes for its watch. Taking one frees its events'
+/// room in the watcher's buffer.
+pub(crate) struct LocalWatch {
+    pub(crate) id: u64,
+    rx: Receiver<WatchPush>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl LocalWatch {
+    /// The next push, `Err(true)` when the member ended the stream (shut down), `Err(false)`
+    /// when nothing came within `timeout`.
+    pub(crate) fn recv_timeout(&self, timeout: Duration) -> std::result::Result<WatchPush, bool> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(push) => {
+                if let WatchPush::Events(events) = &push {
+                    self.queued.fetch_sub(events.len(), Ordering::Relaxed);
+                }
+                Ok(push)
+            }
+            Err(RecvTimeoutError::Timeout) => Err(false),
+            Err(RecvTimeoutError::Disconnected) => Err(true),
+        }
+    }
+}
+
+/// The apply thread's end: hands batches over without ever waiting.
+pub(crate) struct WatchFeed {
+    tx: Sender<HubInput>,
+    capture: Arc<AtomicU8>,
+    /// A batch was dropped (queue full) or the state was replaced: the next batch says so.
+    gap_through: Option<LogIndex>,
+}
+
+fn capture_from(level: u8) -> ChangeCapture {
+    match level {
+        0 => ChangeCapture::Off,
+        1 => ChangeCapture::Changes,
+        _ => ChangeCapture::ChangesWithPrevious,
+    }
+}
+
+fn capture_level(capture: ChangeCapture) -> u8 {
+    match capture {
+        ChangeCapture::Off => 0,
+        ChangeCapture::Changes => 1,
+        ChangeCapture::ChangesWithPrevious => 2,
+    }
+}
+
+impl WatchFeed {
+    /// What the state machine should record for the next batch.
+    pub(crate) fn capture(&self) -> ChangeCapture {
+        capture_from(self.capture.load(Ordering::Relaxed))
+    }
+
+    /// Hand over the changes of an applied batch (taken out of `outcomes`), recorded with
+    /// `capture`; `through` is the applied index after it.
+    pub(crate) fn publish(
+        &mut self,
+        outcomes: &mut [ApplyOutcome],
+        through: LogIndex,
+        capture: ChangeCapture,
+    ) {
+        let revisions = outcomes
+            .iter_mut()
+            .filter(|o| !o.changes.is_empty())
+            .map(|o| (o.index, std::mem::take(&mut o.changes)))
+            .collect();
+        self.send(AppliedBatch {
+            gap_through: self.gap_through,
+            through,
+            capture,
+            revisions,
+        });
+    }
+
+    /// The state was replaced by a snapshot at `index`: the events up to it were never seen.
+    pub(crate) fn restored(&mut self, index: LogIndex) {
+        self.gap_through = Some(self.gap_through.map_or(index, |g| g.max(index)));
+        self.send(AppliedBatch {
+            gap_through: self.gap_through,
+            through: index,
+            capture: ChangeCapture::Off,
+            revisions: Vec::new(),
+        });
+    }
+
+    fn send(&mut self, batch: AppliedBatch) {
+        let through = batch.through;
+        match self.tx.try_send(HubInput::Applied(batch)) {
+            Ok(()) => self.gap_through = None,
+            Err(TrySendError::Full(_)) => {
+                self.gap_through = Some(self.gap_through.map_or(through, |g| g.max(through)));
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// The handle every part of the member uses to open and close watches.
+pub(crate) struct WatchHub {
+    tx: Sender<HubInput>,
+    next_local_id: AtomicU64,
+    buffer_events: usize,
+}
+
+/// Settings of the watch thread (from `Config`).
+pub(crate) struct WatchSettings {
+    pub(crate) window_events: usize,
+    pub(crate) buffer_events: usize,
+    pub(crate) progress_interval: Duration,
+}
+
+/// Create the hub, the apply thread's feed and the thread's loop (to run on its own thread).
+/// `applied` is the state's applied index at open: events before it were never seen here.
+pub(crate) fn start(
+    id: NodeId,
+    applied: LogIndex,
+    settings: WatchSettings,
+) -> (WatchHub, WatchFeed, impl FnOnce() + Send) {
+    let (tx, rx) = bounded(WATCH_HUB_QUEUE);
+    let capture = Arc::new(AtomicU8::new(0));
+    let thread = HubThread {
+        id,
+        inputs: rx,
+        capture: Arc::clone(&capture),
+        window: VecDeque::new(),
+        window_events: 0,
+        window_bytes: 0,
+        complete_from: applied.next(),
+        prev_complete_from: applied.next(),
+        applied,
+        watchers: HashMap::new(),
+        settings,
+    };
+    thread.update_capture();
+    let hub = WatchHub {
+        tx: tx.clone(),
+        next_local_id: AtomicU64::new(1),
+        buffer_events: thread.settings.buffer_events,
+    };
+    let feed = WatchFeed {
+        tx,
+        capture,
+        gap_through: None,
+    };
+    (hub, feed, move || thread.run())
+}
+
+impl WatchHub {
+    /// Open an in-process watch.
+    pub(crate) fn watch_local(&self, spec: WatchSpec, deadline: Instant) -> Result<LocalWatch> {
+        spec.validate()?;
+        let id = self.next_local_id.fetch_add(1, Ordering::Relaxed);
+        // One more than the buffer: the push that ends the watch always fits.
+        let (tx, rx) = bounded(self.buffer_events + 1);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let sink = Sink::Local {
+            tx,
+            queued: Arc::clone(&queued),
+        };
+        self.send(
+            HubInput::Register {
+                spec,
+                sink,
+                key: WatchKey::Local(id),
+                reply: None,
+            },
+            deadline,
+        )?;
+        Ok(LocalWatch { id, rx, queued })
+    }
+
+    /// Open a watch for a remote client; `reply` is answered once it is registered.
+    pub(crate) fn watch_remote(
+        &self,
+        conn: ClientHandle<ClientResponse>,
+        watch_id: u64,
+        spec: WatchSpec,
+        reply: Reply,
+        deadline: Instant,
+    ) {
+        if let Err(e) = spec.validate() {
+            reply.fail(e);
+            return;
+        }
+        let key = WatchKey::Remote {
+            connection: conn.connection_id(),
+            watch_id,
+        };
+        let input = HubInput::Register {
+            spec,
+            sink: Sink::Remote { conn, watch_id },
+            key,
+            reply: Some(reply),
+        };
+        match self.tx.send_deadline(input, deadline) {
+            Ok(()) => {}
+            Err(e) => {
+                if let HubInput::Register {
+                    reply: Some(reply), ..
+                } = e.into_inner()
+                {
+                    reply.fail(Error::Unavailable(
+                        "the member's watch thread is busy or stopped".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Close an in-process watch.
+    pub(crate) fn cancel_local(&self, id: u64) {
+        let _ = self.tx.try_send(HubInput::Cancel(WatchKey::Local(id)));
+    }
+
+    /// Close a remote client's watch.
+    pub(crate) fn cancel_remote(&self, connection: u64, watch_id: u64, deadline: Instant) {
+        let key = WatchKey::Remote {
+            connection,
+            watch_id,
+        };
+        let _ = self.tx.send_deadline(HubInput::Cancel(key), deadline);
+    }
+
+    /// A remote client's connection closed: close its watches.
+    pub(crate) fn connection_closed(&self, connection: u64) {
+        let _ = self.tx.try_send(HubInput::ConnectionClosed(connection));
+    }
+
+    /// Stop the thread (it ends every watch first).
+    pub(crate) fn stop(&self) {
+        let _ = self.tx.send_timeout(HubInput::Stop, Duration::from_secs(5));
+    }
+
+    fn send(&self, input: HubInput, deadline: Instant) -> Result<()> {
+        self.tx
+            .send_deadline(input, deadline)
+            .map_err(|_| Error::Unavailable("the member's watch thread is busy or stopped".into()))
+    }
+}
+
+/// One revision in the window: its events (without previous values) and, when they were
+/// recorded, the previous values.
+struct Revision {
+    revision: LogIndex,
+    events: Vec<WatchEvent>,
+    previous: Option<Vec<Option<Vec<u8>>>>,
+    bytes: usize,
+}
+
+struct Watcher {
+    spec: WatchSpec,
+    /// The next revision it needs: everything before was pushed (or was not its business).
+    next: LogIndex,
+    sink: Sink,
+    last_push: Instant,
+}
+
+/// Why a push did not go through.
+enum PushFailed {
+    /// The watcher's buffer is full: end it with `Overflow`.
+    Full,
+    /// Nobody listens any more: drop it.
+    Gone,
+}
+
+impl Sink {
+    fn push(&self, push: WatchPush, last: bool) -> std::result::Result<(), PushFailed> {
+        match self {
+            Sink::Local { tx, queued } => {
+                let events = match &push {
+                    WatchPush::Events(events) => events.len(),
+                    _ => 0,
+                };
+                let capacity = tx.capacity().unwrap_or(usize::MAX).saturating_sub(1);
+                if !last && queued.load(Ordering::Relaxed) + events > capacity {
+                    return Err(PushFailed::Full);
+                }
+                queued.fetch_add(events, Ordering::Relaxed);
+                match tx.try_send(push) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(_)) if !last => Err(PushFailed::Full),
+                    Err(_) => Err(PushFailed::Gone),
+                }
+            }
+            Sink::Remote { conn, watch_id } => {
+                let frame = PushFrame {
+                    version: PUSH_FRAME_VERSION,
+                    watch_id: *watch_id,
+                    push,
+                };
+                match conn.push(&frame, last) {
+                    PushOutcome::Queued => Ok(()),
+                    PushOutcome::Full => Err(PushFailed::Full),
+                    PushOutcome::Closed => Err(PushFailed::Gone),
+                }
+            }
+        }
+    }
+}
+
+struct HubThread {
+    id: NodeId,
+    inputs: Receiver<HubInput>,
+    capture: Arc<AtomicU8>,
+    window: VecDeque<Revision>,
+    window_events: usize,
+    window_bytes: usize,
+    /// Every event at this revision or later is in the window (or still to come).
+    complete_from: LogIndex,
+    /// Every event at this revision or later carries its previous value.
+    prev_complete_from: LogIndex,
+    /// Applied index of the last batch seen.
+    applied: LogIndex,
+    watchers: HashMap<WatchKey, Watcher>,
+    settings: WatchSettings,
+}
+
+impl HubThread {
+    fn run(mut self) {
+        let tick = (self.settings.progress_interval / 2).max(Duration::from_millis(5));
+        let mut next_progress = Instant::now() + tick;
+        loop {
+            let wait = next_progress.saturating_duration_since(Instant::now());
+            match self.inputs.recv_timeout(wait) {
+                Ok(HubInput::Applied(batch)) => {
+                    let mut batches = vec![batch];
+                    // Take what queued up behind it: one push per watcher for all of it.
+                    while batches.len() < 256 {
+                        match self.inputs.try_recv() {
+                            Ok(HubInput::Applied(more)) => batches.push(more),
+                            Ok(other) => {
+                                self.ingest_and_deliver(std::mem::take(&mut batches));
+                                if !self.handle(other) {
+                                    return self.stop();
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.ingest_and_deliver(batches);
+                }
+                Ok(other) => {
+                    if !self.handle(other) {
+                        return self.stop();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return self.stop(),
+            }
+            if Instant::now() >= next_progress {
+                self.progress();
+                next_progress = Instant::now() + tick;
+            }
+        }
+    }
+
+    /// Handle a non-batch input; false to stop.
+    fn handle(&mut self, input: HubInput) -> bool {
+        match input {
+            HubInput::Applied(batch) => self.ingest_and_deliver(vec![batch]),
+            HubInput::Register {
+                spec,
+                sink,
+                key,
+                reply,
+            } => self.register(spec, sink, key, reply),
+            HubInput::Cancel(key) => {
+                self.watchers.remove(&key);
+                self.update_capture();
+            }
+            HubInput::ConnectionClosed(connection) => {
+                self.watchers.retain(|key, _| {
+                    !matches!(key, WatchKey::Remote { connection: c, .. } if *c == connection)
+                });
+                self.update_capture();
+            }
+            HubInput::Stop => return false,
+        }
+        true
+    }
+
+    fn stop(mut self) {
+        for (_, w) in self.watchers.drain() {
+            let _ = w.sink.push(
+                WatchPush::Ended(WatchEnd::Closed {
+                    code: crate::error::ErrorCode::Unavailable as i32,
+                    message: format!("member {} is shutting down", self.id),
+                }),
+                true,
+            );
+        }
+        self.capture.store(0, Ordering::Relaxed);
+    }
+
+    /// Tell the apply thread what to record: changes while the window keeps any or a watch is
+    /// open, previous values only while a watch asks for them.
+    fn update_capture(&self) {
+        let capture = if self.watchers.values().any(|w| w.spec.prev_value) {
+            ChangeCapture::ChangesWithPrevious
+        } else if self.settings.window_events > 0 || !self.watchers.is_empty() {
+            ChangeCapture::Changes
+        } else {
+            ChangeCapture::Off
+        };
+        self.capture
+            .store(capture_level(capture), Ordering::Relaxed);
+    }
+
+    fn register(&mut self, spec: WatchSpec, sink: Sink, key: WatchKey, reply: Option<Reply>) {
+        let refuse = |reply: Option<Reply>, sink: &Sink, e: Error| match reply {
+            Some(reply) => reply.fail(e),
+            None => {
+                let _ = sink.push(
+                    WatchPush::Ended(WatchEnd::Closed {
+                        code: e.code() as i32,
+                        message: e.to_string(),
+                    }),
+                    true,
+                );
+            }
+        };
+        if self.watchers.len() >= MAX_WATCHES && !self.watchers.contains_key(&key) {
+            let e = Error::Unavailable(format!(
+                "member {} has {MAX_WATCHES} watches open already",
+                self.id
+            ));
+            return refuse(reply, &sink, e);
+        }
+        // 0: from now on.
+        let from = if spec.from_revision.0 == 0 {
+            self.applied.next()
+        } else {
+            spec.from_revision
+        };
+        if let Some(reply) = reply {
+            reply.send(Ok(Response::Done));
+        }
+        let oldest = if spec.prev_value {
+            self.complete_from.max(self.prev_complete_from)
+        } else {
+            self.complete_from
+        };
+        if from < oldest && from <= self.applied {
+            let _ = sink.push(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
+            return;
+        }
+        let mut watcher = Watcher {
+            spec,
+            next: from,
+            sink,
+            last_push: Instant::now(),
+        };
+        // Catch up from the window, then it is live.
+        let through = self.applied;
+        let start = self.window.partition_point(|r| r.revision < from);
+        let caught_up = deliver(&mut watcher, self.window.range(start..), through);
+        match caught_up {
+            Ok(pushed) => {
+                if !pushed {
+                    let _ = watcher.sink.push(
+                        WatchPush::Progress {
+                            revision: through.max(from.prev()),
+                        },
+                        false,
+                    );
+                }
+                self.watchers.insert(key, watcher);
+            }
+            Err(PushFailed::Full) => {
+                let _ = watcher
+                    .sink
+                    .push(WatchPush::Ended(WatchEnd::Overflow), true);
+            }
+            Err(PushFailed::Gone) => {}
+        }
+        self.update_capture();
+    }
+
+    /// Take the batches into the window, then push each watcher what it has not seen.
+    fn ingest_and_deliver(&mut self, batches: Vec<AppliedBatch>) {
+        if batches.is_empty() {
+            return;
+        }
+        let first_new = self.window.len();
+        let mut gap = None;
+        for batch in batches {
+            if let Some(g) = batch.gap_through {
+                gap = Some(gap.map_or(g, |x: LogIndex| x.max(g)));
+                if g >= self.complete_from {
+                    // The window no longer connects to what follows: start it afresh.
+                    self.window.clear();
+                    self.window_events = 0;
+                    self.window_bytes = 0;
+                    self.complete_from = g.next();
+                }
+            }
+            if batch.capture == ChangeCapture::Off {
+                self.complete_from = self.complete_from.max(batch.through.next());
+            }
+            if batch.capture != ChangeCapture::ChangesWithPrevious {
+                self.prev_complete_from = self.prev_complete_from.max(batch.through.next());
+            }
+            for (revision, changes) in batch.revisions {
+                if let Some(r) = self.decode(revision, changes) {
+                    self.window_events += r.events.len();
+                    self.window_bytes += r.bytes;
+                    self.window.push_back(r);
+                }
+            }
+            self.applied = self.applied.max(batch.through);
+        }
+        // Watchers that needed a lost revision: ended, never a silent gap.
+        if let Some(gap) = gap {
+            let oldest = gap.next();
+            let lost: Vec<WatchKey> = self
+                .watchers
+                .iter()
+                .filter(|(_, w)| w.next <= gap)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in lost {
+                if let Some(w) = self.watchers.remove(&key) {
+                    let _ = w
+                        .sink
+                        .push(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
+                }
+            }
+        }
+        let through = self.applied;
+        let new = self.window.range(first_new.min(self.window.len())..);
+        let mut ended = Vec::new();
+        for (key, watcher) in self.watchers.iter_mut() {
+            match deliver(watcher, new.clone(), through) {
+                Ok(_) => {}
+                Err(PushFailed::Full) => {
+                    let _ = watcher
+                        .sink
+                        .push(WatchPush::Ended(WatchEnd::Overflow), true);
+                    ended.push(*key);
+                }
+                Err(PushFailed::Gone) => ended.push(*key),
+            }
+        }
+        for key in &ended {
+            self.watchers.remove(key);
+        }
+        if !ended.is_empty() {
+            self.update_capture();
+        }
+        self.trim_window();
+    }
+
+    fn trim_window(&mut self) {
+        // Bounded by the window's length.
+        while self.window_events > self.settings.window_events
+            || self.window_bytes > WATCH_WINDOW_BYTES
+        {
+            let Some(oldest) = self.window.pop_front() else {
+                break;
+            };
+            self.window_events -= oldest.events.len();
+            self.window_bytes -= oldest.bytes;
+            self.complete_from = self.complete_from.max(oldest.revision.next());
+        }
+    }
+
+    fn decode(&self, revision: LogIndex, changes: Vec<KvChange>) -> Option<Revision> {
+        let mut events = Vec::with_capacity(changes.len());
+        let mut previous = Vec::with_capacity(changes.len());
+        let mut with_previous = true;
+        let mut bytes = 0;
+        for change in changes {
+            let value = match change.value() {
+                Ok(value) => value,
+                Err(e) => {
+                    // Just encoded by this build: a bug, but not worth stopping the member for.
+                    event!(Level::Error, node: Some(self.id.0), term: None,
+                        "watch_event_undecodable", revision = revision.0, error = e);
+                    continue;
+                }
+            };
+            match change.previous() {
+                Ok(Some(prev)) => previous.push(prev.map(|v| v.value)),
+                _ => with_previous = false,
+            }
+            let (kind, value, meta) = match value {
+                Some(v) => (EventKind::Put, v.value, Some(v.meta)),
+                None => (EventKind::Delete, Vec::new(), None),
+            };
+            bytes += change.key.len() + value.len();
+            events.push(WatchEvent {
+                revision,
+                kind,
+                key: change.key,
+                value,
+                meta,
+                prev_value: None,
+            });
+        }
+        if events.is_empty() {
+            return None;
+        }
+        Some(Revision {
+            revision,
+            events,
+            previous: with_previous.then_some(previous),
+            bytes,
+        })
+    }
+
+    /// Progress to idle watchers; drop those whose client is gone.
+    fn progress(&mut self) {
+        let interval = self.settings.progress_interval;
+        let revision = self.applied;
+        let mut gone = Vec::new();
+        for (key, w) in self.watchers.iter_mut() {
+            if w.last_push.elapsed() < interval {
+                continue;
+            }
+            if let Sink::Remote { conn, .. } = &w.sink {
+                if conn.is_closed() {
+                    gone.push(*key);
+                    continue;
+                }
+            }
+            w.last_push = Instant::now();
+            let progress = WatchPush::Progress {
+                revision: revision.max(w.next.prev()),
+            };
+            match w.sink.push(progress, false) {
+                Ok(()) => {}
+                // A full buffer is not an overflow yet: no event was lost.
+                Err(PushFailed::Full) => {}
+                Err(PushFailed::Gone) => gone.push(*key),
+            }
+        }
+        for key in &gone {
+            self.watchers.remove(key);
+        }
+        if !gone.is_empty() {
+            self.update_capture();
+        }
+    }
+}
+
+/// Push `watcher` its events of `revisions` (at or after its next revision), whole revisions
+/// at most `MAX_WATCH_PUSH_EVENTS` to a push (a larger revision goes alone), then move it past
+/// `through`. Returns whether anything was pushed.
+fn deliver<'a>(
+    watcher: &mut Watcher,
+    revisions: impl Iterator<Item = &'a Revision>,
+    through: LogIndex,
+) -> std::result::Result<bool, PushFailed> {
+    let mut out: Vec<WatchEvent> = Vec::new();
+    let mut pushed = false;
+    for r in revisions {
+        if r.revision < watcher.next {
+            continue;
+        }
+        let start = out.len();
+        for (i, event) in r.events.iter().enumerate() {
+            if watcher.spec.covers(&event.key) {
+                let mut event = event.clone();
+                if watcher.spec.prev_value {
+                    event.prev_value = r
+                        .previous
+                        .as_ref()
+                        .and_then(|p| p.get(i).cloned().flatten());
+                }
+                out.push(event);
+            }
+        }
+        if start > 0 && out.len() > MAX_WATCH_PUSH_EVENTS {
+            let rest = out.split_off(start);
+            watcher
+                .sink
+                .push(WatchPush::Events(std::mem::replace(&mut out, rest)), false)?;
+            pushed = true;
+        }
+    }
+    if !out.is_empty() {
+        watcher.sink.push(WatchPush::Events(out), false)?;
+        pushed = true;
+    }
+    if pushed {
+        watcher.last_push = Instant::now();
+    }
+    watcher.next = watcher.next.max(through.next());
+    Ok(pushed)
+}

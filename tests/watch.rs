@@ -1,0 +1,354 @@
+//! Watches: every change in order, a revision's events together, read-then-watch without a
+//! gap, `Compacted` before the window, `Overflow` for a slow watcher, one watcher per member
+//! seeing exactly the committed sequence across a leader kill, and resume after the member a
+//! remote client watches through dies.
+
+#[path = "cluster_support/mod.rs"]
+mod cluster_support;
+
+use cluster_support::{remote_client, Cluster};
+use haven::client::{EventKind, Watch, WatchNotice, WatchSpec};
+use haven::sm::{Txn, TxnOp};
+use haven::{ClientOptions, LogIndex};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// (revision, put/delete, key, value) as a watcher saw it.
+type Seen = (u64, EventKind, Vec<u8>, Vec<u8>);
+
+/// Take notices until `done` says so (progress notices are checked for monotonicity and
+/// skipped). Panics on an end or error notice, or when nothing comes for `WAIT`.
+fn collect(watch: &Watch, mut done: impl FnMut(&[Seen]) -> bool) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut last_revision = 0;
+    while !done(&seen) {
+        let notice = watch
+            .next_timeout(WAIT)
+            .unwrap_or_else(|| panic!("no notice within {WAIT:?}; saw {} events", seen.len()))
+            .expect("watch failed");
+        match notice {
+            WatchNotice::Events { revision, events } => {
+                assert!(revision.0 > last_revision, "revisions go up");
+                assert!(!events.is_empty());
+                last_revision = revision.0;
+                for e in events {
+                    assert_eq!(e.revision, revision, "a notice holds one revision");
+                    seen.push((revision.0, e.kind, e.key, e.value));
+                }
+            }
+            WatchNotice::Progress { revision } => {
+                assert!(revision.0 >= last_revision, "progress never goes back");
+                last_revision = revision.0;
+            }
+            other => panic!("watch ended: {other:?}"),
+        }
+    }
+    seen
+}
+
+#[test]
+fn events_arrive_in_order_with_a_revisions_events_together() {
+    let cluster = Cluster::start(1, |_| {});
+    cluster.wait_leader(WAIT);
+    let client = cluster.node(0).client();
+    let watch = client.watch_prefix(b"w/", LogIndex(0)).unwrap();
+    let a = client.put(b"w/a", b"1").unwrap().revision;
+    client.put(b"other", b"x").unwrap();
+    let txn = Txn {
+        compares: vec![],
+        success: vec![
+            TxnOp::Put {
+                key: b"w/b".to_vec(),
+                value: b"2".to_vec(),
+            },
+            TxnOp::Put {
+                key: b"outside".to_vec(),
+                value: b"3".to_vec(),
+            },
+            TxnOp::Delete {
+                key: b"w/a".to_vec(),
+            },
+        ],
+        failure: vec![],
+    };
+    let t = client.txn(&txn).unwrap().revision;
+    let d = client.delete(b"w/b").unwrap().revision;
+    // Grouping: the transaction's two events in the watched prefix come as ONE notice.
+    let mut notices = Vec::new();
+    while notices.len() < 3 {
+        match watch.next_timeout(WAIT).expect("a notice").unwrap() {
+            WatchNotice::Progress { .. } => {}
+            WatchNotice::Events { revision, events } => notices.push((revision, events)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(notices[0].0, a);
+    assert_eq!(notices[0].1.len(), 1);
+    assert_eq!(notices[0].1[0].value, b"1");
+    assert_eq!(notices[1].0, t);
+    let kinds: Vec<_> = notices[1]
+        .1
+        .iter()
+        .map(|e| (e.kind, e.key.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Put, b"w/b".to_vec()),
+            (EventKind::Delete, b"w/a".to_vec())
+        ]
+    );
+    assert_eq!(notices[2].0, d);
+    assert_eq!(notices[2].1[0].kind, EventKind::Delete);
+}
+
+#[test]
+fn read_then_watch_from_its_revision_plus_one_has_no_gap_and_no_duplicate() {
+    let cluster = Cluster::start(3, |_| {});
+    let leader = cluster.wait_leader(WAIT);
+    let writer = cluster.node(leader).client();
+    let follower = cluster.node((leader + 1) % 3).client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let load = {
+        let (stop, written, writer) = (Arc::clone(&stop), Arc::clone(&written), writer.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let value = i.to_le_bytes().to_vec();
+                let r = writer
+                    .put(format!("r/{}", i % 7).as_bytes(), &value)
+                    .unwrap();
+                written.lock().unwrap().push(r.revision.0);
+                i += 1;
+            }
+        })
+    };
+    while written.lock().unwrap().len() < 50 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Read while writes go on, then watch from just after the read.
+    let (page, revision) = follower.scan_prefix_at(b"r/", 100).unwrap();
+    let watch = follower.watch_prefix(b"r/", revision.next()).unwrap();
+    while written.lock().unwrap().len() < 300 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    let expected: Vec<u64> = written
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|r| *r > revision.0)
+        .collect();
+    let last = *expected.last().unwrap();
+    let seen = collect(&watch, |s| s.last().is_some_and(|e| e.0 >= last));
+    let revisions: Vec<u64> = seen.iter().map(|e| e.0).collect();
+    assert_eq!(revisions, expected, "exactly the writes after the read");
+    // The read plus the events rebuild the final state.
+    let mut state: BTreeMap<Vec<u8>, Vec<u8>> = page
+        .entries
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect();
+    for (_, _, key, value) in seen {
+        state.insert(key, value);
+    }
+    let now: BTreeMap<_, _> = writer
+        .scan_prefix(b"r/", 100)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect();
+    assert_eq!(state, now);
+}
+
+#[test]
+fn a_watch_from_before_the_window_is_ended_with_compacted() {
+    let cluster = Cluster::start(1, |c| c.watch_window_events = 10);
+    cluster.wait_leader(WAIT);
+    let client = cluster.node(0).client();
+    let first = client.put(b"c/0", b"v").unwrap().revision;
+    for i in 1..30u32 {
+        client.put(format!("c/{i}").as_bytes(), b"v").unwrap();
+    }
+    let watch = client.watch_prefix(b"c/", first).unwrap();
+    match watch.next_timeout(WAIT).expect("a notice").unwrap() {
+        WatchNotice::Compacted { oldest } => assert!(oldest > first, "{oldest} vs {first}"),
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    assert!(watch.next_timeout(Duration::from_secs(1)).is_none());
+    // Within the window it works.
+    let recent = client.put(b"c/x", b"y").unwrap().revision;
+    let watch = client.watch_prefix(b"c/", recent).unwrap();
+    let seen = collect(&watch, |s| !s.is_empty());
+    assert_eq!(seen[0].0, recent.0);
+}
+
+#[test]
+fn a_watcher_that_does_not_keep_up_is_ended_with_overflow() {
+    let cluster = Cluster::start(1, |c| c.watch_buffer_events = 16);
+    cluster.wait_leader(WAIT);
+    let client = cluster.node(0).client();
+    let watch = client.watch_prefix(b"o/", LogIndex(0)).unwrap();
+    // The client's own buffer (4096 notices) is larger than the member's (16 events), but the
+    // pump stops taking pushes while the user takes nothing and its buffer is full; write more
+    // than both hold.
+    let total = 5_000u32;
+    for i in 0..total {
+        client
+            .put(format!("o/{}", i % 10).as_bytes(), b"v")
+            .unwrap();
+    }
+    let mut events = 0;
+    let mut last = 0;
+    loop {
+        match watch
+            .next_timeout(WAIT)
+            .expect("a notice before the end")
+            .unwrap()
+        {
+            WatchNotice::Events {
+                revision,
+                events: e,
+            } => {
+                assert!(revision.0 > last);
+                last = revision.0;
+                events += e.len();
+            }
+            WatchNotice::Progress { .. } => {}
+            WatchNotice::Overflow => break,
+            other => panic!("expected Overflow, got {other:?}"),
+        }
+    }
+    assert!(
+        events < total as usize,
+        "ended before the end: {events} events"
+    );
+    assert!(watch.next_timeout(Duration::from_secs(1)).is_none());
+}
+
+#[test]
+fn a_watcher_on_each_member_sees_exactly_the_committed_sequence_across_a_leader_kill() {
+    let mut cluster = Cluster::start(3, |_| {});
+    cluster.wait_leader(WAIT);
+    let first = cluster
+        .node(0)
+        .client()
+        .put(b"k/start", b"0")
+        .unwrap()
+        .revision;
+    // One remote watcher per member (pinned to it), all from the same revision.
+    let watchers: Vec<(Watch, haven::Client)> = (0..3)
+        .map(|i| {
+            let options = ClientOptions {
+                prefer_leader: false,
+                ..ClientOptions::default()
+            };
+            let client = remote_client(&cluster.addrs[i..=i], options).unwrap();
+            (client.watch_prefix(b"k/", first).unwrap(), client)
+        })
+        .collect();
+    let addrs = cluster.addrs.clone();
+    let writer = remote_client(&addrs, ClientOptions::default()).unwrap();
+    let mut history = vec![(first.0, b"k/start".to_vec(), b"0".to_vec())];
+    let put = |i: u32, history: &mut Vec<(u64, Vec<u8>, Vec<u8>)>| {
+        let key = format!("k/{}", i % 13).into_bytes();
+        let value = i.to_le_bytes().to_vec();
+        // A write whose outcome is unknown would make the history ambiguous: retry until it is
+        // known (the client applies it at most once).
+        let r = writer.put(&key, &value).unwrap();
+        writer.put(b"noise", b"x").unwrap();
+        history.push((r.revision.0, key, value));
+    };
+    for i in 0..200 {
+        put(i, &mut history);
+    }
+    let leader = cluster.wait_leader(WAIT);
+    cluster.stop(leader);
+    for i in 200..400 {
+        put(i, &mut history);
+    }
+    let last = history.last().unwrap().0;
+    for (i, (watch, _)) in watchers.iter().enumerate() {
+        if i == leader {
+            continue; // its member is gone; its client has no other member to resume on
+        }
+        let seen = collect(watch, |s| s.last().is_some_and(|e| e.0 >= last));
+        let got: Vec<(u64, Vec<u8>, Vec<u8>)> =
+            seen.into_iter().map(|(r, _, k, v)| (r, k, v)).collect();
+        assert_eq!(got, history, "watcher on member {i}");
+    }
+    // And the history ends in the final state.
+    let mut state = BTreeMap::new();
+    for (_, k, v) in &history {
+        state.insert(k.clone(), v.clone());
+    }
+    let now: BTreeMap<_, _> = writer
+        .scan_prefix(b"k/", 100)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect();
+    assert_eq!(state, now);
+}
+
+#[test]
+fn a_remote_watch_resumes_on_another_member_without_gap_or_duplicate() {
+    let mut cluster = Cluster::start(3, |_| {});
+    let leader = cluster.wait_leader(WAIT);
+    // Watch through a follower first in the list, so its death forces a move.
+    let follower = (leader + 1) % 3;
+    let mut order = vec![cluster.addrs[follower]];
+    order.extend((0..3).filter(|&i| i != follower).map(|i| cluster.addrs[i]));
+    let options = ClientOptions {
+        prefer_leader: false,
+        ..ClientOptions::default()
+    };
+    let watcher = remote_client(&order, options).unwrap();
+    let writer = cluster.node(leader).client();
+    let watch = watcher.watch_prefix(b"m/", LogIndex(0)).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..100u32 {
+        expected.push(
+            writer
+                .put(format!("m/{i}").as_bytes(), b"v")
+                .unwrap()
+                .revision
+                .0,
+        );
+    }
+    let before = collect(&watch, |s| s.len() >= 100);
+    cluster.stop(follower);
+    for i in 100..200u32 {
+        expected.push(
+            writer
+                .put(format!("m/{i}").as_bytes(), b"v")
+                .unwrap()
+                .revision
+                .0,
+        );
+    }
+    let after = collect(&watch, |s| s.len() >= 100);
+    let revisions: Vec<u64> = before.iter().chain(after.iter()).map(|e| e.0).collect();
+    assert_eq!(revisions, expected);
+}
+
+#[test]
+fn a_watch_spec_with_an_empty_range_is_refused() {
+    let cluster = Cluster::start(1, |_| {});
+    cluster.wait_leader(WAIT);
+    let e = cluster
+        .node(0)
+        .client()
+        .watch(WatchSpec::range(b"b", Some(b"a"), LogIndex(0)))
+        .unwrap_err();
+    assert_eq!(e.code(), haven::ErrorCode::InvalidArgument);
+}
