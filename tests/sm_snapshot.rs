@@ -5,8 +5,8 @@ mod sm_util;
 
 use haven::sm::{Command, CommandResult};
 use haven::snapshots::{
-    list_snapshots, newest_snapshot, prune_snapshots, verify_snapshot, SnapshotFiles,
-    SNAPSHOTS_TO_KEEP,
+    list_snapshots, newest_snapshot, prune_snapshots, remove_leftover_temp_files, verify_snapshot,
+    SnapshotFiles, SNAPSHOTS_TO_KEEP,
 };
 use haven::{EntryKind, Error, ErrorCode, LogIndex, Term};
 use sm_util::*;
@@ -203,8 +203,18 @@ fn list_newest_and_prune_keep_the_last_two() {
         written.last()
     );
     let deleted = prune_snapshots(h.snap_dir(), SNAPSHOTS_TO_KEEP).unwrap();
-    assert_eq!(deleted.len(), 3);
+    // The two oldest snapshots; the temporary file may be a write in progress, so prune leaves
+    // it to the start-up clean-up (issue 14: prune used to delete it under the apply thread).
+    assert_eq!(deleted.len(), 2);
     assert_eq!(list_snapshots(h.snap_dir()).unwrap(), written[2..].to_vec());
+    let temp = h
+        .snap_dir()
+        .join("00000000000000000009-00000000000000000001.snap.tmp");
+    assert!(temp.exists());
+    assert_eq!(
+        remove_leftover_temp_files(h.snap_dir()).unwrap(),
+        vec![temp]
+    );
     assert!(h.snap_dir().join("unrelated.txt").exists());
     assert!(matches!(
         prune_snapshots(h.snap_dir(), 0),
