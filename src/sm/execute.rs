@@ -7,8 +7,10 @@
 use super::clients::{Admission, ClientOrder, ClientTable};
 use super::command::{Command, Op, UNTRACKED_CLIENT};
 use super::kv;
+use super::locks::{self, Acquire};
 use super::overlay::{Overlay, Writes};
-use super::result::CommandResult;
+use super::result::{CommandResult, LockWaitEnded};
+use super::sessions;
 use crate::error::Result;
 use crate::types::LogIndex;
 
@@ -17,23 +19,38 @@ use crate::types::LogIndex;
 pub(crate) struct Executor<'t, 'o> {
     pub(crate) overlay: Overlay<'t>,
     clients: ClientTable<'o>,
+    /// How many sessions exist (kept in memory, like the client order; see `StateMachine`).
+    sessions: &'o mut usize,
+    sessions_before: usize,
+    /// Lock waits ended by the command being applied (taken after each entry).
+    pub(crate) lock_waits: Vec<LockWaitEnded>,
 }
 
 impl<'t, 'o> Executor<'t, 'o> {
-    pub(crate) fn new(overlay: Overlay<'t>, clients: &'o mut ClientOrder) -> Executor<'t, 'o> {
+    pub(crate) fn new(
+        overlay: Overlay<'t>,
+        clients: &'o mut ClientOrder,
+        sessions: &'o mut usize,
+    ) -> Executor<'t, 'o> {
+        let sessions_before = *sessions;
         Executor {
             overlay,
             clients: ClientTable::new(clients),
+            sessions,
+            sessions_before,
+            lock_waits: Vec::new(),
         }
     }
 
-    /// The batch's writes; its changes of the client order stay.
+    /// The batch's writes; its changes of the client order and session count stay.
     pub(crate) fn into_writes(self) -> Writes {
         self.overlay.into_writes()
     }
 
-    /// Undo the batch's changes of the client order (its writes are dropped with the overlay).
+    /// Undo the batch's changes of the client order and session count (its writes are dropped
+    /// with the overlay).
     pub(crate) fn roll_back(self) {
+        *self.sessions = self.sessions_before;
         self.clients.roll_back();
     }
 
@@ -55,13 +72,13 @@ impl<'t, 'o> Executor<'t, 'o> {
             return self.clients.register(&mut self.overlay, index);
         }
         if cmd.client_id == UNTRACKED_CLIENT {
-            return self.execute(&cmd.op, index);
+            return self.execute(cmd, index);
         }
         let before = match self.clients.admit(&self.overlay, cmd.client_id, cmd.seq)? {
             Admission::Answer(result) => return Ok(result),
             Admission::Apply(before) => before,
         };
-        let result = self.execute(&cmd.op, index)?;
+        let result = self.execute(cmd, index)?;
         self.clients.record(
             &mut self.overlay,
             cmd.client_id,
@@ -74,9 +91,11 @@ impl<'t, 'o> Executor<'t, 'o> {
 
     /// Run an operation (already validated) at revision `index`: one arm per [`Op`] variant,
     /// each handing the work to its feature.
-    fn execute(&mut self, op: &Op, index: LogIndex) -> Result<CommandResult> {
+    fn execute(&mut self, cmd: &Command, index: LogIndex) -> Result<CommandResult> {
         let overlay = &mut self.overlay;
-        Ok(match op {
+        let sessions = &mut *self.sessions;
+        let waits = &mut self.lock_waits;
+        Ok(match &cmd.op {
             Op::RegisterClient => self.clients.register(overlay, index)?,
             Op::Put { key, value } => CommandResult::Put(kv::put(overlay, key, value, index)?),
             Op::Delete { key } => CommandResult::Delete(kv::delete(overlay, key, index)?),
@@ -99,6 +118,42 @@ impl<'t, 'o> Executor<'t, 'o> {
                 index,
             )?),
             Op::Txn(txn) => CommandResult::Txn(kv::txn(overlay, txn, index)?),
+            Op::SessionGrant { ttl_ms } => sessions::grant(overlay, sessions, *ttl_ms, index)?,
+            Op::SessionRevoke { session } => {
+                sessions::revoke(overlay, sessions, *session, index, waits)?
+            }
+            Op::SessionCheckpoint { remaining } => sessions::checkpoint(overlay, remaining)?,
+            Op::SessionExpire { sessions: ids } => {
+                sessions::expire(overlay, sessions, ids, index, waits)?
+            }
+            Op::LockAcquire {
+                name,
+                mode,
+                session,
+                wait,
+            } => locks::acquire(
+                overlay,
+                &Acquire {
+                    name,
+                    mode: *mode,
+                    session: *session,
+                    wait: *wait,
+                    client_id: cmd.client_id,
+                    seq: cmd.seq,
+                },
+                index,
+            )?,
+            Op::LockRelease {
+                name,
+                token,
+                session,
+            } => locks::release(overlay, name, *token, *session, index, waits)?,
+            Op::LockCancel { name } => locks::cancel(overlay, name, cmd.client_id, index, waits)?,
+            Op::PutEphemeral {
+                key,
+                value,
+                session,
+            } => sessions::put_ephemeral(overlay, key, value, *session, index)?,
         })
     }
 }
