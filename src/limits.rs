@@ -277,6 +277,15 @@ pub const MAX_SESSION_KEYS: usize = 4_096;
 /// Most locks one session holds or waits for at once.
 pub const MAX_SESSION_LOCKS: usize = 1_024;
 
+/// A queued lock acquire's answer is held on the member that proposed it until the wait ends,
+/// or at most this long (milliseconds); then it is answered `Queued` and the client asks again
+/// (the same command: the state machine answers a retry without queueing it twice).
+pub const LOCK_WAIT_HOLD_MS: u64 = 5_000;
+
+/// Most lock acquires whose answer one member holds; beyond it an acquire is answered `Queued`
+/// at once (the client asks again).
+pub const MAX_HELD_LOCK_WAITS: usize = 65_536;
+
 /// Longest lock name, in bytes (an empty name is invalid).
 pub const MAX_LOCK_NAME_BYTES: usize = 1_024;
 

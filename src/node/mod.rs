@@ -42,6 +42,7 @@ mod config;
 mod driver;
 mod peer_message;
 mod reply;
+mod sessions;
 mod transfer;
 mod wal_store;
 
@@ -83,6 +84,9 @@ pub(crate) enum Internal {
     Persisted { number: u64, result: Result<()> },
     /// The state machine applied up to this index.
     Applied(LogIndex),
+    /// The state machine's sessions after an apply (or restore) that changed them, for the
+    /// lease keeper (sent before the `Applied` of the same batch).
+    Sessions(Vec<crate::sm::SessionInfo>),
     /// The apply thread wrote a snapshot file (fsynced).
     SnapshotTaken(SnapshotMeta),
     /// The data of this `Snapshot` message is durable here, at `path`: step it into the core.
@@ -323,6 +327,7 @@ impl Node {
             bytes_since_snapshot: 0,
             pending_since: None,
             failed: None,
+            held_lock_waits: Default::default(),
         };
         let apply = spawn(format!("haven-{}-apply", id.0), move || apply_thread.run())?;
         let transfer = Transfer::new(

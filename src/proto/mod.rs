@@ -7,7 +7,10 @@
 
 use crate::error::{Error, ErrorCode};
 pub use crate::histogram::Histogram;
-use crate::sm::{Command, CommandResult, RangePage, VersionedValue};
+use crate::sm::{
+    Command, CommandResult, FencingToken, LockInfo, RangePage, SessionId, SessionInfo,
+    VersionedValue,
+};
 use crate::types::{LogIndex, NodeId, Term};
 use bincode::{Decode, Encode};
 
@@ -16,7 +19,9 @@ use bincode::{Decode, Encode};
 ///
 /// Version 2 appended `snapshots_installed`, `fsync_latency` and `fsync_latency_sum_micros`
 /// to [`Counters`] (and `snapshots_received` now counts fetched snapshots, installed or not).
-pub const CLIENT_PROTOCOL_VERSION: u32 = 2;
+/// Version 3 appended the session and lock reads ([`ReadOp::Lock`] and on),
+/// [`Request::SessionKeepAlive`] and their responses.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest client protocol version whose [`Request::Status`] a member answers: a status
 /// encoded by a newer member would not decode in an older client.
@@ -52,6 +57,31 @@ pub enum ReadOp {
         end: Option<Vec<u8>>,
         /// Most keys returned, in `1..=MAX_SCAN_LIMIT`.
         limit: u32,
+    },
+    /// One lock's holders and waiters (version 3).
+    Lock {
+        /// The lock.
+        name: Vec<u8>,
+    },
+    /// Locks with holders or waiters in name order after `after` (empty: from the first), at
+    /// most `limit` (version 3).
+    Locks {
+        /// Start after this name.
+        after: Vec<u8>,
+        /// Most locks returned, in `1..=MAX_SCAN_LIMIT`.
+        limit: u32,
+    },
+    /// Whether `token` is a current grant of lock `name` (version 3).
+    CheckToken {
+        /// The lock.
+        name: Vec<u8>,
+        /// The fencing token.
+        token: FencingToken,
+    },
+    /// What the state knows of a session (version 3).
+    Session {
+        /// The session.
+        session: SessionId,
     },
 }
 
@@ -102,6 +132,12 @@ pub enum Request {
     StateHash,
     /// A membership or leadership change.
     Admin(AdminOp),
+    /// Keep sessions alive (version 3): the leader resets each one's deadline to now + its TTL.
+    /// Not a log entry; a follower forwards it to the leader.
+    SessionKeepAlive {
+        /// The sessions (at most `MAX_SESSION_CHECKPOINT_BATCH`).
+        sessions: Vec<SessionId>,
+    },
 }
 
 impl Request {
@@ -113,6 +149,7 @@ impl Request {
             Request::Status => "status",
             Request::StateHash => "state_hash",
             Request::Admin(_) => "admin",
+            Request::SessionKeepAlive { .. } => "session_keepalive",
         }
     }
 }
@@ -138,6 +175,22 @@ pub enum Response {
     },
     /// An [`AdminOp`] took effect.
     Done,
+    /// The answer to [`ReadOp::Lock`].
+    Lock(Option<LockInfo>),
+    /// The answer to [`ReadOp::Locks`].
+    Locks {
+        /// The locks.
+        locks: Vec<LockInfo>,
+        /// Whether more remain.
+        more: bool,
+    },
+    /// The answer to [`ReadOp::CheckToken`].
+    TokenHeld(bool),
+    /// The answer to [`ReadOp::Session`].
+    Session(Option<SessionInfo>),
+    /// The answer to [`Request::SessionKeepAlive`]: per session, its TTL if the leader knows it
+    /// (the deadline was reset), `None` if it does not exist (expired or revoked).
+    SessionKeepAlive(Vec<(SessionId, Option<u64>)>),
 }
 
 /// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.
