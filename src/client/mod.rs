@@ -22,8 +22,11 @@
 //! The API is shaped for a C ABI later: byte slices in, owned values out, no generics, no
 //! callbacks, `Clone + Send + Sync` handles.
 
+mod coord;
 mod local;
 mod remote;
+
+pub use coord::{LockGuard, LockWait, Session, SessionState};
 
 pub use crate::proto::{
     AdminOp, Counters, Histogram, MemberStatus, NodeRole, ReadMode, ReadOp, Request, Response,
@@ -75,7 +78,7 @@ pub(crate) trait Backend: Send + Sync {
 
 /// A registered client id and the next sequence number to use with it.
 #[derive(Debug)]
-struct Session {
+struct WriteSession {
     client_id: u64,
     next_seq: u64,
 }
@@ -83,7 +86,9 @@ struct Session {
 struct Inner {
     backend: Arc<dyn Backend>,
     options: ClientOptions,
-    sessions: Mutex<Vec<Session>>,
+    sessions: Mutex<Vec<WriteSession>>,
+    /// The sessions (leases) this client keeps alive (`coord.rs`).
+    keeper: Mutex<coord::Keeper>,
 }
 
 /// A handle to a haven cluster. Cheap to clone; usable from many threads at once.
@@ -128,6 +133,7 @@ impl Client {
                 backend,
                 options,
                 sessions: Mutex::new(Vec::new()),
+                keeper: Mutex::new(coord::Keeper::default()),
             }),
         }
     }
@@ -440,7 +446,7 @@ impl Client {
         }
     }
 
-    fn take_session(&self, deadline: Instant) -> Result<Session> {
+    fn take_session(&self, deadline: Instant) -> Result<WriteSession> {
         if let Some(session) = lock(&self.inner.sessions).pop() {
             return Ok(session);
         }
@@ -451,7 +457,7 @@ impl Client {
         };
         // Registering twice (a retry after a timeout) only wastes a slot of the client table.
         match self.send_write(register, deadline).0? {
-            CommandResult::Registered { client_id } => Ok(Session {
+            CommandResult::Registered { client_id } => Ok(WriteSession {
                 client_id,
                 next_seq: 1,
             }),
@@ -459,7 +465,7 @@ impl Client {
         }
     }
 
-    fn put_session(&self, session: Session) {
+    fn put_session(&self, session: WriteSession) {
         lock(&self.inner.sessions).push(session);
     }
 }

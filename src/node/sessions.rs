@@ -9,7 +9,9 @@
 //!   remaining TTL, never from the full TTL, so a silent session dies within TTL + one
 //!   checkpoint interval + the election, however many elections happen (etcd #9888).
 //! - A new leader arms only once it has applied its own term's first entry (then every
-//!   checkpoint and grant committed before its term is in the mirror it arms from).
+//!   checkpoint and grant committed before its term is in the mirror it arms from), and
+//!   checkpoints one election timeout after arming, then every interval: a leader that keeps
+//!   leadership for longer than an election timeout records the time that passed under it.
 //! - Expiries are batched (`MAX_SESSION_EXPIRE_BATCH` per entry) and rate-limited (one entry
 //!   per `SESSION_EXPIRE_MIN_INTERVAL_MS`), so sessions that lapse together do not make a storm.
 //! - A leader whose loop saw a gap longer than an election timeout (the process was paused, etcd
@@ -90,7 +92,14 @@ impl LeaseKeeper {
                 })
                 .collect();
             self.deadlines = Some(deadlines);
-            self.last_checkpoint = Some(now);
+            // The first checkpoint comes one pause threshold (an election timeout) after arming,
+            // not a whole interval: under leaders that change faster than the interval, each
+            // one still records the time that passed under it, so the remaining TTL keeps
+            // shrinking however often leadership moves.
+            self.last_checkpoint = Some(
+                now.checked_sub(Duration::from_millis(SESSION_CHECKPOINT_INTERVAL_MS))
+                    .map_or(now, |t| t + self.pause_threshold),
+            );
             self.last_step = Some(now);
         }
     }

@@ -213,7 +213,9 @@ impl From<&Error> for WireError {
                 | Error::Timeout(m)
                 | Error::Auth(m)
                 | Error::DataDir(m)
-                | Error::Fatal(m) => m.clone(),
+                | Error::Fatal(m)
+                | Error::LockNotHeld(m)
+                | Error::SessionExpired(m) => m.clone(),
                 other => other.to_string(),
             },
         }
@@ -232,6 +234,8 @@ impl From<WireError> for Error {
             c if c == ErrorCode::Corrupt as i32 => Error::corrupt(0, m),
             c if c == ErrorCode::Io as i32 => Error::io(m, std::io::Error::other("on the member")),
             c if c == ErrorCode::Fatal as i32 => Error::Fatal(m),
+            c if c == ErrorCode::LockNotHeld as i32 => Error::LockNotHeld(m),
+            c if c == ErrorCode::SessionExpired as i32 => Error::SessionExpired(m),
             // UnsupportedVersion carries static names that cannot cross the wire; unknown codes
             // (from a newer member) are failures of that member.
             _ => Error::Fatal(format!("member reports error code {}: {m}", e.code)),
