@@ -92,6 +92,10 @@ pub enum Error {
     DataDir(String),
     /// A storage failure stopped this node.
     Fatal(String),
+    /// The caller does not hold the lock (or its fencing token is stale).
+    LockNotHeld(String),
+    /// The session (lease) has expired or was revoked.
+    SessionExpired(String),
 }
 
 impl Error {
@@ -107,6 +111,8 @@ impl Error {
             Error::Auth(_) => ErrorCode::Auth,
             Error::DataDir(_) => ErrorCode::DataDir,
             Error::Fatal(_) => ErrorCode::Fatal,
+            Error::LockNotHeld(_) => ErrorCode::LockNotHeld,
+            Error::SessionExpired(_) => ErrorCode::SessionExpired,
         }
     }
 
@@ -197,6 +203,8 @@ impl fmt::Display for Error {
             Error::Auth(m) => write!(f, "authentication failed: {m}"),
             Error::DataDir(m) => write!(f, "data directory refused: {m}"),
             Error::Fatal(m) => write!(f, "fatal storage error, node stopped: {m}"),
+            Error::LockNotHeld(m) => write!(f, "lock not held: {m}"),
+            Error::SessionExpired(m) => write!(f, "session expired: {m}"),
         }
     }
 }

@@ -334,3 +334,65 @@ const _: () = assert!(DEFAULT_WATCH_BUFFER_EVENTS <= MAX_WATCH_BUFFER_EVENTS);
 // A pushed frame of MAX_WATCH_PUSH_EVENTS events fits a frame only with small events; a frame
 // is cut earlier by bytes (the push queue holds at least one maximal frame).
 const _: () = assert!(MAX_FRAME_PAYLOAD_BYTES <= MAX_CLIENT_PUSH_QUEUE_BYTES);
+
+// ----- sessions and locks (`src/sm/sessions.rs`, `src/sm/locks.rs`, `src/node/sessions.rs`) -----
+//
+// Part of the replicated state (every member must apply the same command the same way), so
+// they are constants, not settings.
+
+/// Shortest session TTL a grant may ask for. At least 1.5x the longest election timeout a
+/// configuration may have (`Config::validate` checks it: 2 x `election_timeout_ms` x 1.5), so a
+/// session survives one election without a keepalive reaching the new leader.
+pub const MIN_SESSION_TTL_MS: u64 = 1_000;
+
+/// Longest session TTL a grant may ask for (one day).
+pub const MAX_SESSION_TTL_MS: u64 = 24 * 60 * 60 * 1_000;
+
+/// Most sessions at once; a grant beyond it is refused (`Rejected`).
+pub const MAX_SESSIONS: usize = 16_384;
+
+/// The leader checkpoints every session's remaining TTL into the log once per this interval
+/// (milliseconds), so a new leader re-arms a session from at most this long ago. A silent
+/// session dies within TTL + this + an election, however many elections happen.
+pub const SESSION_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
+
+/// Most sessions named in one `SessionCheckpoint` entry (more take several entries).
+pub const MAX_SESSION_CHECKPOINT_BATCH: usize = 4_096;
+
+/// Most sessions ended by one `SessionExpire` entry (each end may delete keys and release
+/// locks: the entry's work is bounded by this times the per-session limits below).
+pub const MAX_SESSION_EXPIRE_BATCH: usize = 64;
+
+/// The leader proposes at most one `SessionExpire` entry per this interval (milliseconds), so
+/// sessions that lapse together (renewed together, or after a partition healed) end in a
+/// steady trickle rather than a storm of entries.
+pub const SESSION_EXPIRE_MIN_INTERVAL_MS: u64 = 50;
+
+/// Most ephemeral keys attached to one session.
+pub const MAX_SESSION_KEYS: usize = 4_096;
+
+/// Most locks one session holds or waits for at once.
+pub const MAX_SESSION_LOCKS: usize = 1_024;
+
+/// A queued lock acquire's answer is held on the member that proposed it until the wait ends,
+/// or at most this long (milliseconds); then it is answered `Queued` and the client asks again
+/// (the same command: the state machine answers a retry without queueing it twice).
+pub const LOCK_WAIT_HOLD_MS: u64 = 5_000;
+
+/// Most lock acquires whose answer one member holds; beyond it an acquire is answered `Queued`
+/// at once (the client asks again).
+pub const MAX_HELD_LOCK_WAITS: usize = 65_536;
+
+/// Longest lock name, in bytes (an empty name is invalid).
+pub const MAX_LOCK_NAME_BYTES: usize = 1_024;
+
+/// Most holders plus waiters of one lock.
+pub const MAX_LOCK_WAITERS: usize = 1_024;
+
+// A checkpoint entry (about 18 bytes per session at most) fits one command.
+const _: () = assert!(MAX_SESSION_CHECKPOINT_BATCH * 18 + 64 <= MAX_COMMAND_BYTES);
+const _: () = assert!(MIN_SESSION_TTL_MS <= MAX_SESSION_TTL_MS);
+const _: () = assert!(SESSION_EXPIRE_MIN_INTERVAL_MS < MIN_SESSION_TTL_MS);
+const _: () = assert!(SESSION_CHECKPOINT_INTERVAL_MS <= MIN_SESSION_TTL_MS);
+// One expiry entry's deletes stay within what one apply batch handles comfortably.
+const _: () = assert!(MAX_SESSION_EXPIRE_BATCH * MAX_SESSION_KEYS <= 1 << 18);

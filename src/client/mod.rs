@@ -23,12 +23,15 @@
 //! callbacks, `Clone + Send + Sync` handles.
 
 mod backup;
+mod coord;
 mod local;
 mod remote;
 mod watch;
 
 pub use self::watch::{Watch, WatchNotice, WATCH_RESUME_TIMEOUT};
 pub use crate::proto::{EventKind, WatchEvent, WatchSpec};
+
+pub use coord::{LockGuard, LockWait, Session, SessionState};
 
 pub use crate::proto::{
     AdminOp, Counters, Histogram, MemberStatus, NodeRole, ReadMode, ReadOp, Request, Response,
@@ -93,7 +96,7 @@ pub(crate) trait Backend: Send + Sync {
 
 /// A registered client id and the next sequence number to use with it.
 #[derive(Debug)]
-struct Session {
+struct WriteSession {
     client_id: u64,
     next_seq: u64,
 }
@@ -101,7 +104,9 @@ struct Session {
 struct Inner {
     backend: Arc<dyn Backend>,
     options: ClientOptions,
-    sessions: Mutex<Vec<Session>>,
+    sessions: Mutex<Vec<WriteSession>>,
+    /// The sessions (leases) this client keeps alive (`coord.rs`).
+    keeper: Mutex<coord::Keeper>,
 }
 
 /// A handle to a haven cluster. Cheap to clone; usable from many threads at once.
@@ -146,6 +151,7 @@ impl Client {
                 backend,
                 options,
                 sessions: Mutex::new(Vec::new()),
+                keeper: Mutex::new(coord::Keeper::default()),
             }),
         }
     }
@@ -603,7 +609,7 @@ impl Client {
         }
     }
 
-    fn take_session(&self, deadline: Instant) -> Result<Session> {
+    fn take_session(&self, deadline: Instant) -> Result<WriteSession> {
         if let Some(session) = lock(&self.inner.sessions).pop() {
             return Ok(session);
         }
@@ -614,7 +620,7 @@ impl Client {
         };
         // Registering twice (a retry after a timeout) only wastes a slot of the client table.
         match self.send_write(register, deadline).0? {
-            CommandResult::Registered { client_id } => Ok(Session {
+            CommandResult::Registered { client_id } => Ok(WriteSession {
                 client_id,
                 next_seq: 1,
             }),
@@ -622,7 +628,7 @@ impl Client {
         }
     }
 
-    fn put_session(&self, session: Session) {
+    fn put_session(&self, session: WriteSession) {
         lock(&self.inner.sessions).push(session);
     }
 }

@@ -12,18 +12,21 @@ use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::{
     APPLY_FLUSH_PENDING_AFTER_MS, APPLY_FLUSH_PENDING_BYTES, APPLY_FLUSH_PENDING_WRITES,
-    MAX_APPLY_MERGED_BYTES, MAX_APPLY_MERGED_TASKS,
+    LOCK_WAIT_HOLD_MS, MAX_APPLY_MERGED_BYTES, MAX_APPLY_MERGED_TASKS, MAX_HELD_LOCK_WAITS,
 };
 use crate::logging::Level;
 use crate::park::{ParkedReceiver, Waking};
 use crate::proto::{ReadOp, Response, SnapshotInfo};
 use crate::raft::{Membership, SnapshotMeta};
-use crate::sm::{ApplyOutcome, EntryResult, StateMachine};
+use crate::sm::{
+    ApplyOutcome, CancelResult, CommandResult, EntryResult, LockResult, LockWaitResult,
+    StateMachine,
+};
 use crate::snapshots::SnapshotFiles;
 use crate::types::{Entry, LogIndex, NodeId, Term};
 use crossbeam_channel::RecvTimeoutError;
 use crossbeam_channel::Sender;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -99,6 +102,9 @@ pub(crate) struct ApplyThread {
     pub(crate) failed: Option<String>,
     /// Where the changes of applied entries go, for watches (`watch.rs`).
     pub(crate) watch_feed: WatchFeed,
+    /// Answers to lock acquires that queued, by (client id, seq): sent when an entry grants or
+    /// fails the wait (`ApplyOutcome::lock_waits`), or `Queued` after `LOCK_WAIT_HOLD_MS`.
+    pub(crate) held_lock_waits: HashMap<(u64, u64), Vec<(Reply, Instant)>>,
 }
 
 /// How long the oldest pending write may wait before a flush.
@@ -106,6 +112,7 @@ const FLUSH_PENDING_AFTER: Duration = Duration::from_millis(APPLY_FLUSH_PENDING_
 
 impl ApplyThread {
     pub(crate) fn run(mut self) {
+        self.report_sessions();
         // A task taken from the queue while merging Apply tasks, handled next.
         let mut next: Option<ApplyTask> = None;
         loop {
@@ -115,6 +122,7 @@ impl ApplyThread {
                     let wake = [
                         self.next_read_deadline(),
                         self.pending_since.map(|t| t + FLUSH_PENDING_AFTER),
+                        self.next_hold_deadline(),
                     ];
                     let wait = wake
                         .into_iter()
@@ -127,6 +135,7 @@ impl ApplyThread {
                         Ok(task) => task,
                         Err(RecvTimeoutError::Timeout) => {
                             self.expire_reads();
+                            self.expire_held_lock_waits();
                             self.maybe_flush();
                             continue;
                         }
@@ -170,8 +179,76 @@ impl ApplyThread {
                 }
             }
             self.expire_reads();
+            self.expire_held_lock_waits();
             self.maybe_flush();
         }
+    }
+
+    /// Tell the driver's lease keeper the sessions as they are now.
+    fn report_sessions(&self) {
+        match self.sm.sessions() {
+            Ok(sessions) => self.internal.send(Internal::Sessions(sessions)),
+            Err(e) => event!(Level::Error, node: Some(self.id.0), term: None,
+                "sessions_read_failed", error = e),
+        }
+    }
+
+    /// Hold the answers of acquires that queued; answer the waits the entries ended.
+    fn settle_lock_waits(&mut self, outcomes: &[ApplyOutcome], queued: Vec<(u64, u64, Reply)>) {
+        let now = Instant::now();
+        let held: usize = self.held_lock_waits.values().map(Vec::len).sum();
+        for (i, (client_id, seq, reply)) in queued.into_iter().enumerate() {
+            if held + i >= MAX_HELD_LOCK_WAITS {
+                reply.send(Ok(Response::Write(CommandResult::Lock(LockResult::Queued))));
+                continue;
+            }
+            let deadline = now + Duration::from_millis(LOCK_WAIT_HOLD_MS);
+            self.held_lock_waits
+                .entry((client_id, seq))
+                .or_default()
+                .push((reply, deadline));
+        }
+        for ended in outcomes.iter().flat_map(|o| &o.lock_waits) {
+            let Some(replies) = self.held_lock_waits.remove(&(ended.client_id, ended.seq)) else {
+                continue;
+            };
+            let result = match ended.result {
+                LockWaitResult::Granted { token } => {
+                    CommandResult::Lock(LockResult::Granted { token })
+                }
+                LockWaitResult::SessionEnded => CommandResult::Lock(LockResult::SessionNotFound),
+                LockWaitResult::Cancelled => CommandResult::LockCancel(CancelResult::Cancelled),
+            };
+            for (reply, _) in replies {
+                reply.send(Ok(Response::Write(result.clone())));
+            }
+        }
+    }
+
+    fn next_hold_deadline(&self) -> Option<Instant> {
+        self.held_lock_waits
+            .values()
+            .flatten()
+            .map(|(_, d)| *d)
+            .min()
+    }
+
+    /// Answer `Queued` to holds past their time: the client asks again.
+    fn expire_held_lock_waits(&mut self) {
+        if self.held_lock_waits.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for replies in self.held_lock_waits.values_mut() {
+            let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(replies)
+                .into_iter()
+                .partition(|(_, d)| *d <= now);
+            *replies = kept;
+            for (reply, _) in expired {
+                reply.send(Ok(Response::Write(CommandResult::Lock(LockResult::Queued))));
+            }
+        }
+        self.held_lock_waits.retain(|_, r| !r.is_empty());
     }
 
     /// Write the state machine's pending writes to sled when enough are pending or the oldest
@@ -248,7 +325,11 @@ impl ApplyThread {
                 if self.pending_since.is_none() && self.sm.pending_writes() > 0 {
                     self.pending_since = Some(Instant::now());
                 }
-                answer_waiters(&outcomes, waiters);
+                let queued = answer_waiters(&outcomes, waiters);
+                self.settle_lock_waits(&outcomes, queued);
+                if outcomes.iter().any(changes_sessions) {
+                    self.report_sessions();
+                }
                 self.counters
                     .entries_applied
                     .fetch_add(count, Ordering::Relaxed);
@@ -336,6 +417,7 @@ impl ApplyThread {
                 self.watch_feed.restored(file.index);
                 event!(Level::Info, node: Some(self.id.0), term: None, "snapshot_restored",
                     index = meta.index.0, ms = started.elapsed().as_millis());
+                self.report_sessions();
                 self.internal.send(Internal::Applied(file.index));
                 self.serve_reads();
             }
@@ -393,6 +475,15 @@ impl ApplyThread {
                     page,
                     revision: self.sm.applied().0,
                 }),
+            ReadOp::Lock { name } => self.sm.lock(name).map(Response::Lock),
+            ReadOp::Locks { after, limit } => self
+                .sm
+                .locks(after, *limit as usize)
+                .map(|(locks, more)| Response::Locks { locks, more }),
+            ReadOp::CheckToken { name, token } => {
+                self.sm.check_token(name, *token).map(Response::TokenHeld)
+            }
+            ReadOp::Session { session } => self.sm.session(*session).map(Response::Session),
         };
         read.reply.send(result);
     }
@@ -441,15 +532,30 @@ impl ApplyThread {
     }
 }
 
-/// Answer each waiter from the outcome at its index.
-fn answer_waiters(outcomes: &[ApplyOutcome], waiters: Vec<Waiter>) {
+/// Whether an entry changed the sessions (the lease keeper must hear of it).
+fn changes_sessions(outcome: &ApplyOutcome) -> bool {
+    matches!(
+        &outcome.result,
+        EntryResult::Command {
+            result: CommandResult::SessionGranted { .. }
+                | CommandResult::SessionRevoked
+                | CommandResult::SessionsUpdated { .. },
+            ..
+        }
+    )
+}
+
+/// Answer each waiter from the outcome at its index. Acquires that queued are not answered:
+/// they come back as (client id, seq, reply), to be held until their wait ends.
+fn answer_waiters(outcomes: &[ApplyOutcome], waiters: Vec<Waiter>) -> Vec<(u64, u64, Reply)> {
+    let mut queued = Vec::new();
     let Some(first) = outcomes.first().map(|o| o.index) else {
         for w in waiters {
             w.reply.fail(Error::Timeout(
                 "the entry was applied before (replay); its outcome is unknown".into(),
             ));
         }
-        return;
+        return queued;
     };
     for w in waiters {
         let outcome = w
@@ -473,6 +579,14 @@ fn answer_waiters(outcomes: &[ApplyOutcome], waiters: Vec<Waiter>) {
             continue;
         }
         let response = match &outcome.result {
+            EntryResult::Command {
+                client_id,
+                seq,
+                result: CommandResult::Lock(LockResult::Queued),
+            } => {
+                queued.push((*client_id, *seq, w.reply));
+                continue;
+            }
             EntryResult::Command { result, .. } => Ok(Response::Write(result.clone())),
             EntryResult::Membership | EntryResult::Noop => Ok(Response::Done),
             EntryResult::Malformed { reason } => Err(Error::InvalidArgument(format!(
@@ -481,4 +595,5 @@ fn answer_waiters(outcomes: &[ApplyOutcome], waiters: Vec<Waiter>) {
         };
         w.reply.send(response);
     }
+    queued
 }

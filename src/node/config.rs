@@ -229,10 +229,14 @@ impl Config {
                 self.election_timeout_ms, self.tick_ms, self.heartbeat_interval_ms
             ));
         }
-        if self.election_timeout_ms > 60_000 {
+        // A session must outlive an election without keepalives reaching a new leader: the
+        // shortest TTL a grant may ask for is at least 1.5x the longest election timeout.
+        if self.election_timeout_ms.saturating_mul(3) > crate::limits::MIN_SESSION_TTL_MS {
             return bad(format!(
-                "election_timeout_ms: {} is over a minute",
-                self.election_timeout_ms
+                "election_timeout_ms: {} is too long for sessions: 1.5x the longest election \
+                 timeout (2 x {0} ms) must not exceed MIN_SESSION_TTL_MS ({} ms)",
+                self.election_timeout_ms,
+                crate::limits::MIN_SESSION_TTL_MS
             ));
         }
         if self.lease_reads && ticks(self.election_timeout_ms) < 4 {
@@ -365,6 +369,10 @@ mod tests {
         rejected(|c| c.tick_ms = 0, "tick_ms");
         rejected(|c| c.heartbeat_interval_ms = 15, "heartbeat_interval_ms");
         rejected(|c| c.election_timeout_ms = 60, "election_timeout_ms");
+        rejected(|c| c.election_timeout_ms = 340, "MIN_SESSION_TTL_MS");
+        let mut longest = config();
+        longest.election_timeout_ms = 330;
+        longest.validate().unwrap();
         rejected(|c| c.snapshot_entries = 0, "snapshot_entries");
         rejected(|c| c.state_cache_bytes = 0, "state_cache_bytes");
         rejected(|c| c.request_timeout_ms = 0, "request_timeout_ms");

@@ -44,6 +44,7 @@ mod driver;
 mod endpoint;
 mod peer_message;
 mod reply;
+mod sessions;
 mod transfer;
 mod wal_store;
 mod watch;
@@ -89,6 +90,9 @@ pub(crate) enum Internal {
     Persisted { number: u64, result: Result<()> },
     /// The state machine applied up to this index.
     Applied(LogIndex),
+    /// The state machine's sessions after an apply (or restore) that changed them, for the
+    /// lease keeper (sent before the `Applied` of the same batch).
+    Sessions(Vec<crate::sm::SessionInfo>),
     /// The apply thread wrote a snapshot file (fsynced).
     SnapshotTaken(SnapshotMeta),
     /// The data of this `Snapshot` message is durable here, at `path`: step it into the core.
@@ -405,6 +409,7 @@ impl Node {
             pending_since: None,
             failed: None,
             watch_feed,
+            held_lock_waits: Default::default(),
         };
         let apply = spawn_member_thread(
             format!("haven-{}-apply", id.0),

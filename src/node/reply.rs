@@ -26,6 +26,9 @@ pub(crate) enum Reply {
         to: NodeId,
         id: u64,
     },
+    /// A command the runtime proposed itself (the lease keeper's expiries and checkpoints):
+    /// nobody waits for the answer.
+    Discard,
 }
 
 impl Reply {
@@ -44,6 +47,7 @@ impl Reply {
                 let response: ClientResponse = result.map_err(|e| WireError::from(&e));
                 transport.send(to, PeerMessage::ForwardReply { id, response });
             }
+            Reply::Discard => {}
         }
     }
 

@@ -7,7 +7,10 @@
 
 use crate::error::{Error, ErrorCode};
 pub use crate::histogram::Histogram;
-use crate::sm::{Command, CommandResult, MapMoves, MapRecord, Owners, RangePage, VersionedValue};
+use crate::sm::{
+    Command, CommandResult, FencingToken, LockInfo, MapMoves, MapRecord, Owners, RangePage,
+    SessionId, SessionInfo, VersionedValue,
+};
 use crate::types::{LogIndex, NodeId, Term};
 use bincode::{Decode, Encode};
 
@@ -28,7 +31,8 @@ pub use watch::{
 /// A client sends each request with the lowest version that has it
 /// ([`Request::protocol_version`]), so that a member of an older version still serves every
 /// request it knows.
-/// The partition-map reads ([`ReadOp::MapOwners`] ..) and their responses are version 3 too,
+/// The partition-map reads ([`ReadOp::MapOwners`] ..), the session and lock reads
+/// ([`ReadOp::Lock`] ..) and [`Request::SessionKeepAlive`] are version 3 too,
 /// and so are watches: [`Request::Watch`], [`Request::CancelWatch`],
 /// [`ReadOp::RangeAt`] with its answer [`Response::RangeAt`], and pushed frames (frame kind 34,
 /// [`PushFrame`]). A member pushes only for watches a client opened, so a client of an older
@@ -115,6 +119,31 @@ pub enum ReadOp {
         /// Most keys returned, in `1..=MAX_SCAN_LIMIT`.
         limit: u32,
     },
+    /// One lock's holders and waiters (version 3).
+    Lock {
+        /// The lock.
+        name: Vec<u8>,
+    },
+    /// Locks with holders or waiters in name order after `after` (empty: from the first), at
+    /// most `limit` (version 3).
+    Locks {
+        /// Start after this name.
+        after: Vec<u8>,
+        /// Most locks returned, in `1..=MAX_SCAN_LIMIT`.
+        limit: u32,
+    },
+    /// Whether `token` is a current grant of lock `name` (version 3).
+    CheckToken {
+        /// The lock.
+        name: Vec<u8>,
+        /// The fencing token.
+        token: FencingToken,
+    },
+    /// What the state knows of a session (version 3).
+    Session {
+        /// The session.
+        session: SessionId,
+    },
 }
 
 /// A membership or leadership operation. Each waits until it took effect (the change is
@@ -191,6 +220,12 @@ pub enum Request {
         /// The watch.
         watch_id: u64,
     },
+    /// Keep sessions alive (version 3): the leader resets each one's deadline to now + its TTL.
+    /// Not a log entry; a follower forwards it to the leader.
+    SessionKeepAlive {
+        /// The sessions (at most `MAX_SESSION_CHECKPOINT_BATCH`).
+        sessions: Vec<SessionId>,
+    },
 }
 
 impl Request {
@@ -205,6 +240,7 @@ impl Request {
             Request::SnapshotChunk { .. } => "snapshot_chunk",
             Request::Watch { .. } => "watch",
             Request::CancelWatch { .. } => "cancel_watch",
+            Request::SessionKeepAlive { .. } => "session_keepalive",
         }
     }
 
@@ -314,6 +350,22 @@ pub enum Response {
         /// The revision the page reflects (the member's applied index when it read).
         revision: LogIndex,
     },
+    /// The answer to [`ReadOp::Lock`].
+    Lock(Option<LockInfo>),
+    /// The answer to [`ReadOp::Locks`].
+    Locks {
+        /// The locks.
+        locks: Vec<LockInfo>,
+        /// Whether more remain.
+        more: bool,
+    },
+    /// The answer to [`ReadOp::CheckToken`].
+    TokenHeld(bool),
+    /// The answer to [`ReadOp::Session`].
+    Session(Option<SessionInfo>),
+    /// The answer to [`Request::SessionKeepAlive`]: per session, its TTL if the leader knows it
+    /// (the deadline was reset), `None` if it does not exist (expired or revoked).
+    SessionKeepAlive(Vec<(SessionId, Option<u64>)>),
 }
 
 /// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.
@@ -336,7 +388,9 @@ impl From<&Error> for WireError {
                 | Error::Timeout(m)
                 | Error::Auth(m)
                 | Error::DataDir(m)
-                | Error::Fatal(m) => m.clone(),
+                | Error::Fatal(m)
+                | Error::LockNotHeld(m)
+                | Error::SessionExpired(m) => m.clone(),
                 other => other.to_string(),
             },
         }
@@ -355,6 +409,8 @@ impl From<WireError> for Error {
             c if c == ErrorCode::Corrupt as i32 => Error::corrupt(0, m),
             c if c == ErrorCode::Io as i32 => Error::io(m, std::io::Error::other("on the member")),
             c if c == ErrorCode::Fatal as i32 => Error::Fatal(m),
+            c if c == ErrorCode::LockNotHeld as i32 => Error::LockNotHeld(m),
+            c if c == ErrorCode::SessionExpired as i32 => Error::SessionExpired(m),
             // UnsupportedVersion carries static names that cannot cross the wire; unknown codes
             // (from a newer member) are failures of that member.
             _ => Error::Fatal(format!("member reports error code {}: {m}", e.code)),

@@ -4,6 +4,7 @@
 //! and its result (`c` records, see `layout.rs`), holds at most `MAX_CLIENTS` clients and, when
 //! full, evicts the client whose last applied command is oldest ([`ClientOrder`]).
 
+use super::command::UNTRACKED_CLIENT;
 use super::layout::{
     client_id_of, client_key, decode_record, sled_error, ClientRecord, PREFIX_CLIENT,
 };
@@ -186,6 +187,29 @@ impl<'o> ClientTable<'o> {
         self.order_add(index, client_id);
         Ok(result)
     }
+}
+
+/// Replace the remembered result of `client_id` with `result` if its last applied command is
+/// still `seq` (a lock wait that a later entry ended: a retry of the acquire must get the grant,
+/// not the `Queued` it got first). The record's last index, and so the eviction order, stay.
+pub(crate) fn amend(
+    overlay: &mut Overlay<'_>,
+    client_id: u64,
+    seq: u64,
+    result: CommandResult,
+) -> Result<()> {
+    if client_id == UNTRACKED_CLIENT {
+        return Ok(());
+    }
+    let Some(record) = overlay.get_client(client_id)? else {
+        return Ok(());
+    };
+    if record.last_seq != seq {
+        return Ok(());
+    }
+    let amended = encode_client_record(seq, record.last_index, result)?;
+    overlay.insert(client_key(client_id), amended.bytes);
+    Ok(())
 }
 
 /// A client record, encoded, and the command's result (handed back to avoid a clone).

@@ -12,19 +12,25 @@
 //! their position is their tag on disk.
 
 use super::kv::{self, Txn};
+use super::locks;
 use super::placement::{LoadCap, MapParams, Strategy};
+use super::result::{FencingToken, LockMode, SessionId};
 use super::ring;
+use super::sessions;
 use crate::codec::{decode_value, encode_value_into};
 use crate::error::{Error, Result};
 use crate::limits::MAX_COMMAND_BYTES;
 use bincode::{Decode, Encode};
 
 /// The newest command version this build writes and reads.
-pub const COMMAND_VERSION: u8 = PARTITION_MAP_COMMAND_VERSION;
+pub const COMMAND_VERSION: u8 = SESSIONS_COMMAND_VERSION;
 
 /// The command version that added the partition-map commands ([`Op::CreateMap`] to
 /// [`Op::SetOwnerWeight`]).
 pub const PARTITION_MAP_COMMAND_VERSION: u8 = 2;
+/// The command version that introduced sessions, locks and ephemeral puts (the variants from
+/// [`Op::SessionGrant`] on).
+const SESSIONS_COMMAND_VERSION: u8 = 3;
 
 /// The client id of commands that are not tracked for at-most-once application: they apply each
 /// time they are committed. Meant for commands that are idempotent or that the runtime issues
@@ -124,6 +130,64 @@ pub enum Op {
         /// Its new weight.
         weight: u32,
     },
+    // ----- sessions and locks (command version 2) -----
+    /// Grant a session (lease) of `ttl_ms`; its id is the log index of this command.
+    SessionGrant {
+        /// Time to live without a keepalive (`MIN_SESSION_TTL_MS..=MAX_SESSION_TTL_MS`).
+        ttl_ms: u64,
+    },
+    /// End a session now: its locks are released, its waits failed, its ephemeral keys deleted.
+    SessionRevoke {
+        /// The session.
+        session: SessionId,
+    },
+    /// The leader's lease keeper records each session's remaining TTL, so a later leader
+    /// re-arms the session from here rather than from the full TTL.
+    SessionCheckpoint {
+        /// (session, remaining TTL in ms), at most `MAX_SESSION_CHECKPOINT_BATCH`.
+        remaining: Vec<(SessionId, u64)>,
+    },
+    /// The leader's lease keeper ends sessions whose TTL ran out (as [`Op::SessionRevoke`]).
+    SessionExpire {
+        /// The sessions, at most `MAX_SESSION_EXPIRE_BATCH`.
+        sessions: Vec<SessionId>,
+    },
+    /// Take lock `name` through `session`: granted now, queued (`wait`), or busy.
+    LockAcquire {
+        /// The lock (non-empty, at most `MAX_LOCK_NAME_BYTES`).
+        name: Vec<u8>,
+        /// Exclusive or shared.
+        mode: LockMode,
+        /// The session the grant lives and dies with.
+        session: SessionId,
+        /// Queue behind earlier requests (`true`) or answer `Busy` at once (`false`).
+        wait: bool,
+    },
+    /// Release the grant `token` that `session` holds on `name` (shared holders granted by one
+    /// entry share a token, so the session says whose grant it is).
+    LockRelease {
+        /// The lock.
+        name: Vec<u8>,
+        /// The grant's fencing token.
+        token: FencingToken,
+        /// The session holding it.
+        session: SessionId,
+    },
+    /// Cancel the calling client's pending wait on `name`: after this entry it can never be
+    /// granted. Needs a registered client id.
+    LockCancel {
+        /// The lock.
+        name: Vec<u8>,
+    },
+    /// Set `key` to `value` and attach the key to `session`: the session's end deletes it.
+    PutEphemeral {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The session.
+        session: SessionId,
+    },
 }
 
 impl Op {
@@ -189,18 +253,49 @@ impl Command {
                 weight,
             } => ring::validate_owner_weight(name, owner, *weight),
             Op::LeaveMap { name, owner } => ring::validate_leave(name, owner),
+            Op::SessionGrant { ttl_ms } => sessions::validate_grant(*ttl_ms),
+            Op::SessionRevoke { .. } => Ok(()),
+            Op::SessionCheckpoint { remaining } => sessions::validate_checkpoint(remaining),
+            Op::SessionExpire { sessions: ids } => sessions::validate_expire(ids),
+            Op::LockAcquire { name, .. } => locks::validate_name("lock acquire", name),
+            Op::LockRelease { name, .. } => locks::validate_name("lock release", name),
+            Op::LockCancel { name } => {
+                locks::validate_name("lock cancel", name)?;
+                if self.client_id == UNTRACKED_CLIENT {
+                    return Err(Error::InvalidArgument(
+                        "lock cancel: needs the registered client id of the waiting request".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Op::PutEphemeral { key, value, .. } => kv::validate_put(key, value),
         }
     }
 
     /// The lowest command version that knows every variant this command uses (see the module
-    /// docs).
+    /// docs): 1 for the key-value and client commands, 2 for the partition maps, 3 for sessions
+    /// and locks.
     pub fn min_version(&self) -> u8 {
-        match self.op {
+        match &self.op {
+            Op::RegisterClient
+            | Op::Put { .. }
+            | Op::Delete { .. }
+            | Op::CompareAndSwap { .. }
+            | Op::DeleteRange { .. } => 1,
+            Op::Txn(txn) if !txn.uses_locks() => 1,
+            Op::Txn(_) => SESSIONS_COMMAND_VERSION,
             Op::CreateMap { .. }
             | Op::JoinMap { .. }
             | Op::LeaveMap { .. }
             | Op::SetOwnerWeight { .. } => PARTITION_MAP_COMMAND_VERSION,
-            _ => 1,
+            Op::SessionGrant { .. }
+            | Op::SessionRevoke { .. }
+            | Op::SessionCheckpoint { .. }
+            | Op::SessionExpire { .. }
+            | Op::LockAcquire { .. }
+            | Op::LockRelease { .. }
+            | Op::LockCancel { .. }
+            | Op::PutEphemeral { .. } => SESSIONS_COMMAND_VERSION,
         }
     }
 
@@ -272,7 +367,7 @@ mod tests {
     fn command_round_trips_with_version_byte() {
         let cmd = put(b"k", b"v");
         let bytes = cmd.encode().unwrap();
-        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[0], 1, "key-value commands stay version 1");
         assert_eq!(Command::decode(&bytes).unwrap(), cmd);
     }
 

@@ -7,10 +7,12 @@
 use super::clients::{Admission, ClientOrder, ClientTable};
 use super::command::{Command, Op, UNTRACKED_CLIENT};
 use super::kv;
+use super::locks::{self, Acquire};
 use super::overlay::{Overlay, Writes};
 use super::placement::{Change, Owner, OwnerId};
-use super::result::CommandResult;
+use super::result::{CommandResult, LockWaitEnded};
 use super::ring::{self, BatchMaps, MapReader, PartitionMap};
+use super::sessions;
 use crate::error::Result;
 use crate::types::LogIndex;
 use std::collections::BTreeMap;
@@ -22,6 +24,11 @@ pub(crate) struct Executor<'t, 'o> {
     pub(crate) overlay: Overlay<'t>,
     clients: ClientTable<'o>,
     maps: BatchMaps<'o>,
+    /// How many sessions exist (kept in memory, like the client order; see `StateMachine`).
+    sessions: &'o mut usize,
+    sessions_before: usize,
+    /// Lock waits ended by the command being applied (taken after each entry).
+    pub(crate) lock_waits: Vec<LockWaitEnded>,
 }
 
 impl<'t, 'o> Executor<'t, 'o> {
@@ -29,22 +36,29 @@ impl<'t, 'o> Executor<'t, 'o> {
         overlay: Overlay<'t>,
         clients: &'o mut ClientOrder,
         maps: &'o MapReader,
+        sessions: &'o mut usize,
     ) -> Executor<'t, 'o> {
+        let sessions_before = *sessions;
         Executor {
             overlay,
             clients: ClientTable::new(clients),
             maps: BatchMaps::new(maps),
+            sessions,
+            sessions_before,
+            lock_waits: Vec::new(),
         }
     }
 
     /// The batch's writes and the partition maps it changed (to publish); its changes of the
-    /// client order stay.
+    /// client order and session count stay.
     pub(crate) fn into_writes(self) -> (Writes, BTreeMap<String, Arc<PartitionMap>>) {
         (self.overlay.into_writes(), self.maps.into_changed())
     }
 
-    /// Undo the batch's changes of the client order (its writes are dropped with the overlay).
+    /// Undo the batch's changes of the client order and session count (its writes are dropped
+    /// with the overlay).
     pub(crate) fn roll_back(self) {
+        *self.sessions = self.sessions_before;
         self.clients.roll_back();
     }
 
@@ -66,13 +80,13 @@ impl<'t, 'o> Executor<'t, 'o> {
             return self.clients.register(&mut self.overlay, index);
         }
         if cmd.client_id == UNTRACKED_CLIENT {
-            return self.execute(&cmd.op, index);
+            return self.execute(cmd, index);
         }
         let before = match self.clients.admit(&self.overlay, cmd.client_id, cmd.seq)? {
             Admission::Answer(result) => return Ok(result),
             Admission::Apply(before) => before,
         };
-        let result = self.execute(&cmd.op, index)?;
+        let result = self.execute(cmd, index)?;
         self.clients.record(
             &mut self.overlay,
             cmd.client_id,
@@ -85,9 +99,11 @@ impl<'t, 'o> Executor<'t, 'o> {
 
     /// Run an operation (already validated) at revision `index`: one arm per [`Op`] variant,
     /// each handing the work to its feature.
-    fn execute(&mut self, op: &Op, index: LogIndex) -> Result<CommandResult> {
+    fn execute(&mut self, cmd: &Command, index: LogIndex) -> Result<CommandResult> {
         let overlay = &mut self.overlay;
-        Ok(match op {
+        let sessions = &mut *self.sessions;
+        let waits = &mut self.lock_waits;
+        Ok(match &cmd.op {
             Op::RegisterClient => self.clients.register(overlay, index)?,
             Op::Put { key, value } => CommandResult::Put(kv::put(overlay, key, value, index)?),
             Op::Delete { key } => CommandResult::Delete(kv::delete(overlay, key, index)?),
@@ -112,7 +128,7 @@ impl<'t, 'o> Executor<'t, 'o> {
             Op::Txn(txn) => CommandResult::Txn(kv::txn(overlay, txn, index)?),
             Op::CreateMap { name, .. } => {
                 // Some: this arm is a CreateMap.
-                let params = op.map_params().unwrap_or_default();
+                let params = cmd.op.map_params().unwrap_or_default();
                 ring::create_map(overlay, &mut self.maps, name, params)?
             }
             Op::JoinMap {
@@ -135,6 +151,42 @@ impl<'t, 'o> Executor<'t, 'o> {
                 let change = Change::SetWeight(OwnerId(owner.clone()), *weight);
                 ring::change_map(overlay, &mut self.maps, name, &change)?
             }
+            Op::SessionGrant { ttl_ms } => sessions::grant(overlay, sessions, *ttl_ms, index)?,
+            Op::SessionRevoke { session } => {
+                sessions::revoke(overlay, sessions, *session, index, waits)?
+            }
+            Op::SessionCheckpoint { remaining } => sessions::checkpoint(overlay, remaining)?,
+            Op::SessionExpire { sessions: ids } => {
+                sessions::expire(overlay, sessions, ids, index, waits)?
+            }
+            Op::LockAcquire {
+                name,
+                mode,
+                session,
+                wait,
+            } => locks::acquire(
+                overlay,
+                &Acquire {
+                    name,
+                    mode: *mode,
+                    session: *session,
+                    wait: *wait,
+                    client_id: cmd.client_id,
+                    seq: cmd.seq,
+                },
+                index,
+            )?,
+            Op::LockRelease {
+                name,
+                token,
+                session,
+            } => locks::release(overlay, name, *token, *session, index, waits)?,
+            Op::LockCancel { name } => locks::cancel(overlay, name, cmd.client_id, index, waits)?,
+            Op::PutEphemeral {
+                key,
+                value,
+                session,
+            } => sessions::put_ephemeral(overlay, key, value, *session, index)?,
         })
     }
 }

@@ -6,10 +6,11 @@
 //! revision of every write), so every member computes the same writes and results.
 
 use super::layout::{decode_record, kv_key, StoredValueRef, PREFIX_KV};
+use super::locks;
 use super::overlay::Overlay;
 use super::result::{
-    CasResult, DeleteRangeResult, DeleteResult, KeyMeta, KeyValue, PutResult, RangePage,
-    TxnOpResult, TxnResult, VersionedValue,
+    CasResult, DeleteRangeResult, DeleteResult, FencingToken, KeyMeta, KeyValue, PutResult,
+    RangePage, TxnOpResult, TxnResult, VersionedValue,
 };
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
@@ -103,10 +104,19 @@ pub enum Compare {
         /// `true`: the key must be present; `false`: it must be absent.
         exists: bool,
     },
+    /// A fenced write: holds while `token` is a current grant of lock `name` (command version
+    /// 2). A holder that lost its lock (its session expired while it was paused) has its write
+    /// refused here, where the data lives.
+    LockHeld {
+        /// The lock.
+        name: Vec<u8>,
+        /// The fencing token the writer was granted.
+        token: FencingToken,
+    },
 }
 
 impl Compare {
-    /// The key this compare reads.
+    /// The key this compare reads (for [`Compare::LockHeld`], the lock's name).
     pub fn key(&self) -> &[u8] {
         match self {
             Compare::Value { key, .. }
@@ -114,6 +124,15 @@ impl Compare {
             | Compare::CreateRevision { key, .. }
             | Compare::ModRevision { key, .. }
             | Compare::Exists { key, .. } => key,
+            Compare::LockHeld { name, .. } => name,
+        }
+    }
+
+    /// Check the key (or lock name) this compare reads.
+    fn check(&self, what: &str) -> Result<()> {
+        match self {
+            Compare::LockHeld { name, .. } => locks::validate_name(what, name),
+            other => check_key(what, other.key()),
         }
     }
 }
@@ -245,6 +264,13 @@ pub(crate) fn validate_delete_range(start: &[u8], end: Option<&[u8]>, limit: u32
 }
 
 impl Txn {
+    /// Whether a compare needs the lock table (command version 2).
+    pub(crate) fn uses_locks(&self) -> bool {
+        self.compares
+            .iter()
+            .any(|c| matches!(c, Compare::LockHeld { .. }))
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let ops = self.compares.len() + self.success.len() + self.failure.len();
         if ops > MAX_TXN_OPS {
@@ -255,7 +281,7 @@ impl Txn {
         let mut bytes = 0usize;
         for (i, compare) in self.compares.iter().enumerate() {
             let what = format!("txn compare {i}");
-            check_key(&what, compare.key())?;
+            compare.check(&what)?;
             bytes += compare.key().len();
             if let Compare::Value { value, .. } = compare {
                 check_value(&what, value)?;
@@ -299,20 +325,24 @@ impl Txn {
 
 /// Whether `compare` holds against the state seen through `view`.
 pub(crate) fn compare_holds(view: &Overlay<'_>, compare: &Compare) -> Result<bool> {
-    let current = view.get_value(compare.key())?;
-    let meta = current.as_ref().map(|v| v.meta);
+    let meta = |key: &[u8]| -> Result<Option<KeyMeta>> { Ok(view.get_value(key)?.map(|v| v.meta)) };
     Ok(match compare {
-        Compare::Value { op, value, .. } => current
-            .as_ref()
+        Compare::Value { key, op, value } => view
+            .get_value(key)?
             .is_some_and(|v| op.holds(v.value.as_slice(), value.as_slice())),
-        Compare::Version { op, version, .. } => op.holds(&meta.map_or(0, |m| m.version), version),
-        Compare::CreateRevision { op, revision, .. } => {
-            op.holds(&meta.map_or(LogIndex(0), |m| m.create_revision), revision)
+        Compare::Version { key, op, version } => {
+            op.holds(&meta(key)?.map_or(0, |m| m.version), version)
         }
-        Compare::ModRevision { op, revision, .. } => {
-            op.holds(&meta.map_or(LogIndex(0), |m| m.mod_revision), revision)
-        }
-        Compare::Exists { exists, .. } => current.is_some() == *exists,
+        Compare::CreateRevision { key, op, revision } => op.holds(
+            &meta(key)?.map_or(LogIndex(0), |m| m.create_revision),
+            revision,
+        ),
+        Compare::ModRevision { key, op, revision } => op.holds(
+            &meta(key)?.map_or(LogIndex(0), |m| m.mod_revision),
+            revision,
+        ),
+        Compare::Exists { key, exists } => view.get_value(key)?.is_some() == *exists,
+        Compare::LockHeld { name, token } => locks::is_held(view, name, *token)?,
     })
 }
 
@@ -484,7 +514,7 @@ pub(crate) fn evaluate_compares(view: &Overlay<'_>, compares: &[Compare]) -> Res
         )));
     }
     for (i, compare) in compares.iter().enumerate() {
-        check_key(&format!("compare {i}"), compare.key())?;
+        compare.check(&format!("compare {i}"))?;
         if !compare_holds(view, compare)? {
             return Ok(false);
         }

@@ -9,7 +9,7 @@
 //! user key's metadata, and snapshot verification checks every record ([`check_pair`]).
 
 use super::map_record::{EpochMoves, MapRecord};
-use super::result::{CommandResult, KeyMeta, VersionedValue};
+use super::result::{CommandResult, KeyMeta, LockHolder, LockWaiter, SessionId, VersionedValue};
 use crate::codec::{decode_borrowed, decode_value};
 use crate::error::{Error, Result};
 use crate::types::{LogIndex, Term};
@@ -44,9 +44,12 @@ pub(crate) const PREFIX_CLIENT_ORDER: u8 = b'l';
 /// Prefix of machine metadata: `m` ‖ name.
 pub(crate) const PREFIX_META: u8 = b'm';
 
-/// Reserved for sessions (leases): `s` ‖ ... . Not written yet.
+/// Sessions (leases): `s` ‖ `r` ‖ session id (u64 BE) -> [`SessionRecord`]; `s` ‖ `k` ‖
+/// session id (u64 BE) ‖ user key -> create revision (the key's incarnation it is attached to);
+/// `s` ‖ `o` ‖ user key -> [`SessionId`] (the session the key was last attached to).
 pub(crate) const PREFIX_SESSION: u8 = b's';
-/// Reserved for locks: `x` ‖ ... . Not written yet.
+/// Locks: `x` ‖ `l` ‖ name -> [`LockRecord`]; `x` ‖ `s` ‖ session id (u64 BE) ‖ name -> empty
+/// (the locks a session holds or waits for).
 pub(crate) const PREFIX_LOCK: u8 = b'x';
 /// Reserved for elections: `e` ‖ ... . Not written yet.
 pub(crate) const PREFIX_ELECTION: u8 = b'e';
@@ -111,6 +114,109 @@ pub(crate) struct ClientRecord {
     pub(crate) last_index: LogIndex,
     /// Its result, as retained (see `encode_client_record` in `clients.rs`).
     pub(crate) result: CommandResult,
+}
+
+/// A session, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct SessionRecord {
+    /// The TTL it was granted with.
+    pub(crate) ttl_ms: u64,
+    /// Its remaining TTL at the last checkpoint (the TTL itself until the first one): what a new
+    /// leader re-arms it with.
+    pub(crate) remaining_ms: u64,
+    /// How many keys are attached to it (`s k` keys).
+    pub(crate) keys: u32,
+    /// How many locks it holds or waits for (`x s` keys).
+    pub(crate) locks: u32,
+}
+
+/// A lock, as stored: its holders and its waiters in request order. A lock with neither is not
+/// stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
+pub(crate) struct LockRecord {
+    pub(crate) holders: Vec<LockHolder>,
+    pub(crate) waiters: Vec<LockWaiter>,
+}
+
+/// Second byte of the session record keys.
+const SESSION_RECORD: u8 = b'r';
+/// Second byte of a session's attached-key keys.
+const SESSION_KEY: u8 = b'k';
+/// Second byte of a key's owner keys.
+const SESSION_OWNER: u8 = b'o';
+/// Second byte of lock record keys.
+const LOCK_RECORD: u8 = b'l';
+/// Second byte of a session's lock keys.
+const LOCK_SESSION: u8 = b's';
+
+fn prefixed(prefix: u8, kind: u8, id: Option<u64>, tail: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + 8 + tail.len());
+    k.push(prefix);
+    k.push(kind);
+    if let Some(id) = id {
+        k.extend_from_slice(&id.to_be_bytes());
+    }
+    k.extend_from_slice(tail);
+    k
+}
+
+/// `s r id`.
+pub(crate) fn session_key(session: SessionId) -> Vec<u8> {
+    prefixed(PREFIX_SESSION, SESSION_RECORD, Some(session.0), &[])
+}
+
+/// Every session record key starts with this.
+pub(crate) fn session_records_prefix() -> Vec<u8> {
+    prefixed(PREFIX_SESSION, SESSION_RECORD, None, &[])
+}
+
+/// `s k id key`.
+pub(crate) fn session_attached_key(session: SessionId, key: &[u8]) -> Vec<u8> {
+    prefixed(PREFIX_SESSION, SESSION_KEY, Some(session.0), key)
+}
+
+/// Every `s k` key of `session` starts with this.
+pub(crate) fn session_attached_prefix(session: SessionId) -> Vec<u8> {
+    prefixed(PREFIX_SESSION, SESSION_KEY, Some(session.0), &[])
+}
+
+/// `s o key`.
+pub(crate) fn key_owner_key(key: &[u8]) -> Vec<u8> {
+    prefixed(PREFIX_SESSION, SESSION_OWNER, None, key)
+}
+
+/// `x l name`.
+pub(crate) fn lock_key(name: &[u8]) -> Vec<u8> {
+    prefixed(PREFIX_LOCK, LOCK_RECORD, None, name)
+}
+
+/// Every lock record key starts with this.
+pub(crate) fn lock_records_prefix() -> Vec<u8> {
+    prefixed(PREFIX_LOCK, LOCK_RECORD, None, &[])
+}
+
+/// `x s id name`.
+pub(crate) fn session_lock_key(session: SessionId, name: &[u8]) -> Vec<u8> {
+    prefixed(PREFIX_LOCK, LOCK_SESSION, Some(session.0), name)
+}
+
+/// Every `x s` key of `session` starts with this.
+pub(crate) fn session_locks_prefix(session: SessionId) -> Vec<u8> {
+    prefixed(PREFIX_LOCK, LOCK_SESSION, Some(session.0), &[])
+}
+
+/// The session id of an `s r`, `s k` or `x s` key, and the rest of the key after it.
+pub(crate) fn session_of(key: &[u8]) -> Option<(SessionId, &[u8])> {
+    match key {
+        [PREFIX_SESSION, SESSION_RECORD | SESSION_KEY, rest @ ..]
+        | [PREFIX_LOCK, LOCK_SESSION, rest @ ..]
+            if rest.len() >= 8 =>
+        {
+            let (id, tail) = rest.split_at(8);
+            Some((SessionId(u64::from_be_bytes(id.try_into().ok()?)), tail))
+        }
+        _ => None,
+    }
 }
 
 pub(crate) fn kv_key(key: &[u8]) -> Vec<u8> {
@@ -261,7 +367,35 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
                 "malformed partition map key in state records",
             )),
         },
+        Some(&PREFIX_SESSION) if layout >= 2 => check_session_pair(key, value),
+        Some(&PREFIX_LOCK) if layout >= 2 => check_lock_pair(key, value),
         _ => Err(Error::corrupt(0, "unknown key in state records")),
+    }
+}
+
+fn check_session_pair(key: &[u8], value: &[u8]) -> Result<()> {
+    let bad = || Err(Error::corrupt(0, "malformed session key in state records"));
+    match (key.get(1), session_of(key)) {
+        (Some(&SESSION_RECORD), Some((_, []))) => {
+            decode_record::<SessionRecord>("session", value).map(drop)
+        }
+        (Some(&SESSION_KEY), Some((_, tail))) if !tail.is_empty() => {
+            decode_record::<LogIndex>("session key", value).map(drop)
+        }
+        (Some(&SESSION_OWNER), _) if key.len() > 2 => {
+            decode_record::<SessionId>("key owner", value).map(drop)
+        }
+        _ => bad(),
+    }
+}
+
+fn check_lock_pair(key: &[u8], value: &[u8]) -> Result<()> {
+    match (key.get(1), session_of(key)) {
+        (Some(&LOCK_RECORD), _) if key.len() > 2 => {
+            decode_record::<LockRecord>("lock", value).map(drop)
+        }
+        (Some(&LOCK_SESSION), Some((_, tail))) if !tail.is_empty() && value.is_empty() => Ok(()),
+        _ => Err(Error::corrupt(0, "malformed lock key in state records")),
     }
 }
 

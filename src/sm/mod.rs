@@ -45,19 +45,23 @@ mod command;
 mod execute;
 mod kv;
 mod layout;
+mod locks;
 mod map_record;
 mod overlay;
 pub mod placement;
 mod result;
 mod ring;
+mod sessions;
 mod snapshot;
 
 pub use changes::{ChangeCapture, KvChange};
 pub use command::{Command, Op, COMMAND_VERSION, PARTITION_MAP_COMMAND_VERSION, UNTRACKED_CLIENT};
 pub use kv::{prefix_end, Compare, CompareOp, Txn, TxnOp};
 pub use result::{
-    ApplyOutcome, CasResult, CommandResult, DeleteRangeResult, DeleteResult, EntryResult, KeyMeta,
-    KeyValue, MapChange, PutResult, RangePage, TxnOpResult, TxnResult, VersionedValue,
+    ApplyOutcome, CancelResult, CasResult, CommandResult, DeleteRangeResult, DeleteResult,
+    EntryResult, FencingToken, KeyMeta, KeyValue, LockHolder, LockInfo, LockMode, LockResult,
+    LockWaitEnded, LockWaitResult, LockWaiter, MapChange, PutResult, RangePage, SessionId,
+    SessionInfo, TxnOpResult, TxnResult, VersionedValue,
 };
 pub use ring::{
     oldest_moves_since, EpochMoves, MapMoves, MapReader, MapRecord, Owners, PartitionMap, SlotMove,
@@ -75,7 +79,8 @@ use execute::Executor;
 use layout::{
     decode_record, parse_state_tree_name, sled_error, state_tree_name, AppliedRecord,
     ACTIVE_TREE_KEY, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
-    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_META, PREFIX_RING,
+    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_LOCK, PREFIX_META,
+    PREFIX_RING, PREFIX_SESSION,
 };
 use overlay::{batch_of, merge_writes, merged, Overlay, Writes};
 
@@ -130,6 +135,9 @@ struct Cached {
     applied: (LogIndex, Term),
     membership: Option<Vec<u8>>,
     clients: ClientOrder,
+    /// How many sessions exist (`s r` records), for `MAX_SESSIONS`: counted at open and after a
+    /// restore (at most `MAX_SESSIONS` keys), kept in step by apply.
+    sessions: usize,
 }
 
 fn load_cached(tree: &sled::Tree) -> Result<Cached> {
@@ -149,6 +157,7 @@ fn load_cached(tree: &sled::Tree) -> Result<Cached> {
         applied,
         membership,
         clients: ClientOrder::load(tree)?,
+        sessions: sessions::count(tree)?,
     })
 }
 
@@ -390,6 +399,7 @@ impl StateMachine {
             Overlay::with_pending(&self.tree, &self.pending, &self.cache),
             &mut self.cached.clients,
             &self.maps,
+            &mut self.cached.sessions,
         );
         applier.overlay.set_capture(self.capture);
         let mut outcomes = Vec::with_capacity(entries.len());
@@ -461,6 +471,7 @@ impl StateMachine {
                 term: entry.term,
                 result,
                 changes,
+                lock_waits: std::mem::take(&mut applier.lock_waits),
             });
         }
         if failure.is_none() && !outcomes.is_empty() {
@@ -566,6 +577,42 @@ impl StateMachine {
         ring::read_moves(&self.view(), name, map.epoch, since_epoch)
     }
 
+    /// Whether `token` is a current grant of lock `name` (the answer to `check_token`: a
+    /// resource outside haven asks before it accepts a fenced request).
+    pub fn check_token(&self, name: &[u8], token: FencingToken) -> Result<bool> {
+        locks::validate_name("check token", name)?;
+        locks::is_held(&self.view(), name, token)
+    }
+
+    /// Lock `name`'s holders and waiters, `None` if it has neither.
+    pub fn lock(&self, name: &[u8]) -> Result<Option<LockInfo>> {
+        locks::validate_name("lock", name)?;
+        locks::info(&self.view(), name)
+    }
+
+    /// Up to `limit` (1..=`MAX_SCAN_LIMIT`) locks that have holders or waiters, in name order,
+    /// after `after` (empty: from the first); and whether more remain.
+    pub fn locks(&self, after: &[u8], limit: usize) -> Result<(Vec<LockInfo>, bool)> {
+        kv::check_range("locks", b"", None, limit)?;
+        locks::list(&self.view(), after, limit)
+    }
+
+    /// What the state knows of `session` (`None`: it does not exist).
+    pub fn session(&self, session: SessionId) -> Result<Option<SessionInfo>> {
+        sessions::info(&self.view(), session)
+    }
+
+    /// Every session (at most `MAX_SESSIONS`), in id order: what a new leader's lease keeper
+    /// re-arms.
+    pub fn sessions(&self) -> Result<Vec<SessionInfo>> {
+        sessions::all(&self.view())
+    }
+
+    /// How many sessions exist.
+    pub fn session_count(&self) -> usize {
+        self.cached.sessions
+    }
+
     /// The state as reads see it: the tree, through the cache, with the pending writes on top.
     fn view(&self) -> Overlay<'_> {
         Overlay::with_pending(&self.tree, &self.pending, &self.cache)
@@ -605,9 +652,9 @@ impl StateMachine {
                     hasher.update(stored.meta.mod_revision.0.to_le_bytes());
                     hasher.update(stored.meta.version.to_le_bytes());
                 }
-                Some(&PREFIX_CLIENT) => {
-                    // The record's bincode bytes are canonical (one encoding per value).
-                    hasher.update([PREFIX_CLIENT]);
+                // The records' bincode bytes are canonical (one encoding per value).
+                Some(&prefix @ (PREFIX_CLIENT | PREFIX_SESSION | PREFIX_LOCK)) => {
+                    hasher.update([prefix]);
                     put_bytes(&mut hasher, &key[1..]);
                     put_bytes(&mut hasher, &value);
                 }

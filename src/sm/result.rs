@@ -179,6 +179,195 @@ pub enum CommandResult {
     },
     /// A partition map was created or changed (command version 2).
     MapChanged(MapChange),
+    /// A session was granted (`Op::SessionGrant`).
+    SessionGranted {
+        /// The new session's id (the log index of the grant).
+        session: SessionId,
+        /// Its time to live.
+        ttl_ms: u64,
+    },
+    /// The session named by the command does not exist (never granted, expired or revoked):
+    /// nothing changed.
+    SessionNotFound,
+    /// A session was revoked (`Op::SessionRevoke`): its locks are released, its waits failed and
+    /// its ephemeral keys deleted.
+    SessionRevoked,
+    /// `Op::SessionCheckpoint` or `Op::SessionExpire` ran; `sessions` of the named sessions
+    /// still existed and were checkpointed or ended.
+    SessionsUpdated {
+        /// How many of the named sessions existed.
+        sessions: u32,
+    },
+    /// The answer to `Op::LockAcquire`.
+    Lock(LockResult),
+    /// The answer to `Op::LockRelease`: `false` if the caller's session held no such grant
+    /// (released already, or by its session's end).
+    LockReleased {
+        /// Whether a grant was released.
+        released: bool,
+    },
+    /// The answer to `Op::LockCancel`.
+    LockCancel(CancelResult),
+    /// A limit of the replicated state was reached (`MAX_SESSIONS`, `MAX_SESSION_KEYS`,
+    /// `MAX_SESSION_LOCKS`, `MAX_LOCK_WAITERS`): nothing changed.
+    LimitReached {
+        /// Which limit.
+        what: String,
+    },
+}
+
+/// A session as the state machine knows it (`StateMachine::session`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct SessionInfo {
+    /// The session.
+    pub session: SessionId,
+    /// The TTL it was granted with.
+    pub ttl_ms: u64,
+    /// Its remaining TTL at the leader's last checkpoint (the full TTL before the first): the
+    /// live deadline is known only to the leader.
+    pub checkpointed_remaining_ms: u64,
+}
+
+/// A session (lease) id: the log index of the entry that granted it, so ids are unique and never
+/// reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A fencing token: the log index of the entry that granted a lock. Strictly increasing per lock
+/// across grants (log indexes only grow, across failovers and restarts); shared holders granted
+/// by the same entry share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct FencingToken(pub u64);
+
+impl std::fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum LockMode {
+    /// One holder at a time (a writer).
+    Exclusive,
+    /// Any number of holders at once, none exclusive (readers).
+    Shared,
+}
+
+/// The answer to a lock acquire.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum LockResult {
+    /// Granted by this entry.
+    Granted {
+        /// The fencing token (this entry's index).
+        token: FencingToken,
+    },
+    /// Queued behind earlier requests; the grant (or failure) comes with a later entry's
+    /// [`LockWaitEnded`]. A retry of the same command answers `Queued` while it waits and
+    /// `Granted` once granted.
+    Queued,
+    /// Not grantable now and the request did not want to wait: nothing changed.
+    Busy,
+    /// The session does not exist (expired, revoked or never granted): nothing changed.
+    SessionNotFound,
+    /// The session already holds this lock (or waits for it): a session takes a lock once.
+    /// Nothing changed.
+    AlreadyHeld {
+        /// Its token (`None` while it still waits).
+        token: Option<FencingToken>,
+    },
+}
+
+/// The answer to a lock cancel.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum CancelResult {
+    /// The caller has no pending wait on the lock any more (this entry removed it, or there was
+    /// none): it will never be granted by a later entry.
+    Cancelled,
+    /// The wait had already been granted: the caller holds the lock with this token.
+    AlreadyGranted {
+        /// The token of that grant.
+        token: FencingToken,
+    },
+}
+
+/// A holder of a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LockHolder {
+    /// The token of its grant.
+    pub token: FencingToken,
+    /// The session it holds through.
+    pub session: SessionId,
+    /// How it holds.
+    pub mode: LockMode,
+    /// The client that asked.
+    pub client_id: u64,
+    /// A value the holder publishes with its grant (empty for a plain lock; an election's
+    /// candidate value).
+    pub value: Vec<u8>,
+}
+
+/// A queued request for a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LockWaiter {
+    /// The log index of the request: waiters are served in this order.
+    pub request: LogIndex,
+    /// The session it would hold through.
+    pub session: SessionId,
+    /// The mode asked for.
+    pub mode: LockMode,
+    /// The client that asked and the seq of its request (the runtime answers that request when
+    /// the wait ends).
+    pub client_id: u64,
+    /// See `client_id`.
+    pub seq: u64,
+    /// The value it will publish once granted.
+    pub value: Vec<u8>,
+}
+
+/// One lock, as [`super::StateMachine::locks`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LockInfo {
+    /// The lock's name.
+    pub name: Vec<u8>,
+    /// Who holds it (one exclusive holder, or shared holders).
+    pub holders: Vec<LockHolder>,
+    /// Who waits, in the order they will be served.
+    pub waiters: Vec<LockWaiter>,
+}
+
+/// How a queued lock request ended.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum LockWaitResult {
+    /// Granted by the entry that reports it.
+    Granted {
+        /// Its token.
+        token: FencingToken,
+    },
+    /// The waiter's session ended (expired or revoked) before the grant.
+    SessionEnded,
+    /// The waiter cancelled it (`Op::LockCancel`).
+    Cancelled,
+}
+
+/// A queued lock request that an entry granted or failed: the runtime answers the held request
+/// (`client_id`, `seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockWaitEnded {
+    /// The requesting client.
+    pub client_id: u64,
+    /// The seq of its acquire.
+    pub seq: u64,
+    /// The lock.
+    pub name: Vec<u8>,
+    /// How it ended.
+    pub result: LockWaitResult,
 }
 
 /// What applying one entry produced.
@@ -217,4 +406,7 @@ pub struct ApplyOutcome {
     /// The changes of user keys it made, in order, all at revision `index`; recorded only when
     /// [`super::StateMachine::set_change_capture`] asked for them (empty otherwise).
     pub changes: Vec<super::KvChange>,
+    /// Queued lock requests this entry granted or failed (a release, a session's end, a
+    /// cancel), in the order it decided them.
+    pub lock_waits: Vec<LockWaitEnded>,
 }

@@ -43,6 +43,7 @@ mod timeouts;
 use super::apply_thread::{ApplyTask, PendingRead};
 use super::peer_message::PeerMessage;
 use super::reply::Reply;
+use super::sessions::LeaseKeeper;
 use super::transfer::TransferTask;
 use super::wal_store::WalStore;
 use super::{Config, Input, Internal, NodeShared, NodeTransport, SharedCounters};
@@ -175,6 +176,8 @@ pub(crate) struct Driver {
     install_paths: HashMap<(LogIndex, Term), PathBuf>,
     last_contact: HashMap<NodeId, Instant>,
     stopping: Option<Stopping>,
+    /// Session deadlines while leading (`node/sessions.rs`).
+    leases: LeaseKeeper,
 }
 
 impl Driver {
@@ -256,6 +259,8 @@ impl Driver {
             install_paths: HashMap::new(),
             last_contact: HashMap::new(),
             stopping: None,
+            // A gap in the loop longer than the shortest election timeout is a pause.
+            leases: LeaseKeeper::new(Duration::from_millis(config.election_timeout_ms)),
             config,
         }
     }
@@ -368,6 +373,12 @@ impl Driver {
                     return Ok(());
                 }
                 self.raft.advance_applied(index);
+                let now = self.now();
+                self.leases.on_applied(index, now);
+            }
+            Internal::Sessions(sessions) => {
+                let now = self.now();
+                self.leases.sync(sessions, now);
             }
             Internal::SnapshotTaken(meta) => self.on_snapshot_taken(meta),
             Internal::SnapshotFetched { message, path } => {

@@ -6,7 +6,9 @@
 
 use super::{Driver, Pending, ReadBatch, Waiting};
 use crate::error::{Error, Result};
-use crate::limits::{MAX_KEY_BYTES, MAX_SCAN_LIMIT};
+use crate::limits::{
+    MAX_KEY_BYTES, MAX_LOCK_NAME_BYTES, MAX_SCAN_LIMIT, MAX_SESSION_CHECKPOINT_BATCH,
+};
 use crate::logging::Level;
 use crate::net::resolve_address;
 use crate::net::{ClientEvent, SendOutcome};
@@ -202,6 +204,32 @@ impl Driver {
                         .cancel_remote(conn.connection_id(), watch_id, deadline);
                 }
                 reply.send(Ok(Response::Done));
+                Ok(())
+            }
+            Request::SessionKeepAlive { sessions } => {
+                if sessions.len() > MAX_SESSION_CHECKPOINT_BATCH {
+                    reply.fail(Error::InvalidArgument(format!(
+                        "keepalive: {} sessions, over the limit of \
+                         {MAX_SESSION_CHECKPOINT_BATCH}",
+                        sessions.len()
+                    )));
+                    return Ok(());
+                }
+                if self.raft.leader() != Some(self.id) {
+                    return self.route_to_leader(Pending {
+                        request: Request::SessionKeepAlive { sessions },
+                        reply,
+                        deadline,
+                    });
+                }
+                let now = self.now();
+                match self.leases.keepalive(&sessions, now) {
+                    Some(answer) => reply.send(Ok(Response::SessionKeepAlive(answer))),
+                    None => reply.fail(Error::Unavailable(format!(
+                        "member {} leads but has not applied its term's first entry yet",
+                        self.id
+                    ))),
+                }
                 Ok(())
             }
         }
@@ -512,6 +540,13 @@ impl Driver {
             role = role,
             leader = leader
         );
+        if soft.role == Role::Leader && !was_leader {
+            // The no-op of this term is the last entry now: arm once it is applied.
+            self.leases.on_leader(self.raft.last_index());
+        }
+        if soft.role != Role::Leader {
+            self.leases.on_follower();
+        }
         if was_leader && soft.role != Role::Leader {
             // Entries above the commit index may or may not survive under the next leader.
             let commit = self.raft.commit_index();
@@ -589,6 +624,24 @@ pub(super) fn validate_read(op: &ReadOp) -> Result<()> {
         ReadOp::Map { name } | ReadOp::MapMoves { name, .. } => {
             crate::sm::validate_map_name(name)?;
         }
+        ReadOp::Lock { name } | ReadOp::CheckToken { name, .. } => {
+            if name.is_empty() || name.len() > MAX_LOCK_NAME_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "lock name of {} bytes is not in 1..={MAX_LOCK_NAME_BYTES}",
+                    name.len()
+                )));
+            }
+        }
+        ReadOp::Locks { after, limit } => {
+            if *limit == 0 || *limit as usize > MAX_SCAN_LIMIT || after.len() > MAX_LOCK_NAME_BYTES
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "locks: limit {limit} is not in 1..={MAX_SCAN_LIMIT} or the start name is \
+                     over {MAX_LOCK_NAME_BYTES} bytes"
+                )));
+            }
+        }
+        ReadOp::Session { .. } => {}
     }
     Ok(())
 }

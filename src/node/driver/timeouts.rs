@@ -3,9 +3,12 @@
 //! forwarded answer, a ReadIndex, a leadership transfer, a snapshot being sent) is given up here
 //! when its time is up.
 
-use super::{storage, Driver};
+use super::{storage, Driver, Pending};
 use crate::error::{Error, Result};
 use crate::logging::Level;
+use crate::node::reply::Reply;
+use crate::proto::Request;
+use crate::raft::Role;
 use crate::types::NodeId;
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
@@ -31,6 +34,16 @@ impl Driver {
         }
         self.catch_up_ticks(now)?;
         self.expire(now);
+        if self.role == Role::Leader && self.stopping.is_none() {
+            let deadline = now + Duration::from_millis(self.config.request_timeout_ms);
+            for command in self.leases.step(now) {
+                self.queued_writes.push(Pending {
+                    request: Request::Write(command),
+                    reply: Reply::Discard,
+                    deadline,
+                });
+            }
+        }
         if self.leader_usable() && !self.waiting_leader.is_empty() {
             self.drain_waiting();
         }

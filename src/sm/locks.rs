@@ -1,0 +1,349 @@
+//! Feature: the lock table — named locks, exclusive or shared, held through a session, with
+//! FIFO waiters and fencing tokens.
+//!
+//! Rules (each decided by the entry being applied, identically on every member):
+//! - Waiters are served in the order of their request's log index. A shared request waits only
+//!   for earlier exclusive ones (holders or waiters); an exclusive request waits for everyone
+//!   earlier. So once one waiter cannot be granted, none behind it can, and a promotion is a walk
+//!   from the head of the queue that stops at the first waiter that must wait.
+//! - A grant's fencing token is the log index of the entry that granted it: an acquire granted at
+//!   once, or the release / cancel / session end that promoted the waiter. Log indexes only
+//!   grow, so tokens of one lock strictly increase across grants, failovers and restarts; shared
+//!   holders promoted by one entry share a token (a release therefore names its session too).
+//! - At grant time the waiter's session is checked again (etcd #11456 granted a lock to a
+//!   waiter whose lease was gone); a session's end also removes its waits at once.
+//! - A waiter that is granted or failed by a later entry is reported in that entry's
+//!   `ApplyOutcome::lock_waits`, and its client's remembered result is amended (if it is still
+//!   the client's last command), so a retried acquire answers `Granted { token }` after the
+//!   grant and `Queued` before it.
+
+use super::layout::{decode_record, lock_key, lock_records_prefix, session_lock_key, LockRecord};
+use super::overlay::Overlay;
+use super::result::{
+    CancelResult, CommandResult, FencingToken, LockHolder, LockInfo, LockMode, LockResult,
+    LockWaitEnded, LockWaitResult, LockWaiter, SessionId,
+};
+use super::sessions;
+use crate::error::{Error, Result};
+use crate::limits::{MAX_LOCK_NAME_BYTES, MAX_LOCK_WAITERS, MAX_SESSION_LOCKS};
+use crate::types::LogIndex;
+
+// ----- limits -----
+
+/// Check a lock name: non-empty, at most `MAX_LOCK_NAME_BYTES`.
+pub(crate) fn validate_name(what: &str, name: &[u8]) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: lock name is empty"
+        )));
+    }
+    if name.len() > MAX_LOCK_NAME_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: lock name is {} bytes, over the limit of {MAX_LOCK_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+// ----- apply -----
+
+fn load(view: &Overlay<'_>, name: &[u8]) -> Result<LockRecord> {
+    match view.get(&lock_key(name))? {
+        Some(bytes) => decode_record("lock", &bytes),
+        None => Ok(LockRecord::default()),
+    }
+}
+
+fn save(overlay: &mut Overlay<'_>, name: &[u8], record: &LockRecord) -> Result<()> {
+    if record.holders.is_empty() && record.waiters.is_empty() {
+        overlay.remove(lock_key(name));
+        Ok(())
+    } else {
+        overlay.put_encoded(lock_key(name), record)
+    }
+}
+
+/// Whether a request of `mode` at the head of the queue can join `holders`.
+fn compatible(holders: &[LockHolder], mode: LockMode) -> bool {
+    match mode {
+        LockMode::Exclusive => holders.is_empty(),
+        LockMode::Shared => holders.iter().all(|h| h.mode == LockMode::Shared),
+    }
+}
+
+/// One acquire request, as the command and its entry give it.
+pub(crate) struct Acquire<'a> {
+    pub(crate) name: &'a [u8],
+    pub(crate) mode: LockMode,
+    pub(crate) session: SessionId,
+    pub(crate) wait: bool,
+    pub(crate) client_id: u64,
+    pub(crate) seq: u64,
+}
+
+/// Acquire at `index`: grant now, queue, or answer why not.
+pub(crate) fn acquire(
+    overlay: &mut Overlay<'_>,
+    request: &Acquire<'_>,
+    index: LogIndex,
+) -> Result<CommandResult> {
+    let Some(mut session) = sessions::record(overlay, request.session)? else {
+        return Ok(CommandResult::Lock(LockResult::SessionNotFound));
+    };
+    let mut record = load(overlay, request.name)?;
+    if let Some(holder) = record.holders.iter().find(|h| h.session == request.session) {
+        return Ok(CommandResult::Lock(LockResult::AlreadyHeld {
+            token: Some(holder.token),
+        }));
+    }
+    if record.waiters.iter().any(|w| w.session == request.session) {
+        return Ok(CommandResult::Lock(LockResult::AlreadyHeld { token: None }));
+    }
+    let grantable = record.waiters.is_empty() && compatible(&record.holders, request.mode);
+    if !grantable && !request.wait {
+        return Ok(CommandResult::Lock(LockResult::Busy));
+    }
+    if record.holders.len() + record.waiters.len() >= MAX_LOCK_WAITERS {
+        return Ok(CommandResult::LimitReached {
+            what: format!("lock has MAX_LOCK_WAITERS ({MAX_LOCK_WAITERS}) holders and waiters"),
+        });
+    }
+    if session.locks as usize >= MAX_SESSION_LOCKS {
+        return Ok(CommandResult::LimitReached {
+            what: format!(
+                "session {} holds or waits for MAX_SESSION_LOCKS ({MAX_SESSION_LOCKS}) locks",
+                request.session
+            ),
+        });
+    }
+    session.locks += 1;
+    sessions::store(overlay, request.session, &session)?;
+    overlay.insert(session_lock_key(request.session, request.name), Vec::new());
+    let result = if grantable {
+        let token = FencingToken(index.0);
+        record.holders.push(LockHolder {
+            token,
+            session: request.session,
+            mode: request.mode,
+            client_id: request.client_id,
+            value: Vec::new(),
+        });
+        LockResult::Granted { token }
+    } else {
+        record.waiters.push(LockWaiter {
+            request: index,
+            session: request.session,
+            mode: request.mode,
+            client_id: request.client_id,
+            seq: request.seq,
+            value: Vec::new(),
+        });
+        LockResult::Queued
+    };
+    save(overlay, request.name, &record)?;
+    Ok(CommandResult::Lock(result))
+}
+
+/// Release the grant `token` of `session` on `name` at `index`, promoting the next waiters.
+pub(crate) fn release(
+    overlay: &mut Overlay<'_>,
+    name: &[u8],
+    token: FencingToken,
+    session: SessionId,
+    index: LogIndex,
+    waits: &mut Vec<LockWaitEnded>,
+) -> Result<CommandResult> {
+    let mut record = load(overlay, name)?;
+    let Some(at) = record
+        .holders
+        .iter()
+        .position(|h| h.token == token && h.session == session)
+    else {
+        return Ok(CommandResult::LockReleased { released: false });
+    };
+    record.holders.remove(at);
+    forget_session_lock(overlay, session, name)?;
+    promote(overlay, name, &mut record, index, waits)?;
+    save(overlay, name, &record)?;
+    Ok(CommandResult::LockReleased { released: true })
+}
+
+/// Cancel the pending waits of `client_id` on `name` at `index`.
+pub(crate) fn cancel(
+    overlay: &mut Overlay<'_>,
+    name: &[u8],
+    client_id: u64,
+    index: LogIndex,
+    waits: &mut Vec<LockWaitEnded>,
+) -> Result<CommandResult> {
+    let mut record = load(overlay, name)?;
+    let (cancelled, kept): (Vec<LockWaiter>, Vec<LockWaiter>) = std::mem::take(&mut record.waiters)
+        .into_iter()
+        .partition(|w| w.client_id == client_id);
+    record.waiters = kept;
+    if cancelled.is_empty() {
+        if let Some(holder) = record.holders.iter().find(|h| h.client_id == client_id) {
+            return Ok(CommandResult::LockCancel(CancelResult::AlreadyGranted {
+                token: holder.token,
+            }));
+        }
+        return Ok(CommandResult::LockCancel(CancelResult::Cancelled));
+    }
+    for waiter in cancelled {
+        forget_session_lock(overlay, waiter.session, name)?;
+        end_wait(overlay, name, &waiter, LockWaitResult::Cancelled, waits)?;
+    }
+    // The head may have been a waiter that blocked those behind it.
+    promote(overlay, name, &mut record, index, waits)?;
+    save(overlay, name, &record)?;
+    Ok(CommandResult::LockCancel(CancelResult::Cancelled))
+}
+
+/// `session` ended at `index` (its record is already gone): drop its grants and its waits on
+/// `name`, then promote.
+pub(crate) fn session_ended(
+    overlay: &mut Overlay<'_>,
+    name: &[u8],
+    session: SessionId,
+    index: LogIndex,
+    waits: &mut Vec<LockWaitEnded>,
+) -> Result<()> {
+    overlay.remove(session_lock_key(session, name));
+    let mut record = load(overlay, name)?;
+    record.holders.retain(|h| h.session != session);
+    let (failed, kept): (Vec<LockWaiter>, Vec<LockWaiter>) = std::mem::take(&mut record.waiters)
+        .into_iter()
+        .partition(|w| w.session == session);
+    record.waiters = kept;
+    for waiter in failed {
+        end_wait(overlay, name, &waiter, LockWaitResult::SessionEnded, waits)?;
+    }
+    promote(overlay, name, &mut record, index, waits)?;
+    save(overlay, name, &record)
+}
+
+/// Grant waiters from the head of the queue while they are compatible with the holders; each
+/// grant re-checks the waiter's session (a waiter whose session is gone fails instead).
+fn promote(
+    overlay: &mut Overlay<'_>,
+    name: &[u8],
+    record: &mut LockRecord,
+    index: LogIndex,
+    waits: &mut Vec<LockWaitEnded>,
+) -> Result<()> {
+    while let Some(head) = record.waiters.first() {
+        if !compatible(&record.holders, head.mode) {
+            break;
+        }
+        let waiter = record.waiters.remove(0);
+        if sessions::record(overlay, waiter.session)?.is_none() {
+            overlay.remove(session_lock_key(waiter.session, name));
+            end_wait(overlay, name, &waiter, LockWaitResult::SessionEnded, waits)?;
+            continue;
+        }
+        let token = FencingToken(index.0);
+        record.holders.push(LockHolder {
+            token,
+            session: waiter.session,
+            mode: waiter.mode,
+            client_id: waiter.client_id,
+            value: waiter.value.clone(),
+        });
+        end_wait(
+            overlay,
+            name,
+            &waiter,
+            LockWaitResult::Granted { token },
+            waits,
+        )?;
+    }
+    Ok(())
+}
+
+/// Report how `waiter`'s wait ended and remember it for a retry of its acquire.
+fn end_wait(
+    overlay: &mut Overlay<'_>,
+    name: &[u8],
+    waiter: &LockWaiter,
+    result: LockWaitResult,
+    waits: &mut Vec<LockWaitEnded>,
+) -> Result<()> {
+    let remembered = match result {
+        LockWaitResult::Granted { token } => Some(LockResult::Granted { token }),
+        LockWaitResult::SessionEnded => Some(LockResult::SessionNotFound),
+        // The cancel is the client's newer command: its own result is what a retry gets.
+        LockWaitResult::Cancelled => None,
+    };
+    if let Some(remembered) = remembered {
+        sessions::amend_client(
+            overlay,
+            waiter.client_id,
+            waiter.seq,
+            CommandResult::Lock(remembered),
+        )?;
+    }
+    waits.push(LockWaitEnded {
+        client_id: waiter.client_id,
+        seq: waiter.seq,
+        name: name.to_vec(),
+        result,
+    });
+    Ok(())
+}
+
+/// `session` no longer holds or waits for `name`.
+fn forget_session_lock(overlay: &mut Overlay<'_>, session: SessionId, name: &[u8]) -> Result<()> {
+    overlay.remove(session_lock_key(session, name));
+    if let Some(mut rec) = sessions::record(overlay, session)? {
+        rec.locks = rec.locks.saturating_sub(1);
+        sessions::store(overlay, session, &rec)?;
+    }
+    Ok(())
+}
+
+// ----- reads -----
+
+/// Whether `token` is a current grant of `name` (the fenced-write compare, `check_token`).
+pub(crate) fn is_held(view: &Overlay<'_>, name: &[u8], token: FencingToken) -> Result<bool> {
+    Ok(load(view, name)?.holders.iter().any(|h| h.token == token))
+}
+
+/// `name`'s holders and waiters (`None` if it has neither).
+pub(crate) fn info(view: &Overlay<'_>, name: &[u8]) -> Result<Option<LockInfo>> {
+    let record = load(view, name)?;
+    if record.holders.is_empty() && record.waiters.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(LockInfo {
+        name: name.to_vec(),
+        holders: record.holders,
+        waiters: record.waiters,
+    }))
+}
+
+/// Up to `limit` locks with holders or waiters, in name order, starting after `after` (empty:
+/// from the first); plus whether more remain.
+pub(crate) fn list(
+    view: &Overlay<'_>,
+    after: &[u8],
+    limit: usize,
+) -> Result<(Vec<LockInfo>, bool)> {
+    let prefix = lock_records_prefix();
+    let mut start = lock_key(after);
+    if !after.is_empty() {
+        start.push(0);
+    }
+    let end = super::kv::prefix_end(&prefix);
+    let (pairs, more) = view.scan(&start, end.as_deref(), limit)?;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        let record: LockRecord = decode_record("lock", &value)?;
+        out.push(LockInfo {
+            name: key[prefix.len()..].to_vec(),
+            holders: record.holders,
+            waiters: record.waiters,
+        });
+    }
+    Ok((out, more))
+}
