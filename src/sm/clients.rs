@@ -4,7 +4,6 @@
 //! and its result (`c` records, see `layout.rs`), holds at most `MAX_CLIENTS` clients and, when
 //! full, evicts the client whose last applied command is oldest ([`ClientOrder`]).
 
-use super::command::UNTRACKED_CLIENT;
 use super::layout::{
     client_id_of, client_key, decode_record, sled_error, ClientRecord, PREFIX_CLIENT,
 };
@@ -15,6 +14,11 @@ use crate::error::{Error, Result};
 use crate::limits::{MAX_CLIENTS, MAX_RETAINED_RESULT_BYTES};
 use crate::types::LogIndex;
 use std::collections::BTreeSet;
+
+/// The client id of commands that are not tracked for at-most-once application: they apply each
+/// time they are committed. Meant for commands that are idempotent or that the runtime issues
+/// itself; a client library always registers and uses its own id.
+pub const UNTRACKED_CLIENT: u64 = 0;
 
 /// The client eviction order: (last applied index, client id) of every client in the table,
 /// so the first is the least recently applied client. Derived from the client records (each

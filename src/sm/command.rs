@@ -32,10 +32,7 @@ pub const PARTITION_MAP_COMMAND_VERSION: u8 = 2;
 /// [`Op::SessionGrant`] on).
 const SESSIONS_COMMAND_VERSION: u8 = 3;
 
-/// The client id of commands that are not tracked for at-most-once application: they apply each
-/// time they are committed. Meant for commands that are idempotent or that the runtime issues
-/// itself; a client library always registers and uses its own id.
-pub const UNTRACKED_CLIENT: u64 = 0;
+pub use super::clients::UNTRACKED_CLIENT;
 
 /// One state-machine command: who sent it, its position in that client's sequence, and the
 /// operation.

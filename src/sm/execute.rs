@@ -12,6 +12,7 @@ use super::overlay::{Overlay, Writes};
 use super::placement::{Change, Owner, OwnerId};
 use super::result::{CommandResult, LockWaitEnded};
 use super::ring::{self, BatchMaps, MapReader, PartitionMap};
+use super::session_end;
 use super::sessions;
 use crate::error::Result;
 use crate::types::LogIndex;
@@ -153,11 +154,11 @@ impl<'t, 'o> Executor<'t, 'o> {
             }
             Op::SessionGrant { ttl_ms } => sessions::grant(overlay, sessions, *ttl_ms, index)?,
             Op::SessionRevoke { session } => {
-                sessions::revoke(overlay, sessions, *session, index, waits)?
+                session_end::revoke(overlay, sessions, *session, index, waits)?
             }
             Op::SessionCheckpoint { remaining } => sessions::checkpoint(overlay, remaining)?,
             Op::SessionExpire { sessions: ids } => {
-                sessions::expire(overlay, sessions, ids, index, waits)?
+                session_end::expire(overlay, sessions, ids, index, waits)?
             }
             Op::LockAcquire {
                 name,
@@ -186,7 +187,7 @@ impl<'t, 'o> Executor<'t, 'o> {
                 key,
                 value,
                 session,
-            } => sessions::put_ephemeral(overlay, key, value, *session, index)?,
+            } => session_end::put_ephemeral(overlay, key, value, *session, index)?,
         })
     }
 }

@@ -169,16 +169,6 @@ impl TxnOp {
     }
 }
 
-/// The end key of the range holding exactly the keys that start with `prefix`: `prefix` with its
-/// last byte below 0xFF incremented and the rest cut off. `None` when there is no such key (the
-/// prefix is empty or all 0xFF): the range then runs to the last key.
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let last = prefix.iter().rposition(|&b| b != 0xFF)?;
-    let mut end = prefix[..=last].to_vec();
-    end[last] += 1;
-    Some(end)
-}
-
 /// Check a key: non-empty and at most `MAX_KEY_BYTES`. `what` names it in the error.
 pub(crate) fn check_key(what: &str, key: &[u8]) -> Result<()> {
     if key.is_empty() {
@@ -520,17 +510,4 @@ pub(crate) fn evaluate_compares(view: &Overlay<'_>, compares: &[Compare]) -> Res
         }
     }
     Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_end_increments_last_non_ff_byte() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(&[1, 0xFF, 0xFF]), Some(vec![2]));
-        assert_eq!(prefix_end(&[0xFF]), None);
-        assert_eq!(prefix_end(b""), None);
-    }
 }

@@ -418,8 +418,27 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<KeyMeta> {
         .map_err(|e| with_context("kv", e))
 }
 
+/// The end key of the range holding exactly the keys that start with `prefix`: `prefix` with its
+/// last byte below 0xFF incremented and the rest cut off. `None` when there is no such key (the
+/// prefix is empty or all 0xFF): the range then runs to the last key.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|&b| b != 0xFF)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn prefix_end_increments_last_non_ff_byte() {
+        assert_eq!(super::prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(super::prefix_end(&[1, 0xFF, 0xFF]), Some(vec![2]));
+        assert_eq!(super::prefix_end(&[0xFF]), None);
+        assert_eq!(super::prefix_end(b""), None);
+    }
+
     use super::*;
     use crate::codec::encode_value;
 

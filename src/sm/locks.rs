@@ -334,7 +334,7 @@ pub(crate) fn list(
     if !after.is_empty() {
         start.push(0);
     }
-    let end = super::kv::prefix_end(&prefix);
+    let end = super::layout::prefix_end(&prefix);
     let (pairs, more) = view.scan(&start, end.as_deref(), limit)?;
     let mut out = Vec::with_capacity(pairs.len());
     for (key, value) in pairs {

@@ -51,12 +51,14 @@ mod overlay;
 pub mod placement;
 mod result;
 mod ring;
+mod session_end;
 mod sessions;
 mod snapshot;
 
 pub use changes::{ChangeCapture, KvChange};
 pub use command::{Command, Op, COMMAND_VERSION, PARTITION_MAP_COMMAND_VERSION, UNTRACKED_CLIENT};
-pub use kv::{prefix_end, Compare, CompareOp, Txn, TxnOp};
+pub use kv::{Compare, CompareOp, Txn, TxnOp};
+pub use layout::prefix_end;
 pub use result::{
     ApplyOutcome, CancelResult, CasResult, CommandResult, DeleteRangeResult, DeleteResult,
     EntryResult, FencingToken, KeyMeta, KeyValue, LockHolder, LockInfo, LockMode, LockResult,

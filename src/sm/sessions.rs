@@ -8,7 +8,9 @@
 //! (etcd #9888: leases that live forever under frequent elections).
 //!
 //! A session's end (revoke or expiry) releases its locks (promoting their next waiters), fails
-//! its own waits, and deletes its ephemeral keys — all in the entry that ends it.
+//! its own waits, and deletes its ephemeral keys — all in the entry that ends it. That, and the
+//! ephemeral put, reach across features (locks, kv), so they live above them in
+//! `session_end.rs`; this file is the session records themselves, below the lock table.
 //!
 //! Ephemeral keys (ZooKeeper's semantics): a put through a session attaches the key to it, and
 //! the key is deleted when the session ends, unless it was deleted meanwhile; a plain put of an
@@ -19,18 +21,13 @@
 //! stale attachment of a deleted key costs only its `s k` record until the session ends.
 
 use super::clients;
-use super::kv;
-use super::layout::{
-    decode_record, key_owner_key, session_attached_key, session_attached_prefix, session_key,
-    session_locks_prefix, session_of, SessionRecord,
-};
-use super::locks;
+use super::layout::{decode_record, prefix_end, session_key, session_of, SessionRecord};
 use super::overlay::Overlay;
-use super::result::{CommandResult, LockWaitEnded, SessionId, SessionInfo};
+use super::result::{CommandResult, SessionId, SessionInfo};
 use crate::error::{Error, Result};
 use crate::limits::{
-    MAX_SESSIONS, MAX_SESSION_CHECKPOINT_BATCH, MAX_SESSION_EXPIRE_BATCH, MAX_SESSION_KEYS,
-    MAX_SESSION_TTL_MS, MIN_SESSION_TTL_MS,
+    MAX_SESSIONS, MAX_SESSION_CHECKPOINT_BATCH, MAX_SESSION_EXPIRE_BATCH, MAX_SESSION_TTL_MS,
+    MIN_SESSION_TTL_MS,
 };
 use crate::types::LogIndex;
 
@@ -132,138 +129,10 @@ pub(crate) fn checkpoint(
     Ok(CommandResult::SessionsUpdated { sessions: updated })
 }
 
-/// End every named session that exists (an expiry proposed by the leader).
-pub(crate) fn expire(
-    overlay: &mut Overlay<'_>,
-    sessions: &mut usize,
-    ids: &[SessionId],
-    index: LogIndex,
-    waits: &mut Vec<LockWaitEnded>,
-) -> Result<CommandResult> {
-    let mut ended = 0u32;
-    for &session in ids {
-        if end(overlay, sessions, session, index, waits)? {
-            ended += 1;
-        }
-    }
-    Ok(CommandResult::SessionsUpdated { sessions: ended })
-}
-
-/// Revoke one session.
-pub(crate) fn revoke(
-    overlay: &mut Overlay<'_>,
-    sessions: &mut usize,
-    session: SessionId,
-    index: LogIndex,
-    waits: &mut Vec<LockWaitEnded>,
-) -> Result<CommandResult> {
-    Ok(if end(overlay, sessions, session, index, waits)? {
-        CommandResult::SessionRevoked
-    } else {
-        CommandResult::SessionNotFound
-    })
-}
-
-/// End `session` at `index`: forget it first (so promotions below see it gone), then release its
-/// locks and fail its waits, then delete its ephemeral keys. `false` if it did not exist.
-fn end(
-    overlay: &mut Overlay<'_>,
-    sessions: &mut usize,
-    session: SessionId,
-    index: LogIndex,
-    waits: &mut Vec<LockWaitEnded>,
-) -> Result<bool> {
-    if record(overlay, session)?.is_none() {
-        return Ok(false);
-    }
-    overlay.remove(session_key(session));
-    *sessions = sessions.checked_sub(1).ok_or_else(|| {
-        Error::Fatal(format!(
-            "session count underflow ending session {session} at {index}"
-        ))
-    })?;
-    let names: Vec<Vec<u8>> = scan_prefix(overlay, &session_locks_prefix(session))?
-        .into_iter()
-        .map(|(key, _)| tail_after_session(&key))
-        .collect::<Result<_>>()?;
-    for name in names {
-        locks::session_ended(overlay, &name, session, index, waits)?;
-    }
-    let attached = scan_prefix(overlay, &session_attached_prefix(session))?;
-    for (attachment, value) in attached {
-        let key = tail_after_session(&attachment)?;
-        let incarnation: LogIndex = decode_record("session key", &value)?;
-        overlay.remove(attachment);
-        if overlay.get_meta(&key)?.map(|m| m.create_revision) == Some(incarnation) {
-            kv::delete(overlay, &key, index)?;
-        }
-        let owner_key = key_owner_key(&key);
-        if owner(overlay, &owner_key)? == Some(session) {
-            overlay.remove(owner_key);
-        }
-    }
-    Ok(true)
-}
-
-/// The key after the session id of an `s k` or `x s` key.
-fn tail_after_session(key: &[u8]) -> Result<Vec<u8>> {
-    session_of(key)
-        .map(|(_, tail)| tail.to_vec())
-        .ok_or_else(|| Error::corrupt(0, "malformed session-indexed key in the state"))
-}
-
 /// Every (key, value) pair under `prefix`, collected (the caller writes while it walks them).
 pub(crate) fn scan_prefix(view: &Overlay<'_>, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let end = kv::prefix_end(prefix);
+    let end = prefix_end(prefix);
     view.iter(prefix, end.as_deref()).collect()
-}
-
-fn owner(view: &Overlay<'_>, owner_key: &[u8]) -> Result<Option<SessionId>> {
-    match view.get(owner_key)? {
-        Some(bytes) => decode_record("key owner", &bytes).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// Put `key` = `value` at `index` and attach it to `session` (see the module docs).
-pub(crate) fn put_ephemeral(
-    overlay: &mut Overlay<'_>,
-    key: &[u8],
-    value: &[u8],
-    session: SessionId,
-    index: LogIndex,
-) -> Result<CommandResult> {
-    let Some(mut rec) = record(overlay, session)? else {
-        return Ok(CommandResult::SessionNotFound);
-    };
-    let attachment = session_attached_key(session, key);
-    let already = overlay.get(&attachment)?.is_some();
-    if !already && rec.keys as usize >= MAX_SESSION_KEYS {
-        return Ok(CommandResult::LimitReached {
-            what: format!("session {session} has MAX_SESSION_KEYS ({MAX_SESSION_KEYS}) keys"),
-        });
-    }
-    let owner_key = key_owner_key(key);
-    if let Some(previous) = owner(overlay, &owner_key)?.filter(|&p| p != session) {
-        // The key moves to this session: the previous owner no longer deletes it.
-        if let Some(mut prev) = record(overlay, previous)? {
-            let prev_attachment = session_attached_key(previous, key);
-            if overlay.get(&prev_attachment)?.is_some() {
-                overlay.remove(prev_attachment);
-                prev.keys = prev.keys.saturating_sub(1);
-                store(overlay, previous, &prev)?;
-            }
-        }
-    }
-    let put = kv::put(overlay, key, value, index)?;
-    let incarnation = put.previous.map_or(index, |m| m.create_revision);
-    overlay.put_encoded(attachment, &incarnation)?;
-    overlay.put_encoded(owner_key, &session)?;
-    if !already {
-        rec.keys += 1;
-        store(overlay, session, &rec)?;
-    }
-    Ok(CommandResult::Put(put))
 }
 
 /// Remember, for a retry, that the acquire `seq` of `client_id` ended with `result` (see
