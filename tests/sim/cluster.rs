@@ -185,12 +185,15 @@ struct OpRecord {
 /// of dissertation 6.4.1 closes, so that a core without the guard
 /// (`InjectedBug::LeaseVoteRightAfterRestart`) serves a stale read, and a correct one must not.
 ///
+/// 0. Once due (at random), the episode waits for a quiet moment (no new fault meanwhile):
+///    a leader whose voters all run, no partition.
 /// 1. *Settle*: clients only read (nothing new is appended) until the leader L, the voter G
 ///    and the candidates C hold the same durable log, so G's log check cannot refuse C.
 /// 2. *Cut*: C (a minority, one node of three or two of five) loses both ways every link to
 ///    L and to the rest of L's side, except to G: L keeps its quorum (G) and its lease, while
-///    C stops hearing a leader and campaigns. The first (pre-)vote request of C to G is held
-///    back (a slow link) until G has just answered a heartbeat of L, which renews L's lease.
+///    C stops hearing a leader and campaigns. The (pre-)vote requests to G of the first of C
+///    to campaign are held back (a slow link) until G has just answered a heartbeat of L,
+///    which renews L's lease; those of the rest of C are lost (no split vote).
 /// 3. *Fire*: right then G is killed and restarted at once from its durable state (it has
 ///    no leader knowledge), L -> G goes down (so G never hears L again and L never learns of
 ///    a newer term), and the held request reaches the fresh G. With the bug G votes for C at
@@ -199,7 +202,8 @@ struct OpRecord {
 ///    C for an election timeout, longer than L's lease.
 ///
 /// Meanwhile the network is fast and lossless and disks are instant (the adversary picks
-/// the timing that makes the window widest) and no other fault is injected.
+/// the timing that makes the window widest), no other fault is injected and clients only read,
+/// mostly at L.
 struct LeaseEpisode {
     phase: EpisodePhase,
     /// The phase ends (the episode is abandoned, or ends after firing) at this tick.
@@ -212,7 +216,8 @@ struct LeaseEpisode {
     candidates: Vec<usize>,
     /// L's side besides L and G: cut off from C.
     others: Vec<usize>,
-    /// (Pre-)vote requests of C to G held back until the restart.
+    /// The first of C to ask G for a (pre-)vote, and its requests held back until the restart.
+    campaigner: Option<NodeId>,
     held: Vec<Packet>,
     /// The fault intensities of the seed, restored when the episode ends.
     saved: (u64, u64, u64, u64),
@@ -225,13 +230,16 @@ enum EpisodePhase {
     Fired,
 }
 
-/// Per-tick odds that a lease episode starts (lease seeds, fault phase, none running).
+/// Per-tick odds that a lease episode is due (lease seeds, fault phase, none running).
 const EPISODE_ODDS: u64 = 250;
+/// A due episode that found no quiet moment in this many ticks is dropped.
+const EPISODE_WAIT_TICKS: u64 = 200;
 const EPISODE_SETTLE_TICKS: u64 = 30;
 /// Long enough for the candidates' election timeouts (at most two of `ELECTION_TICKS` each).
 const EPISODE_CUT_TICKS: u64 = 60;
 /// After the restart: the new leader's election and commit, and L's lease running out.
 const EPISODE_AFTER_TICKS: u64 = 30;
+const EPISODE_TICKS: u64 = EPISODE_SETTLE_TICKS + EPISODE_CUT_TICKS + EPISODE_AFTER_TICKS;
 
 /// Per-seed fault intensities.
 struct Chaos {
@@ -290,6 +298,8 @@ pub struct Sim {
     expect_rejection: bool,
     /// The lease episode under way, if any (lease seeds).
     episode: Option<LeaseEpisode>,
+    /// A lease episode is due and waits for a quiet moment until this tick.
+    episode_due_until: Option<u64>,
     live: bool,
     trace: u64,
     report: Report,
@@ -436,6 +446,7 @@ impl Sim {
             seen: VecDeque::new(),
             expect_rejection: false,
             episode: None,
+            episode_due_until: None,
             live: false,
             trace: cfg.seed,
             report: Report::default(),
@@ -912,12 +923,26 @@ impl Sim {
         if self.episode.is_some() {
             return self.step_episode();
         }
-        if lease_on(&self.cfg) && self.rng.chance(1, EPISODE_ODDS) && self.start_episode() {
-            return Ok(());
-        }
         if !self.blocked.is_empty() && self.now >= self.partition_until {
             self.blocked.clear();
             self.log(|| "partition healed".into());
+        }
+        let heal_at = self.cfg.ticks - self.cfg.heal_ticks;
+        if self.episode_due_until.is_none()
+            && lease_on(&self.cfg)
+            && self.now + EPISODE_WAIT_TICKS + EPISODE_TICKS < heal_at
+            && self.rng.chance(1, EPISODE_ODDS)
+        {
+            self.episode_due_until = Some(self.now + EPISODE_WAIT_TICKS);
+        }
+        if let Some(until) = self.episode_due_until {
+            if self.start_episode() || self.now >= until || !self.episode_possible() {
+                self.episode_due_until = None;
+            }
+            // No new fault while an episode waits for a quiet moment.
+            let now = self.now;
+            self.leader_kills.retain(|(at, _)| *at > now);
+            return Ok(());
         }
         if self.blocked.is_empty() && self.rng.chance(1, self.chaos.partition_odds) {
             self.partition();
@@ -1184,8 +1209,7 @@ impl Sim {
     /// (an odd number) all run, no partition, no transfer or membership change under way.
     fn start_episode(&mut self) -> bool {
         let heal_at = self.cfg.ticks - self.cfg.heal_ticks;
-        let longest = EPISODE_SETTLE_TICKS + EPISODE_CUT_TICKS + EPISODE_AFTER_TICKS;
-        if !self.blocked.is_empty() || self.now + longest >= heal_at {
+        if !self.blocked.is_empty() || self.now + EPISODE_TICKS >= heal_at {
             return false;
         }
         let Some(l) = self.leader_index() else {
@@ -1234,6 +1258,7 @@ impl Sim {
             voter: followers[0],
             candidates: followers[1..quorum].to_vec(),
             others: followers[quorum..].to_vec(),
+            campaigner: None,
             held: Vec::new(),
             saved,
         };
@@ -1249,6 +1274,17 @@ impl Sim {
         });
         self.episode = Some(episode);
         true
+    }
+
+    /// False once the leader's configuration has an even number of voters (no episode then:
+    /// C and L's side cannot both be one short of a quorum with one G). Nothing changes the
+    /// configuration while an episode is due.
+    fn episode_possible(&self) -> bool {
+        self.leader_index().map_or(true, |l| {
+            let raft = self.nodes[l].raft.as_ref().expect("leader runs");
+            raft.membership() != raft.committed_membership()
+                || raft.membership().voters.len() % 2 == 1
+        })
     }
 
     /// The episode's share of a tick of the fault phase (no other fault meanwhile).
@@ -1312,7 +1348,7 @@ impl Sim {
                 })
     }
 
-    /// Whether `send` holds this message back: a (pre-)vote request of a candidate to G
+    /// Whether `send` holds this message back (or loses it): a (pre-)vote request of C to G
     /// while the episode waits to fire.
     fn holds(&self, m: &Message) -> bool {
         self.episode.as_ref().is_some_and(|ep| {
@@ -1394,14 +1430,19 @@ impl Sim {
             _ => None,
         };
         if self.holds(&msg) {
+            let episode = self.episode.as_mut().expect("holds");
+            let first = *episode.campaigner.get_or_insert(msg.from) == msg.from;
+            let what = if first { "hold" } else { "lose" };
             self.log(|| {
                 format!(
-                    "hold {} -> {} t{} {:?}",
+                    "{what} {} -> {} t{} {:?}",
                     msg.from, msg.to, msg.term.0, msg.body
                 )
             });
-            let episode = self.episode.as_mut().expect("holds");
-            episode.held.push(Packet { msg, snapshot });
+            if first {
+                let episode = self.episode.as_mut().expect("holds");
+                episode.held.push(Packet { msg, snapshot });
+            }
             return;
         }
         if self.blocked.contains(&(msg.from, msg.to))
@@ -1977,7 +2018,12 @@ impl Sim {
 
     fn start_op(&mut self, c: usize) -> SimResult<()> {
         let n = self.nodes.len() as u64;
-        let target = match self.clients[c].leader_hint {
+        // During a lease episode clients keep asking L, whom they believe to lead.
+        let hint = match &self.episode {
+            Some(ep) => Some(self.nodes[ep.leader].id),
+            None => self.clients[c].leader_hint,
+        };
+        let target = match hint {
             Some(l) if self.rng.chance(4, 5) => l.0 as usize - 1,
             _ => self.rng.below(n) as usize,
         };
@@ -1990,13 +2036,10 @@ impl Sim {
             return Ok(());
         }
         let key = self.rng.below(KEYS);
-        // Until a lease episode fires, nothing new may reach G's log (see `LeaseEpisode`).
-        let reads_only = self
-            .episode
-            .as_ref()
-            .is_some_and(|e| e.phase != EpisodePhase::Fired);
+        // During a lease episode nothing new may reach G's log before it fires, and after it
+        // a write at the cut-off leader would keep its client waiting instead of reading.
         let op = match self.rng.below(10) {
-            _ if reads_only => Op::Read,
+            _ if self.episode.is_some() => Op::Read,
             0..=3 => Op::Read,
             4..=6 => {
                 self.next_value += 1;
