@@ -231,8 +231,8 @@ fn sim_catches_stale_local_reads() {
 }
 
 /// Lease reads on in every seed, with bounded clock drift, pauses whose backlog meets a
-/// clock that caught up first (as the driver now does) and restarts: the linearizability
-/// check must pass. `HAVEN_SIM_LEASE_SEEDS` (count, default 150) and `HAVEN_SIM_SEED_START`.
+/// clock that caught up first (as the driver now does), restarts and lease episodes (the
+/// restart window of 6.4.1, opened on purpose): the linearizability check must pass. `HAVEN_SIM_LEASE_SEEDS` (count, default 150) and `HAVEN_SIM_SEED_START`.
 #[test]
 fn sim_seeds_with_lease_reads_6_4_1() {
     let count = env_u64("HAVEN_SIM_LEASE_SEEDS", 150);

@@ -1238,7 +1238,8 @@ impl Sim {
         }
         // C and L's side (G among it) are both one short of a quorum: C needs G's vote, L
         // needs G's acknowledgements.
-        let quorum = (followers.len() + 1) / 2 + 1;
+        let voter_count = followers.len() + 1;
+        let quorum = voter_count / 2 + 1;
         let c = &self.chaos;
         let saved = (
             c.drop_per_mille,
