@@ -14,6 +14,8 @@
 //!   local snapshots with log compaction, snapshot transfers that may fail.
 //! - **Clients**: get / put / compare-and-swap with unique values against a key-value model;
 //!   every result is recorded and the history is checked for linearizability per key.
+//! - **Lease episodes** (seeds with lease reads): a fault schedule that opens the window of
+//!   dissertation 6.4.1 on purpose (see `LeaseEpisode`).
 //!
 //! After every `Ready` the simulator checks: at most one leader per term; log matching (an
 //! (index, term) pair always names the same entry with the same predecessor term); leader
@@ -101,6 +103,8 @@ pub struct Report {
     pub replayed: u64,
     /// Ticks of pauses whose backlog met a clock that had caught up (lease seeds).
     pub paused_ticks: u64,
+    /// Lease episodes that reached their restart (see `LeaseEpisode`).
+    pub lease_episodes: u64,
 }
 
 /// Disk write of one `Ready`, completing at `done_at`.
@@ -177,6 +181,66 @@ struct OpRecord {
     commit_floor: u64,
 }
 
+/// A fault schedule for seeds with lease reads: it opens the window that the restart guard
+/// of dissertation 6.4.1 closes, so that a core without the guard
+/// (`InjectedBug::LeaseVoteRightAfterRestart`) serves a stale read, and a correct one must not.
+///
+/// 0. Once due (at random), the episode waits for a quiet moment (no new fault meanwhile):
+///    a leader whose voters all run, no partition.
+/// 1. *Settle*: clients only read (nothing new is appended) until the leader L, the voter G
+///    and the candidates C hold the same durable log, so G's log check cannot refuse C.
+/// 2. *Cut*: C (a minority, one node of three or two of five) loses both ways every link to
+///    L and to the rest of L's side, except to G: L keeps its quorum (G) and its lease, while
+///    C stops hearing a leader and campaigns. The (pre-)vote requests to G of the first of C
+///    to campaign are held back (a slow link) until G has just answered a heartbeat of L,
+///    which renews L's lease; those of the rest of C are lost (no split vote).
+/// 3. *Fire*: right then G is killed and restarted at once from its durable state (it has
+///    no leader knowledge), L -> G goes down (so G never hears L again and L never learns of
+///    a newer term), and the held request reaches the fresh G. With the bug G votes for C at
+///    once, C wins and commits its no-op while clients still read at L inside its lease: a
+///    read index below that commit fails the read-freshness check. With the guard G ignores
+///    C for an election timeout, longer than L's lease.
+///
+/// Meanwhile the network is fast and lossless and disks are instant (the adversary picks
+/// the timing that makes the window widest), no other fault is injected and clients only read,
+/// mostly at L.
+struct LeaseEpisode {
+    phase: EpisodePhase,
+    /// The phase ends (the episode is abandoned, or ends after firing) at this tick.
+    until: u64,
+    leader: usize,
+    term: Term,
+    /// G: answers L, then restarts.
+    voter: usize,
+    /// C: cut off from L; one of them campaigns.
+    candidates: Vec<usize>,
+    /// L's side besides L and G: cut off from C.
+    others: Vec<usize>,
+    /// The first of C to ask G for a (pre-)vote, and its requests held back until the restart.
+    campaigner: Option<NodeId>,
+    held: Vec<Packet>,
+    /// The fault intensities of the seed, restored when the episode ends.
+    saved: (u64, u64, u64, u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EpisodePhase {
+    Settle,
+    Cut,
+    Fired,
+}
+
+/// Per-tick odds that a lease episode is due (lease seeds, fault phase, none running).
+const EPISODE_ODDS: u64 = 250;
+/// A due episode that found no quiet moment in this many ticks is dropped.
+const EPISODE_WAIT_TICKS: u64 = 200;
+const EPISODE_SETTLE_TICKS: u64 = 30;
+/// Long enough for the candidates' election timeouts (at most two of `ELECTION_TICKS` each).
+const EPISODE_CUT_TICKS: u64 = 60;
+/// After the restart: the new leader's election and commit, and L's lease running out.
+const EPISODE_AFTER_TICKS: u64 = 30;
+const EPISODE_TICKS: u64 = EPISODE_SETTLE_TICKS + EPISODE_CUT_TICKS + EPISODE_AFTER_TICKS;
+
 /// Per-seed fault intensities.
 struct Chaos {
     drop_per_mille: u64,
@@ -232,6 +296,10 @@ pub struct Sim {
     /// A forged message is being stepped: its rejection is expected (any other is a false
     /// positive of the core's checks, and fails the run).
     expect_rejection: bool,
+    /// The lease episode under way, if any (lease seeds).
+    episode: Option<LeaseEpisode>,
+    /// A lease episode is due and waits for a quiet moment until this tick.
+    episode_due_until: Option<u64>,
     live: bool,
     trace: u64,
     report: Report,
@@ -377,6 +445,8 @@ impl Sim {
             heal_commit_base: LogIndex(0),
             seen: VecDeque::new(),
             expect_rejection: false,
+            episode: None,
+            episode_due_until: None,
             live: false,
             trace: cfg.seed,
             report: Report::default(),
@@ -513,6 +583,7 @@ impl Sim {
     }
 
     fn heal(&mut self) -> SimResult<()> {
+        self.end_episode("the heal begins");
         self.healed = true;
         self.log(|| "heal: all links up, all nodes up, no drops".into());
         self.blocked.clear();
@@ -849,9 +920,29 @@ impl Sim {
 
     fn inject_faults(&mut self) -> SimResult<()> {
         let n = self.nodes.len() as u64;
+        if self.episode.is_some() {
+            return self.step_episode();
+        }
         if !self.blocked.is_empty() && self.now >= self.partition_until {
             self.blocked.clear();
             self.log(|| "partition healed".into());
+        }
+        let heal_at = self.cfg.ticks - self.cfg.heal_ticks;
+        if self.episode_due_until.is_none()
+            && lease_on(&self.cfg)
+            && self.now + EPISODE_WAIT_TICKS + EPISODE_TICKS < heal_at
+            && self.rng.chance(1, EPISODE_ODDS)
+        {
+            self.episode_due_until = Some(self.now + EPISODE_WAIT_TICKS);
+        }
+        if let Some(until) = self.episode_due_until {
+            if self.start_episode() || self.now >= until || !self.episode_possible() {
+                self.episode_due_until = None;
+            }
+            // No new fault while an episode waits for a quiet moment.
+            let now = self.now;
+            self.leader_kills.retain(|(at, _)| *at > now);
+            return Ok(());
         }
         if self.blocked.is_empty() && self.rng.chance(1, self.chaos.partition_odds) {
             self.partition();
@@ -1009,12 +1100,7 @@ impl Sim {
     fn wake_nodes(&mut self) -> SimResult<()> {
         for i in 0..self.nodes.len() {
             if self.nodes[i].down_until.is_some_and(|t| t <= self.now) {
-                self.nodes[i].down_until = None;
-                let lease = lease_on(&self.cfg);
-                let raft = Self::boot(&self.cfg, &mut self.nodes[i], lease);
-                self.log(|| format!("restart {} at {:?}", self.nodes[i].id, raft));
-                self.nodes[i].raft = Some(raft);
-                self.drain(i)?;
+                self.restart(i)?;
             }
             if self.nodes[i].paused_until.is_some_and(|t| t <= self.now) {
                 self.nodes[i].paused_until = None;
@@ -1039,6 +1125,19 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Start node `i` again from its durable state.
+    fn restart(&mut self, i: usize) -> SimResult<()> {
+        self.nodes[i].down_until = None;
+        // A down node has no clock (`advance_clocks`); a restart in the tick of the crash
+        // starts from zero too.
+        self.nodes[i].clock_owed = 0;
+        let lease = lease_on(&self.cfg);
+        let raft = Self::boot(&self.cfg, &mut self.nodes[i], lease);
+        self.log(|| format!("restart {} at {:?}", self.nodes[i].id, raft));
+        self.nodes[i].raft = Some(raft);
+        self.drain(i)
     }
 
     fn leader_index(&self) -> Option<usize> {
@@ -1104,6 +1203,213 @@ impl Sim {
         self.drain(l)
     }
 
+    // ----- lease episodes -----
+
+    /// Begin a lease episode if the cluster is in a state to have one: a leader whose voters
+    /// (an odd number) all run, no partition, no transfer or membership change under way.
+    fn start_episode(&mut self) -> bool {
+        let heal_at = self.cfg.ticks - self.cfg.heal_ticks;
+        if !self.blocked.is_empty() || self.now + EPISODE_TICKS >= heal_at {
+            return false;
+        }
+        let Some(l) = self.leader_index() else {
+            return false;
+        };
+        let raft = self.nodes[l].raft.as_ref().expect("leader runs");
+        let voters: Vec<usize> = raft
+            .membership()
+            .voters
+            .keys()
+            .map(|id| id.0 as usize - 1)
+            .collect();
+        if voters.len() % 2 == 0
+            || !voters.contains(&l)
+            || raft.transfer_target().is_some()
+            || raft.membership() != raft.committed_membership()
+            || voters.iter().any(|&v| !self.is_running(v))
+        {
+            return false;
+        }
+        let term = raft.term();
+        let mut followers: Vec<usize> = voters.into_iter().filter(|&v| v != l).collect();
+        for k in (1..followers.len()).rev() {
+            let j = self.rng.below(k as u64 + 1) as usize;
+            followers.swap(k, j);
+        }
+        // C and L's side (G among it) are both one short of a quorum: C needs G's vote, L
+        // needs G's acknowledgements.
+        let voter_count = followers.len() + 1;
+        let quorum = voter_count / 2 + 1;
+        let c = &self.chaos;
+        let saved = (
+            c.drop_per_mille,
+            c.dup_per_mille,
+            c.max_delay,
+            c.max_disk_delay,
+        );
+        self.chaos.drop_per_mille = 0;
+        self.chaos.dup_per_mille = 0;
+        self.chaos.max_delay = 1;
+        self.chaos.max_disk_delay = 0;
+        let episode = LeaseEpisode {
+            phase: EpisodePhase::Settle,
+            until: self.now + EPISODE_SETTLE_TICKS,
+            leader: l,
+            term,
+            voter: followers[0],
+            candidates: followers[1..quorum].to_vec(),
+            others: followers[quorum..].to_vec(),
+            campaigner: None,
+            held: Vec::new(),
+            saved,
+        };
+        self.log(|| {
+            let id = |i: &usize| self.nodes[*i].id;
+            format!(
+                "lease episode: leader {} voter {} candidates {:?} others {:?}",
+                id(&episode.leader),
+                id(&episode.voter),
+                episode.candidates.iter().map(id).collect::<Vec<_>>(),
+                episode.others.iter().map(id).collect::<Vec<_>>()
+            )
+        });
+        self.episode = Some(episode);
+        true
+    }
+
+    /// False once the leader's configuration has an even number of voters (no episode then:
+    /// C and L's side cannot both be one short of a quorum with one G). Nothing changes the
+    /// configuration while an episode is due.
+    fn episode_possible(&self) -> bool {
+        self.leader_index().map_or(true, |l| {
+            let raft = self.nodes[l].raft.as_ref().expect("leader runs");
+            raft.membership() != raft.committed_membership()
+                || raft.membership().voters.len() % 2 == 1
+        })
+    }
+
+    /// The episode's share of a tick of the fault phase (no other fault meanwhile).
+    fn step_episode(&mut self) -> SimResult<()> {
+        let now = self.now;
+        // Kills of leaders elected meanwhile are skipped, not postponed.
+        self.leader_kills.retain(|(at, _)| *at > now);
+        let ep = self.episode.as_ref().expect("episode under way");
+        let leads = self.nodes[ep.leader]
+            .raft
+            .as_ref()
+            .is_some_and(|r| r.role() == Role::Leader && r.term() == ep.term);
+        match ep.phase {
+            EpisodePhase::Settle if !leads => self.end_episode("the leader changed"),
+            EpisodePhase::Settle if now >= ep.until => self.end_episode("the logs never settled"),
+            EpisodePhase::Settle => {
+                if self.episode_settled() {
+                    let ep = self.episode.as_mut().expect("episode under way");
+                    ep.phase = EpisodePhase::Cut;
+                    ep.until = now + EPISODE_CUT_TICKS;
+                    let ids = |v: &[usize]| -> Vec<NodeId> {
+                        v.iter().map(|&i| NodeId(i as u64 + 1)).collect()
+                    };
+                    let far = ids(&[&[ep.leader][..], &ep.others].concat());
+                    let cut = ids(&ep.candidates);
+                    for &a in &far {
+                        for &b in &cut {
+                            self.blocked.insert((a, b));
+                            self.blocked.insert((b, a));
+                        }
+                    }
+                    self.log(|| format!("lease episode: cut {cut:?} from {far:?}"));
+                }
+            }
+            EpisodePhase::Cut if now >= ep.until || !leads => {
+                self.end_episode("no campaign met a renewed lease")
+            }
+            EpisodePhase::Cut => {}
+            EpisodePhase::Fired if now >= ep.until => self.end_episode("done"),
+            EpisodePhase::Fired => {}
+        }
+        Ok(())
+    }
+
+    /// L, G and C hold the same durable log, and L committed all of it.
+    fn episode_settled(&self) -> bool {
+        let ep = self.episode.as_ref().expect("episode under way");
+        let leader = self.nodes[ep.leader].raft.as_ref().expect("leader runs");
+        let last = leader.last_index();
+        let last_term = leader.log_term(last).ok().flatten();
+        leader.commit_index() == last
+            && leader.persisted_index() == last
+            && std::iter::once(ep.voter)
+                .chain(ep.candidates.iter().copied())
+                .all(|i| {
+                    self.nodes[i].raft.as_ref().is_some_and(|r| {
+                        r.last_index() == last
+                            && r.persisted_index() == last
+                            && r.log_term(last).ok().flatten() == last_term
+                    })
+                })
+    }
+
+    /// Whether `send` holds this message back (or loses it): a (pre-)vote request of C to G
+    /// while the episode waits to fire.
+    fn holds(&self, m: &Message) -> bool {
+        self.episode.as_ref().is_some_and(|ep| {
+            ep.phase == EpisodePhase::Cut
+                && m.to == self.nodes[ep.voter].id
+                && ep.candidates.iter().any(|&c| self.nodes[c].id == m.from)
+                && matches!(m.body, MessageBody::RequestVote { .. })
+        })
+    }
+
+    /// Whether delivering `m` makes G renew L's lease while a held request waits: the
+    /// moment to fire (G's answer is already on its way to L).
+    fn renews_lease(&self, m: &Message) -> bool {
+        self.episode.as_ref().is_some_and(|ep| {
+            ep.phase == EpisodePhase::Cut
+                && !ep.held.is_empty()
+                && m.from == self.nodes[ep.leader].id
+                && m.to == self.nodes[ep.voter].id
+                && m.term == ep.term
+                && matches!(m.body, MessageBody::Heartbeat { .. })
+        })
+    }
+
+    /// Kill and restart G at once, take L -> G down and let the held requests reach G.
+    fn fire_episode(&mut self) -> SimResult<()> {
+        let ep = self.episode.as_mut().expect("episode under way");
+        ep.phase = EpisodePhase::Fired;
+        ep.until = self.now + EPISODE_AFTER_TICKS;
+        let (leader, voter) = (ep.leader, ep.voter);
+        let held = std::mem::take(&mut ep.held);
+        self.report.lease_episodes += 1;
+        self.log(|| "lease episode: restart the voter as a vote request reaches it".into());
+        self.crash(voter, 0);
+        self.restart(voter)?;
+        self.blocked
+            .insert((self.nodes[leader].id, self.nodes[voter].id));
+        for packet in held {
+            // Delivered later in this tick's pass over the network.
+            self.packet_seq += 1;
+            self.net.insert((self.now, self.packet_seq), packet);
+        }
+        Ok(())
+    }
+
+    /// End the episode (if any): links up, the seed's fault intensities back.
+    fn end_episode(&mut self, why: &str) {
+        let Some(ep) = self.episode.take() else {
+            return;
+        };
+        self.log(|| format!("lease episode ends ({:?}): {why}", ep.phase));
+        self.blocked.clear();
+        let c = &mut self.chaos;
+        (
+            c.drop_per_mille,
+            c.dup_per_mille,
+            c.max_delay,
+            c.max_disk_delay,
+        ) = ep.saved;
+    }
+
     // ----- network -----
 
     fn send(&mut self, from: usize, msg: Message) {
@@ -1124,6 +1430,22 @@ impl Sim {
             }
             _ => None,
         };
+        if self.holds(&msg) {
+            let episode = self.episode.as_mut().expect("holds");
+            let first = *episode.campaigner.get_or_insert(msg.from) == msg.from;
+            let what = if first { "hold" } else { "lose" };
+            self.log(|| {
+                format!(
+                    "{what} {} -> {} t{} {:?}",
+                    msg.from, msg.to, msg.term.0, msg.body
+                )
+            });
+            if first {
+                let episode = self.episode.as_mut().expect("holds");
+                episode.held.push(Packet { msg, snapshot });
+            }
+            return;
+        }
         if self.blocked.contains(&(msg.from, msg.to))
             || self.rng.chance(self.chaos.drop_per_mille, 1000)
         {
@@ -1244,6 +1566,7 @@ impl Sim {
                 };
                 self.nodes[to].incoming = Some((meta.clone(), data));
             }
+            let renews_lease = self.renews_lease(&packet.msg);
             let raft = self.nodes[to].raft.as_mut().expect("checked");
             if let Err(e) = raft.step(packet.msg) {
                 return self.raft_err(to, e);
@@ -1251,6 +1574,9 @@ impl Sim {
             self.drain(to)?;
             if self.is_running(from) {
                 self.drain(from)?;
+            }
+            if renews_lease {
+                self.fire_episode()?;
             }
         }
         Ok(())
@@ -1693,7 +2019,12 @@ impl Sim {
 
     fn start_op(&mut self, c: usize) -> SimResult<()> {
         let n = self.nodes.len() as u64;
-        let target = match self.clients[c].leader_hint {
+        // During a lease episode clients keep asking L, whom they believe to lead.
+        let hint = match &self.episode {
+            Some(ep) => Some(self.nodes[ep.leader].id),
+            None => self.clients[c].leader_hint,
+        };
+        let target = match hint {
             Some(l) if self.rng.chance(4, 5) => l.0 as usize - 1,
             _ => self.rng.below(n) as usize,
         };
@@ -1706,7 +2037,10 @@ impl Sim {
             return Ok(());
         }
         let key = self.rng.below(KEYS);
+        // During a lease episode nothing new may reach G's log before it fires, and after it
+        // a write at the cut-off leader would keep its client waiting instead of reading.
         let op = match self.rng.below(10) {
+            _ if self.episode.is_some() => Op::Read,
             0..=3 => Op::Read,
             4..=6 => {
                 self.next_value += 1;
