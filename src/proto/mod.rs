@@ -604,8 +604,10 @@ mod tests {
         );
         assert_eq!(begin.protocol_version(), 3);
         assert_eq!(chunk.protocol_version(), 3);
-        // Everything else keeps the version that introduced it, so older members serve it.
-        assert_eq!(Request::Status.protocol_version(), 2);
+        // Everything else keeps the version that introduced it, so older members serve it;
+        // a status request is version 3 because its answer has the version-3 fields.
+        assert_eq!(Request::StateHash.protocol_version(), 2);
+        assert_eq!(Request::Status.protocol_version(), 3);
         assert_eq!(Response::SnapshotChunk(None), {
             let bytes = encode_value(&Response::SnapshotChunk(None)).unwrap();
             assert_eq!(bytes, [0x07, 0x00]);

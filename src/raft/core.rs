@@ -808,7 +808,14 @@ impl<S: LogStore> Raft<S> {
                         return Ok(Ok(()));
                     }
                     if !pre_vote {
+                        // The election timer restarts on a granted vote (Figure 2), not on
+                        // every newer term: a removed or cut-off member campaigning in ever
+                        // higher terms would otherwise keep resetting it, and two voters that
+                        // then time out together split the vote again and again (found by the
+                        // simulator, lease seed 633). `handle_vote_request` resets it on grant.
+                        let timer = (self.election_elapsed, self.randomized_election_ticks);
                         self.become_follower(m.term, None);
+                        (self.election_elapsed, self.randomized_election_ticks) = timer;
                     }
                 }
                 MessageBody::RequestVoteResponse {
