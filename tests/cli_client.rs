@@ -2,7 +2,7 @@
 //! processes on loopback: round trips, `--hex`, and the exit codes scripts rely on (1 = a
 //! definite "no", >= 2 = failed, each with exactly one line on stderr).
 
-#[path = "cli_support/mod.rs"]
+#[path = "support/cli.rs"]
 mod cli_support;
 
 use cli_support::{free_addrs, haven, TestCluster};

@@ -1,7 +1,7 @@
 //! `haven demo` end to end: it must exit 0, tell each step, report a failover time, leave no
 //! directory behind and no child running.
 
-#[path = "cli_support/mod.rs"]
+#[path = "support/cli.rs"]
 mod cli_support;
 
 use cli_support::haven_in;

@@ -2,7 +2,7 @@
 //! of `haven status --prometheus` plus the transport's), `/health` (200 with a leader, 503 with
 //! a one-line reason without one), `/status` (the JSON of `haven status --json`), read-only.
 
-#[path = "cli_support/mod.rs"]
+#[path = "support/cli.rs"]
 mod cli_support;
 
 use cli_support::cluster_support::wait_for;

@@ -3,7 +3,7 @@
 //! shrinks back to 3 (`haven leader transfer`, `haven member remove`) while a writer keeps
 //! writing; at the end every acknowledged write is there, and the members agree.
 
-#[path = "cli_support/mod.rs"]
+#[path = "support/cli.rs"]
 mod cli_support;
 
 use cli_support::cluster_support::{remote_client, wait_for};

@@ -2,7 +2,7 @@
 //! weight, leave, show, owners and moves round trip, and the exit codes of bad input (2), an
 //! absent map (1) and compacted moves (1), each failure with one stderr line.
 
-#[path = "cli_support/mod.rs"]
+#[path = "support/cli.rs"]
 mod cli_support;
 
 use cli_support::TestCluster;

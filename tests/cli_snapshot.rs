@@ -3,7 +3,7 @@
 //! NEW 3-member cluster, where every write acknowledged before the save is there with its value
 //! and revision, and which the old cluster's credentials cannot mistake for the old one.
 
-#[path = "cli_support/mod.rs"]
+#[path = "support/cli.rs"]
 mod cli_support;
 
 use cli_support::cluster_support::{remote_client, secret, wait_for, SECRET};

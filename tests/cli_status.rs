@@ -2,7 +2,7 @@
 //! `--prometheus` (families, types, histogram consistency), and a crashed member shown as
 //! unreachable while the command still succeeds.
 
-#[path = "cli_support/mod.rs"]
+#[path = "support/cli.rs"]
 mod cli_support;
 
 use cli_support::TestCluster;

@@ -1,7 +1,7 @@
 //! `haven watch` against a cluster of `haven serve` processes: one line per event in revision
 //! order, `--json`, `--hex`, `--count`, and a live watch that sees writes made after it started.
 
-#[path = "cli_support/mod.rs"]
+#[path = "support/cli.rs"]
 mod cli_support;
 
 use cli_support::TestCluster;

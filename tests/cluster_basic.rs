@@ -1,7 +1,7 @@
 //! In-process clusters on loopback TCP: every member takes writes and serves linearizable
 //! reads, followers forward, and a restarted member catches up.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{wait_for, Cluster};

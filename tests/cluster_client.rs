@@ -1,7 +1,7 @@
 //! The client: remote and in-process backends, forwarding through followers, linearizable
 //! reads on followers, transparent retries that apply a write at most once, failover.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{remote_client, wait_for, Cluster};

@@ -2,7 +2,7 @@
 //! the failure, every call fails with `Fatal`, `haven serve` exits non-zero, and the other
 //! members keep committing without losing an acknowledged write.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{free_addrs, wait_for, Cluster, ServeProcess};

@@ -4,7 +4,7 @@
 //! tokens increasing across a failover and a full restart, and the TTL bound under repeated
 //! leadership transfers. Bounds on time are generous (no timing assertions beyond them).
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{wait_for, Cluster};

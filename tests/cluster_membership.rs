@@ -1,7 +1,7 @@
 //! Membership: a new member joins with an empty data directory (as a learner, caught up by
 //! snapshot), is promoted, members are removed, leadership is transferred.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{fast, free_addrs, secret, wait_for, Cluster, CLUSTER};

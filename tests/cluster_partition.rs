@@ -1,7 +1,7 @@
 //! Partitions through the fault-injecting proxy: the minority answers `Unavailable` or
 //! `Timeout`, the majority goes on, and after healing every member converges to one state.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 #[path = "support/proxy.rs"]
 mod proxy;

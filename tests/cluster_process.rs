@@ -1,7 +1,7 @@
 //! Clusters of `haven serve` processes: SIGKILL of the leader, a whole-cluster crash, graceful
 //! SIGTERM. Every child is killed and reaped even when a test fails (`ServeProcess` drops).
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{free_addrs, quiet_logs, remote_client, wait_for, ServeProcess};

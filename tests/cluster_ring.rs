@@ -3,7 +3,7 @@
 //! by a snapshot install and after restarts; the in-process client answers owners from the
 //! member's applied copy, the remote client with one read.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{remote_client, Cluster};

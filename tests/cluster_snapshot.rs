@@ -1,7 +1,7 @@
 //! Log compaction behind snapshots, and members that fall behind the compaction point
 //! catching up by a streamed snapshot, also when the stream is cut half way.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 #[path = "support/proxy.rs"]
 mod proxy;

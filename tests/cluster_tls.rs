@@ -2,7 +2,7 @@
 //! TLS with client certificates and a client secret, the leader is stopped and another takes
 //! over, the old leader restarts and catches up.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 #[path = "tls_support/mod.rs"]
 mod tls_support;

@@ -1,6 +1,7 @@
 //! Remote clients: pipelined calls from many threads, and what a caller is told when the
 //! connection fails before or after its request went out.
 
+#[path = "support/net.rs"]
 mod net_support;
 
 use crossbeam_channel::{unbounded, Receiver};

@@ -1,6 +1,7 @@
 //! The authenticated handshake, as a stranger, a misconfigured peer or an attacker sees it:
 //! who gets in, who is refused with which reason, and that refusals cost the member nothing.
 
+#[path = "support/net.rs"]
 mod net_support;
 
 use crossbeam_channel::{unbounded, Receiver};

@@ -1,6 +1,7 @@
 //! Peer lanes: ordering, coalescing, back-pressure without blocking, reconnects, membership
 //! changes at runtime, keepalives and the idle timeout.
 
+#[path = "support/net.rs"]
 mod net_support;
 #[path = "support/proxy.rs"]
 mod proxy;

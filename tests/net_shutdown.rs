@@ -1,6 +1,7 @@
 //! Clean shutdown: stop accepting, close connections, join every thread. A test binary of its
 //! own, so that counting this process's threads is not disturbed by other tests.
 
+#[path = "support/net.rs"]
 mod net_support;
 
 use crossbeam_channel::unbounded;

@@ -1,7 +1,7 @@
 //! TLS and principals on the transport: mutual TLS between members, client certificates,
 //! mixed TLS/plaintext configurations, and why a client credential never opens a peer lane.
 
-#[path = "net_support/mod.rs"]
+#[path = "support/net.rs"]
 mod net_support;
 #[path = "tls_support/mod.rs"]
 mod tls_support;

@@ -2,7 +2,7 @@
 //! or cluster id, another node's data directory, a locked one, nonsense configuration, garbage
 //! bytes sent to the port, bad command-line arguments.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{fast, free_addrs, remote_client, secret, Cluster, CLUSTER};

@@ -1,6 +1,7 @@
 //! At-most-once application through the client table (Raft dissertation, section 6.3):
 //! duplicates, stale retries, unknown and evicted clients, the bound on the table.
 
+#[path = "support/sm.rs"]
 mod sm_util;
 
 use haven::limits::{MAX_CLIENTS, MAX_RETAINED_RESULT_BYTES};

@@ -1,6 +1,7 @@
 //! Key-value semantics of the state machine: revisions, versions, compare-and-swap,
 //! transactions, ranges, limits, and how apply treats entries (skip, gap, malformed, versions).
 
+#[path = "support/sm.rs"]
 mod sm_util;
 
 use haven::limits::{MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};

@@ -15,6 +15,7 @@
 //! choose the cases; a failure prints its seed and step, and `HAVEN_LOCK_SEEDS=1
 //! HAVEN_LOCK_SEED_START=<seed>` replays it exactly.
 
+#[path = "support/sm.rs"]
 mod sm_util;
 
 use haven::sm::{

@@ -2,6 +2,7 @@
 //! snapshot restores in between), give the same results and the same final state as a simple
 //! in-memory model built on a `BTreeMap`.
 
+#[path = "support/sm.rs"]
 mod sm_util;
 
 use haven::sm::{

@@ -2,6 +2,7 @@
 //! its bad inputs (rejected, nothing changed), epochs and bounded moves, and that the stored
 //! table survives a reopen, a crash with replay and a snapshot restore byte for byte.
 
+#[path = "support/sm.rs"]
 mod sm_util;
 
 use haven::sm::placement::{

@@ -1,6 +1,7 @@
 //! Snapshots: round trip, refusal of damaged files with the old state untouched, listing and
 //! pruning, and recovery from an interrupted restore.
 
+#[path = "support/sm.rs"]
 mod sm_util;
 
 use haven::sm::{Command, CommandResult};

@@ -1,6 +1,7 @@
 //! WAL behaviour across restarts: appends, reads, truncation, compaction, hard state, limits,
 //! group commit.
 
+#[path = "support/wal.rs"]
 mod wal_common;
 
 use haven::wal::{Wal, WalOptions, WriteBatch};

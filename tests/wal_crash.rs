@@ -11,6 +11,7 @@
 //!
 //! `harness = false` (see Cargo.toml): the child needs a `main` of its own.
 
+#[path = "support/wal.rs"]
 mod wal_common;
 
 use haven::datadir::DataDir;

@@ -1,6 +1,7 @@
 //! Design rule 4: a failed fdatasync is fatal for the log. It is never retried, the batches it
 //! covered are not acknowledged, and every later write is refused with `Fatal`.
 
+#[path = "support/wal.rs"]
 mod wal_common;
 
 use haven::wal::{Wal, WriteBatch};

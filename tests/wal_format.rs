@@ -4,6 +4,7 @@
 //! - Format version 1 segments (before write offsets) are still read; the log continues in a
 //!   new version 2 segment.
 
+#[path = "support/wal.rs"]
 mod wal_common;
 
 use haven::codec::{append_raw_frame, encode_value};

@@ -6,6 +6,7 @@
 //! Restarts come at random points: clean (drop and reopen) or as a crash (the files copied as
 //! they are, sometimes with an unacknowledged append torn by power loss, see `tear_write`).
 
+#[path = "support/wal.rs"]
 mod wal_common;
 
 use haven::wal::{Wal, WalOptions, WriteBatch};

@@ -11,6 +11,7 @@
 //! `HAVEN_WAL_SEEDS` (count, default 500) and `HAVEN_WAL_SEED_START` (first seed) choose the
 //! seeds; every failure prints the line that replays it.
 
+#[path = "support/wal.rs"]
 mod wal_common;
 
 use haven::wal::{Wal, WalOptions, WriteBatch};

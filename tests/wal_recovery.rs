@@ -2,6 +2,7 @@
 //! checksum anywhere else refuses to open with `Corrupt { file, offset }`; newer versions are
 //! refused with `UnsupportedVersion`; lost segments are detected.
 
+#[path = "support/wal.rs"]
 mod wal_common;
 
 use haven::codec::{append_raw_frame, FRAME_HEADER_BYTES};

@@ -9,6 +9,7 @@
 //! written. Compactions are also reopened as after a crash between the fdatasync of the
 //! compaction and the deletion of the segments it made unnecessary (the deleted files put back).
 
+#[path = "support/wal.rs"]
 mod wal_common;
 
 use haven::wal::{Wal, WriteBatch};

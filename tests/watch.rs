@@ -3,7 +3,7 @@
 //! seeing exactly the committed sequence across a leader kill, and resume after the member a
 //! remote client watches through dies.
 
-#[path = "cluster_support/mod.rs"]
+#[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{remote_client, Cluster};

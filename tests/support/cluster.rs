@@ -1,7 +1,7 @@
 //! Helpers shared by the `node_*` and `cluster_*` tests: in-process clusters on loopback ports,
 //! `haven serve` child processes that are always killed and reaped, and polling with a bound.
 //!
-//! Include with `#[path = "cluster_support/mod.rs"] mod cluster_support;`.
+//! Include with `#[path = "support/cluster.rs"] mod cluster_support;`.
 #![allow(dead_code)] // each test binary uses a different part
 
 use haven::net::ClusterSecret;

@@ -1,10 +1,10 @@
 //! Helpers of the `cli_*` tests: run the `haven` binary with a bound on its run time, and a
 //! cluster of `haven serve` children (killed and reaped even when a test fails).
 //!
-//! Include with `#[path = "cli_support/mod.rs"] mod cli_support;`.
+//! Include with `#[path = "support/cli.rs"] mod cli_support;`.
 #![allow(dead_code)] // each test binary uses a different part
 
-#[path = "../cluster_support/mod.rs"]
+#[path = "cluster.rs"]
 pub mod cluster_support;
 
 pub use cluster_support::{free_addrs, ServeProcess, CLUSTER};
