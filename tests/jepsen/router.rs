@@ -79,7 +79,8 @@ pub fn identify(buf: &[u8]) -> Result<Option<(Caller, usize)>, String> {
     }
     let envelope: HelloEnvelope =
         codec::decode_value(frame.payload).map_err(|e| format!("Hello envelope: {e}"))?;
-    if envelope.version != 1 {
+    // Versions 1 and 2 carry the same body (2 binds the MAC to the TLS session).
+    if envelope.version != 1 && envelope.version != 2 {
         return Err(format!("handshake version {}", envelope.version));
     }
     let hello: HelloV1 =
