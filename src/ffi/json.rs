@@ -4,23 +4,9 @@
 use crate::client::{MemberStatus, NodeRole, Status};
 use std::fmt::Write as _;
 
-/// `s` as a JSON string literal.
+/// `s` as a JSON string literal (the one escaper, `observe::json_string`).
 fn string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    out.push_str(&crate::observe::json_string(s));
 }
 
 fn opt(out: &mut String, v: Option<u64>) {
