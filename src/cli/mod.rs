@@ -6,6 +6,7 @@ pub mod children;
 pub mod demo;
 pub mod exit;
 pub mod kv;
+pub mod lock;
 pub mod member;
 pub mod progress;
 pub mod ring;
@@ -77,6 +78,17 @@ pub enum Command {
     },
     /// Replicated partition maps: create, join, leave, weight, show, owners KEY, moves.
     Ring(ring::RingArgs),
+    /// Sessions (leases): `haven session grant --ttl-ms N`.
+    Session {
+        /// What to do.
+        #[command(subcommand)]
+        action: lock::SessionCommand,
+    },
+    /// Take a lock, print its fencing token, hold it (--hold-ms, or until stdin closes),
+    /// release it; exit 1 if --wait-ms passed without a grant.
+    Lock(lock::LockArgs),
+    /// Every lock with holders or waiters (`NAME<TAB>HOLDERS<TAB>N waiting`, or --json).
+    Locks(lock::LocksArgs),
     /// Print every change of the keys under PREFIX as it happens, one line per event
     /// (`REVISION TAB put|delete TAB KEY TAB VALUE`, or JSON with --json); exit 0 after --count
     /// events, 1 if the cluster ends the watch (compacted, overflow).
@@ -126,6 +138,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Leader { action } => finish("leader", member::run_leader(&action)),
         Command::Ring(args) => finish("ring", ring::run(&args)),
         Command::Watch(args) => finish("watch", watch::run(&args)),
+        Command::Session { action } => finish("session", lock::session(&action)),
+        Command::Lock(args) => finish("lock", lock::lock(&args)),
+        Command::Locks(args) => finish("locks", lock::locks(&args)),
         Command::Bench { target } => bench::run(target),
     }
 }

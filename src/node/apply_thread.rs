@@ -187,7 +187,10 @@ impl ApplyThread {
     /// Tell the driver's lease keeper the sessions as they are now.
     fn report_sessions(&self) {
         match self.sm.sessions() {
-            Ok(sessions) => self.internal.send(Internal::Sessions(sessions)),
+            Ok(sessions) => self.internal.send(Internal::Sessions {
+                sessions,
+                applied: self.sm.applied().0,
+            }),
             Err(e) => event!(Level::Error, node: Some(self.id.0), term: None,
                 "sessions_read_failed", error = e),
         }

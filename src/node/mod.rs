@@ -91,8 +91,13 @@ pub(crate) enum Internal {
     /// The state machine applied up to this index.
     Applied(LogIndex),
     /// The state machine's sessions after an apply (or restore) that changed them, for the
-    /// lease keeper (sent before the `Applied` of the same batch).
-    Sessions(Vec<crate::sm::SessionInfo>),
+    /// lease keeper (sent before the `Applied` of the same batch), as of `applied` (a session's
+    /// id is the index of its grant, so an id above it is one the keeper has not seen yet, not
+    /// a lost one).
+    Sessions {
+        sessions: Vec<crate::sm::SessionInfo>,
+        applied: LogIndex,
+    },
     /// The apply thread wrote a snapshot file (fsynced).
     SnapshotTaken(SnapshotMeta),
     /// The data of this `Snapshot` message is durable here, at `path`: step it into the core.

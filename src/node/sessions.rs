@@ -37,6 +37,8 @@ const EXPIRE_RETRY: Duration = Duration::from_millis(1_000);
 pub(crate) struct LeaseKeeper {
     /// The sessions as the state machine last reported them: TTL and checkpointed remaining.
     known: BTreeMap<SessionId, SessionInfo>,
+    /// The applied index `known` reflects: a session granted after it is not known yet.
+    known_through: LogIndex,
     /// While leading: arm once the applied index reaches this (the term's first entry).
     arm_at: Option<LogIndex>,
     /// Armed: each session's deadline on this member's clock.
@@ -54,6 +56,7 @@ impl LeaseKeeper {
     pub(crate) fn new(pause_threshold: Duration) -> LeaseKeeper {
         LeaseKeeper {
             known: BTreeMap::new(),
+            known_through: LogIndex(0),
             arm_at: None,
             deadlines: None,
             expiring: HashMap::new(),
@@ -106,8 +109,9 @@ impl LeaseKeeper {
 
     /// The state machine's sessions after an apply that changed them. Sessions new to an
     /// armed keeper were just granted: deadline now + TTL. Ended ones are forgotten.
-    pub(crate) fn sync(&mut self, sessions: Vec<SessionInfo>, now: Instant) {
+    pub(crate) fn sync(&mut self, sessions: Vec<SessionInfo>, applied: LogIndex, now: Instant) {
         self.known = sessions.into_iter().map(|s| (s.session, s)).collect();
+        self.known_through = self.known_through.max(applied);
         if let Some(deadlines) = &mut self.deadlines {
             deadlines.retain(|id, _| self.known.contains_key(id));
             for s in self.known.values() {
@@ -132,6 +136,15 @@ impl LeaseKeeper {
         sessions: &[SessionId],
         now: Instant,
     ) -> Option<Vec<(SessionId, Option<u64>)>> {
+        // A session granted after the sessions this keeper last heard of is not lost, only not
+        // known yet (its client can be faster than the apply thread's report): no answer, so
+        // the client asks again rather than declaring it lost.
+        if sessions
+            .iter()
+            .any(|id| id.0 > self.known_through.0 && !self.known.contains_key(id))
+        {
+            return None;
+        }
         let deadlines = self.deadlines.as_mut()?;
         Some(
             sessions
@@ -254,7 +267,7 @@ mod tests {
     fn a_new_leader_arms_from_the_checkpoint_not_the_full_ttl() {
         let t0 = Instant::now();
         let mut k = LeaseKeeper::new(Duration::from_millis(300));
-        k.sync(vec![info(5, 10_000, 1_500)], t0);
+        k.sync(vec![info(5, 10_000, 1_500)], LogIndex(1_000_000), t0);
         k.on_leader(LogIndex(9));
         k.on_applied(LogIndex(8), t0);
         assert!(!k.armed(), "armed before its term's first entry applied");
@@ -272,12 +285,42 @@ mod tests {
     }
 
     #[test]
+    fn a_session_granted_after_the_last_report_is_not_yet_known_not_lost() {
+        // Regression: a client's first keepalive can overtake the apply thread's report of the
+        // grant; the keeper answered "does not exist" and the client declared the session lost.
+        let t0 = Instant::now();
+        let mut k = LeaseKeeper::new(Duration::from_millis(300));
+        k.on_leader(LogIndex(1));
+        k.on_applied(LogIndex(1), t0);
+        k.sync(vec![info(5, 10_000, 10_000)], LogIndex(10), t0);
+        assert_eq!(
+            k.keepalive(&[SessionId(12)], t0),
+            None,
+            "granted after index 10"
+        );
+        assert_eq!(
+            k.keepalive(&[SessionId(7)], t0),
+            Some(vec![(SessionId(7), None)]),
+            "granted at or before index 10 and not there: gone"
+        );
+        k.sync(
+            vec![info(5, 10_000, 10_000), info(12, 2_000, 2_000)],
+            LogIndex(12),
+            t0,
+        );
+        assert_eq!(
+            k.keepalive(&[SessionId(12)], t0),
+            Some(vec![(SessionId(12), Some(2_000))])
+        );
+    }
+
+    #[test]
     fn keepalives_postpone_and_a_pause_shifts_deadlines_before_expiring() {
         let t0 = Instant::now();
         let mut k = LeaseKeeper::new(Duration::from_millis(300));
         k.on_leader(LogIndex(1));
         k.on_applied(LogIndex(1), t0);
-        k.sync(vec![info(2, 1_000, 1_000)], t0);
+        k.sync(vec![info(2, 1_000, 1_000)], LogIndex(1_000_000), t0);
         let mut now = t0;
         for _ in 0..20 {
             now += Duration::from_millis(100);
@@ -309,7 +352,7 @@ mod tests {
         k.on_leader(LogIndex(1));
         k.on_applied(LogIndex(1), t0);
         let many: Vec<SessionInfo> = (1..=200).map(|i| info(i, 1_000, 1_000)).collect();
-        k.sync(many, t0);
+        k.sync(many, LogIndex(1_000_000), t0);
         let now = t0 + Duration::from_millis(1_001);
         let first = expired(&k.step(now));
         assert_eq!(first.len(), MAX_SESSION_EXPIRE_BATCH);

@@ -376,9 +376,9 @@ impl Driver {
                 let now = self.now();
                 self.leases.on_applied(index, now);
             }
-            Internal::Sessions(sessions) => {
+            Internal::Sessions { sessions, applied } => {
                 let now = self.now();
-                self.leases.sync(sessions, now);
+                self.leases.sync(sessions, applied, now);
             }
             Internal::SnapshotTaken(meta) => self.on_snapshot_taken(meta),
             Internal::SnapshotFetched { message, path } => {

@@ -226,7 +226,8 @@ impl Driver {
                 match self.leases.keepalive(&sessions, now) {
                     Some(answer) => reply.send(Ok(Response::SessionKeepAlive(answer))),
                     None => reply.fail(Error::Unavailable(format!(
-                        "member {} leads but has not applied its term's first entry yet",
+                        "member {} leads but cannot answer keepalives yet (its term's first \
+                         entry, or a session's grant, is not applied here yet); retry",
                         self.id
                     ))),
                 }
