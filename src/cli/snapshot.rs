@@ -3,7 +3,7 @@
 //! directory of one member of a NEW cluster from a file (run it once per member).
 
 use super::exit::{fail, Outcome};
-use super::kv::ClusterArgs;
+use super::kv::{to_hex, ClusterArgs};
 use super::serve::parse_peers;
 use haven::node::{restore_backup, verify_backup, BackupInfo};
 use haven::{ClusterId, NodeId};
@@ -58,8 +58,17 @@ pub enum SnapshotCommand {
     Restore(RestoreArgs),
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// `VERB FILE: index I term T, N bytes, sha256 H; members` (what save and verify print).
+fn describe(verb: &str, file: &std::path::Path, backup: &BackupInfo) -> String {
+    format!(
+        "{verb} {}: index {} term {}, {} bytes, sha256 {}; {}",
+        file.display(),
+        backup.index.0,
+        backup.term.0,
+        backup.size,
+        to_hex(&backup.sha256),
+        members(backup)
+    )
 }
 
 fn members(backup: &BackupInfo) -> String {
@@ -83,28 +92,12 @@ pub fn run(command: &SnapshotCommand) -> Outcome {
         SnapshotCommand::Save(args) => {
             let client = args.cluster.connect().map_err(fail)?;
             let backup = client.save_snapshot(&args.file).map_err(fail)?;
-            println!(
-                "saved {}: index {} term {}, {} bytes, sha256 {}; {}",
-                args.file.display(),
-                backup.index.0,
-                backup.term.0,
-                backup.size,
-                hex(&backup.sha256),
-                members(&backup)
-            );
+            println!("{}", describe("saved", &args.file, &backup));
             Ok(())
         }
         SnapshotCommand::Verify(args) => {
             let backup = verify_backup(&args.file).map_err(fail)?;
-            println!(
-                "ok {}: index {} term {}, {} bytes, sha256 {}; {}",
-                args.file.display(),
-                backup.index.0,
-                backup.term.0,
-                backup.size,
-                hex(&backup.sha256),
-                members(&backup)
-            );
+            println!("{}", describe("ok", &args.file, &backup));
             Ok(())
         }
         SnapshotCommand::Restore(args) => {
