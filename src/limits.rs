@@ -389,6 +389,13 @@ pub const MAX_LOCK_NAME_BYTES: usize = 1_024;
 /// Most holders plus waiters of one lock.
 pub const MAX_LOCK_WAITERS: usize = 1_024;
 
+/// Longest value a campaigner publishes in an election (elections share the lock table's
+/// limits: name length, campaigners per election, elections per session).
+pub const MAX_ELECTION_VALUE_BYTES: usize = 4_096;
+
+// An election's record (every campaigner's value) fits comfortably in one frame.
+const _: () = assert!(MAX_LOCK_WAITERS * (MAX_ELECTION_VALUE_BYTES + 64) <= 8 * 1024 * 1024);
+
 // A checkpoint entry (about 18 bytes per session at most) fits one command.
 const _: () = assert!(MAX_SESSION_CHECKPOINT_BATCH * 18 + 64 <= MAX_COMMAND_BYTES);
 const _: () = assert!(MIN_SESSION_TTL_MS <= MAX_SESSION_TTL_MS);

@@ -11,6 +11,7 @@
 //! those commands instead of mistaking them for garbage. Enum variants are only ever appended:
 //! their position is their tag on disk.
 
+use super::elect;
 use super::kv::{self, Txn};
 use super::locks;
 use super::placement::{LoadCap, MapParams, Strategy};
@@ -23,7 +24,7 @@ use crate::limits::MAX_COMMAND_BYTES;
 use bincode::{Decode, Encode};
 
 /// The newest command version this build writes and reads.
-pub const COMMAND_VERSION: u8 = SESSIONS_COMMAND_VERSION;
+pub const COMMAND_VERSION: u8 = ELECTIONS_COMMAND_VERSION;
 
 /// The command version that added the partition-map commands ([`Op::CreateMap`] to
 /// [`Op::SetOwnerWeight`]).
@@ -31,6 +32,9 @@ pub const PARTITION_MAP_COMMAND_VERSION: u8 = 2;
 /// The command version that introduced sessions, locks and ephemeral puts (the variants from
 /// [`Op::SessionGrant`] on).
 const SESSIONS_COMMAND_VERSION: u8 = 3;
+/// The command version that introduced elections (the variants from
+/// [`Op::ElectionCampaign`] on).
+const ELECTIONS_COMMAND_VERSION: u8 = 4;
 
 pub use super::clients::UNTRACKED_CLIENT;
 
@@ -185,6 +189,40 @@ pub enum Op {
         /// The session.
         session: SessionId,
     },
+    // ----- elections (command version 4) -----
+    /// Campaign in election `name` through `session` with `value`: leads now, or queues behind
+    /// the leader and earlier campaigners until it leads (or its session ends, or it withdraws
+    /// with [`Op::ElectionCancel`]). Answered like a waiting exclusive [`Op::LockAcquire`].
+    ElectionCampaign {
+        /// The election (non-empty, at most `MAX_LOCK_NAME_BYTES`).
+        name: Vec<u8>,
+        /// What the campaigner publishes while it leads (at most `MAX_ELECTION_VALUE_BYTES`).
+        value: Vec<u8>,
+        /// The session the leadership lives and dies with.
+        session: SessionId,
+    },
+    /// Replace the leader's value, if `token` still leads `name`.
+    ElectionProclaim {
+        /// The election.
+        name: Vec<u8>,
+        /// The leadership's fencing token.
+        token: FencingToken,
+        /// The new value (at most `MAX_ELECTION_VALUE_BYTES`).
+        value: Vec<u8>,
+    },
+    /// The leader with grant `token` steps down; the next campaigner leads.
+    ElectionResign {
+        /// The election.
+        name: Vec<u8>,
+        /// The leadership's fencing token.
+        token: FencingToken,
+    },
+    /// Withdraw the calling client's pending campaign in `name`: after this entry it can never
+    /// lead. Needs a registered client id.
+    ElectionCancel {
+        /// The election.
+        name: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -266,12 +304,28 @@ impl Command {
                 Ok(())
             }
             Op::PutEphemeral { key, value, .. } => kv::validate_put(key, value),
+            Op::ElectionCampaign { name, value, .. } => {
+                elect::validate_value("campaign", name, value)
+            }
+            Op::ElectionProclaim { name, value, .. } => {
+                elect::validate_value("proclaim", name, value)
+            }
+            Op::ElectionResign { name, .. } => elect::validate_name("resign", name),
+            Op::ElectionCancel { name } => {
+                elect::validate_name("campaign cancel", name)?;
+                if self.client_id == UNTRACKED_CLIENT {
+                    return Err(Error::InvalidArgument(
+                        "campaign cancel: needs the registered client id of the campaign".into(),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
     /// The lowest command version that knows every variant this command uses (see the module
     /// docs): 1 for the key-value and client commands, 2 for the partition maps, 3 for sessions
-    /// and locks.
+    /// and locks, 4 for elections.
     pub fn min_version(&self) -> u8 {
         match &self.op {
             Op::RegisterClient
@@ -293,6 +347,10 @@ impl Command {
             | Op::LockRelease { .. }
             | Op::LockCancel { .. }
             | Op::PutEphemeral { .. } => SESSIONS_COMMAND_VERSION,
+            Op::ElectionCampaign { .. }
+            | Op::ElectionProclaim { .. }
+            | Op::ElectionResign { .. }
+            | Op::ElectionCancel { .. } => ELECTIONS_COMMAND_VERSION,
         }
     }
 

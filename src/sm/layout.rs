@@ -51,7 +51,10 @@ pub(crate) const PREFIX_SESSION: u8 = b's';
 /// Locks: `x` ‖ `l` ‖ name -> [`LockRecord`]; `x` ‖ `s` ‖ session id (u64 BE) ‖ name -> empty
 /// (the locks a session holds or waits for).
 pub(crate) const PREFIX_LOCK: u8 = b'x';
-/// Reserved for elections: `e` ‖ ... . Not written yet.
+/// Elections (`elect.rs`), a second lock table with its own names: `e` ‖ `l` ‖ name ->
+/// [`LockRecord`] (the leader is the holder, campaigners the waiters, each with its value);
+/// `e` ‖ `s` ‖ session id (u64 BE) ‖ name -> empty (the elections a session leads or
+/// campaigns in).
 pub(crate) const PREFIX_ELECTION: u8 = b'e';
 /// Prefix of the partition maps (`ring.rs`): `r` ‖ name length (u8) ‖ name -> [`MapRecord`]
 /// (the map's table), and `r` ‖ name length (u8) ‖ name ‖ epoch (u64 BE) -> [`EpochMoves`]
@@ -185,31 +188,59 @@ pub(crate) fn key_owner_key(key: &[u8]) -> Vec<u8> {
     prefixed(PREFIX_SESSION, SESSION_OWNER, None, key)
 }
 
-/// `x l name`.
-pub(crate) fn lock_key(name: &[u8]) -> Vec<u8> {
-    prefixed(PREFIX_LOCK, LOCK_RECORD, None, name)
+/// Which lock table a lock lives in: the users' locks (`x`) or the elections (`e`). Both have
+/// the same records and rules; the prefix keeps their names apart, so no lock name can ever
+/// reach an election (or the reverse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockSpace {
+    /// `x`: `Op::LockAcquire` and friends.
+    Locks,
+    /// `e`: `Op::ElectionCampaign` and friends.
+    Elections,
 }
 
-/// Every lock record key starts with this.
-pub(crate) fn lock_records_prefix() -> Vec<u8> {
-    prefixed(PREFIX_LOCK, LOCK_RECORD, None, &[])
+impl LockSpace {
+    const fn prefix(self) -> u8 {
+        match self {
+            LockSpace::Locks => PREFIX_LOCK,
+            LockSpace::Elections => PREFIX_ELECTION,
+        }
+    }
 }
 
-/// `x s id name`.
-pub(crate) fn session_lock_key(session: SessionId, name: &[u8]) -> Vec<u8> {
-    prefixed(PREFIX_LOCK, LOCK_SESSION, Some(session.0), name)
+/// `x l name` (or `e l name`).
+pub(crate) fn lock_key(space: LockSpace, name: &[u8]) -> Vec<u8> {
+    prefixed(space.prefix(), LOCK_RECORD, None, name)
 }
 
-/// Every `x s` key of `session` starts with this.
-pub(crate) fn session_locks_prefix(session: SessionId) -> Vec<u8> {
-    prefixed(PREFIX_LOCK, LOCK_SESSION, Some(session.0), &[])
+/// Every lock record key of `space` starts with this.
+pub(crate) fn lock_records_prefix(space: LockSpace) -> Vec<u8> {
+    prefixed(space.prefix(), LOCK_RECORD, None, &[])
 }
 
-/// The session id of an `s r`, `s k` or `x s` key, and the rest of the key after it.
+/// `x s id name` (or `e s id name`).
+pub(crate) fn session_lock_key(space: LockSpace, session: SessionId, name: &[u8]) -> Vec<u8> {
+    prefixed(space.prefix(), LOCK_SESSION, Some(session.0), name)
+}
+
+/// Every `x s` (or `e s`) key of `session` starts with this.
+pub(crate) fn session_locks_prefix(space: LockSpace, session: SessionId) -> Vec<u8> {
+    prefixed(space.prefix(), LOCK_SESSION, Some(session.0), &[])
+}
+
+/// The election name of an `e l` key.
+pub(crate) fn election_of(key: &[u8]) -> Option<&[u8]> {
+    match key {
+        [PREFIX_ELECTION, LOCK_RECORD, name @ ..] if !name.is_empty() => Some(name),
+        _ => None,
+    }
+}
+
+/// The session id of an `s r`, `s k`, `x s` or `e s` key, and the rest of the key after it.
 pub(crate) fn session_of(key: &[u8]) -> Option<(SessionId, &[u8])> {
     match key {
         [PREFIX_SESSION, SESSION_RECORD | SESSION_KEY, rest @ ..]
-        | [PREFIX_LOCK, LOCK_SESSION, rest @ ..]
+        | [PREFIX_LOCK | PREFIX_ELECTION, LOCK_SESSION, rest @ ..]
             if rest.len() >= 8 =>
         {
             let (id, tail) = rest.split_at(8);
@@ -368,7 +399,7 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
             )),
         },
         Some(&PREFIX_SESSION) if layout >= 2 => check_session_pair(key, value),
-        Some(&PREFIX_LOCK) if layout >= 2 => check_lock_pair(key, value),
+        Some(&PREFIX_LOCK | &PREFIX_ELECTION) if layout >= 2 => check_lock_pair(key, value),
         _ => Err(Error::corrupt(0, "unknown key in state records")),
     }
 }

@@ -16,8 +16,13 @@
 //!   `ApplyOutcome::lock_waits`, and its client's remembered result is amended (if it is still
 //!   the client's last command), so a retried acquire answers `Granted { token }` after the
 //!   grant and `Queued` before it.
+//!
+//! Elections (`elect.rs`) are a second table with the same rules under their own prefix
+//! ([`LockSpace`]): every function here takes the space its name lives in.
 
-use super::layout::{decode_record, lock_key, lock_records_prefix, session_lock_key, LockRecord};
+use super::layout::{
+    decode_record, lock_key, lock_records_prefix, session_lock_key, LockRecord, LockSpace,
+};
 use super::overlay::Overlay;
 use super::result::{
     CancelResult, CommandResult, FencingToken, LockHolder, LockInfo, LockMode, LockResult,
@@ -48,19 +53,24 @@ pub(crate) fn validate_name(what: &str, name: &[u8]) -> Result<()> {
 
 // ----- apply -----
 
-fn load(view: &Overlay<'_>, name: &[u8]) -> Result<LockRecord> {
-    match view.get(&lock_key(name))? {
+fn load(view: &Overlay<'_>, space: LockSpace, name: &[u8]) -> Result<LockRecord> {
+    match view.get(&lock_key(space, name))? {
         Some(bytes) => decode_record("lock", &bytes),
         None => Ok(LockRecord::default()),
     }
 }
 
-fn save(overlay: &mut Overlay<'_>, name: &[u8], record: &LockRecord) -> Result<()> {
+fn save(
+    overlay: &mut Overlay<'_>,
+    space: LockSpace,
+    name: &[u8],
+    record: &LockRecord,
+) -> Result<()> {
     if record.holders.is_empty() && record.waiters.is_empty() {
-        overlay.remove(lock_key(name));
+        overlay.remove(lock_key(space, name));
         Ok(())
     } else {
-        overlay.put_encoded(lock_key(name), record)
+        overlay.put_encoded(lock_key(space, name), record)
     }
 }
 
@@ -74,12 +84,16 @@ fn compatible(holders: &[LockHolder], mode: LockMode) -> bool {
 
 /// One acquire request, as the command and its entry give it.
 pub(crate) struct Acquire<'a> {
+    pub(crate) space: LockSpace,
     pub(crate) name: &'a [u8],
     pub(crate) mode: LockMode,
     pub(crate) session: SessionId,
     pub(crate) wait: bool,
     pub(crate) client_id: u64,
     pub(crate) seq: u64,
+    /// What the holder publishes with its grant (an election's candidate value; empty for a
+    /// lock).
+    pub(crate) value: &'a [u8],
 }
 
 /// Acquire at `index`: grant now, queue, or answer why not.
@@ -91,7 +105,8 @@ pub(crate) fn acquire(
     let Some(mut session) = sessions::record(overlay, request.session)? else {
         return Ok(CommandResult::Lock(LockResult::SessionNotFound));
     };
-    let mut record = load(overlay, request.name)?;
+    let space = request.space;
+    let mut record = load(overlay, space, request.name)?;
     if let Some(holder) = record.holders.iter().find(|h| h.session == request.session) {
         return Ok(CommandResult::Lock(LockResult::AlreadyHeld {
             token: Some(holder.token),
@@ -119,7 +134,10 @@ pub(crate) fn acquire(
     }
     session.locks += 1;
     sessions::store(overlay, request.session, &session)?;
-    overlay.insert(session_lock_key(request.session, request.name), Vec::new());
+    overlay.insert(
+        session_lock_key(space, request.session, request.name),
+        Vec::new(),
+    );
     let result = if grantable {
         let token = FencingToken(index.0);
         record.holders.push(LockHolder {
@@ -127,7 +145,7 @@ pub(crate) fn acquire(
             session: request.session,
             mode: request.mode,
             client_id: request.client_id,
-            value: Vec::new(),
+            value: request.value.to_vec(),
         });
         LockResult::Granted { token }
     } else {
@@ -137,24 +155,25 @@ pub(crate) fn acquire(
             mode: request.mode,
             client_id: request.client_id,
             seq: request.seq,
-            value: Vec::new(),
+            value: request.value.to_vec(),
         });
         LockResult::Queued
     };
-    save(overlay, request.name, &record)?;
+    save(overlay, space, request.name, &record)?;
     Ok(CommandResult::Lock(result))
 }
 
 /// Release the grant `token` of `session` on `name` at `index`, promoting the next waiters.
 pub(crate) fn release(
     overlay: &mut Overlay<'_>,
+    space: LockSpace,
     name: &[u8],
     token: FencingToken,
     session: SessionId,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<CommandResult> {
-    let mut record = load(overlay, name)?;
+    let mut record = load(overlay, space, name)?;
     let Some(at) = record
         .holders
         .iter()
@@ -163,21 +182,22 @@ pub(crate) fn release(
         return Ok(CommandResult::LockReleased { released: false });
     };
     record.holders.remove(at);
-    forget_session_lock(overlay, session, name)?;
-    promote(overlay, name, &mut record, index, waits)?;
-    save(overlay, name, &record)?;
+    forget_session_lock(overlay, space, session, name)?;
+    promote(overlay, space, name, &mut record, index, waits)?;
+    save(overlay, space, name, &record)?;
     Ok(CommandResult::LockReleased { released: true })
 }
 
 /// Cancel the pending waits of `client_id` on `name` at `index`.
 pub(crate) fn cancel(
     overlay: &mut Overlay<'_>,
+    space: LockSpace,
     name: &[u8],
     client_id: u64,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<CommandResult> {
-    let mut record = load(overlay, name)?;
+    let mut record = load(overlay, space, name)?;
     let (cancelled, kept): (Vec<LockWaiter>, Vec<LockWaiter>) = std::mem::take(&mut record.waiters)
         .into_iter()
         .partition(|w| w.client_id == client_id);
@@ -191,12 +211,12 @@ pub(crate) fn cancel(
         return Ok(CommandResult::LockCancel(CancelResult::Cancelled));
     }
     for waiter in cancelled {
-        forget_session_lock(overlay, waiter.session, name)?;
+        forget_session_lock(overlay, space, waiter.session, name)?;
         end_wait(overlay, name, &waiter, LockWaitResult::Cancelled, waits)?;
     }
     // The head may have been a waiter that blocked those behind it.
-    promote(overlay, name, &mut record, index, waits)?;
-    save(overlay, name, &record)?;
+    promote(overlay, space, name, &mut record, index, waits)?;
+    save(overlay, space, name, &record)?;
     Ok(CommandResult::LockCancel(CancelResult::Cancelled))
 }
 
@@ -204,13 +224,14 @@ pub(crate) fn cancel(
 /// `name`, then promote.
 pub(crate) fn session_ended(
     overlay: &mut Overlay<'_>,
+    space: LockSpace,
     name: &[u8],
     session: SessionId,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<()> {
-    overlay.remove(session_lock_key(session, name));
-    let mut record = load(overlay, name)?;
+    overlay.remove(session_lock_key(space, session, name));
+    let mut record = load(overlay, space, name)?;
     record.holders.retain(|h| h.session != session);
     let (failed, kept): (Vec<LockWaiter>, Vec<LockWaiter>) = std::mem::take(&mut record.waiters)
         .into_iter()
@@ -219,14 +240,15 @@ pub(crate) fn session_ended(
     for waiter in failed {
         end_wait(overlay, name, &waiter, LockWaitResult::SessionEnded, waits)?;
     }
-    promote(overlay, name, &mut record, index, waits)?;
-    save(overlay, name, &record)
+    promote(overlay, space, name, &mut record, index, waits)?;
+    save(overlay, space, name, &record)
 }
 
 /// Grant waiters from the head of the queue while they are compatible with the holders; each
 /// grant re-checks the waiter's session (a waiter whose session is gone fails instead).
 fn promote(
     overlay: &mut Overlay<'_>,
+    space: LockSpace,
     name: &[u8],
     record: &mut LockRecord,
     index: LogIndex,
@@ -238,7 +260,7 @@ fn promote(
         }
         let waiter = record.waiters.remove(0);
         if sessions::record(overlay, waiter.session)?.is_none() {
-            overlay.remove(session_lock_key(waiter.session, name));
+            overlay.remove(session_lock_key(space, waiter.session, name));
             end_wait(overlay, name, &waiter, LockWaitResult::SessionEnded, waits)?;
             continue;
         }
@@ -293,8 +315,13 @@ fn end_wait(
 }
 
 /// `session` no longer holds or waits for `name`.
-fn forget_session_lock(overlay: &mut Overlay<'_>, session: SessionId, name: &[u8]) -> Result<()> {
-    overlay.remove(session_lock_key(session, name));
+fn forget_session_lock(
+    overlay: &mut Overlay<'_>,
+    space: LockSpace,
+    session: SessionId,
+    name: &[u8],
+) -> Result<()> {
+    overlay.remove(session_lock_key(space, session, name));
     if let Some(mut rec) = sessions::record(overlay, session)? {
         rec.locks = rec.locks.saturating_sub(1);
         sessions::store(overlay, session, &rec)?;
@@ -302,16 +329,42 @@ fn forget_session_lock(overlay: &mut Overlay<'_>, session: SessionId, name: &[u8
     Ok(())
 }
 
+/// Set the value the holder with grant `token` publishes (an election's proclaim): `false` if
+/// no holder has that token.
+pub(crate) fn publish(
+    overlay: &mut Overlay<'_>,
+    space: LockSpace,
+    name: &[u8],
+    token: FencingToken,
+    value: &[u8],
+) -> Result<bool> {
+    let mut record = load(overlay, space, name)?;
+    let Some(holder) = record.holders.iter_mut().find(|h| h.token == token) else {
+        return Ok(false);
+    };
+    holder.value = value.to_vec();
+    save(overlay, space, name, &record)?;
+    Ok(true)
+}
+
 // ----- reads -----
 
 /// Whether `token` is a current grant of `name` (the fenced-write compare, `check_token`).
-pub(crate) fn is_held(view: &Overlay<'_>, name: &[u8], token: FencingToken) -> Result<bool> {
-    Ok(load(view, name)?.holders.iter().any(|h| h.token == token))
+pub(crate) fn is_held(
+    view: &Overlay<'_>,
+    space: LockSpace,
+    name: &[u8],
+    token: FencingToken,
+) -> Result<bool> {
+    Ok(load(view, space, name)?
+        .holders
+        .iter()
+        .any(|h| h.token == token))
 }
 
 /// `name`'s holders and waiters (`None` if it has neither).
-pub(crate) fn info(view: &Overlay<'_>, name: &[u8]) -> Result<Option<LockInfo>> {
-    let record = load(view, name)?;
+pub(crate) fn info(view: &Overlay<'_>, space: LockSpace, name: &[u8]) -> Result<Option<LockInfo>> {
+    let record = load(view, space, name)?;
     if record.holders.is_empty() && record.waiters.is_empty() {
         return Ok(None);
     }
@@ -329,8 +382,8 @@ pub(crate) fn list(
     after: &[u8],
     limit: usize,
 ) -> Result<(Vec<LockInfo>, bool)> {
-    let prefix = lock_records_prefix();
-    let mut start = lock_key(after);
+    let prefix = lock_records_prefix(LockSpace::Locks);
+    let mut start = lock_key(LockSpace::Locks, after);
     if !after.is_empty() {
         start.push(0);
     }
