@@ -55,11 +55,14 @@ pub fn line(event: &WatchEvent, json: bool, hex: bool) -> Result<String> {
     let kind = match event.kind {
         EventKind::Put => "put",
         EventKind::Delete => "delete",
+        EventKind::Leader { .. } => "leader",
+        EventKind::NoLeader => "no_leader",
+        EventKind::MapEpoch { .. } => "map_epoch",
     };
     let key = text(&event.key, hex)?;
     let value = match event.kind {
-        EventKind::Put => Some(text(&event.value, hex)?),
-        EventKind::Delete => None,
+        EventKind::Put | EventKind::Leader { .. } => Some(text(&event.value, hex)?),
+        EventKind::Delete | EventKind::NoLeader | EventKind::MapEpoch { .. } => None,
     };
     Ok(if json {
         format!(

@@ -24,14 +24,17 @@
 
 mod backup;
 mod coord;
+mod elect;
 mod local;
 mod remote;
 mod watch;
 
 pub use self::watch::{Watch, WatchNotice, WATCH_RESUME_TIMEOUT};
-pub use crate::proto::{EventKind, WatchEvent, WatchSpec};
+pub use crate::proto::{EventKind, WatchEvent, WatchSpec, WatchTarget};
 
+pub use crate::sm::ElectionLeader;
 pub use coord::{LockGuard, LockWait, Session, SessionState};
+pub use elect::{ElectionObserver, LeaderChange, Leadership};
 
 pub use crate::proto::{
     AdminOp, Counters, Histogram, MemberStatus, NodeRole, ReadMode, ReadOp, Request, Response,

@@ -32,7 +32,6 @@ use crate::logging::Level;
 use crate::net::{ClientHandle, PushOutcome};
 use crate::proto::{
     ClientResponse, EventKind, PushFrame, Response, WatchEnd, WatchEvent, WatchPush, WatchSpec,
-    PUSH_FRAME_VERSION,
 };
 use crate::sm::{ApplyOutcome, ChangeCapture, KvChange};
 use crate::types::{LogIndex, NodeId};
@@ -378,7 +377,7 @@ impl Sink {
             }
             Sink::Remote { conn, watch_id } => {
                 let frame = PushFrame {
-                    version: PUSH_FRAME_VERSION,
+                    version: push.min_version(),
                     watch_id: *watch_id,
                     push,
                 };
@@ -664,6 +663,19 @@ impl HubThread {
         let mut with_previous = true;
         let mut bytes = 0;
         for change in changes {
+            // An election's or a partition map's change (no previous value is kept for them).
+            if let Some(event) = crate::proto::target_event(revision, &change) {
+                match event {
+                    Ok(event) => {
+                        bytes += event.key.len() + event.value.len();
+                        events.push(event);
+                        previous.push(None);
+                    }
+                    Err(e) => event!(Level::Error, node: Some(self.id.0), term: None,
+                        "watch_event_undecodable", revision = revision.0, error = e),
+                }
+                continue;
+            }
             let value = match change.value() {
                 Ok(value) => value,
                 Err(e) => {
@@ -753,7 +765,7 @@ fn deliver<'a>(
         }
         let start = out.len();
         for (i, event) in r.events.iter().enumerate() {
-            if watcher.spec.covers(&event.key) {
+            if watcher.spec.covers_event(event) {
                 let mut event = event.clone();
                 if watcher.spec.prev_value {
                     event.prev_value = r

@@ -2,14 +2,33 @@
 //! member pushes to a remote client (`docs/FORMAT.md`, "Pushed frames").
 
 use crate::error::{Error, Result};
-use crate::limits::MAX_KEY_BYTES;
-use crate::sm::{prefix_end, KeyMeta};
+use crate::limits::{MAX_KEY_BYTES, MAX_LOCK_NAME_BYTES};
+use crate::sm::{prefix_end, FencingToken, KeyMeta, SessionId};
 use crate::types::LogIndex;
 use bincode::{Decode, Encode};
 
-/// Version of [`PushFrame`]; a client refuses a higher one (it closes the watch with
-/// `UnsupportedVersion` and resumes nowhere).
-pub const PUSH_FRAME_VERSION: u32 = 1;
+/// The newest version of [`PushFrame`] this build sends and reads. A frame is stamped with the
+/// lowest version that knows everything in it ([`WatchPush::min_version`]): 1 for the pushes of
+/// a watch of user keys, 2 for the events of an election or a partition map
+/// ([`EventKind::Leader`] and after). So a client of version 1, which only ever opens watches
+/// of user keys, still gets version-1 frames. A client ignores a frame of a higher version.
+pub const PUSH_FRAME_VERSION: u32 = 2;
+
+/// What a watch covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Encode, Decode)]
+pub enum WatchTarget {
+    /// User keys in `[start, end)` of the [`WatchSpec`]: [`EventKind::Put`] and
+    /// [`EventKind::Delete`] events.
+    #[default]
+    Keys,
+    /// The election of this name: an [`EventKind::Leader`] or [`EventKind::NoLeader`] event
+    /// whenever its record changes (a change of leader, a proclaim, but also a campaigner
+    /// joining or leaving: the leader is then repeated). Protocol version 4.
+    Election(Vec<u8>),
+    /// The partition map of this name: an [`EventKind::MapEpoch`] event per change of the map
+    /// (its creation has none). Protocol version 4.
+    Map(String),
+}
 
 /// What a watch covers and where it starts.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -22,8 +41,37 @@ pub struct WatchSpec {
     /// the member no longer keeps ends the watch with [`WatchEnd::Compacted`]; the gapless way
     /// to start is "read ([`super::ReadOp::RangeAt`]), then watch from its revision + 1".
     pub from_revision: LogIndex,
-    /// Deliver each change's previous value too.
+    /// Deliver each change's previous value too (user keys only).
     pub prev_value: bool,
+    /// What the watch covers: user keys in `[start, end)` (the only target of protocol
+    /// version 3), an election or a partition map.
+    pub target: WatchTarget,
+}
+
+/// The form of a [`WatchSpec`] that [`super::Request::Watch`] carries (protocol version 3): a
+/// watch of user keys, without a target.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct KeyWatchSpec {
+    /// First key (inclusive); may be empty.
+    pub start: Vec<u8>,
+    /// End key (exclusive); `None` for no upper bound.
+    pub end: Option<Vec<u8>>,
+    /// See [`WatchSpec::from_revision`].
+    pub from_revision: LogIndex,
+    /// See [`WatchSpec::prev_value`].
+    pub prev_value: bool,
+}
+
+impl From<KeyWatchSpec> for WatchSpec {
+    fn from(k: KeyWatchSpec) -> WatchSpec {
+        WatchSpec {
+            start: k.start,
+            end: k.end,
+            from_revision: k.from_revision,
+            prev_value: k.prev_value,
+            target: WatchTarget::Keys,
+        }
+    }
 }
 
 impl WatchSpec {
@@ -34,6 +82,52 @@ impl WatchSpec {
             end: prefix_end(prefix),
             from_revision,
             prev_value: false,
+            target: WatchTarget::Keys,
+        }
+    }
+
+    /// The leader of election `name` from `from_revision` (0: from now on).
+    pub fn election(name: &[u8], from_revision: LogIndex) -> WatchSpec {
+        WatchSpec {
+            start: Vec::new(),
+            end: None,
+            from_revision,
+            prev_value: false,
+            target: WatchTarget::Election(name.to_vec()),
+        }
+    }
+
+    /// The epochs of partition map `name` from `from_revision` (0: from now on).
+    pub fn map(name: &str, from_revision: LogIndex) -> WatchSpec {
+        WatchSpec {
+            start: Vec::new(),
+            end: None,
+            from_revision,
+            prev_value: false,
+            target: WatchTarget::Map(name.to_string()),
+        }
+    }
+
+    /// The version-3 form of a watch of user keys, `None` for another target.
+    pub fn as_key_watch(&self) -> Option<KeyWatchSpec> {
+        (self.target == WatchTarget::Keys).then(|| KeyWatchSpec {
+            start: self.start.clone(),
+            end: self.end.clone(),
+            from_revision: self.from_revision,
+            prev_value: self.prev_value,
+        })
+    }
+
+    /// Whether the watch covers `event`: a user key's event in its range, or an event of its
+    /// election or map.
+    pub fn covers_event(&self, event: &WatchEvent) -> bool {
+        match (&self.target, event.kind) {
+            (WatchTarget::Keys, EventKind::Put | EventKind::Delete) => self.covers(&event.key),
+            (WatchTarget::Election(name), EventKind::Leader { .. } | EventKind::NoLeader) => {
+                event.key == *name
+            }
+            (WatchTarget::Map(name), EventKind::MapEpoch { .. }) => event.key == name.as_bytes(),
+            _ => false,
         }
     }
 
@@ -44,6 +138,7 @@ impl WatchSpec {
             end: end.map(<[u8]>::to_vec),
             from_revision,
             prev_value: false,
+            target: WatchTarget::Keys,
         }
     }
 
@@ -52,8 +147,26 @@ impl WatchSpec {
         key >= self.start.as_slice() && self.end.as_deref().map_or(true, |end| key < end)
     }
 
-    /// `InvalidArgument` for bounds over the key limit or an empty range.
+    /// `InvalidArgument` for bounds over the key limit or an empty range, a bad election or
+    /// map name, or previous values asked of a target that has none.
     pub fn validate(&self) -> Result<()> {
+        match &self.target {
+            WatchTarget::Keys => {}
+            WatchTarget::Election(name) => {
+                if name.is_empty() || name.len() > MAX_LOCK_NAME_BYTES {
+                    return Err(Error::InvalidArgument(format!(
+                        "watch: election name of {} bytes is not in 1..={MAX_LOCK_NAME_BYTES}",
+                        name.len()
+                    )));
+                }
+            }
+            WatchTarget::Map(name) => crate::sm::validate_map_name(name)?,
+        }
+        if self.target != WatchTarget::Keys && self.prev_value {
+            return Err(Error::InvalidArgument(
+                "watch: previous values exist only for user keys".into(),
+            ));
+        }
         if self.start.len() > MAX_KEY_BYTES
             || self.end.as_ref().is_some_and(|e| e.len() > MAX_KEY_BYTES)
         {
@@ -70,13 +183,39 @@ impl WatchSpec {
     }
 }
 
-/// What happened to a key.
+/// What happened to a key (or to an election, or a partition map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum EventKind {
     /// It was set (created or overwritten).
     Put,
     /// It was removed.
     Delete,
+    /// Election `key` is led by `session` with `token`, its value is the event's `value`
+    /// (push frame version 2).
+    Leader {
+        /// The leadership's fencing token.
+        token: FencingToken,
+        /// The leader's session.
+        session: SessionId,
+    },
+    /// Election `key` has no leader (push frame version 2).
+    NoLeader,
+    /// Partition map `key` changed to `epoch`; the event's `value` is the change's
+    /// `EpochMoves` (bincode, without the stored record's version byte) (push frame version 2).
+    MapEpoch {
+        /// The map's new epoch.
+        epoch: u64,
+    },
+}
+
+impl EventKind {
+    /// The lowest push frame version that has this kind.
+    pub fn min_version(self) -> u32 {
+        match self {
+            EventKind::Put | EventKind::Delete => 1,
+            EventKind::Leader { .. } | EventKind::NoLeader | EventKind::MapEpoch { .. } => 2,
+        }
+    }
 }
 
 /// One change of one key.
@@ -131,6 +270,54 @@ pub enum WatchPush {
     },
     /// The watch is over.
     Ended(WatchEnd),
+}
+
+impl WatchPush {
+    /// The lowest push frame version that knows everything in this push.
+    pub fn min_version(&self) -> u32 {
+        match self {
+            WatchPush::Events(events) => events
+                .iter()
+                .map(|e| e.kind.min_version())
+                .max()
+                .unwrap_or(1),
+            WatchPush::Progress { .. } | WatchPush::Ended(_) => 1,
+        }
+    }
+}
+
+/// The event a change of an election or a partition map makes (`None` for a change of a user
+/// key, which the watch thread decodes itself, with its previous value).
+pub(crate) fn target_event(
+    revision: LogIndex,
+    change: &crate::sm::KvChange,
+) -> Option<Result<WatchEvent>> {
+    use crate::sm::ChangeTarget;
+    let event = |kind, value| WatchEvent {
+        revision,
+        kind,
+        key: change.key.clone(),
+        value,
+        meta: None,
+        prev_value: None,
+    };
+    match change.target {
+        ChangeTarget::Key => None,
+        ChangeTarget::Election => Some(change.leader().map(|leader| match leader {
+            Some(l) => event(
+                EventKind::Leader {
+                    token: l.token,
+                    session: l.session,
+                },
+                l.value,
+            ),
+            None => event(EventKind::NoLeader, Vec::new()),
+        })),
+        ChangeTarget::MapEpoch => Some(change.map_moves().and_then(|moves| {
+            let value = crate::codec::encode_value(&moves)?;
+            Ok(event(EventKind::MapEpoch { epoch: moves.epoch }, value))
+        })),
+    }
 }
 
 /// The payload of a pushed frame (frame kind 34, `ClientPush`): a member sends it on a remote
