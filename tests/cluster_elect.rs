@@ -1,15 +1,18 @@
 //! Elections end to end through `Client`s of an in-process cluster: campaign, leader, proclaim,
 //! resign, campaigners taking over in order when a leader's session ends, and an observer that
 //! sees every change of leader ("no leader" included) in order across the loss of the member
-//! it watches on, with tokens strictly increasing across a failover. No timing assertions: the
-//! bounds are generous waits.
+//! it watches on, with tokens strictly increasing across a failover. Also the other non-key
+//! watch target, a partition map's epochs with their moves (`Client::watch_map`). No timing
+//! assertions: the bounds are generous waits.
 
 #[path = "support/cluster.rs"]
 mod cluster_support;
 
 use cluster_support::{remote_client, wait_for, Cluster};
-use haven::client::{ClientOptions, ElectionObserver, LeaderChange};
+use haven::client::{ClientOptions, ElectionObserver, EventKind, LeaderChange, WatchNotice};
+use haven::sm::placement::{LoadCap, Strategy};
 use haven::sm::FencingToken;
+use haven::sm::MapMoves;
 use haven::ErrorCode;
 use std::time::Duration;
 
@@ -191,4 +194,59 @@ fn a_campaign_through_a_session_that_ended_fails() {
         client.leader(b"").unwrap_err().code(),
         ErrorCode::InvalidArgument
     );
+}
+
+#[test]
+fn a_map_watch_delivers_each_epoch_with_its_moves() {
+    let cluster = Cluster::start(3, |_| {});
+    cluster.wait_leader(WAIT);
+    let client = remote_client(&cluster.addrs, ClientOptions::default()).unwrap();
+    client
+        .create_map("m", 64, 2, Strategy::Rendezvous, LoadCap::PerMille(1020))
+        .unwrap();
+    // Read, then watch from the read's revision + 1: every later change, once.
+    let (_, revision) = client.range_at(b"", None, 1).unwrap();
+    let watch = client.watch_map("m", revision.next()).unwrap();
+    // A key watch on the same member sees none of it, and the map watch no key.
+    let keys = client.watch_prefix(b"", revision.next()).unwrap();
+    client.join("m", "a", 1).unwrap();
+    client.put(b"k", b"v").unwrap();
+    client.join("m", "b", 1).unwrap();
+    client.leave("m", "a").unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match watch.next_timeout(WAIT).expect("a notice").unwrap() {
+            WatchNotice::Events { events, .. } => {
+                for event in events {
+                    let EventKind::MapEpoch { epoch } = event.kind else {
+                        panic!("only map events: {event:?}");
+                    };
+                    assert_eq!(event.key, b"m");
+                    let moves = event.map_moves().unwrap().unwrap();
+                    assert_eq!(moves.epoch, epoch);
+                    seen.push(moves);
+                }
+            }
+            WatchNotice::Progress { .. } => {}
+            other => panic!("the watch ended: {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    // The moves are those the map reports for the same epochs.
+    let MapMoves::Moves { epochs, .. } = client.moves("m", 1).unwrap() else {
+        panic!("moves since epoch 1 are kept");
+    };
+    assert_eq!(epochs, seen);
+    let key_events = loop {
+        match keys.next_timeout(WAIT).expect("a notice").unwrap() {
+            WatchNotice::Events { events, .. } => break events,
+            WatchNotice::Progress { .. } => {}
+            other => panic!("expected the put: {other:?}"),
+        }
+    };
+    assert_eq!(key_events.len(), 1);
+    assert_eq!(key_events[0].key, b"k");
 }

@@ -148,6 +148,16 @@ impl Client {
         })
     }
 
+    /// Watch partition map `name`'s changes from `from_revision` (0: from now on): one
+    /// [`crate::proto::EventKind::MapEpoch`] event per change of the map (a join, a leave, a
+    /// weight), each with the new epoch and the slots it moved
+    /// ([`WatchEvent::map_moves`]), in order, with no gap across the loss of a member (as
+    /// [`Client::watch`]). To start from a known epoch, read the map's revision with a
+    /// linearizable read first (any read's revision will do, e.g. [`Client::range_at`]).
+    pub fn watch_map(&self, name: &str, from_revision: LogIndex) -> Result<Watch> {
+        self.watch(WatchSpec::map(name, from_revision))
+    }
+
     /// Watch every key starting with `prefix` from `from_revision` (0: from now on).
     pub fn watch_prefix(&self, prefix: &[u8], from_revision: LogIndex) -> Result<Watch> {
         self.watch(WatchSpec::prefix(prefix, from_revision))

@@ -236,6 +236,17 @@ pub struct WatchEvent {
     pub prev_value: Option<Vec<u8>>,
 }
 
+impl WatchEvent {
+    /// The epoch and the moved slots of an [`EventKind::MapEpoch`] event (`None` for another
+    /// kind); `Corrupt` if its value does not decode.
+    pub fn map_moves(&self) -> Option<Result<crate::sm::EpochMoves>> {
+        match self.kind {
+            EventKind::MapEpoch { .. } => Some(crate::codec::decode_value(&self.value)),
+            _ => None,
+        }
+    }
+}
+
 /// Why a watch ended on the member's side. After any of these nothing more comes for it.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum WatchEnd {
