@@ -1,7 +1,7 @@
 //! `haven elect` and `haven leader NAME` against a cluster of `haven serve` processes: the
 //! token on stdout, the leader shown while it holds, a second campaigner that leads after the
 //! first resigns with a larger token, "nobody leads" (exit 1), an election named `transfer`,
-//! holding until stdin closes, and bad input.
+//! holding until stdin closes, `haven watch --election`, and bad input.
 
 #[path = "support/cli.rs"]
 mod cli_support;
@@ -86,6 +86,38 @@ fn elect_prints_increasing_tokens_and_leader_shows_who_leads() {
     assert!(first < second, "tokens {first} then {second}");
     // Both resigned: nobody leads.
     assert_eq!(cluster.run(&["leader", "svc"]).code, 1);
+    // The election's history, from the first revision: a leads (and again when b joins the
+    // queue), b leads, nobody.
+    let history = ok(cluster.run(&[
+        "watch",
+        "--election",
+        "svc",
+        "--from-revision",
+        "1",
+        "--count",
+        "4",
+        "--json",
+    ]));
+    let kinds: Vec<&str> = history
+        .lines()
+        .map(|l| {
+            let start = l.find(r#""type":""#).unwrap() + 8;
+            &l[start..start + l[start..].find('"').unwrap()]
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["leader", "leader", "leader", "no_leader"],
+        "{history}"
+    );
+    assert!(
+        history
+            .lines()
+            .nth(2)
+            .unwrap()
+            .contains(r#""value":"addr-b""#),
+        "{history}"
+    );
 
     // An election named like the subcommand: options first, then `--`.
     let holder = spawn(cluster.args(&["elect", "transfer", "x", "--hold-ms", "2000"]));
