@@ -351,8 +351,10 @@ mod tests {
     #[test]
     fn push_frame_layout_is_stable() {
         // docs/FORMAT.md, "Pushed frames".
+        // A key watch's frames are version 1 (the version a frame is stamped with is the
+        // lowest that has its contents).
         let frame = PushFrame {
-            version: PUSH_FRAME_VERSION,
+            version: 1,
             watch_id: 7,
             push: WatchPush::Events(vec![WatchEvent {
                 revision: LogIndex(300),
@@ -377,6 +379,106 @@ mod tests {
             },
         };
         assert_eq!(encode_value(&progress).unwrap(), [0x01, 0x01, 0x01, 0x05]);
+    }
+
+    #[test]
+    fn election_events_are_push_frame_version_2_and_key_pushes_stay_version_1() {
+        // docs/FORMAT.md, "Pushed frames": watch 2, election `e` led by session 5 with token
+        // 300 and value `v`, at revision 301.
+        let push = WatchPush::Events(vec![WatchEvent {
+            revision: LogIndex(301),
+            kind: EventKind::Leader {
+                token: FencingToken(300),
+                session: SessionId(5),
+            },
+            key: b"e".to_vec(),
+            value: b"v".to_vec(),
+            meta: None,
+            prev_value: None,
+        }]);
+        assert_eq!(push.min_version(), 2);
+        let frame = PushFrame {
+            version: push.min_version(),
+            watch_id: 2,
+            push,
+        };
+        let bytes = encode_value(&frame).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                0x02, 0x02, 0x00, 0x01, 0xfb, 0x2d, 0x01, 0x02, 0xfb, 0x2c, 0x01, 0x05, 0x01,
+                0x65, 0x01, 0x76, 0x00, 0x00
+            ]
+        );
+        assert_eq!(decode_value::<PushFrame>(&bytes).unwrap(), frame);
+        let no_leader = WatchPush::Events(vec![WatchEvent {
+            kind: EventKind::NoLeader,
+            value: Vec::new(),
+            ..match &frame.push {
+                WatchPush::Events(e) => e[0].clone(),
+                _ => unreachable!(),
+            }
+        }]);
+        assert_eq!(no_leader.min_version(), 2);
+        // Pushes of a key watch are what a version-1 client reads.
+        let put = WatchPush::Events(vec![WatchEvent {
+            revision: LogIndex(1),
+            kind: EventKind::Put,
+            key: b"k".to_vec(),
+            value: Vec::new(),
+            meta: None,
+            prev_value: None,
+        }]);
+        assert_eq!(put.min_version(), 1);
+        assert_eq!(WatchPush::Progress { revision: LogIndex(9) }.min_version(), 1);
+        assert_eq!(WatchPush::Ended(WatchEnd::Overflow).min_version(), 1);
+    }
+
+    #[test]
+    fn a_key_watch_request_keeps_its_version_3_bytes_and_other_targets_are_version_4() {
+        use crate::proto::Request;
+        let spec = WatchSpec::prefix(b"k", LogIndex(5));
+        let request = Request::watch(7, &spec);
+        assert_eq!(request.protocol_version(), 3);
+        // Request tag 6 (`Watch`), watch 7, start "k", end Some("l"), from 5, prev false: the
+        // bytes a version-3 client sends.
+        assert_eq!(
+            encode_value(&request).unwrap(),
+            [0x06, 0x07, 0x01, 0x6b, 0x01, 0x01, 0x6c, 0x05, 0x00]
+        );
+        let election = Request::watch(7, &WatchSpec::election(b"e", LogIndex(5)));
+        assert_eq!(election.protocol_version(), 4);
+        assert!(matches!(election, Request::OpenWatch { .. }));
+        let bytes = encode_value(&election).unwrap();
+        assert_eq!(decode_value::<Request>(&bytes).unwrap(), election);
+    }
+
+    #[test]
+    fn targets_cover_only_their_own_events() {
+        let event = |kind, key: &[u8]| WatchEvent {
+            revision: LogIndex(1),
+            kind,
+            key: key.to_vec(),
+            value: Vec::new(),
+            meta: None,
+            prev_value: None,
+        };
+        let keys = WatchSpec::prefix(b"", LogIndex(0));
+        let election = WatchSpec::election(b"e", LogIndex(0));
+        let map = WatchSpec::map("e", LogIndex(0));
+        assert!(keys.covers_event(&event(EventKind::Put, b"e")));
+        assert!(!keys.covers_event(&event(EventKind::NoLeader, b"e")));
+        assert!(!keys.covers_event(&event(EventKind::MapEpoch { epoch: 2 }, b"e")));
+        assert!(election.covers_event(&event(EventKind::NoLeader, b"e")));
+        assert!(!election.covers_event(&event(EventKind::NoLeader, b"f")));
+        assert!(!election.covers_event(&event(EventKind::Put, b"e")));
+        assert!(!election.covers_event(&event(EventKind::MapEpoch { epoch: 2 }, b"e")));
+        assert!(map.covers_event(&event(EventKind::MapEpoch { epoch: 2 }, b"e")));
+        assert!(!map.covers_event(&event(EventKind::NoLeader, b"e")));
+        let mut with_prev = WatchSpec::election(b"e", LogIndex(0));
+        with_prev.prev_value = true;
+        assert!(with_prev.validate().is_err());
+        assert!(WatchSpec::election(b"", LogIndex(0)).validate().is_err());
     }
 
     #[test]
