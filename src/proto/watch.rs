@@ -406,8 +406,8 @@ mod tests {
         assert_eq!(
             bytes,
             [
-                0x02, 0x02, 0x00, 0x01, 0xfb, 0x2d, 0x01, 0x02, 0xfb, 0x2c, 0x01, 0x05, 0x01,
-                0x65, 0x01, 0x76, 0x00, 0x00
+                0x02, 0x02, 0x00, 0x01, 0xfb, 0x2d, 0x01, 0x02, 0xfb, 0x2c, 0x01, 0x05, 0x01, 0x65,
+                0x01, 0x76, 0x00, 0x00
             ]
         );
         assert_eq!(decode_value::<PushFrame>(&bytes).unwrap(), frame);
@@ -430,7 +430,13 @@ mod tests {
             prev_value: None,
         }]);
         assert_eq!(put.min_version(), 1);
-        assert_eq!(WatchPush::Progress { revision: LogIndex(9) }.min_version(), 1);
+        assert_eq!(
+            WatchPush::Progress {
+                revision: LogIndex(9)
+            }
+            .min_version(),
+            1
+        );
         assert_eq!(WatchPush::Ended(WatchEnd::Overflow).min_version(), 1);
     }
 
