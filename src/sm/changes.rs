@@ -95,7 +95,7 @@ impl KvChange {
             None => Ok(None),
             Some(bytes) => {
                 let record: LockRecord = decode_record("election", bytes)?;
-                Ok(super::elect::leader_of_record(&record))
+                Ok(record.leader())
             }
         }
     }

@@ -100,12 +100,3 @@ pub(crate) fn leader(view: &Overlay<'_>, name: &[u8]) -> Result<Option<ElectionL
         }),
     )
 }
-
-/// The leader a stored election record names (what a watch of the election reports).
-pub(crate) fn leader_of_record(record: &super::layout::LockRecord) -> Option<ElectionLeader> {
-    record.holders.first().map(|h| ElectionLeader {
-        value: h.value.clone(),
-        token: h.token,
-        session: h.session,
-    })
-}

@@ -9,7 +9,9 @@
 //! user key's metadata, and snapshot verification checks every record ([`check_pair`]).
 
 use super::map_record::{EpochMoves, MapRecord};
-use super::result::{CommandResult, KeyMeta, LockHolder, LockWaiter, SessionId, VersionedValue};
+use super::result::{
+    CommandResult, ElectionLeader, KeyMeta, LockHolder, LockWaiter, SessionId, VersionedValue,
+};
 use crate::codec::{decode_borrowed, decode_value};
 use crate::error::{Error, Result};
 use crate::types::{LogIndex, Term};
@@ -139,6 +141,17 @@ pub(crate) struct SessionRecord {
 pub(crate) struct LockRecord {
     pub(crate) holders: Vec<LockHolder>,
     pub(crate) waiters: Vec<LockWaiter>,
+}
+
+impl LockRecord {
+    /// The leader an election's record names: its holder (an election has one at most).
+    pub(crate) fn leader(&self) -> Option<ElectionLeader> {
+        self.holders.first().map(|h| ElectionLeader {
+            value: h.value.clone(),
+            token: h.token,
+            session: h.session,
+        })
+    }
 }
 
 /// Second byte of the session record keys.
