@@ -172,7 +172,7 @@ fn campaigners_lead_in_order_when_the_leaders_session_expires() {
 }
 
 #[test]
-fn a_campaign_through_a_session_that_ended_fails() {
+fn a_withdrawn_campaign_or_one_through_a_session_that_ended_fails() {
     let cluster = Cluster::start(3, |_| {});
     cluster.wait_leader(WAIT);
     let client = cluster.node(0).client();
@@ -184,6 +184,20 @@ fn a_campaign_through_a_session_that_ended_fails() {
         ErrorCode::InvalidArgument
     );
     assert_eq!(client.leader(b"x").unwrap().unwrap().token, l.token());
+    // A campaign withdrawn by its session (here from another thread) fails with LockNotHeld
+    // and never leads.
+    let s2 = client.grant_session(TTL).unwrap();
+    let (c, id) = (client.clone(), s2.id());
+    let waiting = std::thread::spawn(move || c.campaign(b"x", b"w", &s2).map(|l| l.token()));
+    wait_for("campaign queued", WAIT, || {
+        (client.election(b"x").unwrap()?.waiters.len() == 1).then_some(())
+    });
+    assert_eq!(client.withdraw(b"x", id).unwrap(), None);
+    assert_eq!(
+        waiting.join().unwrap().unwrap_err().code(),
+        ErrorCode::LockNotHeld
+    );
+    assert_eq!(client.withdraw(b"x", s.id()).unwrap(), Some(l.token()));
     s.revoke().unwrap();
     assert_eq!(
         client.campaign(b"x", b"v", &s).unwrap_err().code(),

@@ -1,14 +1,14 @@
 //! Elections in the state machine (`src/sm/elect.rs`, on the lock table): campaigners lead in
 //! the order of their request, only the leader proclaims, a resign or a session's end promotes
-//! the next campaigner, a retried campaign gets the same answer, the leader read, and an
-//! election's name never meets a lock's.
+//! the next campaigner, a retried campaign gets the same answer, a campaign withdrawn by its
+//! session never leads, the leader read, and an election's name never meets a lock's.
 
 #[path = "support/sm.rs"]
 mod sm_util;
 
 use haven::sm::{
-    ChangeCapture, ChangeTarget, Command, CommandResult, ElectionLeader, FencingToken, LockMode,
-    LockResult, LockWaitResult, Op, SessionId,
+    CancelResult, ChangeCapture, ChangeTarget, Command, CommandResult, ElectionLeader,
+    FencingToken, LockMode, LockResult, LockWaitResult, Op, SessionId,
 };
 use sm_util::{command_entry, Harness};
 
@@ -215,27 +215,57 @@ fn a_retried_campaign_gets_the_same_answer() {
 }
 
 #[test]
-fn a_withdrawn_campaign_never_leads() {
+fn a_withdrawn_campaign_never_leads_and_its_retry_learns_it() {
     let mut h = Harness::new();
     let (a, b) = (grant(&mut h), grant(&mut h));
-    let (c1, c2) = (h.register(), h.register());
+    let (c1, c2, other) = (h.register(), h.register(), h.register());
     let ta = granted(h.apply(tracked(c1, 1, campaign(b"e", b"A", a))));
-    h.apply(tracked(c2, 1, campaign(b"e", b"B", b)));
+    let queued = tracked(c2, 1, campaign(b"e", b"B", b));
+    h.apply(queued.clone());
+    // Withdrawn by session, from another client (the campaigner's id may be gone): the held
+    // request is told at once, and a retry of it learns it too.
+    let index = h.next_index();
+    let withdraw = tracked(
+        other,
+        1,
+        Op::ElectionCancel {
+            name: b"e".to_vec(),
+            session: b,
+        },
+    );
+    let outcomes =
+        h.sm.apply(&[command_entry(index, h.term, &withdraw)])
+            .unwrap();
     assert_eq!(
-        h.apply(tracked(
-            c2,
-            2,
-            Op::ElectionCancel {
-                name: b"e".to_vec()
-            }
-        )),
-        CommandResult::LockCancel(haven::sm::CancelResult::Cancelled)
+        sm_util::command_result(&outcomes[0]),
+        CommandResult::LockCancel(CancelResult::Cancelled)
+    );
+    let waits = &outcomes[0].lock_waits;
+    assert_eq!(waits.len(), 1, "{waits:?}");
+    assert_eq!((waits[0].client_id, waits[0].seq), (c2, 1));
+    assert_eq!(waits[0].result, LockWaitResult::Cancelled);
+    assert_eq!(
+        h.apply(queued),
+        CommandResult::LockCancel(CancelResult::Cancelled)
+    );
+    // Withdrawing the leader's session does not unseat it: it is told its token.
+    assert_eq!(
+        h.apply_op(Op::ElectionCancel {
+            name: b"e".to_vec(),
+            session: a,
+        }),
+        CommandResult::LockCancel(CancelResult::AlreadyGranted { token: ta })
     );
     h.apply_op(Op::ElectionResign {
         name: b"e".to_vec(),
         token: ta,
     });
     assert_eq!(leader(&h, b"e"), None);
+    // B's session took part in nothing any more: it can campaign again.
+    assert!(matches!(
+        h.apply_op(campaign(b"e", b"B2", b)),
+        CommandResult::Lock(LockResult::Granted { .. })
+    ));
 }
 
 #[test]

@@ -23,7 +23,7 @@ use super::{Client, Response};
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::{EventKind, ReadMode, ReadOp, WatchSpec};
 use crate::sm::{
-    CancelResult, Command, CommandResult, ElectionLeader, FencingToken, LockResult, Op,
+    CancelResult, Command, CommandResult, ElectionLeader, FencingToken, LockResult, Op, SessionId,
 };
 use crate::types::LogIndex;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
@@ -151,9 +151,9 @@ impl Drop for ElectionObserver {
 impl Client {
     /// Campaign in election `name` with `value` through `session`: blocks until the caller
     /// leads (campaigners lead in the order their campaigns were committed), then returns the
-    /// leadership with its fencing token. `SessionExpired` if the session ended first; a
-    /// failure while waiting withdraws the campaign (a committed entry), so it never leads
-    /// later unnoticed. A session campaigns in an election once (`InvalidArgument` for a
+    /// leadership with its fencing token. `SessionExpired` if the session ended first,
+    /// `LockNotHeld` if the campaign was withdrawn ([`Client::withdraw`]); a failure while
+    /// waiting withdraws the campaign (a committed entry), so it never leads later unnoticed. A session campaigns in an election once (`InvalidArgument` for a
     /// second campaign while the first leads or waits).
     pub fn campaign(&self, name: &[u8], value: &[u8], session: &Session) -> Result<Leadership> {
         let op = Op::ElectionCampaign {
@@ -191,6 +191,14 @@ impl Client {
                     return Ok(leadership(token));
                 }
                 Ok(CommandResult::Lock(LockResult::Queued)) => continue,
+                // Someone withdrew this campaign (`ElectionCancel` of its session).
+                Ok(CommandResult::LockCancel(_)) => {
+                    self.put_session(ws);
+                    return Err(Error::LockNotHeld(format!(
+                        "the campaign of session {} was withdrawn",
+                        session.id()
+                    )));
+                }
                 Err(e) if matches!(e.code(), ErrorCode::Timeout | ErrorCode::Unavailable) => {
                     if session.state() == super::SessionState::Lost {
                         break Error::SessionExpired(format!(
@@ -223,21 +231,18 @@ impl Client {
                 Err(e) => break e,
             }
         };
-        // The campaign may be queued: withdraw it, and resign if it led meanwhile.
-        let cancel = Command {
-            client_id: ws.client_id,
-            seq: ws.next_seq,
-            op: Op::ElectionCancel {
-                name: name.to_vec(),
-            },
+        // The campaign may be queued: withdraw it (by session, so this works even if the
+        // client id was evicted), and resign if it led meanwhile.
+        self.put_session(ws);
+        let cancel = Op::ElectionCancel {
+            name: name.to_vec(),
+            session: session.id(),
         };
-        ws.next_seq += 1;
         if let Ok(CommandResult::LockCancel(CancelResult::AlreadyGranted { token })) =
-            self.send_write(cancel, self.deadline()).0
+            self.write(cancel)
         {
             let _ = self.resign(name, token);
         }
-        self.put_session(ws);
         Err(error)
     }
 
@@ -253,6 +258,21 @@ impl Client {
             CommandResult::Proclaimed { proclaimed: false } => Err(Error::LockNotHeld(format!(
                 "token {token} does not lead this election"
             ))),
+            other => Err(super::unexpected_result(other)),
+        }
+    }
+
+    /// Withdraw `session`'s pending campaign in election `name` (its `campaign` call then fails
+    /// with `LockNotHeld`): after this it can never lead. `Ok(Some(token))` if it leads
+    /// already (resign with that token), `Ok(None)` once withdrawn (or if it did not
+    /// campaign).
+    pub fn withdraw(&self, name: &[u8], session: SessionId) -> Result<Option<FencingToken>> {
+        match self.write(Op::ElectionCancel {
+            name: name.to_vec(),
+            session,
+        })? {
+            CommandResult::LockCancel(CancelResult::Cancelled) => Ok(None),
+            CommandResult::LockCancel(CancelResult::AlreadyGranted { token }) => Ok(Some(token)),
             other => Err(super::unexpected_result(other)),
         }
     }

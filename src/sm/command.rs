@@ -217,11 +217,15 @@ pub enum Op {
         /// The leadership's fencing token.
         token: FencingToken,
     },
-    /// Withdraw the calling client's pending campaign in `name`: after this entry it can never
-    /// lead. Needs a registered client id.
+    /// Withdraw `session`'s pending campaign in `name`: after this entry it can never lead.
+    /// Answered `LockCancel(AlreadyGranted {token})` if it leads already. By session rather
+    /// than by client id (unlike [`Op::LockCancel`]), so a client whose id was evicted from the
+    /// client table while it campaigned can still withdraw it.
     ElectionCancel {
         /// The election.
         name: Vec<u8>,
+        /// The campaigning session.
+        session: SessionId,
     },
 }
 
@@ -311,15 +315,7 @@ impl Command {
                 elect::validate_value("proclaim", name, value)
             }
             Op::ElectionResign { name, .. } => elect::validate_name("resign", name),
-            Op::ElectionCancel { name } => {
-                elect::validate_name("campaign cancel", name)?;
-                if self.client_id == UNTRACKED_CLIENT {
-                    return Err(Error::InvalidArgument(
-                        "campaign cancel: needs the registered client id of the campaign".into(),
-                    ));
-                }
-                Ok(())
-            }
+            Op::ElectionCancel { name, .. } => elect::validate_name("campaign cancel", name),
         }
     }
 

@@ -226,14 +226,9 @@ impl<'t, 'o> Executor<'t, 'o> {
             Op::ElectionResign { name, token } => {
                 elect::resign(overlay, name, *token, index, waits)?
             }
-            Op::ElectionCancel { name } => locks::cancel(
-                overlay,
-                LockSpace::Elections,
-                name,
-                cmd.client_id,
-                index,
-                waits,
-            )?,
+            Op::ElectionCancel { name, session } => {
+                locks::cancel_session(overlay, LockSpace::Elections, name, *session, index, waits)?
+            }
         })
     }
 }

@@ -220,6 +220,42 @@ pub(crate) fn cancel(
     Ok(CommandResult::LockCancel(CancelResult::Cancelled))
 }
 
+/// Withdraw `session`'s pending wait on `name` at `index`, whoever asks (an election's
+/// campaign withdrawn by session, so that a client that lost its client id can still withdraw
+/// it). The waiting request's remembered result becomes `LockCancel(Cancelled)`, so its retry
+/// learns that it will never be granted.
+pub(crate) fn cancel_session(
+    overlay: &mut Overlay<'_>,
+    space: LockSpace,
+    name: &[u8],
+    session: SessionId,
+    index: LogIndex,
+    waits: &mut Vec<LockWaitEnded>,
+) -> Result<CommandResult> {
+    let mut record = load(overlay, space, name)?;
+    let Some(at) = record.waiters.iter().position(|w| w.session == session) else {
+        if let Some(holder) = record.holders.iter().find(|h| h.session == session) {
+            return Ok(CommandResult::LockCancel(CancelResult::AlreadyGranted {
+                token: holder.token,
+            }));
+        }
+        return Ok(CommandResult::LockCancel(CancelResult::Cancelled));
+    };
+    let waiter = record.waiters.remove(at);
+    forget_session_lock(overlay, space, waiter.session, name)?;
+    end_wait(overlay, name, &waiter, LockWaitResult::Cancelled, waits)?;
+    sessions::amend_client(
+        overlay,
+        waiter.client_id,
+        waiter.seq,
+        CommandResult::LockCancel(CancelResult::Cancelled),
+    )?;
+    // The head may have been a waiter that blocked those behind it.
+    promote(overlay, space, name, &mut record, index, waits)?;
+    save(overlay, space, name, &record)?;
+    Ok(CommandResult::LockCancel(CancelResult::Cancelled))
+}
+
 /// `session` ended at `index` (its record is already gone): drop its grants and its waits on
 /// `name`, then promote.
 pub(crate) fn session_ended(
