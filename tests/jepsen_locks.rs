@@ -166,10 +166,11 @@ fn correct_history(seed: u64, n: u64) -> (Vec<Attempt>, Final) {
     for id in 1..=n {
         token += 1 + rng.below(4);
         let roll = rng.below(20);
-        let stall = if roll == 0 {
-            Stall::SessionGone
-        } else {
-            Stall::No
+        let stall = match roll {
+            0 => Stall::SessionGone,
+            1 => Stall::Overtaken,
+            2 => Stall::Waited,
+            _ => Stall::No,
         };
         // A stale holder read a while ago: maybe an older value.
         let read = current;
@@ -675,8 +676,9 @@ const PACE: nemesis::Pace = nemesis::Pace {
 const TTL: Duration = Duration::from_millis(1_000);
 /// One attempt in this many stalls under the faults (each stall holds the lock for about a
 /// TTL and a checkpoint interval).
-const STALL_ONE_IN: u64 = 40;
-/// Acknowledged increments per client after the full restart.
+const STALL_ONE_IN: u64 = 500;
+/// Acknowledged increments of the first client after the full restart (its first attempt
+/// stalls).
 const AFTER_RESTART_OK: u64 = 3;
 
 /// Deletes the run directory on success (unless asked to keep it); on failure or panic kills
@@ -805,7 +807,6 @@ fn clients(
     stop: &Arc<AtomicBool>,
     phase: u64,
     stall_one_in: u64,
-    max_ok: u64,
 ) -> Result<Vec<FencedClient>, String> {
     (0..s.clients)
         .map(|c| {
@@ -825,14 +826,20 @@ fn clients(
                 lock_wait: Duration::from_secs(5),
                 attempts: Arc::clone(attempts),
                 stop: Arc::clone(stop),
-                max_ok,
+                // After the restart the first client's attempts end the phase; the others
+                // contend until then.
+                max_ok: if phase == 1 && c == 0 {
+                    AFTER_RESTART_OK
+                } else {
+                    u64::MAX
+                },
             })
         })
         .collect()
 }
 
-/// Run the client threads (and the nemesis, if given a schedule) until `until`, or until every
-/// client is done; the anomalies and the nemesis's report.
+/// Run the client threads (and the nemesis, if given a schedule) until `until`, or until the
+/// first client is done; the anomalies and the nemesis's report.
 fn load(
     threads: Vec<FencedClient>,
     cluster: &Cluster,
@@ -853,7 +860,7 @@ fn load(
         });
         let mut next_progress = Instant::now() + Duration::from_secs(10);
         // Bounded by `until`.
-        while Instant::now() < until && !handles.iter().all(|h| h.is_finished()) {
+        while Instant::now() < until && !handles.first().is_some_and(|h| h.is_finished()) {
             std::thread::sleep(Duration::from_millis(50));
             if Instant::now() >= next_progress {
                 next_progress += Duration::from_secs(10);
@@ -902,7 +909,7 @@ fn phases(
 
     // ----- load under faults -----
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = clients(&cluster, s, attempts, &stop, 0, STALL_ONE_IN, u64::MAX)?;
+    let threads = clients(&cluster, s, attempts, &stop, 0, STALL_ONE_IN)?;
     let (anomalies, report) = load(
         threads,
         &cluster,
@@ -933,7 +940,7 @@ fn phases(
 
     // ----- a few increments without faults, one by a holder whose session is gone -----
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = clients(&cluster, s, attempts, &stop, 1, 0, AFTER_RESTART_OK)?;
+    let threads = clients(&cluster, s, attempts, &stop, 1, 0)?;
     let (anomalies, _) = load(
         threads,
         &cluster,
@@ -971,10 +978,18 @@ fn phases(
                     under_faults.1
                 ));
             }
-            if tally.stale_rejected == 0 {
+            // After the restart the first client's first holder stalls while the others
+            // contend: with two clients or more, another holder's increment comes before its
+            // write.
+            let exercised = if s.clients >= 2 {
+                tally.overtaken
+            } else {
+                tally.stale
+            };
+            if exercised == 0 {
                 problems.push(
-                    "no holder whose session was gone ever sent its fenced write: the fence \
-                     was not exercised"
+                    "no stale holder's fenced write after another holder's increment: the \
+                     fence was not exercised"
                         .into(),
                 );
             }

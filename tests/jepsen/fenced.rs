@@ -15,7 +15,9 @@
 //!
 //! Some attempts *stall* between the read and the write: the client drops its session handle
 //! (its keepalives stop, as in a process paused past its TTL), waits until a linearizable read
-//! says the session is gone, and only then sends its fenced write, which must be refused.
+//! says the session is gone and (for a few seconds at most) until another holder has
+//! incremented the counter, and only then sends its fenced write, which must be refused: were
+//! it applied, the other holder's increment would be lost and the count written twice.
 
 use crate::history::History;
 use haven::client::{LockWait, Session, SessionState};
@@ -118,6 +120,16 @@ pub enum Stall {
     /// It dropped its session and a linearizable read said the session was gone before the
     /// write was sent: the write must not apply.
     SessionGone,
+    /// Like `SessionGone`, and a read also showed that another holder had incremented the
+    /// counter since: were the write applied, it would lose that increment.
+    Overtaken,
+}
+
+impl Stall {
+    /// Whether the holder's session was known to be gone before its write.
+    pub fn stale(self) -> bool {
+        matches!(self, Stall::SessionGone | Stall::Overtaken)
+    }
 }
 
 /// One fenced write: what the holder read and wrote, and how it ended.
@@ -217,6 +229,8 @@ pub struct Tally {
     pub stale: u64,
     /// See `stale`.
     pub stale_rejected: u64,
+    /// Stale holders that wrote after another holder had incremented the counter.
+    pub overtaken: u64,
     /// The final count.
     pub count: u64,
 }
@@ -226,7 +240,8 @@ impl std::fmt::Display for Tally {
         write!(
             f,
             "final count {} = {} acknowledged + {} of {} unknown; {} rejected by the fence, {} \
-             failed; {} stale holders (session gone before the write), {} of them rejected",
+             failed; {} stale holders (session gone before the write, {} of them after another \
+             holder's increment), {} of them rejected",
             self.count,
             self.ok,
             self.unknown_applied,
@@ -234,6 +249,7 @@ impl std::fmt::Display for Tally {
             self.rejected,
             self.failed,
             self.stale,
+            self.overtaken,
             self.stale_rejected
         )
     }
@@ -260,11 +276,14 @@ pub fn check(attempts: &[Attempt], last: &Final) -> Result<Tally, String> {
             Outcome::Failed(_) => tally.failed += 1,
             Outcome::Unknown(_) => tally.unknown += 1,
         }
-        if a.stall == Stall::SessionGone {
+        if a.stall.stale() {
             tally.stale += 1;
             if a.outcome == Outcome::Rejected {
                 tally.stale_rejected += 1;
             }
+        }
+        if a.stall == Stall::Overtaken {
+            tally.overtaken += 1;
         }
     }
 
@@ -319,7 +338,7 @@ pub fn check(attempts: &[Attempt], last: &Final) -> Result<Tally, String> {
                 a.id, a.outcome
             )),
         }
-        if a.stall == Stall::SessionGone {
+        if a.stall.stale() {
             problems.push(format!(
                 "count {n}: attempt {} (token {}) was applied although a linearizable read had \
                  said its session was gone before the write was sent: a stale token accepted",
@@ -496,6 +515,22 @@ fn wait_session_gone(client: &Client, id: haven::sm::SessionId, stop: &AtomicBoo
     false
 }
 
+/// Wait (bounded) until the counter moved past `read`: another holder incremented it.
+fn wait_counter_moved(client: &Client, read: Option<Stamp>, stop: &AtomicBool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let seen = read.map_or(0, |r| r.count);
+    // Bounded by `deadline`.
+    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+        if let Ok(Some(v)) = client.get(COUNTER) {
+            if Stamp::decode(&v.value).is_ok_and(|now| now.count > seen) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// The fenced write of `attempt`'s stamp under grant `token`.
 pub fn fenced_write(client: &Client, token: haven::sm::FencingToken, stamp: Stamp) -> Outcome {
     let txn = Txn {
@@ -597,10 +632,12 @@ pub fn run_client(mut t: FencedClient) -> Vec<String> {
             let id = s.id();
             drop(s);
             session = None;
-            if wait_session_gone(&t.client, id, &t.stop) {
-                Stall::SessionGone
-            } else {
+            if !wait_session_gone(&t.client, id, &t.stop) {
                 Stall::Waited
+            } else if wait_counter_moved(&t.client, read, &t.stop) {
+                Stall::Overtaken
+            } else {
+                Stall::SessionGone
             }
         } else {
             drop(s);
