@@ -12,7 +12,9 @@ fn root() -> PathBuf {
 
 /// The directory holding libhaven.so of this build profile (target/<profile>), built now:
 /// `cargo test` builds the library only as an rlib for the test binaries, so the cdylib the C
-/// programs link against is built here (a no-op when it is up to date).
+/// programs link against is built here (a no-op when it is up to date). `--test ffi_c` makes
+/// this build resolve features as `cargo test` did (dev-dependencies included), so it reuses
+/// the test build's dependencies instead of building the library and its dependencies again.
 pub fn library_dir() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -24,7 +26,7 @@ pub fn library_dir() -> PathBuf {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut command = Command::new(cargo);
             command
-                .args(["build", "--lib", "--manifest-path"])
+                .args(["build", "--lib", "--test", "ffi_c", "--manifest-path"])
                 .arg(root().join("Cargo.toml"))
                 .arg("--target-dir")
                 .arg(target_dir);
@@ -134,6 +136,7 @@ fn c_example_runs_a_three_member_cluster() {
     let stdout = run(Command::new(&exe), "example");
     assert!(stdout.contains("get: fast"), "{stdout}");
     assert!(stdout.contains("cas fast->safe: swapped"), "{stdout}");
+    assert!(stdout.contains("lock backup: token "), "{stdout}");
 }
 
 #[test]
