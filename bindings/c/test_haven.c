@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -512,6 +513,17 @@ static void test_remote(const char *address, haven_t *member) {
     options.cluster_id = 2;
     options.connect_timeout_ms = 2000;
     CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_AUTH);
+    /* A caller built against the first header (no TLS fields) is still accepted. */
+    options.struct_size = offsetof(haven_options_t, tls_ca);
+    CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_AUTH);
+    /* TLS files that do not exist: nothing is connected. */
+    CHECK(haven_options_init(&options) == HAVEN_OK && options.tls_ca == NULL);
+    options.tls_ca = "/nonexistent/ca.pem";
+    CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_IO);
+    options.tls_ca = NULL;
+    options.tls_cert = "/nonexistent/cert.pem";
+    CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(client == NULL);
     options.struct_size = 1;
     CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_INVALID_ARGUMENT);
     CHECK(haven_connect("", SECRET, &client) == HAVEN_ERR_INVALID_ARGUMENT);
