@@ -33,6 +33,7 @@ pub fn library_dir() -> PathBuf {
             if dir.ends_with("release") {
                 command.arg("--release");
             }
+            clean_cargo_env(&mut command);
             let status = command.status().expect("running cargo build --lib");
             assert!(status.success(), "cargo build --lib failed");
             assert!(
@@ -49,6 +50,31 @@ pub fn library_dir() -> PathBuf {
             dir.to_path_buf()
         })
         .clone()
+}
+
+/// Remove what cargo sets for running a test of this package (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...) from a nested cargo's environment: build scripts
+/// (ring's) declare `rerun-if-env-changed` on those names, so with them set the nested build
+/// would run them again and rebuild ring, rustls and haven, where a build from the shell
+/// reuses what is there.
+fn clean_cargo_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_for_tests = name == "OUT_DIR"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name == "CARGO_TARGET_TMPDIR";
+        if set_by_cargo_for_tests {
+            command.env_remove(name);
+        }
+    }
 }
 
 fn build(source: &str, out: &Path) {

@@ -132,7 +132,9 @@ fn readme_snippets_are_the_code_the_tests_run() {
     while let Some(at) = rest.find("<!-- snippet: ") {
         let after = &rest[at + "<!-- snippet: ".len()..];
         let path = after[..after.find(" -->").expect("snippet marker closed")].trim();
-        let fence = after.find("```").expect("a code block after the snippet marker");
+        let fence = after
+            .find("```")
+            .expect("a code block after the snippet marker");
         let body = &after[fence..];
         let body = &body[body.find('\n').expect("fence line") + 1..];
         let close = body.find("\n```").expect("the code block is closed");
