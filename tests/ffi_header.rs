@@ -45,6 +45,14 @@ fn committed_header_matches_the_code() {
         "haven_cas",
         "HAVEN_ERR_INTERNAL",
         "haven_set_log_callback",
+        "haven_session_grant",
+        "haven_lock",
+        "haven_unlock",
+        "haven_check_token",
+        "haven_owners",
+        "haven_watch",
+        "haven_watch_cancel",
+        "HAVEN_ERR_LOCK_NOT_HELD",
     ] {
         assert!(generated.contains(name), "{name} missing from the header");
     }
