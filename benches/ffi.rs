@@ -6,9 +6,12 @@
 //! - Python ctypes (`benches/ffi_get.py` over bindings/python).
 //!
 //! Each opens its own single-member cluster and reads a 100-byte value in a loop for
-//! `HAVEN_BENCH_SECS` seconds (default 3); the four run in turn `HAVEN_BENCH_ROUNDS` times
-//! (default 3) and each reports its median. Run: `cargo bench --bench ffi`. Prints ops/s per
-//! path and one JSON line. Needs gcc and python3 (a path whose tool is missing is skipped).
+//! `HAVEN_BENCH_SECS` seconds (default 3); the four run in turn (each round starting with the
+//! next one) `HAVEN_BENCH_ROUNDS` times (default 3) and each reports its median. A stale get
+//! is a hand-off to the member's thread and back (tens of microseconds on a busy machine),
+//! so the boundary's own cost (nanoseconds for C, about a microsecond for ctypes) is within
+//! the rounds' spread. Run: `cargo bench --bench ffi`. Prints ops/s per path, the rounds, and
+//! one JSON line. Needs gcc and python3 (a path whose tool is missing is skipped).
 
 use haven::ffi::{
     haven_buf_free, haven_buf_t, haven_get_with, haven_t, HAVEN_OK, HAVEN_READ_STALE,
@@ -261,11 +264,17 @@ fn main() {
         .max(1);
     let lib = library_dir();
     let (mut rust, mut abi, mut c, mut py) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        rust.push(rust_client(seconds));
-        abi.push(c_abi_from_rust(seconds));
-        c.extend(c_program(seconds, &lib));
-        py.extend(python(seconds, &lib));
+    for round in 0..rounds {
+        // Each round starts with the next path, so no path always runs first (or right after
+        // another's teardown).
+        for path in (0..4).map(|i| (i + round) % 4) {
+            match path {
+                0 => rust.push(rust_client(seconds)),
+                1 => abi.push(c_abi_from_rust(seconds)),
+                2 => c.extend(c_program(seconds, &lib)),
+                _ => py.extend(python(seconds, &lib)),
+            }
+        }
     }
     let each = |v: &[f64]| {
         v.iter()
