@@ -9,7 +9,7 @@
 //! `HAVEN_BENCH_SECS` seconds (default 3); the four run in turn (each round starting with the
 //! next one) `HAVEN_BENCH_ROUNDS` times (default 3) and each reports its median. A stale get
 //! is a hand-off to the member's thread and back (tens of microseconds on a busy machine),
-//! so the boundary's own cost (nanoseconds for C, about a microsecond for ctypes) is within
+//! so the boundary's own cost (nanoseconds for C; a few microseconds for ctypes) is within
 //! the rounds' spread. Run: `cargo bench --bench ffi`. Prints ops/s per path, the rounds, and
 //! one JSON line. Needs gcc and python3 (a path whose tool is missing is skipped).
 
