@@ -137,6 +137,13 @@ impl LockGuard {
         &self.name
     }
 
+    /// Keep the lock held past this guard: it stays held until [`Client::unlock`] with this
+    /// token, or until its session ends. For holders that outlive a Rust scope (the C ABI).
+    pub fn into_token(mut self) -> FencingToken {
+        self.released = true;
+        self.token
+    }
+
     /// Release now. `LockNotHeld` if the grant was already gone (its session ended).
     pub fn unlock(mut self) -> Result<()> {
         self.released = true;
