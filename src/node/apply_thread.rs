@@ -184,11 +184,16 @@ impl ApplyThread {
         }
     }
 
-    /// Tell the driver's lease keeper the sessions as they are now.
+    /// Tell the driver's lease keeper the sessions and the delayed locks as they are now.
     fn report_sessions(&self) {
-        match self.sm.sessions() {
-            Ok(sessions) => self.internal.send(Internal::Sessions {
+        match self
+            .sm
+            .sessions()
+            .and_then(|s| Ok((s, self.sm.lock_delays()?)))
+        {
+            Ok((sessions, lock_delays)) => self.internal.send(Internal::Sessions {
                 sessions,
+                lock_delays,
                 applied: self.sm.applied().0,
             }),
             Err(e) => event!(Level::Error, node: Some(self.id.0), term: None,
@@ -535,14 +540,16 @@ impl ApplyThread {
     }
 }
 
-/// Whether an entry changed the sessions (the lease keeper must hear of it).
+/// Whether an entry changed the sessions or the delayed locks (an expiry starts lock-delays, a
+/// `LockDelayEnd` ends them): the lease keeper must hear of it.
 fn changes_sessions(outcome: &ApplyOutcome) -> bool {
     matches!(
         &outcome.result,
         EntryResult::Command {
             result: CommandResult::SessionGranted { .. }
                 | CommandResult::SessionRevoked
-                | CommandResult::SessionsUpdated { .. },
+                | CommandResult::SessionsUpdated { .. }
+                | CommandResult::LockDelaysEnded { .. },
             ..
         }
     )

@@ -96,6 +96,8 @@ pub(crate) enum Internal {
     /// a lost one).
     Sessions {
         sessions: Vec<crate::sm::SessionInfo>,
+        /// The locks in their lock-delay, with the delay (ms) to wait out.
+        lock_delays: Vec<(Vec<u8>, u64)>,
         applied: LogIndex,
     },
     /// The apply thread wrote a snapshot file (fsynced).

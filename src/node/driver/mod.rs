@@ -376,9 +376,14 @@ impl Driver {
                 let now = self.now();
                 self.leases.on_applied(index, now);
             }
-            Internal::Sessions { sessions, applied } => {
+            Internal::Sessions {
+                sessions,
+                lock_delays,
+                applied,
+            } => {
                 let now = self.now();
                 self.leases.sync(sessions, applied, now);
+                self.leases.sync_lock_delays(lock_delays, now);
             }
             Internal::SnapshotTaken(meta) => self.on_snapshot_taken(meta),
             Internal::SnapshotFetched { message, path } => {
