@@ -31,7 +31,7 @@ mod watch;
 pub use self::watch::{Watch, WatchNotice, WATCH_RESUME_TIMEOUT};
 pub use crate::proto::{EventKind, WatchEvent, WatchSpec};
 
-pub use coord::{LockGuard, LockWait, Session, SessionState};
+pub use coord::{LockGuard, LockOptions, LockWait, Session, SessionState};
 
 pub use crate::proto::{
     AdminOp, Counters, Histogram, MemberStatus, NodeRole, ReadMode, ReadOp, Request, Response,

@@ -27,7 +27,7 @@ pub(crate) fn expire(
 ) -> Result<CommandResult> {
     let mut ended = 0u32;
     for &session in ids {
-        if end(overlay, sessions, session, index, waits)? {
+        if end(overlay, sessions, session, End::Expired, index, waits)? {
             ended += 1;
         }
     }
@@ -42,11 +42,21 @@ pub(crate) fn revoke(
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<CommandResult> {
-    Ok(if end(overlay, sessions, session, index, waits)? {
-        CommandResult::SessionRevoked
-    } else {
-        CommandResult::SessionNotFound
-    })
+    Ok(
+        if end(overlay, sessions, session, End::Revoked, index, waits)? {
+            CommandResult::SessionRevoked
+        } else {
+            CommandResult::SessionNotFound
+        },
+    )
+}
+
+/// How a session ended: an expiry starts the lock-delay of the locks it held; a revoke, like a
+/// release, is the client's own clean end (it knows its grants are gone) and starts none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Expired,
+    Revoked,
 }
 
 /// End `session` at `index`: forget it first (so promotions below see it gone), then release its
@@ -55,6 +65,7 @@ fn end(
     overlay: &mut Overlay<'_>,
     sessions: &mut usize,
     session: SessionId,
+    how: End,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<bool> {
@@ -67,12 +78,22 @@ fn end(
             "session count underflow ending session {session} at {index}"
         ))
     })?;
-    let names: Vec<Vec<u8>> = scan_prefix(overlay, &session_locks_prefix(session))?
+    let held: Vec<(Vec<u8>, u64)> = scan_prefix(overlay, &session_locks_prefix(session))?
         .into_iter()
-        .map(|(key, _)| tail_after_session(&key))
+        .map(|(key, value)| {
+            Ok((
+                tail_after_session(&key)?,
+                locks::decode_session_lock(&value)?,
+            ))
+        })
         .collect::<Result<_>>()?;
-    for name in names {
-        locks::session_ended(overlay, &name, session, index, waits)?;
+    for (name, lock_delay_ms) in held {
+        let delay_ms = if how == End::Expired {
+            lock_delay_ms
+        } else {
+            0
+        };
+        locks::session_ended(overlay, &name, session, delay_ms, index, waits)?;
     }
     let attached = scan_prefix(overlay, &session_attached_prefix(session))?;
     for (attachment, value) in attached {
