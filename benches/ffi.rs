@@ -6,8 +6,12 @@
 //! - Python ctypes (`benches/ffi_get.py` over bindings/python).
 //!
 //! Each opens its own single-member cluster and reads a 100-byte value in a loop for
-//! `HAVEN_BENCH_SECS` seconds (default 3). Run: `cargo bench --bench ffi`. Prints ops/s per
-//! path and one JSON line. Needs gcc and python3 (a path whose tool is missing is skipped).
+//! `HAVEN_BENCH_SECS` seconds (default 3); the four run in turn (each round starting with the
+//! next one) `HAVEN_BENCH_ROUNDS` times (default 3) and each reports its median. A stale get
+//! is a hand-off to the member's thread and back (tens of microseconds on a busy machine),
+//! so the boundary's own cost (nanoseconds for C; a few microseconds for ctypes) is within
+//! the rounds' spread. Run: `cargo bench --bench ffi`. Prints ops/s per path, the rounds, and
+//! one JSON line. Needs gcc and python3 (a path whose tool is missing is skipped).
 
 use haven::ffi::{
     haven_buf_free, haven_buf_t, haven_get_with, haven_t, HAVEN_OK, HAVEN_READ_STALE,
@@ -128,15 +132,50 @@ fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--lib", "--manifest-path"])
+    let mut command = Command::new(cargo);
+    command
+        // `--bench ffi`: resolve features as this bench's build did (dev-dependencies
+        // included), so the library is not built a second time with other features.
+        .args([
+            "build",
+            "--release",
+            "--lib",
+            "--bench",
+            "ffi",
+            "--manifest-path",
+        ])
         .arg(root().join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(dir.parent().unwrap())
-        .status()
-        .expect("cargo build --lib");
+        .arg(dir.parent().unwrap());
+    clean_cargo_env(&mut command);
+    let status = command.status().expect("cargo build --lib");
     assert!(status.success());
     dir
+}
+
+/// Remove what cargo sets for running a test of this package (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...) from a nested cargo's environment: build scripts
+/// (ring's) declare `rerun-if-env-changed` on those names, so with them set the nested build
+/// would run them again and rebuild ring, rustls and haven, where a build from the shell
+/// reuses what is there.
+fn clean_cargo_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_for_tests = name == "OUT_DIR"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name == "CARGO_TARGET_TMPDIR";
+        if set_by_cargo_for_tests {
+            command.env_remove(name);
+        }
+    }
 }
 
 fn run_ops(command: &mut Command, what: &str) -> Option<f64> {
@@ -202,19 +241,59 @@ fn python(seconds: f64, lib: &Path) -> Option<f64> {
     )
 }
 
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
+}
+
 fn main() {
     // `cargo bench` passes --bench; there is nothing to filter.
     let seconds: f64 = std::env::var("HAVEN_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
+    // The paths run in turn, `rounds` times, and each reports its median: a machine shared
+    // with other work slows all of them alike instead of one.
+    let rounds: usize = std::env::var("HAVEN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let lib = library_dir();
-    let rust = rust_client(seconds);
-    let abi = c_abi_from_rust(seconds);
-    let c = c_program(seconds, &lib);
-    let py = python(seconds, &lib);
+    let (mut rust, mut abi, mut c, mut py) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Each round starts with the next path, so no path always runs first (or right after
+        // another's teardown).
+        for path in (0..4).map(|i| (i + round) % 4) {
+            match path {
+                0 => rust.push(rust_client(seconds)),
+                1 => abi.push(c_abi_from_rust(seconds)),
+                2 => c.extend(c_program(seconds, &lib)),
+                _ => py.extend(python(seconds, &lib)),
+            }
+        }
+    }
+    let each = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "rounds (ops/s): rust [{}] abi [{}] c [{}] python [{}]",
+        each(&rust),
+        each(&abi),
+        each(&c),
+        each(&py)
+    );
+    let rust = median(rust).expect("at least one round");
+    let abi = median(abi).expect("at least one round");
+    let (c, py) = (median(c), median(py));
     let pct = |x: f64| format!("{:.1}%", 100.0 * x / rust);
-    println!("stale get of one 100-byte value, ops/s ({seconds} s each):");
+    println!("stale get of one 100-byte value, ops/s (median of {rounds} x {seconds} s):");
     println!("  rust Client::get          {rust:>12.0}");
     println!("  C ABI from rust           {abi:>12.0}  {}", pct(abi));
     if let Some(c) = c {
@@ -224,9 +303,12 @@ fn main() {
         println!("  python ctypes             {py:>12.0}  {}", pct(py));
     }
     let json = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.0}"));
+    let ratio = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{:.3}", v / rust));
     println!(
-        "{{\"rust_ops_per_sec\":{rust:.0},\"c_abi_ops_per_sec\":{abi:.0},\"c_ops_per_sec\":{},\"python_ops_per_sec\":{}}}",
+        "{{\"rust_ops_per_sec\":{rust:.0},\"c_abi_ops_per_sec\":{abi:.0},\"c_ops_per_sec\":{},\"python_ops_per_sec\":{},\"c_to_rust\":{},\"python_to_rust\":{}}}",
         json(c),
-        json(py)
+        json(py),
+        ratio(c),
+        ratio(py)
     );
 }

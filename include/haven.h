@@ -120,6 +120,32 @@
 #define HAVEN_READ_STALE 1
 
 /**
+ * `haven_session_state`: the leader answered the last keepalive.
+ */
+#define HAVEN_SESSION_ALIVE 0
+
+/**
+ * No keepalive was answered for longer than the TTL (no quorum reachable): the session may
+ * be alive or gone; treat its locks as possibly lost.
+ */
+#define HAVEN_SESSION_UNKNOWN 1
+
+/**
+ * A leader said the session does not exist (expired or revoked). Final.
+ */
+#define HAVEN_SESSION_LOST 2
+
+/**
+ * `haven_lock`'s `mode`: one holder at a time.
+ */
+#define HAVEN_LOCK_EXCLUSIVE 0
+
+/**
+ * Any number of shared holders at once, none exclusive.
+ */
+#define HAVEN_LOCK_SHARED 1
+
+/**
  * Value of `haven_record_t::value_len` / the layout's `value_len` for "no value".
  */
 #define HAVEN_NO_VALUE UINT32_MAX
@@ -148,6 +174,13 @@
  * Holds when the key's presence is `number` (1: present, 0: absent); `op` is ignored.
  */
 #define HAVEN_CMP_EXISTS 4
+
+/**
+ * A fenced write: holds while `number` is a current fencing token of the lock named by
+ * `key` (see `haven_lock`); `op` is ignored. A holder whose grant ended has its write refused
+ * where the data lives.
+ */
+#define HAVEN_CMP_LOCK_HELD 5
 
 /**
  * `haven_compare_t::op`: stored == given.
@@ -215,10 +248,39 @@
 #define HAVEN_LOG_TRACE 5
 
 /**
+ * `haven_watch_event_t::kind`: `key` was set to `value`.
+ */
+#define HAVEN_WATCH_PUT 0
+
+/**
+ * `key` was deleted.
+ */
+#define HAVEN_WATCH_DELETE 1
+
+/**
+ * Nothing more under the prefix up to and including `revision` (no key).
+ */
+#define HAVEN_WATCH_PROGRESS 2
+
+/**
+ * The watch ended; the last call. `code` says why: `HAVEN_ERR_COMPACTED` (it needs revisions
+ * the member no longer keeps, `revision` is the oldest it has; or it fell further behind than
+ * the member buffers for it, `revision` 0): re-read the keys and watch again from the read's
+ * revision + 1. Any other code: it could not go on (`HAVEN_ERR_UNAVAILABLE`: no member
+ * reachable to resume on within 30 s); `message` says why.
+ */
+#define HAVEN_WATCH_END 3
+
+/**
  * The settings of a member to open with `haven_open`, given as text by `haven_config_set`.
  * Opaque to C.
  */
 typedef struct haven_config_t haven_config_t;
+
+/**
+ * A session granted by `haven_session_grant`. Opaque to C; free with `haven_session_free`.
+ */
+typedef struct haven_session_t haven_session_t;
 
 /**
  * A handle to a cluster: a member running in this process, or a remote client.
@@ -227,6 +289,11 @@ typedef struct haven_config_t haven_config_t;
  * last call on it.
  */
 typedef struct haven_t haven_t;
+
+/**
+ * A running watch (opaque): stop it and free it with `haven_watch_cancel`.
+ */
+typedef struct haven_watch_t haven_watch_t;
 
 /**
  * Bytes the library allocated and the caller owns: release with `haven_buf_free`.
@@ -274,6 +341,20 @@ typedef struct {
    * Non-zero (default): connect to the leader when a member names it.
    */
   int prefer_leader;
+  /**
+   * TLS: path of the PEM file of the CA that signed the members' certificates (NULL,
+   * default: plaintext). Borrowed for the `haven_connect_with` call.
+   */
+  const char *tls_ca;
+  /**
+   * TLS: path of this client's PEM certificate chain, when members require client
+   * certificates (NULL: none). Needs `tls_key` and `tls_ca`.
+   */
+  const char *tls_cert;
+  /**
+   * TLS: path of this client's PEM private key (NULL: none). Needs `tls_cert`.
+   */
+  const char *tls_key;
 } haven_options_t;
 
 /**
@@ -309,7 +390,8 @@ typedef struct {
  */
 typedef struct {
   /**
-   * `HAVEN_CMP_VALUE`, `_VERSION`, `_CREATE_REVISION`, `_MOD_REVISION` or `_EXISTS`.
+   * `HAVEN_CMP_VALUE`, `_VERSION`, `_CREATE_REVISION`, `_MOD_REVISION`, `_EXISTS` or
+   * `_LOCK_HELD`.
    */
   int target;
   /**
@@ -370,6 +452,53 @@ typedef struct {
  * during the call.
  */
 typedef void (*haven_log_fn)(void *user_data, int level, const char *message);
+
+/**
+ * One call of a watch callback. Every pointer in it is valid only during the call: copy what
+ * you keep.
+ */
+typedef struct {
+  /**
+   * `HAVEN_WATCH_PUT`, `HAVEN_WATCH_DELETE`, `HAVEN_WATCH_PROGRESS` or `HAVEN_WATCH_END`.
+   */
+  int kind;
+  /**
+   * The revision (log index) of the change; of `PROGRESS`: everything up to it was
+   * delivered. The events of one revision come in consecutive calls, in the order the
+   * entry made them.
+   */
+  uint64_t revision;
+  /**
+   * The key (`PUT`, `DELETE`; NULL otherwise).
+   */
+  const uint8_t *key;
+  /**
+   * Its length.
+   */
+  size_t key_len;
+  /**
+   * The new value (`PUT`; NULL when empty).
+   */
+  const uint8_t *value;
+  /**
+   * Its length.
+   */
+  size_t value_len;
+  /**
+   * `HAVEN_OK`, or for `HAVEN_WATCH_END` the code that ended the watch.
+   */
+  int code;
+  /**
+   * For `HAVEN_WATCH_END`: why, NUL-terminated (never NULL then); NULL otherwise.
+   */
+  const char *message;
+} haven_watch_event_t;
+
+/**
+ * A watch callback: `user_data` as given to `haven_watch`, `event` valid only during the
+ * call.
+ */
+typedef void (*haven_watch_fn)(void *user_data, const haven_watch_event_t *event);
 
 #ifdef __cplusplus
 extern "C" {
@@ -477,8 +606,12 @@ int haven_config_new(haven_config_t **out);
  * (default 1), `join`, `tick_ms`, `election_timeout_ms`, `heartbeat_interval_ms`,
  * `lease_reads`, `snapshot_entries`, `snapshot_trailing_entries`, `state_cache_bytes`,
  * `wal_segment_bytes`, `wal_cache_bytes`, `request_timeout_ms`, `serve_clients`, `read_mode`
- * (`linearizable` or `stale`: how `haven_get`/`haven_scan` read). Booleans are `true`/`false`
- * or `1`/`0`.
+ * (`linearizable` or `stale`: how `haven_get`/`haven_scan` read), `client_secret` /
+ * `client_secret_file` (the secret remote clients prove; default: the member secret), and
+ * TLS on every connection: `tls_cert`, `tls_key`, `tls_ca` (paths of PEM files: this member's
+ * certificate chain and key, the CA that signs every member's certificate; all three or
+ * none) and `client_ca` (the CA of client certificates: clients must then present one).
+ * Booleans are `true`/`false` or `1`/`0`. Files are read by `haven_open`.
  *
  * `key` and `value` are borrowed for the call (copied). Errors: INVALID_ARGUMENT naming the
  * key for an unknown key or a bad value, and then `cfg` is unchanged. Does not block; not
@@ -521,8 +654,10 @@ int haven_options_init(haven_options_t *opts);
 int haven_connect(const char *addrs, const char *secret, haven_t **out);
 
 /**
- * `haven_connect` with options (cluster id, timeouts, read mode). `opts` is borrowed for
- * the call; its `struct_size` must be set (by `haven_options_init`). Same blocking, errors
+ * `haven_connect` with options (cluster id, timeouts, read mode, TLS). `opts` and the
+ * strings it points to are borrowed for the call; its `struct_size` must be set (by
+ * `haven_options_init`). TLS files are read here: an unreadable one is IO, a bad one
+ * INVALID_ARGUMENT; a member without TLS (or with it, when `tls_ca` is NULL) refuses with AUTH. Same blocking, errors
  * and thread safety as `haven_connect`.
  */
 int haven_connect_with(const char *addrs,
@@ -552,6 +687,156 @@ int haven_close_status(haven_t *h);
  * Errors: INVALID_ARGUMENT (NULL, or `h` is a remote client). Does not block; thread safe.
  */
 int haven_local_addr(const haven_t *h, haven_buf_t *out);
+
+/**
+ * Grant a session (lease) of `ttl_ms` milliseconds (at least the cluster's minimum, 1000 by
+ * default) through `h`, and put its handle in `*out` (free with `haven_session_free`).
+ *
+ * The client behind `h` keeps the session alive in the background (a keepalive every third
+ * of the TTL, on one haven thread per handle) for as long as the `haven_session_t` lives.
+ * Blocks until the grant is committed. Errors: INVALID_ARGUMENT, UNAVAILABLE (not granted),
+ * TIMEOUT (may have been granted: it then expires after its TTL). On error `*out` is not
+ * written. Thread safe. Free the session before closing `h`.
+ */
+int haven_session_grant(haven_t *h, uint64_t ttl_ms, haven_session_t **out);
+
+/**
+ * The session's id in `*id` (what `haven_locks_json` lists as holders' `session`). Does not
+ * block; thread safe.
+ */
+int haven_session_id(const haven_session_t *s, uint64_t *id);
+
+/**
+ * What the client knows of the session now, in `*state`: `HAVEN_SESSION_ALIVE`,
+ * `HAVEN_SESSION_UNKNOWN` or `HAVEN_SESSION_LOST`. Does not block (the background keepalives
+ * keep it current); thread safe.
+ */
+int haven_session_state(const haven_session_t *s, int *state);
+
+/**
+ * End the session now: its locks are released, its queued lock requests fail and its
+ * ephemeral keys are deleted. Revoking a session that is already gone succeeds. The handle
+ * stays valid (its state is then `HAVEN_SESSION_LOST`); free it with `haven_session_free`.
+ *
+ * Blocks until the revoke is committed. Errors: INVALID_ARGUMENT, UNAVAILABLE, TIMEOUT.
+ * Thread safe.
+ */
+int haven_session_revoke(haven_session_t *s);
+
+/**
+ * Free a session handle (NULL is ignored): its keepalives stop, so it expires after its TTL
+ * unless another handle keeps it alive (revoke it first to end it at once). Does not block.
+ * No other call may be running on `s` or follow it.
+ */
+void haven_session_free(haven_session_t *s);
+
+/**
+ * Take lock `name` (NUL-terminated, 1 to 1024 bytes) through `session`, in `mode`
+ * (`HAVEN_LOCK_EXCLUSIVE` or `HAVEN_LOCK_SHARED`), and put the grant's fencing token (> 0) in
+ * `*token`.
+ *
+ * `wait_ms`: 0 = try once, do not wait; -1 = wait until granted (or the session ends); > 0 =
+ * wait at most that long. Not granted (busy with `wait_ms` 0, or the wait passed) ->
+ * `HAVEN_ERR_TIMEOUT` and the request is withdrawn by a committed cancel, so it is never
+ * granted afterwards. (Should even the cancel fail to commit within the request timeout, the
+ * error is that failure's; a late grant then belongs to the session and ends with it.)
+ *
+ * The lock stays held after this call returns, until `haven_unlock` with the token or the
+ * end of the session. Pass the token with every write to the protected resource
+ * (`HAVEN_CMP_LOCK_HELD` in `haven_txn`, or `haven_check_token` on the resource's side).
+ *
+ * `name` is borrowed for the call. Blocks as `wait_ms` says (and for the grant's commit).
+ * Errors: INVALID_ARGUMENT (also: this session already holds or waits for the lock),
+ * SESSION_EXPIRED (the session is gone), TIMEOUT, UNAVAILABLE. On error `*token` is not
+ * written. Thread safe.
+ */
+int haven_lock(haven_t *h,
+               haven_session_t *session,
+               const char *name,
+               int mode,
+               int64_t wait_ms,
+               uint64_t *token);
+
+/**
+ * Release the grant `token` of `session` on lock `name`. Errors: LOCK_NOT_HELD (that grant
+ * is not current: released already, or its session ended), INVALID_ARGUMENT, UNAVAILABLE,
+ * TIMEOUT. `name` is borrowed for the call. Blocks until the release is committed. Thread
+ * safe.
+ */
+int haven_unlock(haven_t *h, haven_session_t *session, const char *name, uint64_t token);
+
+/**
+ * Whether `token` is a current grant of lock `name`, in `*valid` (1 or 0): what a resource
+ * outside haven asks before it accepts a fenced request. A linearizable read (blocks for a
+ * quorum round trip). Errors: INVALID_ARGUMENT, UNAVAILABLE, TIMEOUT. Thread safe.
+ */
+int haven_check_token(haven_t *h, const char *name, uint64_t token, int *valid);
+
+/**
+ * Every lock with holders or waiters, in name order, as one JSON array in `*out` (UTF-8, not
+ * NUL-terminated; free with `haven_buf_free`): `[{"name", "holders": [{"token", "session",
+ * "mode" ("exclusive" or "shared"), "client_id"}], "waiters": [{"request", "session",
+ * "mode"}]}]`. A name that is not UTF-8 is shown with U+FFFD in place of the bad bytes.
+ * Fields are only added in later versions.
+ *
+ * Linearizable reads, page by page. Errors: INVALID_ARGUMENT, UNAVAILABLE, TIMEOUT. Thread
+ * safe.
+ */
+int haven_locks_json(haven_t *h, haven_buf_t *out);
+
+/**
+ * The partition of `key` in partition map `map` (NUL-terminated name) and its owners,
+ * primary first: `*epoch` (NULL: not wanted) the epoch of the table that answered,
+ * `*partition` (NULL: not wanted) the key's partition, `*owners` the owner ids as records
+ * (the layout of `haven_scan`'s buffer: read them with `haven_record_next`; each record's key
+ * is one owner id, UTF-8, and it has no value; none while the map has no owner). Free
+ * `*owners` with `haven_buf_free`.
+ *
+ * A member handle answers from its own applied copy of the map, without a request; a remote
+ * client with one stale read of the member it talks to. Either may be a few changes behind
+ * the leader: compare the epoch. `map` and `key` are borrowed for the call. Errors:
+ * INVALID_ARGUMENT (also: no such map), UNAVAILABLE, TIMEOUT; outputs are not written on
+ * error. Thread safe.
+ */
+int haven_owners(haven_t *h,
+                 const char *map,
+                 const uint8_t *key,
+                 size_t key_len,
+                 uint64_t *epoch,
+                 uint32_t *partition,
+                 haven_buf_t *owners);
+
+/**
+ * The epoch of map `map` and the partition of `key` in it, without the owners (served like
+ * `haven_owners`). Both outputs are required. Errors, blocking and thread safety as
+ * `haven_owners`.
+ */
+int haven_partition_of(haven_t *h,
+                       const char *map,
+                       const uint8_t *key,
+                       size_t key_len,
+                       uint64_t *epoch,
+                       uint32_t *partition);
+
+/**
+ * Create partition map `map` with `partitions` partitions (fixed) of `replicas` owners each
+ * (consistent placement, no load cap). Blocks until committed. Errors: INVALID_ARGUMENT (the
+ * name is taken, or a parameter is out of range), UNAVAILABLE, TIMEOUT. Thread safe.
+ */
+int haven_map_create(haven_t *h, const char *map, uint32_t partitions, uint32_t replicas);
+
+/**
+ * Owner `owner` joins map `map` with `weight` (its share is proportional to it). Blocks until
+ * committed. Errors: INVALID_ARGUMENT (no such map, the owner has joined already, weight 0
+ * or over the limit), UNAVAILABLE, TIMEOUT. Thread safe.
+ */
+int haven_map_join(haven_t *h, const char *map, const char *owner, uint32_t weight);
+
+/**
+ * Owner `owner` leaves map `map`; its partitions go to the others. Blocking, errors and
+ * thread safety as `haven_map_join`.
+ */
+int haven_map_leave(haven_t *h, const char *map, const char *owner);
 
 /**
  * Store `value` under `key` (replacing any value).
@@ -688,6 +973,45 @@ int haven_txn(haven_t *h,
  * different `log` facade logger is already installed in this process). Does not block.
  */
 int haven_set_log_callback(haven_log_fn callback, void *user_data, int level);
+
+/**
+ * Watch every key starting with `prefix` (may be empty: every key) from revision
+ * `from_revision` (0: from now on), calling `callback(user_data, event)` for each change, in
+ * revision order, with no gap and no duplicate (the watch resumes on another member when its
+ * member goes away). Puts the watch in `*out`; stop it with `haven_watch_cancel`.
+ *
+ * **Threads.** Every call of `callback` for this watch is made on one thread that haven
+ * starts for the watch (never on the caller's thread, never while haven holds an internal
+ * lock), one call at a time. A slow callback holds up only this watch (a member buffers a
+ * few thousand events, then ends the watch with `HAVEN_WATCH_END` / `HAVEN_ERR_COMPACTED`).
+ * `user_data` is passed back untouched and must be usable from that thread. The callback
+ * must not unwind or longjmp out; it may call any haven function, `haven_watch_cancel` of
+ * this watch included.
+ *
+ * **End.** `HAVEN_WATCH_END` is the last call (see it for the codes); the watch must still
+ * be freed with `haven_watch_cancel`. After `haven_watch_cancel` no call starts.
+ *
+ * `prefix` is borrowed for the call. Blocks until a member opened the watch. Errors:
+ * INVALID_ARGUMENT (NULL callback, oversize prefix), UNAVAILABLE, TIMEOUT, COMPACTED is not
+ * returned here (it comes as the END event). On error `*out` is not written and the callback
+ * is never called. Thread safe. Cancel every watch of `h` before closing `h`.
+ */
+int haven_watch(haven_t *h,
+                const uint8_t *prefix,
+                size_t prefix_len,
+                uint64_t from_revision,
+                haven_watch_fn callback,
+                void *user_data,
+                haven_watch_t **out);
+
+/**
+ * Stop watch `w` and free it (NULL is ignored). When it returns, no callback of `w` runs and
+ * none will start. Blocks until the watch's thread has ended (at most one callback's
+ * duration, plus a few milliseconds), except when called from inside `w`'s own callback: it
+ * then returns at once, no further callback starts, and the thread ends by itself right
+ * after the callback returns. May be called from any thread; not twice for one watch.
+ */
+void haven_watch_cancel(haven_watch_t *w);
 
 #ifdef __cplusplus
 }  // extern "C"

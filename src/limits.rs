@@ -389,6 +389,15 @@ pub const MAX_LOCK_NAME_BYTES: usize = 1_024;
 /// Most holders plus waiters of one lock.
 pub const MAX_LOCK_WAITERS: usize = 1_024;
 
+/// Longest lock-delay an acquire may ask for (milliseconds): after the holder's session
+/// *expires*, the lock is granted to no one for that long (Chubby's lock-delay; Chubby caps it
+/// at a minute too). The default is 0 (no delay).
+pub const MAX_LOCK_DELAY_MS: u64 = 60_000;
+
+/// Most locks whose delay one `LockDelayEnd` entry ends (each end may promote waiters: the
+/// entry's work is bounded by this times `MAX_LOCK_WAITERS`).
+pub const MAX_LOCK_DELAY_END_BATCH: usize = 64;
+
 /// Longest value a campaigner publishes in an election (elections share the lock table's
 /// limits: name length, campaigners per election, elections per session).
 pub const MAX_ELECTION_VALUE_BYTES: usize = 4_096;
@@ -403,3 +412,8 @@ const _: () = assert!(SESSION_EXPIRE_MIN_INTERVAL_MS < MIN_SESSION_TTL_MS);
 const _: () = assert!(SESSION_CHECKPOINT_INTERVAL_MS <= MIN_SESSION_TTL_MS);
 // One expiry entry's deletes stay within what one apply batch handles comfortably.
 const _: () = assert!(MAX_SESSION_EXPIRE_BATCH * MAX_SESSION_KEYS <= 1 << 18);
+// A lock-delay never outlives what a keeper re-arms within a sane bound, and a delay-end
+// entry naming the longest names fits one command.
+const _: () = assert!(MAX_LOCK_DELAY_MS <= MAX_SESSION_TTL_MS);
+const _: () =
+    assert!(MAX_LOCK_DELAY_END_BATCH * (MAX_LOCK_NAME_BYTES + 10) + 64 <= MAX_COMMAND_BYTES);

@@ -1,6 +1,7 @@
 //! `haven session grant`, `haven lock` and `haven locks` against a cluster of `haven serve`
 //! processes: a token on stdout, a second holder that waits and then gets a larger token,
-//! `--wait-ms` expiring with exit 1, the lock table while a holder holds, and bad input.
+//! `--wait-ms` expiring with exit 1, the lock table while a holder holds, `--lock-delay-ms`,
+//! and bad input.
 
 #[path = "support/cli.rs"]
 mod cli_support;
@@ -76,4 +77,28 @@ fn lock_prints_increasing_tokens_waits_and_times_out() {
     assert_eq!(empty.code, 2, "{empty:?}");
     let short = cluster.run(&["session", "grant", "--ttl-ms", "1"]);
     assert_eq!(short.code, 2, "{short:?}");
+
+    // --lock-delay-ms: a delay within the limit takes the lock as usual (a clean release
+    // starts no delay, so the next lock is granted at once); one over the limit is refused.
+    let delayed = token(&ok(cluster.run(&[
+        "lock",
+        "job",
+        "--hold-ms",
+        "0",
+        "--lock-delay-ms",
+        "5000",
+    ])));
+    assert!(delayed > waited);
+    let after = token(&ok(cluster.run(&[
+        "lock",
+        "job",
+        "--hold-ms",
+        "0",
+        "--wait-ms",
+        "0",
+    ])));
+    assert!(after > delayed);
+    let too_long = cluster.run(&["lock", "job", "--hold-ms", "0", "--lock-delay-ms", "60001"]);
+    assert_eq!(too_long.code, 2, "{too_long:?}");
+    assert!(too_long.stderr.contains("lock_delay_ms"), "{too_long:?}");
 }

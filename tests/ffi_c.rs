@@ -12,7 +12,9 @@ fn root() -> PathBuf {
 
 /// The directory holding libhaven.so of this build profile (target/<profile>), built now:
 /// `cargo test` builds the library only as an rlib for the test binaries, so the cdylib the C
-/// programs link against is built here (a no-op when it is up to date).
+/// programs link against is built here (a no-op when it is up to date). `--test ffi_c` makes
+/// this build resolve features as `cargo test` did (dev-dependencies included), so it reuses
+/// the test build's dependencies instead of building the library and its dependencies again.
 pub fn library_dir() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -24,13 +26,14 @@ pub fn library_dir() -> PathBuf {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut command = Command::new(cargo);
             command
-                .args(["build", "--lib", "--manifest-path"])
+                .args(["build", "--lib", "--test", "ffi_c", "--manifest-path"])
                 .arg(root().join("Cargo.toml"))
                 .arg("--target-dir")
                 .arg(target_dir);
             if dir.ends_with("release") {
                 command.arg("--release");
             }
+            clean_cargo_env(&mut command);
             let status = command.status().expect("running cargo build --lib");
             assert!(status.success(), "cargo build --lib failed");
             assert!(
@@ -47,6 +50,31 @@ pub fn library_dir() -> PathBuf {
             dir.to_path_buf()
         })
         .clone()
+}
+
+/// Remove what cargo sets for running a test of this package (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...) from a nested cargo's environment: build scripts
+/// (ring's) declare `rerun-if-env-changed` on those names, so with them set the nested build
+/// would run them again and rebuild ring, rustls and haven, where a build from the shell
+/// reuses what is there.
+fn clean_cargo_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_for_tests = name == "OUT_DIR"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name == "CARGO_TARGET_TMPDIR";
+        if set_by_cargo_for_tests {
+            command.env_remove(name);
+        }
+    }
 }
 
 fn build(source: &str, out: &Path) {
@@ -134,6 +162,7 @@ fn c_example_runs_a_three_member_cluster() {
     let stdout = run(Command::new(&exe), "example");
     assert!(stdout.contains("get: fast"), "{stdout}");
     assert!(stdout.contains("cas fast->safe: swapped"), "{stdout}");
+    assert!(stdout.contains("lock backup: token "), "{stdout}");
 }
 
 #[test]

@@ -45,6 +45,14 @@ fn committed_header_matches_the_code() {
         "haven_cas",
         "HAVEN_ERR_INTERNAL",
         "haven_set_log_callback",
+        "haven_session_grant",
+        "haven_lock",
+        "haven_unlock",
+        "haven_check_token",
+        "haven_owners",
+        "haven_watch",
+        "haven_watch_cancel",
+        "HAVEN_ERR_LOCK_NOT_HELD",
     ] {
         assert!(generated.contains(name), "{name} missing from the header");
     }
@@ -91,5 +99,72 @@ fn header_compiles_as_strict_c99_and_cpp17() {
         &["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"],
         source,
         dir.path(),
+    );
+}
+
+/// The lines of `text` strictly between the line holding `README:begin` and the one holding
+/// `README:end`, with their common indentation removed.
+fn marked_region(text: &str, path: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let begin = lines
+        .iter()
+        .position(|l| l.contains("README:begin"))
+        .unwrap_or_else(|| panic!("{path}: no README:begin marker"));
+    let end = lines
+        .iter()
+        .position(|l| l.contains("README:end"))
+        .unwrap_or_else(|| panic!("{path}: no README:end marker"));
+    assert!(begin < end, "{path}: README:end before README:begin");
+    let region = &lines[begin + 1..end];
+    let indent = region
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    region
+        .iter()
+        .map(|l| l.get(indent..).unwrap_or("").trim_end())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The README's C, C++ and Python examples are the marked parts of programs the binding tests
+/// build and run (`<!-- snippet: PATH -->` before each code block), so they cannot go stale.
+/// (The Rust example is a doctest: the README is the crate's documentation.)
+#[test]
+fn readme_snippets_are_the_code_the_tests_run() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut checked = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(at) = rest.find("<!-- snippet: ") {
+        let after = &rest[at + "<!-- snippet: ".len()..];
+        let path = after[..after.find(" -->").expect("snippet marker closed")].trim();
+        let fence = after
+            .find("```")
+            .expect("a code block after the snippet marker");
+        let body = &after[fence..];
+        let body = &body[body.find('\n').expect("fence line") + 1..];
+        let close = body.find("\n```").expect("the code block is closed");
+        let shown = body[..close].trim_end();
+        let source = std::fs::read_to_string(root().join(path))
+            .unwrap_or_else(|e| panic!("README snippet names {path}: {e}"));
+        let expected = marked_region(&source, path);
+        assert!(
+            shown == expected,
+            "README's snippet of {path} differs from its README:begin..README:end region.\n\
+             README:\n{shown}\n\n{path}:\n{expected}"
+        );
+        checked.push(path.to_string());
+        rest = &body[close..];
+    }
+    assert_eq!(
+        checked,
+        [
+            "bindings/c/example.c",
+            "bindings/cpp/test_haven.cpp",
+            "bindings/python/tests/test_readme.py"
+        ],
+        "the README's binding examples"
     );
 }

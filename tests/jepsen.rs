@@ -24,6 +24,8 @@ mod proxy;
 mod check;
 #[path = "jepsen/cluster.rs"]
 mod cluster;
+#[path = "jepsen/env.rs"]
+mod env;
 #[path = "jepsen/generate.rs"]
 mod generate;
 #[path = "jepsen/history.rs"]

@@ -1,9 +1,14 @@
 //! The lock table, sessions and ephemeral keys against a plain reference model: random
 //! sequences of session grants, revokes, expiries and checkpoints, lock acquires (try and
-//! wait, shared and exclusive), releases, cancels, retried commands, ephemeral and plain puts,
-//! deletes, fenced transactions, and reopen / crash-and-replay of the machine. After every
-//! command the machine's result, the lock waits it reports, its sessions, its lock table, the
-//! keys and `check_token` must equal the model's.
+//! wait, shared and exclusive, with and without a lock-delay), lock-delay ends, releases,
+//! cancels, retried commands, ephemeral and plain puts, deletes, fenced transactions, and
+//! reopen / crash-and-replay of the machine. After every command the machine's result, the lock
+//! waits it reports, its sessions, its lock table, its delayed locks, the keys and
+//! `check_token` must equal the model's.
+//!
+//! Lock-delay in the model: an *expiry* (not a revoke, release or cancel) of a session holding
+//! a lock it asked a delay for makes the lock grant no one — acquires queue or are busy,
+//! waiters stay — until a `LockDelayEnd` naming it.
 //!
 //! The model states the rules the way the design does, not the way `src/sm/locks.rs` computes
 //! them: a waiter is granted when no holder and no *earlier waiter* conflicts with it (a shared
@@ -97,6 +102,10 @@ struct Model {
     attached: BTreeMap<Vec<u8>, (u64, u64)>,
     /// client id -> (last seq, remembered result).
     clients: BTreeMap<u64, (u64, CommandResult)>,
+    /// (session, lock) -> the lock-delay its request asked for (nonzero only).
+    asked_delay: BTreeMap<(u64, Vec<u8>), u64>,
+    /// Locks in their lock-delay -> the delay (the longest of the expired holders').
+    delayed: BTreeMap<Vec<u8>, u64>,
 }
 
 fn conflicts(a: LockMode, b: LockMode) -> bool {
@@ -152,7 +161,7 @@ impl Model {
 
     /// Grant every waiter that no holder and no earlier waiter conflicts with, until none is.
     fn promote(&mut self, name: &[u8], index: u64, out: &mut Vec<LockWaitEnded>) {
-        loop {
+        while !self.delayed.contains_key(name) {
             let lock = self.locks.entry(name.to_vec()).or_default();
             let found = (0..lock.waiters.len()).find(|&i| {
                 let w = &lock.waiters[i];
@@ -185,7 +194,13 @@ impl Model {
         }
     }
 
-    fn end_session(&mut self, session: u64, index: u64, out: &mut Vec<LockWaitEnded>) -> bool {
+    fn end_session(
+        &mut self,
+        session: u64,
+        expired: bool,
+        index: u64,
+        out: &mut Vec<LockWaitEnded>,
+    ) -> bool {
         if self.sessions.remove(&session).is_none() {
             return false;
         }
@@ -196,6 +211,15 @@ impl Model {
                 || lock.waiters.iter().any(|w| w.session == session);
             if !involved {
                 continue;
+            }
+            let held = lock.holders.iter().any(|h| h.session == session);
+            let asked = self
+                .asked_delay
+                .remove(&(session, name.clone()))
+                .unwrap_or(0);
+            if held && expired && asked > 0 {
+                let d = self.delayed.entry(name.clone()).or_insert(0);
+                *d = (*d).max(asked);
             }
             lock.holders.retain(|h| h.session != session);
             let failed: Vec<Waiter> = lock
@@ -229,6 +253,65 @@ impl Model {
         true
     }
 
+    /// An acquire (`lock_delay_ms` 0 for `Op::LockAcquire`).
+    #[allow(clippy::too_many_arguments)]
+    fn acquire(
+        &mut self,
+        client_id: u64,
+        seq: u64,
+        name: &[u8],
+        mode: LockMode,
+        session: u64,
+        wait: bool,
+        lock_delay_ms: u64,
+        index: u64,
+    ) -> CommandResult {
+        if !self.sessions.contains_key(&session) {
+            return CommandResult::Lock(LockResult::SessionNotFound);
+        }
+        let delayed = self.delayed.contains_key(name);
+        let lock = self.locks.entry(name.to_vec()).or_default();
+        let r = if let Some(h) = lock.holders.iter().find(|h| h.session == session) {
+            LockResult::AlreadyHeld {
+                token: Some(FencingToken(h.token)),
+            }
+        } else if lock.waiters.iter().any(|w| w.session == session) {
+            LockResult::AlreadyHeld { token: None }
+        } else if !delayed
+            && lock.waiters.is_empty()
+            && !lock.holders.iter().any(|h| conflicts(h.mode, mode))
+        {
+            lock.holders.push(Holder {
+                token: index,
+                session,
+                mode,
+                client_id,
+            });
+            LockResult::Granted {
+                token: FencingToken(index),
+            }
+        } else if !wait {
+            LockResult::Busy
+        } else {
+            lock.waiters.push(Waiter {
+                request: index,
+                session,
+                mode,
+                client_id,
+                seq,
+            });
+            LockResult::Queued
+        };
+        if lock.holders.is_empty() && lock.waiters.is_empty() {
+            self.locks.remove(name);
+        }
+        if matches!(r, LockResult::Granted { .. } | LockResult::Queued) && lock_delay_ms > 0 {
+            self.asked_delay
+                .insert((session, name.to_vec()), lock_delay_ms);
+        }
+        CommandResult::Lock(r)
+    }
+
     /// The expected result of `op` from `client_id` applied at `index`, and the waits it ends.
     fn execute(
         &mut self,
@@ -247,7 +330,7 @@ impl Model {
                 }
             }
             Op::SessionRevoke { session } => {
-                if self.end_session(session.0, index, &mut out) {
+                if self.end_session(session.0, false, index, &mut out) {
                     CommandResult::SessionRevoked
                 } else {
                     CommandResult::SessionNotFound
@@ -256,7 +339,7 @@ impl Model {
             Op::SessionExpire { sessions } => {
                 let mut n = 0;
                 for s in sessions {
-                    n += u32::from(self.end_session(s.0, index, &mut out));
+                    n += u32::from(self.end_session(s.0, true, index, &mut out));
                 }
                 CommandResult::SessionsUpdated { sessions: n }
             }
@@ -275,46 +358,32 @@ impl Model {
                 mode,
                 session,
                 wait,
-            } => {
-                if !self.sessions.contains_key(&session.0) {
-                    CommandResult::Lock(LockResult::SessionNotFound)
-                } else {
-                    let lock = self.locks.entry(name.clone()).or_default();
-                    let r = if let Some(h) = lock.holders.iter().find(|h| h.session == session.0) {
-                        LockResult::AlreadyHeld {
-                            token: Some(FencingToken(h.token)),
-                        }
-                    } else if lock.waiters.iter().any(|w| w.session == session.0) {
-                        LockResult::AlreadyHeld { token: None }
-                    } else if lock.waiters.is_empty()
-                        && !lock.holders.iter().any(|h| conflicts(h.mode, *mode))
-                    {
-                        lock.holders.push(Holder {
-                            token: index,
-                            session: session.0,
-                            mode: *mode,
-                            client_id,
-                        });
-                        LockResult::Granted {
-                            token: FencingToken(index),
-                        }
-                    } else if !wait {
-                        LockResult::Busy
-                    } else {
-                        lock.waiters.push(Waiter {
-                            request: index,
-                            session: session.0,
-                            mode: *mode,
-                            client_id,
-                            seq,
-                        });
-                        LockResult::Queued
-                    };
-                    if lock.holders.is_empty() && lock.waiters.is_empty() {
-                        self.locks.remove(name);
+            } => self.acquire(client_id, seq, name, *mode, session.0, *wait, 0, index),
+            Op::LockAcquireWithDelay {
+                name,
+                mode,
+                session,
+                wait,
+                lock_delay_ms,
+            } => self.acquire(
+                client_id,
+                seq,
+                name,
+                *mode,
+                session.0,
+                *wait,
+                *lock_delay_ms,
+                index,
+            ),
+            Op::LockDelayEnd { names } => {
+                let mut n = 0;
+                for name in names {
+                    if self.delayed.remove(name).is_some() {
+                        n += 1;
+                        self.promote(name, index, &mut out);
                     }
-                    CommandResult::Lock(r)
                 }
+                CommandResult::LockDelaysEnded { locks: n }
             }
             Op::LockRelease {
                 name,
@@ -329,6 +398,7 @@ impl Model {
                     {
                         Some(i) => {
                             lock.holders.remove(i);
+                            self.asked_delay.remove(&(session.0, name.clone()));
                             true
                         }
                         None => false,
@@ -363,6 +433,7 @@ impl Model {
                     }
                 } else {
                     for w in &cancelled {
+                        self.asked_delay.remove(&(w.session, name.clone()));
                         self.end_wait(name, w, LockWaitResult::Cancelled, &mut out);
                     }
                     CancelResult::Cancelled
@@ -491,6 +562,14 @@ impl Run {
                 let sessions = (0..n).map(|_| self.session()).collect();
                 Self::untracked(Op::SessionExpire { sessions })
             }
+            // Not always a delayed lock, sometimes the same lock twice.
+            98..=99 => {
+                let n = 1 + self.rng.below(3);
+                let names = (0..n)
+                    .map(|_| NAMES[self.rng.below(NAMES.len() as u64) as usize].to_vec())
+                    .collect();
+                Self::untracked(Op::LockDelayEnd { names })
+            }
             14..=16 => {
                 let n = 1 + self.rng.below(3);
                 let remaining = (0..n)
@@ -505,11 +584,23 @@ impl Run {
                     LockMode::Shared
                 };
                 let session = self.session();
-                let op = Op::LockAcquire {
-                    name,
-                    mode,
-                    session,
-                    wait: self.rng.below(10) < 7,
+                let wait = self.rng.below(10) < 7;
+                let op = if self.rng.below(3) == 0 {
+                    Op::LockAcquireWithDelay {
+                        name,
+                        mode,
+                        session,
+                        wait,
+                        // 0 is allowed and means no delay.
+                        lock_delay_ms: self.rng.below(4) * 500,
+                    }
+                } else {
+                    Op::LockAcquire {
+                        name,
+                        mode,
+                        session,
+                        wait,
+                    }
                 };
                 self.tracked(op)
             }
@@ -672,6 +763,19 @@ impl Run {
                 (l.name, lock)
             })
             .collect();
+        let delays: BTreeMap<Vec<u8>, u64> = self
+            .h
+            .sm
+            .lock_delays()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        if delays != self.model.delayed {
+            return Err(format!(
+                "delayed locks: machine {delays:?}, model {:?}",
+                self.model.delayed
+            ));
+        }
         if got != self.model.locks {
             return Err(format!(
                 "locks: machine {got:?}, model {:?}",

@@ -1,4 +1,4 @@
-/* A 3-member haven cluster inside one process: put, get, compare-and-swap.
+/* A 3-member haven cluster inside one process: put, get, compare-and-swap, a lock.
  *
  *   cc -std=c99 -I include bindings/c/example.c -L target/release -lhaven -o example
  *   LD_LIBRARY_PATH=target/release ./example
@@ -40,6 +40,35 @@ static int free_port(void) {
     return ntohs(addr.sin_port);
 }
 
+/* The README's C example is this function's marked part (tests/ffi_header.rs checks it). */
+static int demo(haven_t *a, haven_t *b, haven_t *c) {
+    /* README:begin */
+    /* Any member (or a remote client from haven_connect) serves any request. */
+    const uint8_t *key = (const uint8_t *)"config/mode";
+    haven_buf_t value = {0};
+    int found = 0, swapped = 0;
+    haven_session_t *session = NULL;
+    uint64_t token = 0;
+
+    check(haven_put(a, key, 11, (const uint8_t *)"fast", 4), "put");
+    check(haven_get(b, key, 11, &value, &found), "get");
+    printf("get: %.*s\n", (int)value.len, (const char *)value.data);
+    haven_buf_free(&value);
+    check(haven_cas(c, key, 11, (const uint8_t *)"fast", 4, 0, (const uint8_t *)"safe", 4,
+                    &swapped),
+          "cas");
+    printf("cas fast->safe: %s\n", swapped ? "swapped" : "not swapped");
+
+    /* A lock is held through a session (a lease kept alive in the background). */
+    check(haven_session_grant(a, 10000, &session), "session");
+    check(haven_lock(a, session, "backup", HAVEN_LOCK_EXCLUSIVE, 5000, &token), "lock");
+    printf("lock backup: token %llu\n", (unsigned long long)token);
+    check(haven_unlock(a, session, "backup", token), "unlock");
+    haven_session_free(session);
+    /* README:end */
+    return found && swapped ? 0 : 1;
+}
+
 int main(void) {
     char dir_template[] = "/tmp/haven-example-XXXXXX";
     const char *dir = mkdtemp(dir_template);
@@ -74,27 +103,8 @@ int main(void) {
         haven_config_free(cfg);
     }
 
-    {
-        const char *key = "config/mode";
-        haven_buf_t value = {0};
-        int found = 0, swapped = 0;
-        /* Any member serves any request: writes go to the leader through it. */
-        check(haven_put(members[0], (const uint8_t *)key, strlen(key), (const uint8_t *)"fast", 4),
-              "put");
-        check(haven_get(members[1], (const uint8_t *)key, strlen(key), &value, &found), "get");
-        printf("get: %.*s\n", (int)value.len, (const char *)value.data);
-        haven_buf_free(&value);
-        check(haven_cas(members[2], (const uint8_t *)key, strlen(key), (const uint8_t *)"slow", 4,
-                        0, (const uint8_t *)"safe", 4, &swapped),
-              "cas");
-        printf("cas slow->safe: %s\n", swapped ? "swapped" : "not swapped (value is not slow)");
-        check(haven_cas(members[2], (const uint8_t *)key, strlen(key), (const uint8_t *)"fast", 4,
-                        0, (const uint8_t *)"safe", 4, &swapped),
-              "cas");
-        printf("cas fast->safe: %s\n", swapped ? "swapped" : "not swapped");
-        if (!found || !swapped) {
-            return 1;
-        }
+    if (demo(members[0], members[1], members[2]) != 0) {
+        return 1;
     }
 
     for (i = 0; i < MEMBERS; i++) {

@@ -1,12 +1,13 @@
 /* The C test program: every part of the C ABI that exists, against one member in this
  * process and a remote client connected to it. Run under valgrind by tests/ffi_c.rs.
  * Prints one line per check and "N passed, N failed" at the end; exits non-zero on failure. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* memmem */
 #include "haven.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,6 +233,266 @@ static void test_status(haven_t *h) {
     CHECK(haven_promote_learner(h, 77) != HAVEN_OK);
 }
 
+/* ----- sessions, locks, fencing ----- */
+
+struct waiter {
+    haven_t *h;
+    haven_session_t *session;
+    uint64_t token;
+    int rc;
+};
+
+static void *wait_for_lock(void *arg) {
+    struct waiter *w = arg;
+    w->rc = haven_lock(w->h, w->session, "jobs", HAVEN_LOCK_EXCLUSIVE, -1, &w->token);
+    return NULL;
+}
+
+static int fenced_put(haven_t *h, uint64_t token, int *succeeded) {
+    haven_compare_t fence;
+    haven_txn_op_t put;
+    memset(&fence, 0, sizeof fence);
+    fence.target = HAVEN_CMP_LOCK_HELD;
+    fence.key = (const uint8_t *)"jobs";
+    fence.key_len = 4;
+    fence.number = token;
+    memset(&put, 0, sizeof put);
+    put.kind = HAVEN_OP_PUT;
+    put.key = (const uint8_t *)"jobs/state";
+    put.key_len = 10;
+    put.value = (const uint8_t *)"done";
+    put.value_len = 4;
+    return haven_txn(h, &fence, 1, &put, 1, NULL, 0, succeeded, NULL);
+}
+
+static void test_sessions_and_locks(haven_t *h) {
+    haven_session_t *s1 = NULL, *s2 = NULL, *untouched = (haven_session_t *)&passed;
+    uint64_t id1 = 0, id2 = 0, token = 0, other = 77;
+    int state = -1, valid = -1, succeeded = -1;
+    haven_buf_t json = {0};
+    struct waiter waiter;
+    pthread_t thread;
+
+    CHECK(haven_session_grant(h, 5000, &s1) == HAVEN_OK && s1 != NULL);
+    CHECK(haven_session_grant(h, 5000, &s2) == HAVEN_OK && s2 != NULL);
+    CHECK(haven_session_grant(h, 0, &untouched) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(untouched == (haven_session_t *)&passed);
+    CHECK(haven_session_id(s1, &id1) == HAVEN_OK && haven_session_id(s2, &id2) == HAVEN_OK);
+    CHECK(id1 > 0 && id2 > 0 && id1 != id2);
+    CHECK(haven_session_state(s1, &state) == HAVEN_OK && state == HAVEN_SESSION_ALIVE);
+
+    /* Take it; a second session is refused at once, and after a wait. */
+    CHECK(haven_lock(h, s1, "jobs", HAVEN_LOCK_EXCLUSIVE, 0, &token) == HAVEN_OK && token > 0);
+    CHECK(haven_lock(h, s2, "jobs", HAVEN_LOCK_EXCLUSIVE, 0, &other) == HAVEN_ERR_TIMEOUT);
+    CHECK(haven_lock(h, s2, "jobs", HAVEN_LOCK_SHARED, 300, &other) == HAVEN_ERR_TIMEOUT);
+    CHECK(other == 77);
+    CHECK(haven_check_token(h, "jobs", token, &valid) == HAVEN_OK && valid == 1);
+    CHECK(haven_check_token(h, "jobs", token + 1000, &valid) == HAVEN_OK && valid == 0);
+    CHECK(fenced_put(h, token, &succeeded) == HAVEN_OK && succeeded == 1);
+    CHECK(value_is(h, "jobs/state", "done"));
+    CHECK(haven_locks_json(h, &json) == HAVEN_OK);
+    CHECK(json.len > 0 && memmem(json.data, json.len, "\"name\":\"jobs\"", 13) != NULL);
+    haven_buf_free(&json);
+
+    /* Bad input changes nothing. */
+    CHECK(haven_lock(h, NULL, "jobs", HAVEN_LOCK_EXCLUSIVE, 0, &other) ==
+          HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_lock(h, s2, "jobs", 7, 0, &other) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_lock(h, s2, "jobs", HAVEN_LOCK_EXCLUSIVE, -5, &other) ==
+          HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_lock(h, s2, "", HAVEN_LOCK_EXCLUSIVE, 0, &other) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_lock(h, s2, "jobs", HAVEN_LOCK_EXCLUSIVE, 0, NULL) ==
+          HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_check_token(h, "jobs", token, NULL) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(other == 77);
+    CHECK(haven_check_token(h, "jobs", token, &valid) == HAVEN_OK && valid == 1);
+
+    /* A waiter blocked in another thread gets the lock when it is released, with a higher
+     * token; the old token then fences nothing. */
+    waiter.h = h;
+    waiter.session = s2;
+    waiter.token = 0;
+    waiter.rc = -1;
+    CHECK(pthread_create(&thread, NULL, wait_for_lock, &waiter) == 0);
+    for (;;) {
+        int queued;
+        CHECK(haven_locks_json(h, &json) == HAVEN_OK);
+        queued = memmem(json.data, json.len, "\"waiters\":[{", 12) != NULL;
+        haven_buf_free(&json);
+        if (queued) {
+            break;
+        }
+        usleep(10 * 1000);
+    }
+    CHECK(haven_unlock(h, s1, "jobs", token) == HAVEN_OK);
+    CHECK(pthread_join(thread, NULL) == 0);
+    CHECK(waiter.rc == HAVEN_OK && waiter.token > token);
+    CHECK(haven_unlock(h, s1, "jobs", token) == HAVEN_ERR_LOCK_NOT_HELD);
+    CHECK(haven_check_token(h, "jobs", token, &valid) == HAVEN_OK && valid == 0);
+    CHECK(fenced_put(h, token, &succeeded) == HAVEN_OK && succeeded == 0);
+    CHECK(fenced_put(h, waiter.token, &succeeded) == HAVEN_OK && succeeded == 1);
+
+    /* Revoking a session releases its locks and ends it. */
+    CHECK(haven_session_revoke(s2) == HAVEN_OK);
+    CHECK(haven_session_state(s2, &state) == HAVEN_OK && state == HAVEN_SESSION_LOST);
+    CHECK(haven_check_token(h, "jobs", waiter.token, &valid) == HAVEN_OK && valid == 0);
+    CHECK(haven_lock(h, s2, "jobs", HAVEN_LOCK_EXCLUSIVE, 0, &other) ==
+          HAVEN_ERR_SESSION_EXPIRED);
+    CHECK(haven_lock(h, s1, "jobs", HAVEN_LOCK_EXCLUSIVE, 0, &token) == HAVEN_OK);
+    haven_session_free(s2);
+    CHECK(haven_session_revoke(s1) == HAVEN_OK);
+    haven_session_free(s1);
+    haven_session_free(NULL);
+}
+
+/* ----- watch ----- */
+
+#define MAX_SEEN 16
+
+struct watched {
+    pthread_mutex_t mutex;
+    pthread_cond_t changed;
+    int kinds[MAX_SEEN];
+    char keys[MAX_SEEN][16];
+    char values[MAX_SEEN][16];
+    uint64_t revisions[MAX_SEEN];
+    int seen;
+    int ends;
+    int wrong_thread;
+    pthread_t caller;
+    haven_watch_t *self; /* set: the callback cancels its own watch at the first event */
+};
+
+static void on_watch(void *user_data, const haven_watch_event_t *event) {
+    struct watched *w = user_data;
+    pthread_mutex_lock(&w->mutex);
+    if (pthread_equal(pthread_self(), w->caller)) {
+        w->wrong_thread++;
+    }
+    if (event->kind == HAVEN_WATCH_END) {
+        w->ends++;
+    } else if (event->kind != HAVEN_WATCH_PROGRESS && w->seen < MAX_SEEN) {
+        w->kinds[w->seen] = event->kind;
+        w->revisions[w->seen] = event->revision;
+        snprintf(w->keys[w->seen], 16, "%.*s", (int)event->key_len, (const char *)event->key);
+        snprintf(w->values[w->seen], 16, "%.*s", (int)event->value_len,
+                 event->value ? (const char *)event->value : "");
+        w->seen++;
+    }
+    pthread_cond_broadcast(&w->changed);
+    pthread_mutex_unlock(&w->mutex);
+    if (w->self != NULL && event->kind != HAVEN_WATCH_PROGRESS) {
+        haven_watch_t *self = w->self;
+        w->self = NULL;
+        haven_watch_cancel(self); /* from inside its own callback: returns at once */
+    }
+}
+
+static void wait_seen(struct watched *w, int n) {
+    pthread_mutex_lock(&w->mutex);
+    while (w->seen < n) {
+        pthread_cond_wait(&w->changed, &w->mutex);
+    }
+    pthread_mutex_unlock(&w->mutex);
+}
+
+static void watched_init(struct watched *w) {
+    memset(w, 0, sizeof *w);
+    pthread_mutex_init(&w->mutex, NULL);
+    pthread_cond_init(&w->changed, NULL);
+    w->caller = pthread_self();
+}
+
+static void watched_destroy(struct watched *w) {
+    pthread_mutex_destroy(&w->mutex);
+    pthread_cond_destroy(&w->changed);
+}
+
+static void test_watch(haven_t *h) {
+    struct watched w, self_cancel;
+    haven_watch_t *watch = NULL, *untouched = (haven_watch_t *)&passed;
+    int seen_after_cancel;
+
+    watched_init(&w);
+    CHECK(haven_watch(h, K("w/"), 0, NULL, &w, &untouched) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(untouched == (haven_watch_t *)&passed);
+    CHECK(haven_watch(h, K("w/"), 0, on_watch, &w, &watch) == HAVEN_OK && watch != NULL);
+    CHECK(haven_put(h, K("w/1"), K("a")) == HAVEN_OK);
+    CHECK(haven_put(h, K("x/1"), K("not watched")) == HAVEN_OK);
+    CHECK(haven_delete(h, K("w/1"), NULL) == HAVEN_OK);
+    wait_seen(&w, 2);
+    pthread_mutex_lock(&w.mutex);
+    CHECK(w.seen == 2 && w.wrong_thread == 0 && w.ends == 0);
+    CHECK(w.kinds[0] == HAVEN_WATCH_PUT && strcmp(w.keys[0], "w/1") == 0 &&
+          strcmp(w.values[0], "a") == 0);
+    CHECK(w.kinds[1] == HAVEN_WATCH_DELETE && strcmp(w.keys[1], "w/1") == 0);
+    CHECK(w.revisions[0] > 0 && w.revisions[1] > w.revisions[0]);
+    pthread_mutex_unlock(&w.mutex);
+    /* Cancel from this thread: when it returns, no callback runs or starts. */
+    haven_watch_cancel(watch);
+    pthread_mutex_lock(&w.mutex);
+    seen_after_cancel = w.seen;
+    pthread_mutex_unlock(&w.mutex);
+    CHECK(haven_put(h, K("w/2"), K("b")) == HAVEN_OK);
+    CHECK(value_is(h, "w/2", "b"));
+    pthread_mutex_lock(&w.mutex);
+    CHECK(w.seen == seen_after_cancel);
+    pthread_mutex_unlock(&w.mutex);
+    haven_watch_cancel(NULL);
+    watched_destroy(&w);
+
+    /* A callback that cancels its own watch. */
+    watched_init(&self_cancel);
+    CHECK(haven_watch(h, K("w/"), 0, on_watch, &self_cancel, &watch) == HAVEN_OK);
+    self_cancel.self = watch;
+    CHECK(haven_put(h, K("w/3"), K("c")) == HAVEN_OK);
+    CHECK(haven_put(h, K("w/4"), K("d")) == HAVEN_OK);
+    wait_seen(&self_cancel, 1);
+    CHECK(value_is(h, "w/4", "d"));
+    pthread_mutex_lock(&self_cancel.mutex);
+    CHECK(self_cancel.seen == 1 && strcmp(self_cancel.keys[0], "w/3") == 0);
+    pthread_mutex_unlock(&self_cancel.mutex);
+    /* The thread ends by itself right after the callback; give it the moment it needs before
+     * the mutex goes away. */
+    usleep(200 * 1000);
+    watched_destroy(&self_cancel);
+}
+
+/* ----- partition map ----- */
+
+static void test_owners(haven_t *h) {
+    haven_buf_t owners = {0};
+    haven_record_t record;
+    uint64_t epoch = 0, epoch2 = 0;
+    uint32_t partition = 99, partition2 = 98;
+    size_t offset = 0, count = 0;
+
+    CHECK(haven_map_create(h, "shards", 8, 2) == HAVEN_OK);
+    CHECK(haven_map_join(h, "shards", "node-a", 1) == HAVEN_OK);
+    CHECK(haven_map_join(h, "shards", "node-b", 1) == HAVEN_OK);
+    CHECK(haven_map_join(h, "shards", "node-c", 2) == HAVEN_OK);
+    CHECK(haven_owners(h, "shards", K("user/42"), &epoch, &partition, &owners) == HAVEN_OK);
+    CHECK(epoch >= 4 && partition < 8);
+    while (offset < owners.len) {
+        CHECK(haven_record_next(&owners, &offset, &record) == HAVEN_OK);
+        CHECK(record.has_value == 0 && record.key_len == 6 &&
+              memcmp(record.key, "node-", 5) == 0);
+        count++;
+    }
+    CHECK(count == 2);
+    haven_buf_free(&owners);
+    CHECK(haven_partition_of(h, "shards", K("user/42"), &epoch2, &partition2) == HAVEN_OK);
+    CHECK(epoch2 == epoch && partition2 == partition);
+    CHECK(haven_owners(h, "no-such-map", K("user/42"), &epoch, NULL, &owners) ==
+          HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(owners.data == NULL && epoch2 == epoch);
+    CHECK(haven_owners(h, NULL, K("user/42"), NULL, NULL, &owners) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_map_leave(h, "shards", "node-c") == HAVEN_OK);
+    CHECK(haven_owners(h, "shards", K("user/42"), &epoch2, NULL, &owners) == HAVEN_OK);
+    CHECK(epoch2 > epoch);
+    haven_buf_free(&owners);
+}
+
 static void test_remote(const char *address, haven_t *member) {
     haven_t *client = NULL;
     haven_options_t options;
@@ -252,6 +513,17 @@ static void test_remote(const char *address, haven_t *member) {
     options.cluster_id = 2;
     options.connect_timeout_ms = 2000;
     CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_AUTH);
+    /* A caller built against the first header (no TLS fields) is still accepted. */
+    options.struct_size = offsetof(haven_options_t, tls_ca);
+    CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_AUTH);
+    /* TLS files that do not exist: nothing is connected. */
+    CHECK(haven_options_init(&options) == HAVEN_OK && options.tls_ca == NULL);
+    options.tls_ca = "/nonexistent/ca.pem";
+    CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_IO);
+    options.tls_ca = NULL;
+    options.tls_cert = "/nonexistent/cert.pem";
+    CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(client == NULL);
     options.struct_size = 1;
     CHECK(haven_connect_with(address, SECRET, &options, &client) == HAVEN_ERR_INVALID_ARGUMENT);
     CHECK(haven_connect("", SECRET, &client) == HAVEN_ERR_INVALID_ARGUMENT);
@@ -300,6 +572,9 @@ int main(int argc, char **argv) {
     test_kv(h);
     test_scan_and_txn(h);
     test_status(h);
+    test_sessions_and_locks(h);
+    test_watch(h);
+    test_owners(h);
     test_remote(listen, h);
 
     CHECK(haven_close_status(h) == HAVEN_OK);

@@ -8,13 +8,20 @@
 //   db.put("k", "v");
 //   std::optional<std::string> v = db.get("k");
 //
-// A db may be used from many threads at once; it is closed by its destructor.
+//   haven::session s = db.session(10000);       // a lease, kept alive in the background
+//   { haven::lock_guard g(db, s, "jobs", 5000); use(g.token()); }  // released at scope end
+//   haven::watch w = db.watch("jobs/", [](const haven::watch_event &e) { ... });
+//
+// A db may be used from many threads at once; it is closed by its destructor. Destroy
+// sessions, lock guards and watches before the db they came from.
 #ifndef HAVEN_HPP
 #define HAVEN_HPP
 
 #include "haven.h"
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -75,6 +82,107 @@ struct entry {
     std::string value;
 };
 
+/// Lock modes of `lock_guard`.
+enum class lock_mode { exclusive = HAVEN_LOCK_EXCLUSIVE, shared = HAVEN_LOCK_SHARED };
+
+/// A session (lease), kept alive in the background while this object lives; destroying it
+/// stops the keepalives (it then expires after its TTL). Movable, not copyable.
+class session {
+public:
+    explicit session(haven_session_t *s) noexcept : s_(s) {}
+    session(const session &) = delete;
+    session &operator=(const session &) = delete;
+    session(session &&other) noexcept : s_(std::exchange(other.s_, nullptr)) {}
+    session &operator=(session &&other) noexcept {
+        std::swap(s_, other.s_);
+        return *this;
+    }
+    ~session() { haven_session_free(s_); }
+
+    uint64_t id() const {
+        uint64_t id = 0;
+        detail::check(haven_session_id(s_, &id));
+        return id;
+    }
+    /// HAVEN_SESSION_ALIVE, HAVEN_SESSION_UNKNOWN or HAVEN_SESSION_LOST.
+    int state() const {
+        int state = 0;
+        detail::check(haven_session_state(s_, &state));
+        return state;
+    }
+    /// End it now: its locks are released.
+    void revoke() { detail::check(haven_session_revoke(s_)); }
+    haven_session_t *get() const noexcept { return s_; }
+
+private:
+    haven_session_t *s_ = nullptr;
+};
+
+/// One change (or the end) of a watch: the fields of haven_watch_event_t, copied.
+struct watch_event {
+    int kind;          ///< HAVEN_WATCH_PUT, _DELETE, _PROGRESS or _END
+    uint64_t revision; ///< of the change (END: see haven.h)
+    std::string key;
+    std::string value;
+    int code;            ///< HAVEN_OK, or for END why it ended
+    std::string message; ///< for END
+};
+
+/// A running watch: its callback runs on a thread of the watch's own (see haven_watch). The
+/// destructor cancels it and waits for a running callback to return (do not destroy it from
+/// inside its own callback). Movable, not copyable.
+class watch {
+public:
+    using callback = std::function<void(const watch_event &)>;
+
+    watch(haven_t *h, std::string_view prefix, uint64_t from_revision, callback fn)
+        : fn_(std::make_unique<callback>(std::move(fn))) {
+        detail::check(haven_watch(h, detail::bytes(prefix), prefix.size(), from_revision,
+                                  &watch::trampoline, fn_.get(), &w_));
+    }
+    watch(const watch &) = delete;
+    watch &operator=(const watch &) = delete;
+    watch(watch &&other) noexcept
+        : fn_(std::move(other.fn_)), w_(std::exchange(other.w_, nullptr)) {}
+    watch &operator=(watch &&other) noexcept {
+        std::swap(fn_, other.fn_);
+        std::swap(w_, other.w_);
+        return *this;
+    }
+    ~watch() { cancel(); }
+
+    /// Stop it: when this returns no callback runs or will start.
+    void cancel() noexcept { haven_watch_cancel(std::exchange(w_, nullptr)); }
+
+private:
+    static void trampoline(void *user_data, const haven_watch_event_t *e) {
+        watch_event event{e->kind,
+                          e->revision,
+                          e->key ? std::string(reinterpret_cast<const char *>(e->key), e->key_len)
+                                 : std::string(),
+                          e->value ? std::string(reinterpret_cast<const char *>(e->value),
+                                                 e->value_len)
+                                   : std::string(),
+                          e->code,
+                          e->message ? std::string(e->message) : std::string()};
+        try {
+            (*static_cast<callback *>(user_data))(event);
+        } catch (...) {
+            // An exception must not unwind into haven's thread.
+        }
+    }
+
+    std::unique_ptr<callback> fn_; // stable address: haven holds it as user_data
+    haven_watch_t *w_ = nullptr;
+};
+
+/// The owners of a key in a partition map (see haven_owners).
+struct owners {
+    uint64_t epoch;
+    uint32_t partition;
+    std::vector<std::string> ids; ///< primary first
+};
+
 /// A member's settings (see haven_config_set for the keys).
 class config {
 public:
@@ -114,6 +222,16 @@ public:
         detail::check_abi();
         haven_t *h = nullptr;
         detail::check(haven_connect(addrs.c_str(), secret.c_str(), &h));
+        return db(h);
+    }
+
+    /// Connect with options (cluster id, timeouts, TLS: see haven_options_t; start from
+    /// haven_options_init).
+    static db connect(const std::string &addrs, const std::string &secret,
+                      const haven_options_t &options) {
+        detail::check_abi();
+        haven_t *h = nullptr;
+        detail::check(haven_connect_with(addrs.c_str(), secret.c_str(), &options, &h));
         return db(h);
     }
 
@@ -181,6 +299,49 @@ public:
         return out;
     }
 
+    /// Grant a session of `ttl_ms`, kept alive in the background while it lives.
+    haven::session session(uint64_t ttl_ms) {
+        haven_session_t *s = nullptr;
+        detail::check(haven_session_grant(h_, ttl_ms, &s));
+        return haven::session(s);
+    }
+
+    /// Whether `token` is a current grant of lock `name` (a linearizable read).
+    bool check_token(const std::string &name, uint64_t token) {
+        int valid = 0;
+        detail::check(haven_check_token(h_, name.c_str(), token, &valid));
+        return valid != 0;
+    }
+
+    /// Every lock with holders or waiters, as JSON (see haven_locks_json).
+    std::string locks_json() {
+        detail::buffer json;
+        detail::check(haven_locks_json(h_, &json.buf));
+        return json.str();
+    }
+
+    /// The owners of `key` in partition map `map`, primary first.
+    haven::owners owners(const std::string &map, std::string_view key) {
+        detail::buffer records;
+        haven::owners out{0, 0, {}};
+        detail::check(haven_owners(h_, map.c_str(), detail::bytes(key), key.size(), &out.epoch,
+                                   &out.partition, &records.buf));
+        size_t offset = 0;
+        while (offset < records.buf.len) {
+            haven_record_t r;
+            detail::check(haven_record_next(&records.buf, &offset, &r));
+            out.ids.emplace_back(reinterpret_cast<const char *>(r.key), r.key_len);
+        }
+        return out;
+    }
+
+    /// Watch every key starting with `prefix` (see haven_watch; `fn` runs on the watch's own
+    /// thread).
+    haven::watch watch(std::string_view prefix, haven::watch::callback fn,
+                       uint64_t from_revision = 0) {
+        return haven::watch(h_, prefix, from_revision, std::move(fn));
+    }
+
     /// The member's status as JSON (see haven_status_json).
     std::string status_json() {
         detail::buffer json;
@@ -193,6 +354,42 @@ public:
 private:
     explicit db(haven_t *h) : h_(h) {}
     haven_t *h_ = nullptr;
+};
+
+
+/// A held lock, released by the destructor (errors ignored there; `unlock()` reports them).
+/// Waits as haven_lock's `wait_ms` says (0: try, -1: forever); not granted ->
+/// haven::error with code HAVEN_ERR_TIMEOUT. Movable, not copyable.
+class lock_guard {
+public:
+    lock_guard(db &d, session &s, std::string name, int64_t wait_ms = -1,
+               lock_mode mode = lock_mode::exclusive)
+        : h_(d.get()), s_(s.get()), name_(std::move(name)) {
+        detail::check(haven_lock(h_, s_, name_.c_str(), static_cast<int>(mode), wait_ms, &token_));
+    }
+    lock_guard(const lock_guard &) = delete;
+    lock_guard &operator=(const lock_guard &) = delete;
+    lock_guard(lock_guard &&other) noexcept
+        : h_(other.h_), s_(other.s_), name_(std::move(other.name_)),
+          token_(std::exchange(other.token_, 0)) {}
+    lock_guard &operator=(lock_guard &&) = delete;
+    ~lock_guard() {
+        if (token_ != 0) {
+            haven_unlock(h_, s_, name_.c_str(), token_);
+        }
+    }
+
+    /// The fencing token of this grant: pass it with every write to the protected resource.
+    uint64_t token() const noexcept { return token_; }
+    const std::string &name() const noexcept { return name_; }
+    /// Release now; throws haven::error (HAVEN_ERR_LOCK_NOT_HELD if the grant was gone).
+    void unlock() { detail::check(haven_unlock(h_, s_, name_.c_str(), std::exchange(token_, 0))); }
+
+private:
+    haven_t *h_;
+    haven_session_t *s_;
+    std::string name_;
+    uint64_t token_ = 0;
 };
 
 } // namespace haven

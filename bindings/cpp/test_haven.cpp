@@ -3,11 +3,15 @@
 #include "haven.hpp"
 
 #include <arpa/inet.h>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <mutex>
 #include <thread>
 #include <unistd.h>
 
@@ -45,6 +49,84 @@ template <typename F> static int code_of(F f) {
         return e.code();
     }
     return HAVEN_OK;
+}
+
+// The README's C++ example is this function's marked part (tests/ffi_header.rs checks it).
+static void readme_example(haven::db &db) {
+    // README:begin
+    db.put("config/mode", "fast");
+    std::optional<std::string> mode = db.get("config/mode");  // std::nullopt if absent
+    bool swapped = db.cas("config/mode", std::string_view("fast"), "safe");
+
+    haven::session session = db.session(10000);  // a lease, kept alive in the background
+    {
+        haven::lock_guard lock(db, session, "backup", 5000);  // waits up to 5 s
+        std::printf("mode %s, swapped %d, token %llu\n", mode.value_or("?").c_str(), swapped,
+                    static_cast<unsigned long long>(lock.token()));
+    }  // released here
+    // README:end
+    CHECK(mode == std::optional<std::string>("fast") && swapped);
+}
+
+static void test_coordination(haven::db &db) {
+    haven::session s1 = db.session(5000);
+    haven::session s2 = db.session(5000);
+    CHECK(s1.id() != s2.id() && s1.state() == HAVEN_SESSION_ALIVE);
+    uint64_t first = 0;
+    {
+        haven::lock_guard guard(db, s1, "jobs", 0);
+        first = guard.token();
+        CHECK(first > 0 && guard.name() == "jobs");
+        CHECK(db.check_token("jobs", first));
+        CHECK(code_of([&] { haven::lock_guard again(db, s2, "jobs", 0); }) == HAVEN_ERR_TIMEOUT);
+        CHECK(code_of([&] { haven::lock_guard again(db, s2, "jobs", 200); }) == HAVEN_ERR_TIMEOUT);
+        CHECK(db.locks_json().find("\"name\":\"jobs\"") != std::string::npos);
+    }
+    CHECK(!db.check_token("jobs", first));
+    {
+        haven::lock_guard shared_a(db, s1, "jobs", 0, haven::lock_mode::shared);
+        haven::lock_guard shared_b(db, s2, "jobs", 0, haven::lock_mode::shared);
+        CHECK(shared_a.token() > first && shared_b.token() > first);
+        shared_b.unlock();
+        CHECK(code_of([&] { shared_b.unlock(); }) == HAVEN_ERR_LOCK_NOT_HELD);
+    }
+    s2.revoke();
+    CHECK(s2.state() == HAVEN_SESSION_LOST);
+    CHECK(code_of([&] { haven::lock_guard g(db, s2, "jobs", 0); }) == HAVEN_ERR_SESSION_EXPIRED);
+
+    CHECK(haven_map_create(db.get(), "shards", 4, 2) == HAVEN_OK);
+    CHECK(haven_map_join(db.get(), "shards", "a", 1) == HAVEN_OK);
+    CHECK(haven_map_join(db.get(), "shards", "b", 1) == HAVEN_OK);
+    haven::owners o = db.owners("shards", "user/1");
+    CHECK(o.ids.size() == 2 && o.partition < 4 && o.epoch >= 3);
+    CHECK(o.ids.size() == 2 && o.ids[0] != o.ids[1]);
+    CHECK(code_of([&] { db.owners("nope", "k"); }) == HAVEN_ERR_INVALID_ARGUMENT);
+
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<haven::watch_event> events;
+    std::atomic<bool> other_thread{true};
+    const std::thread::id self = std::this_thread::get_id();
+    {
+        haven::watch w = db.watch("w/", [&](const haven::watch_event &e) {
+            if (e.kind == HAVEN_WATCH_PROGRESS) {
+                return;
+            }
+            if (std::this_thread::get_id() == self) {
+                other_thread = false;
+            }
+            std::lock_guard<std::mutex> g(mutex);
+            events.push_back(e);
+            changed.notify_all();
+        });
+        db.put("w/1", "one");
+        db.remove("w/1");
+        std::unique_lock<std::mutex> g(mutex);
+        changed.wait(g, [&] { return events.size() >= 2; });
+    }
+    CHECK(events.size() == 2 && other_thread);
+    CHECK(events[0].kind == HAVEN_WATCH_PUT && events[0].key == "w/1" && events[0].value == "one");
+    CHECK(events[1].kind == HAVEN_WATCH_DELETE && events[1].revision > events[0].revision);
 }
 
 int main() {
@@ -96,6 +178,8 @@ int main() {
         CHECK(code_of([&] { db.put(big, "v"); }) == HAVEN_ERR_INVALID_ARGUMENT);
         CHECK(code_of([&] { db.put("", "v"); }) == HAVEN_ERR_INVALID_ARGUMENT);
         CHECK(db.status_json().find("\"role\":\"leader\"") != std::string::npos);
+        readme_example(db);
+        test_coordination(db);
 
         // One handle, many threads.
         std::vector<std::thread> threads;

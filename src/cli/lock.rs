@@ -9,7 +9,7 @@
 
 use super::exit::{fail, Outcome, EXIT_NO};
 use super::kv::{to_hex, ClusterArgs};
-use haven::client::{LockWait, SessionState};
+use haven::client::{LockOptions, LockWait, SessionState};
 use haven::observe::json_string;
 use haven::sm::{LockInfo, LockMode};
 use haven::{Error, Result};
@@ -47,6 +47,10 @@ pub struct LockArgs {
     /// The TTL of the session the lock is held through, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub ttl_ms: u64,
+    /// Lock-delay: if this process's session expires while it holds the lock (it was paused or
+    /// cut off, not a release), the lock is granted to no one for this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub lock_delay_ms: u64,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -102,8 +106,13 @@ pub fn lock(args: &LockArgs) -> Outcome {
         Some(ms) => LockWait::Deadline(Duration::from_millis(ms)),
         None => LockWait::Forever,
     };
+    let options = LockOptions {
+        mode,
+        wait,
+        lock_delay: Duration::from_millis(args.lock_delay_ms),
+    };
     let Some(guard) = client
-        .lock(args.name.as_bytes(), mode, &session, wait)
+        .lock_with(args.name.as_bytes(), &session, options)
         .map_err(fail)?
     else {
         let _ = session.revoke();

@@ -117,6 +117,9 @@ pub enum BenchTarget {
     /// Watch fan-out: a 3-member cluster in this process under a paced write load; events/s
     /// delivered to each count of watchers, completeness, write-to-delivery latency.
     Watch(bench::watch::WatchBenchArgs),
+    /// Locks: a 3-member cluster of `haven serve` processes; uncontended acquire+release
+    /// latency beside a plain put's, and hand-offs/s among contenders on one lock.
+    Lock(bench::lock::LockBenchArgs),
 }
 
 /// Run the parsed command; the process exit code.

@@ -115,6 +115,32 @@ pub enum LockWait {
     Forever,
 }
 
+/// How [`Client::lock_with`] takes a lock. `LockOptions::default()`: exclusive, wait forever,
+/// no lock-delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockOptions {
+    /// Exclusive or shared.
+    pub mode: LockMode,
+    /// How long to wait.
+    pub wait: LockWait,
+    /// Lock-delay (Chubby's): if the session *expires* while holding this grant, the lock is
+    /// granted to no one for this long, so a holder that lost its session without knowing
+    /// (paused, partitioned) has that long to notice before the next holder starts. Not after
+    /// an unlock or a revoke. At most `MAX_LOCK_DELAY_MS`, whole milliseconds; zero by default.
+    /// Fencing tokens remain the real protection: see the README.
+    pub lock_delay: Duration,
+}
+
+impl Default for LockOptions {
+    fn default() -> LockOptions {
+        LockOptions {
+            mode: LockMode::Exclusive,
+            wait: LockWait::Forever,
+            lock_delay: Duration::ZERO,
+        }
+    }
+}
+
 /// A held lock. Released when dropped (best effort; [`LockGuard::unlock`] reports errors).
 #[derive(Debug)]
 pub struct LockGuard {
@@ -135,6 +161,13 @@ impl LockGuard {
     /// The lock's name.
     pub fn name(&self) -> &[u8] {
         &self.name
+    }
+
+    /// Keep the lock held past this guard: it stays held until [`Client::unlock`] with this
+    /// token, or until its session ends. For holders that outlive a Rust scope (the C ABI).
+    pub fn into_token(mut self) -> FencingToken {
+        self.released = true;
+        self.token
     }
 
     /// Release now. `LockNotHeld` if the grant was already gone (its session ended).
@@ -187,7 +220,8 @@ impl Client {
     }
 
     /// Take lock `name` through `session`, waiting as `wait` says. `Ok(None)`: not granted
-    /// (busy, or the wait timed out and was cancelled). `SessionExpired` if the session ended.
+    /// (busy, or the wait timed out and was cancelled). `SessionExpired` if the session ended
+    /// (also while waiting: the wait fails as soon as the entry that ended it applies).
     pub fn lock(
         &self,
         name: &[u8],
@@ -195,15 +229,50 @@ impl Client {
         session: &Session,
         wait: LockWait,
     ) -> Result<Option<LockGuard>> {
+        self.lock_with(
+            name,
+            session,
+            LockOptions {
+                mode,
+                wait,
+                lock_delay: Duration::ZERO,
+            },
+        )
+    }
+
+    /// [`Client::lock`] with every option, among them a lock-delay ([`LockOptions`]).
+    pub fn lock_with(
+        &self,
+        name: &[u8],
+        session: &Session,
+        options: LockOptions,
+    ) -> Result<Option<LockGuard>> {
+        let LockOptions {
+            mode,
+            wait,
+            lock_delay,
+        } = options;
         let until = match wait {
             LockWait::Try | LockWait::Forever => None,
             LockWait::Deadline(d) => Some(Instant::now() + d),
         };
-        let acquire = Op::LockAcquire {
-            name: name.to_vec(),
-            mode,
-            session: session.id(),
-            wait: wait != LockWait::Try,
+        let lock_delay_ms = u64::try_from(lock_delay.as_millis()).unwrap_or(u64::MAX);
+        // Without a delay, the version-3 command: members of the previous version apply it.
+        let acquire = if lock_delay_ms == 0 {
+            Op::LockAcquire {
+                name: name.to_vec(),
+                mode,
+                session: session.id(),
+                wait: wait != LockWait::Try,
+            }
+        } else {
+            Op::LockAcquireWithDelay {
+                name: name.to_vec(),
+                mode,
+                session: session.id(),
+                wait: wait != LockWait::Try,
+                lock_delay_ms,
+            }
         };
         let probe = Command {
             client_id: 1,

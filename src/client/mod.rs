@@ -33,7 +33,7 @@ pub use self::watch::{Watch, WatchNotice, WATCH_RESUME_TIMEOUT};
 pub use crate::proto::{EventKind, WatchEvent, WatchSpec, WatchTarget};
 
 pub use crate::sm::ElectionLeader;
-pub use coord::{LockGuard, LockWait, Session, SessionState};
+pub use coord::{LockGuard, LockOptions, LockWait, Session, SessionState};
 pub use elect::{ElectionObserver, LeaderChange, Leadership};
 
 pub use crate::proto::{

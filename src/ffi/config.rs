@@ -4,7 +4,7 @@
 use super::args::{self, text};
 use super::{entry, haven_t};
 use crate::error::{Error, Result};
-use crate::net::ClusterSecret;
+use crate::net::{ClientTls, ClusterSecret, MemberTls};
 use crate::{Client, ClientOptions, ClusterId, Config, Node, NodeId, ReadMode};
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int};
@@ -50,6 +50,11 @@ pub struct haven_config_t {
     request_timeout_ms: Option<u64>,
     serve_clients: Option<bool>,
     read_mode: Option<ReadMode>,
+    client_secret: Option<Secret>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
 }
 
 enum Secret {
@@ -79,6 +84,27 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
         _ => Err(Error::InvalidArgument(format!(
             "config {key}: {value:?} is not true or false"
         ))),
+    }
+}
+
+/// A file's path (not read until `haven_open`).
+fn path(key: &str, value: &str) -> Result<PathBuf> {
+    if value.is_empty() {
+        return Err(Error::InvalidArgument(format!("config {key}: empty")));
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// A secret given as text or as a file, as `--secret-file` reads it.
+fn read_secret(what: &str, secret: &Secret) -> Result<ClusterSecret> {
+    match secret {
+        Secret::Text(text) => secret_from_text(&format!("config {what}"), text.as_bytes()),
+        Secret::File(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                Error::io(format!("reading config {what}_file {}", path.display()), e)
+            })?;
+            secret_from_text(&format!("config {what}_file"), &bytes)
+        }
     }
 }
 
@@ -127,7 +153,16 @@ impl haven_config_t {
                 secret_from_text("config secret", value.as_bytes())?;
                 self.secret = Some(Secret::Text(value.to_string()));
             }
-            "secret_file" => self.secret = Some(Secret::File(PathBuf::from(value))),
+            "secret_file" => self.secret = Some(Secret::File(path(key, value)?)),
+            "client_secret" => {
+                secret_from_text("config client_secret", value.as_bytes())?;
+                self.client_secret = Some(Secret::Text(value.to_string()));
+            }
+            "client_secret_file" => self.client_secret = Some(Secret::File(path(key, value)?)),
+            "tls_cert" => self.tls_cert = Some(path(key, value)?),
+            "tls_key" => self.tls_key = Some(path(key, value)?),
+            "tls_ca" => self.tls_ca = Some(path(key, value)?),
+            "client_ca" => self.client_ca = Some(path(key, value)?),
             "cluster_id" => self.cluster_id = Some(parse_u64(key, value)?),
             "join" => self.join = Some(parse_bool(key, value)?),
             "tick_ms" => self.tick_ms = Some(parse_u64(key, value)?),
@@ -166,13 +201,27 @@ impl haven_config_t {
     /// The member's configuration; `Node::open` validates the rest.
     fn build(&self) -> Result<Config> {
         let missing = |key: &str| Error::InvalidArgument(format!("config {key}: not set"));
-        let secret = match self.secret.as_ref().ok_or_else(|| missing("secret"))? {
-            Secret::Text(text) => secret_from_text("config secret", text.as_bytes())?,
-            Secret::File(path) => {
-                let bytes = std::fs::read(path).map_err(|e| {
-                    Error::io(format!("reading config secret_file {}", path.display()), e)
-                })?;
-                secret_from_text("config secret_file", &bytes)?
+        let secret = read_secret(
+            "secret",
+            self.secret.as_ref().ok_or_else(|| missing("secret"))?,
+        )?;
+        let client_secret = self
+            .client_secret
+            .as_ref()
+            .map(|s| read_secret("client_secret", s))
+            .transpose()?;
+        let tls = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(MemberTls::from_files(
+                cert,
+                key,
+                ca,
+                self.client_ca.as_deref(),
+            )?),
+            (None, None, None) if self.client_ca.is_none() => None,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "config tls_cert, tls_key and tls_ca go together (client_ca needs them)".into(),
+                ))
             }
         };
         let mut config = Config::new(
@@ -206,6 +255,8 @@ impl haven_config_t {
             config.wal_cache_bytes = usize::try_from(bytes)
                 .map_err(|_| Error::InvalidArgument("config wal_cache_bytes: too large".into()))?;
         }
+        config.client_secret = client_secret;
+        config.tls = tls;
         config.join = self.join.unwrap_or(config.join);
         config.lease_reads = self.lease_reads.unwrap_or(config.lease_reads);
         config.serve_clients = self.serve_clients.unwrap_or(config.serve_clients);
@@ -232,8 +283,12 @@ pub extern "C" fn haven_config_new(out: *mut *mut haven_config_t) -> c_int {
 /// (default 1), `join`, `tick_ms`, `election_timeout_ms`, `heartbeat_interval_ms`,
 /// `lease_reads`, `snapshot_entries`, `snapshot_trailing_entries`, `state_cache_bytes`,
 /// `wal_segment_bytes`, `wal_cache_bytes`, `request_timeout_ms`, `serve_clients`, `read_mode`
-/// (`linearizable` or `stale`: how `haven_get`/`haven_scan` read). Booleans are `true`/`false`
-/// or `1`/`0`.
+/// (`linearizable` or `stale`: how `haven_get`/`haven_scan` read), `client_secret` /
+/// `client_secret_file` (the secret remote clients prove; default: the member secret), and
+/// TLS on every connection: `tls_cert`, `tls_key`, `tls_ca` (paths of PEM files: this member's
+/// certificate chain and key, the CA that signs every member's certificate; all three or
+/// none) and `client_ca` (the CA of client certificates: clients must then present one).
+/// Booleans are `true`/`false` or `1`/`0`. Files are read by `haven_open`.
 ///
 /// `key` and `value` are borrowed for the call (copied). Errors: INVALID_ARGUMENT naming the
 /// key for an unknown key or a bad value, and then `cfg` is unchanged. Does not block; not
@@ -311,22 +366,68 @@ pub struct haven_options_t {
     pub read_mode: c_int,
     /// Non-zero (default): connect to the leader when a member names it.
     pub prefer_leader: c_int,
+    /// TLS: path of the PEM file of the CA that signed the members' certificates (NULL,
+    /// default: plaintext). Borrowed for the `haven_connect_with` call.
+    pub tls_ca: *const c_char,
+    /// TLS: path of this client's PEM certificate chain, when members require client
+    /// certificates (NULL: none). Needs `tls_key` and `tls_ca`.
+    pub tls_cert: *const c_char,
+    /// TLS: path of this client's PEM private key (NULL: none). Needs `tls_cert`.
+    pub tls_key: *const c_char,
 }
 
-/// Fill `*opts` with the defaults. Errors: INVALID_ARGUMENT (`opts` NULL).
-#[no_mangle]
-pub extern "C" fn haven_options_init(opts: *mut haven_options_t) -> c_int {
-    entry("haven_options_init", || {
-        let opts = args::out("opts", opts)?;
+/// `struct_size` of the first `haven_options_t` (before the TLS fields): a caller compiled
+/// against that header is still accepted, its TLS fields read as NULL.
+const OPTIONS_V1_SIZE: usize = std::mem::offset_of!(haven_options_t, tls_ca);
+
+impl haven_options_t {
+    fn defaults() -> haven_options_t {
         let defaults = ClientOptions::default();
-        *opts = haven_options_t {
+        haven_options_t {
             struct_size: std::mem::size_of::<haven_options_t>(),
             cluster_id: 1,
             request_timeout_ms: defaults.request_timeout.as_millis() as u64,
             connect_timeout_ms: defaults.connect_timeout.as_millis() as u64,
             read_mode: HAVEN_READ_LINEARIZABLE,
             prefer_leader: 1,
+            tls_ca: std::ptr::null(),
+            tls_cert: std::ptr::null(),
+            tls_key: std::ptr::null(),
+        }
+    }
+
+    /// The client's TLS settings.
+    fn tls(&self) -> Result<Option<ClientTls>> {
+        let optional = |name: &str, p: *const c_char| -> Result<Option<PathBuf>> {
+            if p.is_null() {
+                Ok(None)
+            } else {
+                Ok(Some(PathBuf::from(text(name, p)?)))
+            }
         };
+        let ca = optional("opts->tls_ca", self.tls_ca)?;
+        let cert = optional("opts->tls_cert", self.tls_cert)?;
+        let key = optional("opts->tls_key", self.tls_key)?;
+        match ca {
+            Some(ca) => Ok(Some(ClientTls::from_files(
+                &ca,
+                cert.as_deref(),
+                key.as_deref(),
+            )?)),
+            None if cert.is_some() || key.is_some() => Err(Error::InvalidArgument(
+                "opts->tls_cert/tls_key need opts->tls_ca (the CA of the members' certificates)"
+                    .into(),
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Fill `*opts` with the defaults. Errors: INVALID_ARGUMENT (`opts` NULL).
+#[no_mangle]
+pub extern "C" fn haven_options_init(opts: *mut haven_options_t) -> c_int {
+    entry("haven_options_init", || {
+        *args::out("opts", opts)? = haven_options_t::defaults();
         Ok(())
     })
 }
@@ -356,7 +457,7 @@ fn connect(
         connect_timeout: Duration::from_millis(options.connect_timeout_ms),
         read_mode: read_mode("read_mode", options.read_mode)?,
         prefer_leader: options.prefer_leader != 0,
-        ..ClientOptions::default()
+        tls: options.tls()?,
     };
     let client = Client::connect(
         &members,
@@ -384,21 +485,14 @@ pub extern "C" fn haven_connect(
     out: *mut *mut haven_t,
 ) -> c_int {
     entry("haven_connect", || {
-        let mut options = haven_options_t {
-            struct_size: 0,
-            cluster_id: 0,
-            request_timeout_ms: 0,
-            connect_timeout_ms: 0,
-            read_mode: 0,
-            prefer_leader: 0,
-        };
-        haven_options_init(&mut options);
-        connect(addrs, secret, &options, out)
+        connect(addrs, secret, &haven_options_t::defaults(), out)
     })
 }
 
-/// `haven_connect` with options (cluster id, timeouts, read mode). `opts` is borrowed for
-/// the call; its `struct_size` must be set (by `haven_options_init`). Same blocking, errors
+/// `haven_connect` with options (cluster id, timeouts, read mode, TLS). `opts` and the
+/// strings it points to are borrowed for the call; its `struct_size` must be set (by
+/// `haven_options_init`). TLS files are read here: an unreadable one is IO, a bad one
+/// INVALID_ARGUMENT; a member without TLS (or with it, when `tls_ca` is NULL) refuses with AUTH. Same blocking, errors
 /// and thread safety as `haven_connect`.
 #[no_mangle]
 pub extern "C" fn haven_connect_with(
@@ -408,17 +502,35 @@ pub extern "C" fn haven_connect_with(
     out: *mut *mut haven_t,
 ) -> c_int {
     entry("haven_connect_with", || {
-        // SAFETY: NULL or a valid haven_options_t for the call.
-        let opts = unsafe { opts.as_ref() }
-            .ok_or_else(|| Error::InvalidArgument("opts is NULL".into()))?;
-        if opts.struct_size < std::mem::size_of::<haven_options_t>() {
+        if opts.is_null() {
+            return Err(Error::InvalidArgument("opts is NULL".into()));
+        }
+        // SAFETY: a valid haven_options_t of the caller's header, which starts with
+        // struct_size in every version.
+        let given = unsafe { std::ptr::addr_of!((*opts).struct_size).read() };
+        if given < OPTIONS_V1_SIZE {
             return Err(Error::InvalidArgument(format!(
-                "opts: struct_size is {}, expected {} (call haven_options_init first)",
-                opts.struct_size,
-                std::mem::size_of::<haven_options_t>()
+                "opts: struct_size is {}, expected at least {OPTIONS_V1_SIZE} (call \
+                 haven_options_init first)",
+                given,
             )));
         }
-        connect(addrs, secret, opts, out)
+        // Copy what the caller's version of the struct has; fields it lacks keep their
+        // defaults (NULL for the TLS paths).
+        let mut options = haven_options_t::defaults();
+        let size = given.min(std::mem::size_of::<haven_options_t>());
+        // SAFETY: the caller's struct is `given` bytes (its contract); at most
+        // size_of::<haven_options_t>() of them are copied into `options`, a plain-old-data
+        // repr(C) struct of that size.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                opts.cast::<u8>(),
+                std::ptr::addr_of_mut!(options).cast::<u8>(),
+                size,
+            );
+        }
+        options.struct_size = std::mem::size_of::<haven_options_t>();
+        connect(addrs, secret, &options, out)
     })
 }
 

@@ -157,7 +157,7 @@ pub extern "C" fn haven_cas(
 /// Value of `haven_record_t::value_len` / the layout's `value_len` for "no value".
 pub const HAVEN_NO_VALUE: u32 = u32::MAX;
 
-fn push_record(out: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
+pub(crate) fn push_record(out: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
     // Keys and values are bounded far below 4 GiB (limits.rs), so the u32 lengths hold.
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(
@@ -337,6 +337,10 @@ pub const HAVEN_CMP_CREATE_REVISION: c_int = 2;
 pub const HAVEN_CMP_MOD_REVISION: c_int = 3;
 /// Holds when the key's presence is `number` (1: present, 0: absent); `op` is ignored.
 pub const HAVEN_CMP_EXISTS: c_int = 4;
+/// A fenced write: holds while `number` is a current fencing token of the lock named by
+/// `key` (see `haven_lock`); `op` is ignored. A holder whose grant ended has its write refused
+/// where the data lives.
+pub const HAVEN_CMP_LOCK_HELD: c_int = 5;
 
 /// `haven_compare_t::op`: stored == given.
 pub const HAVEN_CMP_EQUAL: c_int = 0;
@@ -351,7 +355,8 @@ pub const HAVEN_CMP_GREATER: c_int = 3;
 /// revisions are 0 and a value compare never holds.
 #[repr(C)]
 pub struct haven_compare_t {
-    /// `HAVEN_CMP_VALUE`, `_VERSION`, `_CREATE_REVISION`, `_MOD_REVISION` or `_EXISTS`.
+    /// `HAVEN_CMP_VALUE`, `_VERSION`, `_CREATE_REVISION`, `_MOD_REVISION`, `_EXISTS` or
+    /// `_LOCK_HELD`.
     pub target: c_int,
     /// `HAVEN_CMP_EQUAL`, `_NOT_EQUAL`, `_LESS` or `_GREATER`.
     pub op: c_int,
@@ -397,7 +402,7 @@ fn compare(i: usize, c: &haven_compare_t) -> Result<Compare> {
         HAVEN_CMP_NOT_EQUAL => CompareOp::NotEqual,
         HAVEN_CMP_LESS => CompareOp::Less,
         HAVEN_CMP_GREATER => CompareOp::Greater,
-        other if c.target != HAVEN_CMP_EXISTS => {
+        other if c.target != HAVEN_CMP_EXISTS && c.target != HAVEN_CMP_LOCK_HELD => {
             return Err(Error::InvalidArgument(format!(
                 "{name}.op: {other} is not a HAVEN_CMP_* relation"
             )))
@@ -428,6 +433,10 @@ fn compare(i: usize, c: &haven_compare_t) -> Result<Compare> {
         HAVEN_CMP_EXISTS => Compare::Exists {
             key,
             exists: c.number != 0,
+        },
+        HAVEN_CMP_LOCK_HELD => Compare::LockHeld {
+            name: key,
+            token: crate::sm::FencingToken(c.number),
         },
         other => {
             return Err(Error::InvalidArgument(format!(

@@ -30,14 +30,18 @@
 mod args;
 mod cluster;
 mod config;
+mod coord;
 mod json;
 mod kv;
 mod log;
+mod watch;
 
 pub use cluster::*;
 pub use config::*;
+pub use coord::*;
 pub use kv::*;
 pub use log::*;
+pub use watch::*;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::{Client, Node};

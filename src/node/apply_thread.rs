@@ -184,11 +184,16 @@ impl ApplyThread {
         }
     }
 
-    /// Tell the driver's lease keeper the sessions as they are now.
+    /// Tell the driver's lease keeper the sessions and the delayed locks as they are now.
     fn report_sessions(&self) {
-        match self.sm.sessions() {
-            Ok(sessions) => self.internal.send(Internal::Sessions {
+        match self
+            .sm
+            .sessions()
+            .and_then(|s| Ok((s, self.sm.lock_delays()?)))
+        {
+            Ok((sessions, lock_delays)) => self.internal.send(Internal::Sessions {
                 sessions,
+                lock_delays,
                 applied: self.sm.applied().0,
             }),
             Err(e) => event!(Level::Error, node: Some(self.id.0), term: None,
@@ -328,8 +333,15 @@ impl ApplyThread {
                 if self.pending_since.is_none() && self.sm.pending_writes() > 0 {
                     self.pending_since = Some(Instant::now());
                 }
-                let queued = answer_waiters(&outcomes, waiters);
+                let (queued, answers) = answer_waiters(&outcomes, waiters);
+                // Lock grants first: on a hand-off the new holder hears of its grant before
+                // the releaser hears its release was done, so the new holder's next write
+                // (usually its own release) reaches the leader ahead of the releaser's next
+                // acquire rather than queueing behind that entry's sync.
                 self.settle_lock_waits(&outcomes, queued);
+                for (reply, answer) in answers {
+                    reply.send(answer);
+                }
                 if outcomes.iter().any(changes_sessions) {
                     self.report_sessions();
                 }
@@ -540,30 +552,42 @@ impl ApplyThread {
     }
 }
 
-/// Whether an entry changed the sessions (the lease keeper must hear of it).
+/// Whether an entry changed the sessions or the delayed locks (an expiry starts lock-delays, a
+/// `LockDelayEnd` ends them): the lease keeper must hear of it.
 fn changes_sessions(outcome: &ApplyOutcome) -> bool {
     matches!(
         &outcome.result,
         EntryResult::Command {
             result: CommandResult::SessionGranted { .. }
                 | CommandResult::SessionRevoked
-                | CommandResult::SessionsUpdated { .. },
+                | CommandResult::SessionsUpdated { .. }
+                | CommandResult::LockDelaysEnded { .. },
             ..
         }
     )
 }
 
-/// Answer each waiter from the outcome at its index. Acquires that queued are not answered:
-/// they come back as (client id, seq, reply), to be held until their wait ends.
-fn answer_waiters(outcomes: &[ApplyOutcome], waiters: Vec<Waiter>) -> Vec<(u64, u64, Reply)> {
+/// A held acquire: (client id, seq, its reply).
+type QueuedAcquire = (u64, u64, Reply);
+
+/// The answer of each waiter from the outcome at its index, to send. Acquires that queued are
+/// not answered: they come back as (client id, seq, reply), to be held until their wait ends.
+fn answer_waiters(
+    outcomes: &[ApplyOutcome],
+    waiters: Vec<Waiter>,
+) -> (Vec<QueuedAcquire>, Vec<(Reply, Result<Response>)>) {
     let mut queued = Vec::new();
+    let mut answers = Vec::with_capacity(waiters.len());
     let Some(first) = outcomes.first().map(|o| o.index) else {
         for w in waiters {
-            w.reply.fail(Error::Timeout(
-                "the entry was applied before (replay); its outcome is unknown".into(),
+            answers.push((
+                w.reply,
+                Err(Error::Timeout(
+                    "the entry was applied before (replay); its outcome is unknown".into(),
+                )),
             ));
         }
-        return queued;
+        return (queued, answers);
     };
     for w in waiters {
         let outcome = w
@@ -572,18 +596,24 @@ fn answer_waiters(outcomes: &[ApplyOutcome], waiters: Vec<Waiter>) -> Vec<(u64, 
             .checked_sub(first.0)
             .and_then(|offset| outcomes.get(offset as usize));
         let Some(outcome) = outcome else {
-            w.reply.fail(Error::Timeout(format!(
-                "entry {} was not in the applied batch; its outcome is unknown",
-                w.index
-            )));
+            answers.push((
+                w.reply,
+                Err(Error::Timeout(format!(
+                    "entry {} was not in the applied batch; its outcome is unknown",
+                    w.index
+                ))),
+            ));
             continue;
         };
         if outcome.term != w.term {
-            w.reply.fail(Error::Unavailable(format!(
-                "the proposal at index {} was replaced by a later leader's entry (term {} \
-                 instead of {}); it was not applied",
-                w.index, outcome.term, w.term
-            )));
+            answers.push((
+                w.reply,
+                Err(Error::Unavailable(format!(
+                    "the proposal at index {} was replaced by a later leader's entry (term {} \
+                     instead of {}); it was not applied",
+                    w.index, outcome.term, w.term
+                ))),
+            ));
             continue;
         }
         let response = match &outcome.result {
@@ -601,7 +631,7 @@ fn answer_waiters(outcomes: &[ApplyOutcome], waiters: Vec<Waiter>) -> Vec<(u64, 
                 "the command could not be decoded: {reason}"
             ))),
         };
-        w.reply.send(response);
+        answers.push((w.reply, response));
     }
-    queued
+    (queued, answers)
 }

@@ -96,6 +96,8 @@ pub(crate) enum Internal {
     /// a lost one).
     Sessions {
         sessions: Vec<crate::sm::SessionInfo>,
+        /// The locks in their lock-delay, with the delay (ms) to wait out.
+        lock_delays: Vec<(Vec<u8>, u64)>,
         applied: LogIndex,
     },
     /// The apply thread wrote a snapshot file (fsynced).
@@ -120,6 +122,8 @@ pub(crate) enum Input {
     Shutdown,
     /// Fault injection for tests: make this thread panic.
     InjectPanic(NodeThread),
+    /// Fault injection for tests: the driver's clock jumps forward by this much.
+    InjectClockJump(Duration),
 }
 
 /// A member thread that [`Node::inject_panic`] can make panic (fault injection for tests).
@@ -519,6 +523,16 @@ impl Node {
     #[doc(hidden)]
     pub fn inject_panic(&self, thread: NodeThread) {
         if self.shared.inputs.send(Input::InjectPanic(thread)).is_ok() {
+            self.shared.parker.notify();
+        }
+    }
+
+    /// Fault injection for tests: the driver's clock jumps forward by `by` at once, as a paused
+    /// process sees it when it resumes (time passed that no loop iteration observed), without
+    /// stopping anything else.
+    #[doc(hidden)]
+    pub fn inject_clock_jump(&self, by: Duration) {
+        if self.shared.inputs.send(Input::InjectClockJump(by)).is_ok() {
             self.shared.parker.notify();
         }
     }

@@ -18,12 +18,19 @@
 //!   #12528) first shifts every deadline by the gap, then expires: time it did not observe is
 //!   not held against the sessions.
 //!
+//! - Lock-delay: a lock whose holder's session expired with a lock-delay stays ungranted until a
+//!   `LockDelayEnd` entry (`sm/locks.rs`). The keeper arms each delayed lock when it learns of it
+//!   (now + its delay) and proposes the end once that passed. A new leader arms every delayed
+//!   lock from its full delay: it cannot know how much of it passed under the old leader, and
+//!   waiting too long only errs on the safe side (no checkpoints for so short a wait). A pause
+//!   shifts these deadlines like the sessions'.
+//!
 //! The keeper only decides; the driver proposes what [`LeaseKeeper::step`] returns and feeds it
 //! the state machine's sessions after each apply that changed them ([`LeaseKeeper::sync`]).
 
 use crate::limits::{
-    MAX_SESSION_CHECKPOINT_BATCH, MAX_SESSION_EXPIRE_BATCH, SESSION_CHECKPOINT_INTERVAL_MS,
-    SESSION_EXPIRE_MIN_INTERVAL_MS,
+    MAX_LOCK_DELAY_END_BATCH, MAX_SESSION_CHECKPOINT_BATCH, MAX_SESSION_EXPIRE_BATCH,
+    SESSION_CHECKPOINT_INTERVAL_MS, SESSION_EXPIRE_MIN_INTERVAL_MS,
 };
 use crate::sm::{Command, Op, SessionId, SessionInfo, UNTRACKED_CLIENT};
 use crate::types::LogIndex;
@@ -45,6 +52,12 @@ pub(crate) struct LeaseKeeper {
     deadlines: Option<HashMap<SessionId, Instant>>,
     /// Sessions whose expiry was proposed, and when.
     expiring: HashMap<SessionId, Instant>,
+    /// The locks in their lock-delay as the state machine last reported them, with the delay.
+    known_delays: BTreeMap<Vec<u8>, u64>,
+    /// Armed (with `deadlines`): when each delayed lock's delay ends on this member's clock.
+    delay_ends: HashMap<Vec<u8>, Instant>,
+    /// Delayed locks whose end was proposed, and when.
+    ending_delays: HashMap<Vec<u8>, Instant>,
     last_checkpoint: Option<Instant>,
     last_expire: Option<Instant>,
     /// The previous `step`: a gap longer than `pause_threshold` is a pause.
@@ -60,6 +73,9 @@ impl LeaseKeeper {
             arm_at: None,
             deadlines: None,
             expiring: HashMap::new(),
+            known_delays: BTreeMap::new(),
+            delay_ends: HashMap::new(),
+            ending_delays: HashMap::new(),
             last_checkpoint: None,
             last_expire: None,
             last_step: None,
@@ -72,6 +88,8 @@ impl LeaseKeeper {
         self.arm_at = Some(first_index);
         self.deadlines = None;
         self.expiring.clear();
+        self.delay_ends.clear();
+        self.ending_delays.clear();
     }
 
     /// This member no longer leads: forget every deadline.
@@ -79,6 +97,8 @@ impl LeaseKeeper {
         self.arm_at = None;
         self.deadlines = None;
         self.expiring.clear();
+        self.delay_ends.clear();
+        self.ending_delays.clear();
         self.last_step = None;
     }
 
@@ -95,6 +115,11 @@ impl LeaseKeeper {
                 })
                 .collect();
             self.deadlines = Some(deadlines);
+            self.delay_ends = self
+                .known_delays
+                .iter()
+                .map(|(name, ms)| (name.clone(), now + Duration::from_millis(*ms)))
+                .collect();
             // The first checkpoint comes one pause threshold (an election timeout) after arming,
             // not a whole interval: under leaders that change faster than the interval, each
             // one still records the time that passed under it, so the remaining TTL keeps
@@ -121,6 +146,23 @@ impl LeaseKeeper {
             }
         }
         self.expiring.retain(|id, _| self.known.contains_key(id));
+    }
+
+    /// The locks in their lock-delay after an apply that may have changed them. New ones are
+    /// armed (if this keeper is) from now + their delay; ended ones are forgotten.
+    pub(crate) fn sync_lock_delays(&mut self, delays: Vec<(Vec<u8>, u64)>, now: Instant) {
+        self.known_delays = delays.into_iter().collect();
+        self.delay_ends
+            .retain(|name, _| self.known_delays.contains_key(name));
+        self.ending_delays
+            .retain(|name, _| self.known_delays.contains_key(name));
+        if self.deadlines.is_some() {
+            for (name, ms) in &self.known_delays {
+                self.delay_ends
+                    .entry(name.clone())
+                    .or_insert(now + Duration::from_millis(*ms));
+            }
+        }
     }
 
     /// Whether keepalives can be answered (this member leads and is armed).
@@ -171,7 +213,7 @@ impl LeaseKeeper {
             if gap > self.pause_threshold {
                 // Paused: re-arm (shift every deadline by the time not observed) before
                 // anything is revoked.
-                for deadline in deadlines.values_mut() {
+                for deadline in deadlines.values_mut().chain(self.delay_ends.values_mut()) {
                     *deadline += gap;
                 }
                 crate::event!(crate::logging::Level::Warn, node: None, term: None,
@@ -206,6 +248,27 @@ impl LeaseKeeper {
                 self.last_expire = Some(now);
                 out.push(runtime_command(Op::SessionExpire { sessions }));
             }
+        }
+        let mut ended: Vec<Vec<u8>> = self
+            .delay_ends
+            .iter()
+            .filter(|(name, end)| {
+                **end <= now
+                    && self
+                        .ending_delays
+                        .get(*name)
+                        .map_or(true, |t| now.saturating_duration_since(*t) >= EXPIRE_RETRY)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        ended.sort();
+        for chunk in ended.chunks(MAX_LOCK_DELAY_END_BATCH) {
+            for name in chunk {
+                self.ending_delays.insert(name.clone(), now);
+            }
+            out.push(runtime_command(Op::LockDelayEnd {
+                names: chunk.to_vec(),
+            }));
         }
         let checkpoint_due = self.last_checkpoint.map_or(true, |t| {
             now.saturating_duration_since(t)
@@ -343,6 +406,60 @@ mod tests {
             now += Duration::from_millis(50);
         }
         assert!(now - resumed >= Duration::from_millis(350));
+    }
+
+    fn delays_ended(cmds: &[Command]) -> Vec<Vec<u8>> {
+        cmds.iter()
+            .filter_map(|c| match &c.op {
+                Op::LockDelayEnd { names } => Some(names.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn a_lock_delay_ends_after_its_delay_and_a_new_leader_waits_the_full_delay_again() {
+        // Steps every 100 ms (under the pause threshold); the first step that ends it.
+        fn ends_at(k: &mut LeaseKeeper, from: Instant) -> Duration {
+            let mut now = from;
+            loop {
+                now += Duration::from_millis(100);
+                if delays_ended(&k.step(now)) == vec![b"l".to_vec()] {
+                    return now - from;
+                }
+                assert!(now - from < Duration::from_secs(10), "never ended");
+            }
+        }
+        let t0 = Instant::now();
+        let mut k = LeaseKeeper::new(Duration::from_millis(300));
+        k.on_leader(LogIndex(1));
+        k.on_applied(LogIndex(1), t0);
+        k.sync_lock_delays(vec![(b"l".to_vec(), 1_000)], t0);
+        assert_eq!(ends_at(&mut k, t0), Duration::from_millis(1_000));
+        // Proposed once; not again before a retry interval.
+        let at = t0 + Duration::from_millis(1_000);
+        assert!(delays_ended(&k.step(at + Duration::from_millis(100))).is_empty());
+        // A new leader (the end was not applied) arms it from the full delay.
+        let t1 = at + Duration::from_millis(150);
+        k.on_follower();
+        k.on_leader(LogIndex(20));
+        k.on_applied(LogIndex(20), t1);
+        assert_eq!(ends_at(&mut k, t1), Duration::from_millis(1_000));
+        // Applied: the report no longer names it, nothing more is proposed.
+        let t2 = t1 + Duration::from_millis(1_000);
+        k.sync_lock_delays(Vec::new(), t2);
+        for i in 1..30 {
+            assert!(delays_ended(&k.step(t2 + Duration::from_millis(100 * i))).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_follower_never_ends_a_lock_delay() {
+        let t0 = Instant::now();
+        let mut k = LeaseKeeper::new(Duration::from_millis(300));
+        k.sync_lock_delays(vec![(b"l".to_vec(), 100)], t0);
+        assert!(delays_ended(&k.step(t0 + Duration::from_secs(5))).is_empty());
     }
 
     #[test]

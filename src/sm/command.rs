@@ -32,9 +32,13 @@ pub const PARTITION_MAP_COMMAND_VERSION: u8 = 2;
 /// The command version that introduced sessions, locks and ephemeral puts (the variants from
 /// [`Op::SessionGrant`] on).
 const SESSIONS_COMMAND_VERSION: u8 = 3;
+/// The command version that introduced lock-delay ([`Op::LockAcquireWithDelay`],
+/// [`Op::LockDelayEnd`]). An acquire without a delay stays [`Op::LockAcquire`] (version 3), so
+/// members of the previous version keep applying every command that does not use the delay.
+const LOCK_DELAY_COMMAND_VERSION: u8 = 4;
 /// The command version that introduced elections (the variants from
 /// [`Op::ElectionCampaign`] on).
-const ELECTIONS_COMMAND_VERSION: u8 = 4;
+const ELECTIONS_COMMAND_VERSION: u8 = 5;
 
 pub use super::clients::UNTRACKED_CLIENT;
 
@@ -189,7 +193,28 @@ pub enum Op {
         /// The session.
         session: SessionId,
     },
-    // ----- elections (command version 4) -----
+    // ----- lock-delay (command version 4) -----
+    /// [`Op::LockAcquire`] with a lock-delay: if `session` *expires* while holding the grant,
+    /// the lock is granted to no one for `lock_delay_ms` (ended by [`Op::LockDelayEnd`]).
+    LockAcquireWithDelay {
+        /// The lock (non-empty, at most `MAX_LOCK_NAME_BYTES`).
+        name: Vec<u8>,
+        /// Exclusive or shared.
+        mode: LockMode,
+        /// The session the grant lives and dies with.
+        session: SessionId,
+        /// Queue behind earlier requests (`true`) or answer `Busy` at once (`false`).
+        wait: bool,
+        /// The lock-delay (0..=`MAX_LOCK_DELAY_MS`; 0 is the same as [`Op::LockAcquire`]).
+        lock_delay_ms: u64,
+    },
+    /// The leader's keeper ends the lock-delay of these locks (its clock says it passed): each
+    /// grants its next waiters in this entry.
+    LockDelayEnd {
+        /// The locks, 1..=`MAX_LOCK_DELAY_END_BATCH`.
+        names: Vec<Vec<u8>>,
+    },
+    // ----- elections (command version 5) -----
     /// Campaign in election `name` through `session` with `value`: leads now, or queues behind
     /// the leader and earlier campaigners until it leads (or its session ends, or it withdraws
     /// with [`Op::ElectionCancel`]). Answered like a waiting exclusive [`Op::LockAcquire`].
@@ -308,6 +333,15 @@ impl Command {
                 Ok(())
             }
             Op::PutEphemeral { key, value, .. } => kv::validate_put(key, value),
+            Op::LockAcquireWithDelay {
+                name,
+                lock_delay_ms,
+                ..
+            } => {
+                locks::validate_name("lock acquire", name)?;
+                locks::validate_lock_delay(*lock_delay_ms)
+            }
+            Op::LockDelayEnd { names } => locks::validate_delay_end(names),
             Op::ElectionCampaign { name, value, .. } => {
                 elect::validate_value("campaign", name, value)
             }
@@ -321,7 +355,7 @@ impl Command {
 
     /// The lowest command version that knows every variant this command uses (see the module
     /// docs): 1 for the key-value and client commands, 2 for the partition maps, 3 for sessions
-    /// and locks, 4 for elections.
+    /// and locks, 4 for lock-delay, 5 for elections.
     pub fn min_version(&self) -> u8 {
         match &self.op {
             Op::RegisterClient
@@ -343,6 +377,7 @@ impl Command {
             | Op::LockRelease { .. }
             | Op::LockCancel { .. }
             | Op::PutEphemeral { .. } => SESSIONS_COMMAND_VERSION,
+            Op::LockAcquireWithDelay { .. } | Op::LockDelayEnd { .. } => LOCK_DELAY_COMMAND_VERSION,
             Op::ElectionCampaign { .. }
             | Op::ElectionProclaim { .. }
             | Op::ElectionResign { .. }
@@ -436,6 +471,51 @@ mod tests {
             Err(Error::Corrupt { .. })
         ));
         assert!(matches!(Command::decode(&[]), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn lock_delay_commands_are_version_4_and_a_plain_acquire_stays_3() {
+        let acquire = |lock_delay_ms: Option<u64>| Command {
+            client_id: 7,
+            seq: 1,
+            op: match lock_delay_ms {
+                None => Op::LockAcquire {
+                    name: b"l".to_vec(),
+                    mode: LockMode::Exclusive,
+                    session: SessionId(3),
+                    wait: true,
+                },
+                Some(lock_delay_ms) => Op::LockAcquireWithDelay {
+                    name: b"l".to_vec(),
+                    mode: LockMode::Exclusive,
+                    session: SessionId(3),
+                    wait: true,
+                    lock_delay_ms,
+                },
+            },
+        };
+        assert_eq!(acquire(None).encode().unwrap()[0], 3);
+        let delayed = acquire(Some(500));
+        let bytes = delayed.encode().unwrap();
+        assert_eq!(bytes[0], 4);
+        assert_eq!(Command::decode(&bytes).unwrap(), delayed);
+        assert!(acquire(Some(crate::limits::MAX_LOCK_DELAY_MS))
+            .validate()
+            .is_ok());
+        let err = acquire(Some(crate::limits::MAX_LOCK_DELAY_MS + 1))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lock_delay_ms"), "{err}");
+        let end = |names: Vec<Vec<u8>>| Command {
+            client_id: UNTRACKED_CLIENT,
+            seq: 0,
+            op: Op::LockDelayEnd { names },
+        };
+        assert!(end(vec![]).validate().is_err());
+        assert!(end(vec![Vec::new()]).validate().is_err());
+        assert!(end(vec![b"l".to_vec()]).validate().is_ok());
+        assert_eq!(end(vec![b"l".to_vec()]).encode().unwrap()[0], 4);
     }
 
     #[test]

@@ -50,8 +50,9 @@ pub(crate) const PREFIX_META: u8 = b'm';
 /// session id (u64 BE) ‖ user key -> create revision (the key's incarnation it is attached to);
 /// `s` ‖ `o` ‖ user key -> [`SessionId`] (the session the key was last attached to).
 pub(crate) const PREFIX_SESSION: u8 = b's';
-/// Locks: `x` ‖ `l` ‖ name -> [`LockRecord`]; `x` ‖ `s` ‖ session id (u64 BE) ‖ name -> empty
-/// (the locks a session holds or waits for).
+/// Locks: `x` ‖ `l` ‖ name -> [`LockRecord`]; `x` ‖ `s` ‖ session id (u64 BE) ‖ name -> empty,
+/// or the request's lock-delay in ms (a nonzero u64) (the locks a session holds or waits for);
+/// `x` ‖ `d` ‖ name -> [`LockDelayRecord`] (a lock in its lock-delay: granted to no one).
 pub(crate) const PREFIX_LOCK: u8 = b'x';
 /// Elections (`elect.rs`), a second lock table with its own names: `e` ‖ `l` ‖ name ->
 /// [`LockRecord`] (the leader is the holder, campaigners the waiters, each with its value);
@@ -154,6 +155,16 @@ impl LockRecord {
     }
 }
 
+/// A lock in its lock-delay: its holder's session expired while holding it with a nonzero
+/// lock-delay, so the lock is granted to no one until the leader's `LockDelayEnd` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct LockDelayRecord {
+    /// The delay asked for (the longest, if several holders expired): what a leader arms.
+    pub(crate) delay_ms: u64,
+    /// The index of the expiry that began it.
+    pub(crate) since: LogIndex,
+}
+
 /// Second byte of the session record keys.
 const SESSION_RECORD: u8 = b'r';
 /// Second byte of a session's attached-key keys.
@@ -164,6 +175,8 @@ const SESSION_OWNER: u8 = b'o';
 const LOCK_RECORD: u8 = b'l';
 /// Second byte of a session's lock keys.
 const LOCK_SESSION: u8 = b's';
+/// Second byte of a delayed lock's keys.
+const LOCK_DELAY: u8 = b'd';
 
 fn prefixed(prefix: u8, kind: u8, id: Option<u64>, tail: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + 8 + tail.len());
@@ -219,6 +232,16 @@ impl LockSpace {
             LockSpace::Elections => PREFIX_ELECTION,
         }
     }
+}
+
+/// `x d name`.
+pub(crate) fn lock_delay_key(name: &[u8]) -> Vec<u8> {
+    prefixed(PREFIX_LOCK, LOCK_DELAY, None, name)
+}
+
+/// Every `x d` key starts with this.
+pub(crate) fn lock_delays_prefix() -> Vec<u8> {
+    prefixed(PREFIX_LOCK, LOCK_DELAY, None, &[])
 }
 
 /// `x l name` (or `e l name`).
@@ -438,7 +461,16 @@ fn check_lock_pair(key: &[u8], value: &[u8]) -> Result<()> {
         (Some(&LOCK_RECORD), _) if key.len() > 2 => {
             decode_record::<LockRecord>("lock", value).map(drop)
         }
-        (Some(&LOCK_SESSION), Some((_, tail))) if !tail.is_empty() && value.is_empty() => Ok(()),
+        (Some(&LOCK_SESSION), Some((_, tail))) if !tail.is_empty() => {
+            if value.is_empty() {
+                Ok(())
+            } else {
+                decode_record::<u64>("session lock delay", value).map(drop)
+            }
+        }
+        (Some(&LOCK_DELAY), _) if key.len() > 2 => {
+            decode_record::<LockDelayRecord>("lock delay", value).map(drop)
+        }
         _ => Err(Error::corrupt(0, "malformed lock key in state records")),
     }
 }

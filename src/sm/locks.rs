@@ -12,6 +12,14 @@
 //!   holders promoted by one entry share a token (a release therefore names its session too).
 //! - At grant time the waiter's session is checked again (etcd #11456 granted a lock to a
 //!   waiter whose lease was gone); a session's end also removes its waits at once.
+//! - Lock-delay (Chubby): an acquire may ask for one (`lock_delay_ms`, at most
+//!   `MAX_LOCK_DELAY_MS`, default 0), kept in its `x s` key. When a holder's session *expires*
+//!   (not on release, cancel or an explicit revoke: those are the client's own clean ends), the
+//!   lock is marked delayed (`x d`) and granted to no one — acquires queue or answer `Busy`,
+//!   waiters stay queued in order — until a `LockDelayEnd` entry, which the leader's keeper
+//!   proposes once its clock says the delay passed (this file holds no clock), promotes them.
+//!   A holder that lost its session without knowing may still act for up to the delay; the
+//!   delay keeps the next holder from overlapping it, for clients that do not fence.
 //! - A waiter that is granted or failed by a later entry is reported in that entry's
 //!   `ApplyOutcome::lock_waits`, and its client's remembered result is amended (if it is still
 //!   the client's last command), so a retried acquire answers `Granted { token }` after the
@@ -21,7 +29,8 @@
 //! ([`LockSpace`]): every function here takes the space its name lives in.
 
 use super::layout::{
-    decode_record, lock_key, lock_records_prefix, session_lock_key, LockRecord, LockSpace,
+    decode_record, lock_delay_key, lock_delays_prefix, lock_key, lock_records_prefix,
+    session_lock_key, LockDelayRecord, LockRecord, LockSpace,
 };
 use super::overlay::Overlay;
 use super::result::{
@@ -30,7 +39,10 @@ use super::result::{
 };
 use super::sessions;
 use crate::error::{Error, Result};
-use crate::limits::{MAX_LOCK_NAME_BYTES, MAX_LOCK_WAITERS, MAX_SESSION_LOCKS};
+use crate::limits::{
+    MAX_LOCK_DELAY_END_BATCH, MAX_LOCK_DELAY_MS, MAX_LOCK_NAME_BYTES, MAX_LOCK_WAITERS,
+    MAX_SESSION_LOCKS,
+};
 use crate::types::LogIndex;
 
 // ----- limits -----
@@ -49,6 +61,29 @@ pub(crate) fn validate_name(what: &str, name: &[u8]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Check an acquire's lock-delay.
+pub(crate) fn validate_lock_delay(lock_delay_ms: u64) -> Result<()> {
+    if lock_delay_ms > MAX_LOCK_DELAY_MS {
+        return Err(Error::InvalidArgument(format!(
+            "lock acquire: lock_delay_ms {lock_delay_ms} is over the limit of {MAX_LOCK_DELAY_MS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Check a delay end's list.
+pub(crate) fn validate_delay_end(names: &[Vec<u8>]) -> Result<()> {
+    if names.is_empty() || names.len() > MAX_LOCK_DELAY_END_BATCH {
+        return Err(Error::InvalidArgument(format!(
+            "lock delay end: {} locks, not in 1..={MAX_LOCK_DELAY_END_BATCH}",
+            names.len()
+        )));
+    }
+    names
+        .iter()
+        .try_for_each(|name| validate_name("lock delay end", name))
 }
 
 // ----- apply -----
@@ -74,6 +109,27 @@ fn save(
     }
 }
 
+fn delay(view: &Overlay<'_>, space: LockSpace, name: &[u8]) -> Result<Option<LockDelayRecord>> {
+    if space == LockSpace::Elections {
+        // Lock-delay is the lock table's alone: a campaign asks for none.
+        return Ok(None);
+    }
+    match view.get(&lock_delay_key(name))? {
+        Some(bytes) => decode_record("lock delay", &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The lock-delay kept in a session's `x s` key: empty for 0 (every key written before
+/// lock-delay existed), otherwise the u64.
+pub(crate) fn decode_session_lock(value: &[u8]) -> Result<u64> {
+    if value.is_empty() {
+        Ok(0)
+    } else {
+        decode_record("session lock delay", value)
+    }
+}
+
 /// Whether a request of `mode` at the head of the queue can join `holders`.
 fn compatible(holders: &[LockHolder], mode: LockMode) -> bool {
     match mode {
@@ -94,6 +150,9 @@ pub(crate) struct Acquire<'a> {
     /// What the holder publishes with its grant (an election's candidate value; empty for a
     /// lock).
     pub(crate) value: &'a [u8],
+    /// How long the lock stays ungranted if this request's session expires while holding it
+    /// (always 0 for an election).
+    pub(crate) lock_delay_ms: u64,
 }
 
 /// Acquire at `index`: grant now, queue, or answer why not.
@@ -115,7 +174,9 @@ pub(crate) fn acquire(
     if record.waiters.iter().any(|w| w.session == request.session) {
         return Ok(CommandResult::Lock(LockResult::AlreadyHeld { token: None }));
     }
-    let grantable = record.waiters.is_empty() && compatible(&record.holders, request.mode);
+    let grantable = record.waiters.is_empty()
+        && compatible(&record.holders, request.mode)
+        && delay(overlay, space, request.name)?.is_none();
     if !grantable && !request.wait {
         return Ok(CommandResult::Lock(LockResult::Busy));
     }
@@ -134,10 +195,12 @@ pub(crate) fn acquire(
     }
     session.locks += 1;
     sessions::store(overlay, request.session, &session)?;
-    overlay.insert(
-        session_lock_key(space, request.session, request.name),
-        Vec::new(),
-    );
+    let session_lock = session_lock_key(space, request.session, request.name);
+    if request.lock_delay_ms == 0 {
+        overlay.insert(session_lock, Vec::new());
+    } else {
+        overlay.put_encoded(session_lock, &request.lock_delay_ms)?;
+    }
     let result = if grantable {
         let token = FencingToken(index.0);
         record.holders.push(LockHolder {
@@ -257,18 +320,33 @@ pub(crate) fn cancel_session(
 }
 
 /// `session` ended at `index` (its record is already gone): drop its grants and its waits on
-/// `name`, then promote.
+/// `name`, then promote. `delay_ms` (nonzero only for an expiry of a request that asked for a
+/// lock-delay): if the session held the lock, it stays ungranted until a `LockDelayEnd`.
 pub(crate) fn session_ended(
     overlay: &mut Overlay<'_>,
     space: LockSpace,
     name: &[u8],
     session: SessionId,
+    delay_ms: u64,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<()> {
     overlay.remove(session_lock_key(space, session, name));
     let mut record = load(overlay, space, name)?;
+    let held = record.holders.iter().any(|h| h.session == session);
     record.holders.retain(|h| h.session != session);
+    if held && delay_ms > 0 && space == LockSpace::Locks {
+        let longest = delay(overlay, space, name)?
+            .map_or(0, |d| d.delay_ms)
+            .max(delay_ms);
+        overlay.put_encoded(
+            lock_delay_key(name),
+            &LockDelayRecord {
+                delay_ms: longest,
+                since: index,
+            },
+        )?;
+    }
     let (failed, kept): (Vec<LockWaiter>, Vec<LockWaiter>) = std::mem::take(&mut record.waiters)
         .into_iter()
         .partition(|w| w.session == session);
@@ -280,8 +358,32 @@ pub(crate) fn session_ended(
     save(overlay, space, name, &record)
 }
 
+/// End the lock-delay of each of `names` at `index` and promote their waiters. Locks not (or
+/// no longer) delayed are skipped: a repeated proposal changes nothing.
+pub(crate) fn end_delays(
+    overlay: &mut Overlay<'_>,
+    names: &[Vec<u8>],
+    index: LogIndex,
+    waits: &mut Vec<LockWaitEnded>,
+) -> Result<CommandResult> {
+    let mut ended = 0u32;
+    for name in names {
+        let space = LockSpace::Locks;
+        if delay(overlay, space, name)?.is_none() {
+            continue;
+        }
+        overlay.remove(lock_delay_key(name));
+        let mut record = load(overlay, space, name)?;
+        promote(overlay, space, name, &mut record, index, waits)?;
+        save(overlay, space, name, &record)?;
+        ended += 1;
+    }
+    Ok(CommandResult::LockDelaysEnded { locks: ended })
+}
+
 /// Grant waiters from the head of the queue while they are compatible with the holders; each
-/// grant re-checks the waiter's session (a waiter whose session is gone fails instead).
+/// grant re-checks the waiter's session (a waiter whose session is gone fails instead). A
+/// delayed lock grants no one (its `LockDelayEnd` promotes).
 fn promote(
     overlay: &mut Overlay<'_>,
     space: LockSpace,
@@ -290,6 +392,9 @@ fn promote(
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<()> {
+    if delay(overlay, space, name)?.is_some() {
+        return Ok(());
+    }
     while let Some(head) = record.waiters.first() {
         if !compatible(&record.holders, head.mode) {
             break;
@@ -396,6 +501,20 @@ pub(crate) fn is_held(
         .holders
         .iter()
         .any(|h| h.token == token))
+}
+
+/// Every lock in its lock-delay, in name order, with the delay to arm (what the leader's
+/// keeper waits out before proposing `LockDelayEnd`).
+pub(crate) fn delays(view: &Overlay<'_>) -> Result<Vec<(Vec<u8>, u64)>> {
+    let prefix = lock_delays_prefix();
+    let end = super::layout::prefix_end(&prefix);
+    let mut out = Vec::new();
+    for pair in view.iter(&prefix, end.as_deref()) {
+        let (key, value) = pair?;
+        let record: LockDelayRecord = decode_record("lock delay", &value)?;
+        out.push((key[prefix.len()..].to_vec(), record.delay_ms));
+    }
+    Ok(out)
 }
 
 /// `name`'s holders and waiters (`None` if it has neither).

@@ -624,6 +624,12 @@ impl StateMachine {
         sessions::all(&self.view())
     }
 
+    /// Every lock in its lock-delay, in name order, with its delay in ms: what a new leader's
+    /// keeper arms (from the full delay) before it proposes `Op::LockDelayEnd`.
+    pub fn lock_delays(&self) -> Result<Vec<(Vec<u8>, u64)>> {
+        locks::delays(&self.view())
+    }
+
     /// How many sessions exist.
     pub fn session_count(&self) -> usize {
         self.cached.sessions

@@ -214,6 +214,12 @@ pub enum CommandResult {
         /// Which limit.
         what: String,
     },
+    /// `Op::LockDelayEnd` ran (command version 4): `locks` of the named locks were still in
+    /// their lock-delay and now grant again (their next waiters are promoted by this entry).
+    LockDelaysEnded {
+        /// How many of the named locks were delayed.
+        locks: u32,
+    },
     /// The answer to `Op::ElectionProclaim`: `false` if the token does not lead the election
     /// (it resigned, its session ended, or it never led); nothing changed then.
     Proclaimed {

@@ -28,7 +28,7 @@ pub(crate) fn expire(
 ) -> Result<CommandResult> {
     let mut ended = 0u32;
     for &session in ids {
-        if end(overlay, sessions, session, index, waits)? {
+        if end(overlay, sessions, session, End::Expired, index, waits)? {
             ended += 1;
         }
     }
@@ -43,11 +43,21 @@ pub(crate) fn revoke(
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<CommandResult> {
-    Ok(if end(overlay, sessions, session, index, waits)? {
-        CommandResult::SessionRevoked
-    } else {
-        CommandResult::SessionNotFound
-    })
+    Ok(
+        if end(overlay, sessions, session, End::Revoked, index, waits)? {
+            CommandResult::SessionRevoked
+        } else {
+            CommandResult::SessionNotFound
+        },
+    )
+}
+
+/// How a session ended: an expiry starts the lock-delay of the locks it held; a revoke, like a
+/// release, is the client's own clean end (it knows its grants are gone) and starts none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Expired,
+    Revoked,
 }
 
 /// End `session` at `index`: forget it first (so promotions below see it gone), then release its
@@ -56,6 +66,7 @@ fn end(
     overlay: &mut Overlay<'_>,
     sessions: &mut usize,
     session: SessionId,
+    how: End,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<bool> {
@@ -70,12 +81,23 @@ fn end(
     })?;
     // Locks first, then elections (a fixed order: every member ends them the same way).
     for space in [LockSpace::Locks, LockSpace::Elections] {
-        let names: Vec<Vec<u8>> = scan_prefix(overlay, &session_locks_prefix(space, session))?
-            .into_iter()
-            .map(|(key, _)| tail_after_session(&key))
-            .collect::<Result<_>>()?;
-        for name in names {
-            locks::session_ended(overlay, space, &name, session, index, waits)?;
+        let held: Vec<(Vec<u8>, u64)> =
+            scan_prefix(overlay, &session_locks_prefix(space, session))?
+                .into_iter()
+                .map(|(key, value)| {
+                    Ok((
+                        tail_after_session(&key)?,
+                        locks::decode_session_lock(&value)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+        for (name, lock_delay_ms) in held {
+            let delay_ms = if how == End::Expired {
+                lock_delay_ms
+            } else {
+                0
+            };
+            locks::session_ended(overlay, space, &name, session, delay_ms, index, waits)?;
         }
     }
     let attached = scan_prefix(overlay, &session_attached_prefix(session))?;

@@ -187,6 +187,13 @@ impl History {
         summarize(&lock(&self.inner).events)
     }
 
+    /// Nanoseconds since the clock started, read without appending an event (for records
+    /// kept beside the history, so they can be lined up with it).
+    #[allow(dead_code)] // tests/jepsen_locks.rs
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
+    }
+
     /// Seconds since the clock started (for progress lines).
     pub fn elapsed_s(&self) -> f64 {
         self.start.elapsed().as_secs_f64()

@@ -7,7 +7,8 @@
 //! three churns that act again and again within their window: a crash loop (kill a member,
 //! restart it a moment later, kill another), short pauses of whoever leads (100-600 ms, around
 //! the election timeout, where a deposed leader may not know it yet), and a partition that
-//! changes every few hundred milliseconds. Every fault lasts 2-4 s and every heal 2-4 s. Because each fault is healed completely before
+//! changes every few hundred milliseconds. Every fault and every heal lasts a window of the
+//! [`Pace`] (2-4 s in the linearizability run). Because each fault is healed completely before
 //! the next, and the last one when the load ends, the final phase always starts from a cluster
 //! that can form a majority.
 //!
@@ -279,21 +280,44 @@ pub fn fault_kinds(filter: Option<&str>) -> Vec<&'static str> {
         .collect()
 }
 
+/// How long the quiet start, each fault and each heal last.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Before the first fault.
+    pub quiet: Duration,
+    /// Shortest fault or heal window, in milliseconds.
+    pub window_min_ms: u64,
+    /// A window lasts `window_min_ms` plus a random part below this.
+    pub window_spread_ms: u64,
+}
+
+impl Pace {
+    /// The linearizability run's: 2 s of quiet, then faults and heals of 2-4 s each.
+    pub const STEADY: Pace = Pace {
+        quiet: Duration::from_secs(2),
+        window_min_ms: 2_000,
+        window_spread_ms: 2_000,
+    };
+}
+
 /// Run the schedule until `stop`, then heal. Everything is healed when this returns.
 pub fn run(
     cluster: &Cluster,
     history: &History,
     seed: u64,
     kinds: &[&'static str],
+    pace: Pace,
     stop: &AtomicBool,
 ) -> NemesisReport {
     let mut rng = SplitMix64::new(seed ^ 0x006e_656d_6573_6973);
     let crashes = Mutex::new(Vec::new());
     let mut faults = 0;
-    let between = |rng: &mut SplitMix64| Duration::from_millis(2_000 + rng.below(2_000));
+    let between = |rng: &mut SplitMix64| {
+        Duration::from_millis(pace.window_min_ms + rng.below(pace.window_spread_ms))
+    };
     // A quiet start, so the history begins with a working cluster.
-    let mut running = sleep_watching(cluster, history, &crashes, stop, Duration::from_secs(2));
-    // Bounded: every round sleeps at least 4 s and `stop` ends it.
+    let mut running = sleep_watching(cluster, history, &crashes, stop, pace.quiet);
+    // Bounded: every round sleeps at least two windows and `stop` ends it.
     while running {
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
         let (what, detail, churn) = inject(kind, cluster, &mut rng);

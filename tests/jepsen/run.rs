@@ -3,6 +3,7 @@
 
 use crate::check::{self, Values};
 use crate::cluster::{Cluster, MemberOptions, Processes};
+use crate::env::{self, env_flag, env_u64};
 use crate::history::{self, Action, History, Kind};
 use crate::lincheck::OpResult;
 use crate::nemesis;
@@ -44,20 +45,6 @@ pub struct Settings {
     pub request_timeout: Duration,
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    let value = value.trim();
-    let parsed = match value.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => value.parse(),
-    };
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 impl Settings {
     /// Read the settings; a bad value panics naming the variable.
     pub fn from_env() -> Settings {
@@ -73,11 +60,7 @@ impl Settings {
         );
         let seconds = env_u64("HAVEN_JEPSEN_SECONDS").unwrap_or(60);
         assert!(seconds >= 5, "HAVEN_JEPSEN_SECONDS must be at least 5");
-        let seed = env_u64("HAVEN_JEPSEN_SEED").unwrap_or_else(|| {
-            let mut bytes = [0u8; 8];
-            getrandom::getrandom(&mut bytes).expect("random seed");
-            u64::from_le_bytes(bytes)
-        });
+        let seed = env::seed();
         Settings {
             members,
             clients,
@@ -291,8 +274,16 @@ fn phases(
             .into_iter()
             .map(|t| s.spawn(move || workload::run_client(t)))
             .collect();
-        let nemesis =
-            s.spawn(|| nemesis::run(&cluster, history, settings.seed, &settings.faults, &stop));
+        let nemesis = s.spawn(|| {
+            nemesis::run(
+                &cluster,
+                history,
+                settings.seed,
+                &settings.faults,
+                nemesis::Pace::STEADY,
+                &stop,
+            )
+        });
         let load_end = load_started + Duration::from_secs(settings.seconds);
         let mut next_progress = load_started + Duration::from_secs(10);
         // Bounded by the load duration.

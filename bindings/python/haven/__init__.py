@@ -18,8 +18,9 @@ import atexit
 import ctypes
 import json
 import logging
+import queue
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Type, Union
 
 from . import _lib
 from ._lib import ABI_VERSION, Buf, Options, Record
@@ -38,10 +39,15 @@ __all__ = [
     "InvalidArgument",
     "IoError",
     "LockNotHeld",
+    "Owners",
+    "Session",
     "SessionExpired",
     "Timeout",
     "Unavailable",
     "UnsupportedVersion",
+    "Watch",
+    "WatchEvent",
+    "WatchOverflow",
     "connect",
     "library_version",
     "open",
@@ -135,6 +141,11 @@ class Compacted(Error):
     code = 12
 
 
+class WatchOverflow(Compacted):
+    """A watch fell further behind than its member buffers for it: re-read and watch again
+    (the same recovery as :class:`Compacted`)."""
+
+
 class Closed(Error):
     """The handle is closed."""
 
@@ -168,10 +179,13 @@ _BY_CODE: Dict[int, Type[Error]] = {
 }
 
 
+def _error(rc: int, message: str) -> Error:
+    return _BY_CODE.get(rc, Error)(message, rc)
+
+
 def _check(rc: int) -> None:
     if rc != 0:
-        message = (_LIB.haven_last_error() or b"").decode("utf-8", "replace")
-        raise _BY_CODE.get(rc, Error)(message, rc)
+        raise _error(rc, (_LIB.haven_last_error() or b"").decode("utf-8", "replace"))
 
 
 def _bytes(value: Bytes) -> bytes:
@@ -216,23 +230,20 @@ def _stop_logging() -> None:
 # ----- handles -----
 
 
-class Db:
-    """A handle: a member in this process (:func:`open`) or a remote client (:func:`connect`).
+class _Handle:
+    """A C handle that calls hold while they run, so that closing it never frees it under a
+    call in flight: :meth:`_release` waits for them, later calls raise :class:`Closed`."""
 
-    Thread safe: any number of threads may call it at once; :meth:`close` waits for calls in
-    flight and later calls raise :class:`Closed`.
-    """
-
-    def __init__(self, handle: ctypes.c_void_p) -> None:
-        self._handle: Optional[int] = handle.value
+    def __init__(self, handle: Optional[int], what: str) -> None:
+        self._handle: Optional[int] = handle
+        self._what = what
         self._active = 0
         self._state = threading.Condition()
 
-    # A call holds a reference on the handle so close() cannot free it underneath.
     def _enter(self) -> int:
         with self._state:
             if self._handle is None:
-                raise Closed("the handle is closed", Closed.code)
+                raise Closed(f"the {self._what} is closed", Closed.code)
             self._active += 1
             return self._handle
 
@@ -241,6 +252,281 @@ class Db:
             self._active -= 1
             if self._active == 0:
                 self._state.notify_all()
+
+    def _release(self) -> Optional[int]:
+        """Mark closed, wait for calls in flight; the raw handle to free (None if done)."""
+        with self._state:
+            handle, self._handle = self._handle, None
+            while self._active:
+                self._state.wait()
+        return handle
+
+    @property
+    def closed(self) -> bool:
+        """Whether it was closed."""
+        return self._handle is None
+
+
+class Owners(NamedTuple):
+    """The owners of a key in a partition map (:meth:`Db.owners`)."""
+
+    epoch: int
+    """The epoch of the table that answered."""
+    partition: int
+    """The key's partition."""
+    owners: List[str]
+    """Its owners, primary first."""
+
+
+class WatchEvent(NamedTuple):
+    """One change under a watched prefix."""
+
+    kind: str
+    """``"put"`` or ``"delete"``."""
+    revision: int
+    """The revision (log index) of the change; one revision's events come together."""
+    key: bytes
+    value: bytes
+    """The new value (``b""`` for a delete)."""
+
+
+_SESSION_STATES = {0: "alive", 1: "unknown", 2: "lost"}
+
+
+class Session(_Handle):
+    """A session (lease) kept alive in the background by haven while it is open. Leaving its
+    ``with`` block revokes it (its locks are released at once); :meth:`close` only stops the
+    keepalives (it then expires after its TTL)."""
+
+    def __init__(self, db: "Db", handle: ctypes.c_void_p) -> None:
+        super().__init__(handle.value, "session")
+        self._db = db
+
+    @property
+    def id(self) -> int:
+        """The session's id."""
+        out = ctypes.c_uint64(0)
+        handle = self._enter()
+        try:
+            _check(_LIB.haven_session_id(handle, ctypes.byref(out)))
+        finally:
+            self._leave()
+        return out.value
+
+    @property
+    def state(self) -> str:
+        """``"alive"``, ``"unknown"`` (no keepalive answered for longer than the TTL: it may
+        be gone; treat its locks as possibly lost) or ``"lost"`` (final)."""
+        out = ctypes.c_int(0)
+        handle = self._enter()
+        try:
+            _check(_LIB.haven_session_state(handle, ctypes.byref(out)))
+        finally:
+            self._leave()
+        return _SESSION_STATES.get(out.value, "unknown")
+
+    def lock(self, name: str, timeout: Optional[float] = None, *, shared: bool = False) -> "_Lock":
+        """:meth:`Db.lock` through this session."""
+        return _Lock(self._db, self, name, timeout, shared)
+
+    def revoke(self) -> None:
+        """End the session now: its locks are released, its ephemeral keys deleted."""
+        handle = self._enter()
+        try:
+            _check(_LIB.haven_session_revoke(handle))
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        """Stop keeping it alive (idempotent). It expires after its TTL unless revoked."""
+        handle = self._release()
+        if handle is not None:
+            _LIB.haven_session_free(handle)
+        self._db._forget(self)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        try:
+            if not self.closed:
+                self.revoke()
+        finally:
+            self.close()
+
+
+class _Lock:
+    """The context manager of :meth:`Db.lock`: acquires on enter (returns the fencing
+    token), releases on exit."""
+
+    def __init__(self, db: "Db", session: Optional[Session], name: str, timeout: Optional[float], shared: bool) -> None:
+        if timeout is None:
+            self._wait_ms = -1
+        elif timeout < 0:
+            raise InvalidArgument(f"timeout: {timeout} is negative", InvalidArgument.code)
+        else:
+            self._wait_ms = 0 if timeout == 0 else max(1, int(timeout * 1000))
+        self._db, self._session, self._name = db, session, name.encode("utf-8")
+        self._mode = 1 if shared else 0
+        self._held: Optional[Tuple[Session, int]] = None
+
+    def acquire(self) -> int:
+        """Take the lock; its fencing token (an int > 0). :class:`Timeout` if not granted in
+        time (the request is then withdrawn)."""
+        session = self._session or self._db._default_session()
+        token = ctypes.c_uint64(0)
+        handle = self._db._enter()
+        try:
+            s = session._enter()
+            try:
+                _check(_LIB.haven_lock(handle, s, self._name, self._mode, self._wait_ms, ctypes.byref(token)))
+            finally:
+                session._leave()
+        finally:
+            self._db._leave()
+        self._held = (session, token.value)
+        return token.value
+
+    def release(self) -> None:
+        """Release it; :class:`LockNotHeld` if the grant was gone (its session ended)."""
+        if self._held is None:
+            return
+        session, token = self._held
+        self._held = None
+        handle = self._db._enter()
+        try:
+            s = session._enter()
+            try:
+                _check(_LIB.haven_unlock(handle, s, self._name, token))
+            finally:
+                session._leave()
+        finally:
+            self._db._leave()
+
+    def __enter__(self) -> int:
+        return self.acquire()
+
+    def __exit__(self, exc_type: Any, *_exc: Any) -> None:
+        try:
+            self.release()
+        except Error:
+            # Best effort, as a Rust LockGuard's drop: the grant may have ended with its
+            # session. Raised only when the block itself succeeded.
+            if exc_type is None:
+                raise
+
+
+class Watch:
+    """An iterator of :class:`WatchEvent` (blocking), closed with :meth:`close` or by leaving
+    its ``with`` block. The events arrive on a haven thread and wait in a queue here. It ends
+    by raising :class:`Compacted` (or :class:`WatchOverflow`) when the member cannot deliver
+    what is needed (re-read, then watch from the read's revision + 1), another
+    :class:`Error` when it cannot go on, and ``StopIteration`` once closed."""
+
+    _CLOSED = object()
+
+    def __init__(self, db: "Db", prefix: bytes, from_revision: int) -> None:
+        self._db = db
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._done = False
+        self._lock = threading.Lock()
+        # Kept referenced for the life of the watch: haven calls it from the watch's thread.
+        self._callback = _lib.WATCH_FN(self._on_event)
+        handle = ctypes.c_void_p()
+        db._call("haven_watch", prefix, len(prefix), from_revision, self._callback, None, ctypes.byref(handle))
+        self._handle: Optional[int] = handle.value
+
+    def _on_event(self, _user_data: Optional[int], event_p: Any) -> None:
+        try:
+            e = event_p.contents
+            if e.kind in (0, 1):
+                key = ctypes.string_at(e.key, e.key_len) if e.key_len else b""
+                value = ctypes.string_at(e.value, e.value_len) if e.value_len else b""
+                self._queue.put(WatchEvent("put" if e.kind == 0 else "delete", e.revision, key, value))
+            elif e.kind == 3:
+                message = (e.message or b"").decode("utf-8", "replace")
+                error: Error
+                if e.code == Compacted.code and message.startswith("overflow"):
+                    error = WatchOverflow(message, e.code)
+                else:
+                    error = _error(e.code, message)
+                self._queue.put(error)
+        except Exception:  # noqa: BLE001 - an exception must never cross back into haven
+            pass
+
+    def get(self, timeout: Optional[float] = None) -> Optional[WatchEvent]:
+        """The next event, waiting at most ``timeout`` seconds (None: no limit); ``None`` on
+        timeout. Raises as iteration does at the end."""
+        if self._done:
+            raise StopIteration
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is Watch._CLOSED:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, Error):
+            self._done = True
+            raise item
+        return item
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        while True:
+            item = self.get()
+            if item is not None:
+                return item
+
+    def close(self) -> None:
+        """Stop the watch (idempotent, from any thread): no event is added after it returns;
+        an iteration blocked in another thread ends with ``StopIteration``."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            _LIB.haven_watch_cancel(handle)
+            self._queue.put(Watch._CLOSED)
+            self._db._forget(self)
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing to report to from a finalizer
+            pass
+
+
+class Db(_Handle):
+    """A handle: a member in this process (:func:`open`) or a remote client (:func:`connect`).
+
+    Thread safe: any number of threads may call it at once; :meth:`close` waits for calls in
+    flight and later calls raise :class:`Closed`.
+    """
+
+    #: TTL of the session :meth:`lock` uses when it is given none.
+    DEFAULT_SESSION_TTL = 10.0
+
+    def __init__(self, handle: ctypes.c_void_p) -> None:
+        super().__init__(handle.value, "handle")
+        self._children: Dict[int, Any] = {}
+        self._local = threading.local()
+        self._children_lock = threading.Lock()
+
+    def _adopt(self, child: Any) -> Any:
+        with self._children_lock:
+            self._children[id(child)] = child
+        return child
+
+    def _forget(self, child: Any) -> None:
+        with self._children_lock:
+            self._children.pop(id(child), None)
 
     def _call(self, name: str, *args: Any) -> None:
         handle = self._enter()
@@ -348,17 +634,100 @@ class Db:
         finally:
             _LIB.haven_buf_free(ctypes.byref(buf))
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._handle is None
+    # ----- sessions, locks, partition maps, watches -----
+
+    def session(self, ttl: float = 10.0) -> Session:
+        """Grant a session of ``ttl`` seconds, kept alive in the background while it is open
+        (``with db.session(10) as s:`` revokes it at the end)."""
+        handle = ctypes.c_void_p()
+        self._call("haven_session_grant", max(1, int(ttl * 1000)), ctypes.byref(handle))
+        return self._adopt(Session(self, handle))
+
+    def _default_session(self) -> Session:
+        # One per thread: a session holds a lock once, so threads that contend for a lock
+        # through the handle need sessions of their own.
+        current: Optional[Session] = getattr(self._local, "session", None)
+        if current is not None and not current.closed and current.state != "lost":
+            return current
+        if current is not None:
+            current.close()
+        fresh = self.session(self.DEFAULT_SESSION_TTL)
+        self._local.session = fresh
+        return fresh
+
+    def lock(
+        self,
+        name: str,
+        timeout: Optional[float] = None,
+        *,
+        shared: bool = False,
+        session: Optional[Session] = None,
+    ) -> _Lock:
+        """``with db.lock("name", timeout=5.0) as token:`` holds lock ``name`` for the block;
+        ``token`` is the grant's fencing token (an int > 0): pass it with every write to the
+        protected resource. ``timeout``: seconds to wait (``0``: try once; ``None``: until
+        granted); not granted in time -> :class:`Timeout`. Held through ``session``, or the
+        calling thread's session of this handle (granted on first use, TTL
+        :attr:`DEFAULT_SESSION_TTL`, kept alive until :meth:`close`), so threads sharing a
+        handle exclude each other."""
+        return _Lock(self, session, name, timeout, shared)
+
+    def check_token(self, name: str, token: int) -> bool:
+        """Whether ``token`` is a current grant of lock ``name`` (a linearizable read)."""
+        valid = ctypes.c_int(0)
+        self._call("haven_check_token", name.encode("utf-8"), token, ctypes.byref(valid))
+        return bool(valid.value)
+
+    def locks(self) -> List[Dict[str, Any]]:
+        """Every lock with holders or waiters (see ``haven_locks_json``)."""
+        return self._json("haven_locks_json")
+
+    def create_map(self, name: str, partitions: int, replicas: int) -> None:
+        """Create partition map ``name``."""
+        self._call("haven_map_create", name.encode("utf-8"), partitions, replicas)
+
+    def join_map(self, name: str, owner: str, weight: int = 1) -> None:
+        """Owner ``owner`` joins map ``name`` with ``weight``."""
+        self._call("haven_map_join", name.encode("utf-8"), owner.encode("utf-8"), weight)
+
+    def leave_map(self, name: str, owner: str) -> None:
+        """Owner ``owner`` leaves map ``name``."""
+        self._call("haven_map_leave", name.encode("utf-8"), owner.encode("utf-8"))
+
+    def owners(self, map: str, key: Bytes) -> Owners:  # noqa: A002 - the map's name
+        """The partition of ``key`` in partition map ``map`` and its owners, primary first.
+        :class:`InvalidArgument` if there is no such map."""
+        k = _bytes(key)
+        epoch, partition, buf = ctypes.c_uint64(0), ctypes.c_uint32(0), Buf()
+        self._call(
+            "haven_owners", map.encode("utf-8"), k, len(k), ctypes.byref(epoch), ctypes.byref(partition), ctypes.byref(buf)
+        )
+        try:
+            ids: List[str] = []
+            offset, record = ctypes.c_size_t(0), Record()
+            while offset.value < buf.len:
+                _check(_LIB.haven_record_next(ctypes.byref(buf), ctypes.byref(offset), ctypes.byref(record)))
+                ids.append(ctypes.string_at(record.key, record.key_len).decode("utf-8", "replace"))
+            return Owners(epoch.value, partition.value, ids)
+        finally:
+            _LIB.haven_buf_free(ctypes.byref(buf))
+
+    def watch(self, prefix: Bytes = b"", from_revision: int = 0) -> Watch:
+        """``for event in db.watch(prefix):`` every change under ``prefix`` from
+        ``from_revision`` (0: from now on), in order, with no gap and no duplicate."""
+        return self._adopt(Watch(self, _bytes(prefix), from_revision))
 
     def close(self) -> None:
-        """Close the handle (a member shuts down). Idempotent; waits for calls in flight."""
-        with self._state:
-            handle, self._handle = self._handle, None
-            while self._active:
-                self._state.wait()
+        """Close the handle (a member shuts down): its watches are closed and its sessions'
+        keepalives stopped first. Idempotent; waits for calls in flight."""
+        with self._children_lock:
+            children = list(self._children.values())
+        for child in children:
+            try:
+                child.close()
+            except Error:
+                pass
+        handle = self._release()
         if handle is not None:
             _check(_LIB.haven_close_status(handle))
 
@@ -383,8 +752,13 @@ def connect(
     request_timeout: float = 5.0,
     connect_timeout: float = 1.0,
     stale_reads: bool = False,
+    tls_ca: Optional[str] = None,
+    tls_cert: Optional[str] = None,
+    tls_key: Optional[str] = None,
 ) -> Db:
-    """Connect to a cluster as a remote client through any of ``addrs`` ("h:p,h:p")."""
+    """Connect to a cluster as a remote client through any of ``addrs`` ("h:p,h:p").
+    ``tls_ca``: path of the CA that signed the members' certificates (TLS; None: plaintext);
+    ``tls_cert``/``tls_key``: this client's certificate and key, when members require one."""
     if not isinstance(addrs, str):
         addrs = ",".join(addrs)
     options = Options()
@@ -393,6 +767,9 @@ def connect(
     options.request_timeout_ms = int(request_timeout * 1000)
     options.connect_timeout_ms = int(connect_timeout * 1000)
     options.read_mode = 1 if stale_reads else 0
+    options.tls_ca = None if tls_ca is None else str(tls_ca).encode()
+    options.tls_cert = None if tls_cert is None else str(tls_cert).encode()
+    options.tls_key = None if tls_key is None else str(tls_key).encode()
     handle = ctypes.c_void_p()
     _check(_LIB.haven_connect_with(addrs.encode(), _bytes(secret), ctypes.byref(options), ctypes.byref(handle)))
     return Db(handle)
@@ -405,11 +782,20 @@ def open(  # noqa: A001 - haven.open mirrors haven_open
     peers: Union[str, Mapping[int, str]],
     data_dir: str,
     secret: Union[str, bytes],
+    tls_cert: Optional[str] = None,
+    tls_key: Optional[str] = None,
+    tls_ca: Optional[str] = None,
+    client_ca: Optional[str] = None,
     **settings: Any,
 ) -> Db:
     """Become a member in this process. ``peers``: every founding member, this one included
-    (``{1: "127.0.0.1:7001", ...}`` or ``"1=h:p,2=h:p"``). ``settings``: any other key of
-    ``haven_config_set`` (``election_timeout_ms=300``, ``cluster_id=2``, ...)."""
+    (``{1: "127.0.0.1:7001", ...}`` or ``"1=h:p,2=h:p"``). TLS on every connection:
+    ``tls_cert``, ``tls_key``, ``tls_ca`` (paths: this member's certificate and key, the
+    member CA; all three or none), ``client_ca`` (clients must then present a certificate it
+    signed). ``settings``: any other key of ``haven_config_set`` (``election_timeout_ms=300``,
+    ``cluster_id=2``, ``client_secret=...``)."""
+    tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca, "client_ca": client_ca}
+    settings.update({key: str(value) for key, value in tls.items() if value is not None})
     if not isinstance(peers, str):
         peers = ",".join(f"{node}={address}" for node, address in peers.items())
     values: Dict[str, Any] = {

@@ -47,10 +47,29 @@ class Options(ctypes.Structure):
         ("connect_timeout_ms", ctypes.c_uint64),
         ("read_mode", ctypes.c_int),
         ("prefer_leader", ctypes.c_int),
+        ("tls_ca", ctypes.c_char_p),
+        ("tls_cert", ctypes.c_char_p),
+        ("tls_key", ctypes.c_char_p),
+    ]
+
+
+class WatchEvent(ctypes.Structure):
+    """``haven_watch_event_t``: one call of a watch callback (pointers valid during it)."""
+
+    _fields_ = [
+        ("kind", ctypes.c_int),
+        ("revision", ctypes.c_uint64),
+        ("key", ctypes.c_void_p),
+        ("key_len", ctypes.c_size_t),
+        ("value", ctypes.c_void_p),
+        ("value_len", ctypes.c_size_t),
+        ("code", ctypes.c_int),
+        ("message", ctypes.c_char_p),
     ]
 
 
 LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
+WATCH_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(WatchEvent))
 
 
 def _candidates() -> List[Path]:
@@ -123,6 +142,29 @@ def _declare(lib: ctypes.CDLL) -> None:
         "haven_remove_member": ([ptr, c_u64], c_int),
         "haven_transfer_leadership": ([ptr, c_u64], c_int),
         "haven_set_log_callback": ([LOG_FN, ptr, c_int], c_int),
+        "haven_session_grant": ([ptr, c_u64, handle_out], c_int),
+        "haven_session_id": ([ptr, ctypes.POINTER(c_u64)], c_int),
+        "haven_session_state": ([ptr, int_p], c_int),
+        "haven_session_revoke": ([ptr], c_int),
+        "haven_session_free": ([ptr], None),
+        "haven_lock": ([ptr, ptr, text, c_int, ctypes.c_int64, ctypes.POINTER(c_u64)], c_int),
+        "haven_unlock": ([ptr, ptr, text, c_u64], c_int),
+        "haven_check_token": ([ptr, text, c_u64, int_p], c_int),
+        "haven_locks_json": ([ptr, buf_p], c_int),
+        "haven_owners": (
+            [ptr, text, data, c_size, ctypes.POINTER(c_u64), ctypes.POINTER(c_u32), buf_p],
+            c_int,
+        ),
+        "haven_partition_of": (
+            [ptr, text, data, c_size, ctypes.POINTER(c_u64), ctypes.POINTER(c_u32)],
+            c_int,
+        ),
+        "haven_map_create": ([ptr, text, c_u32, c_u32], c_int),
+        "haven_map_join": ([ptr, text, text, c_u32], c_int),
+        "haven_map_leave": ([ptr, text, text], c_int),
+        "haven_watch": ([ptr, data, c_size, c_u64, WATCH_FN, ptr, handle_out], c_int),
+        "haven_watch_cancel": ([ptr], None),
+        "haven_txn": ([ptr, ptr, c_size, ptr, c_size, ptr, c_size, int_p, buf_p], c_int),
     }
     for name, (argtypes, restype) in signatures.items():
         function = getattr(lib, name)

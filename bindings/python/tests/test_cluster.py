@@ -71,3 +71,51 @@ def test_remote_client_against_haven_serve_processes(served_cluster: list) -> No
         db.get("remote/1")
     with pytest.raises(haven.Auth):
         haven.connect(",".join(served_cluster), secret="a wrong secret, long enough")
+
+
+def test_tls_member_and_client(tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import haven_binary
+
+    certs = tmp_path / "tls"
+    subprocess.run(
+        [str(haven_binary()), "tls", "gen", "--dir", str(certs), "--members", "1", "--clients", "1"],
+        check=True,
+        capture_output=True,
+    )
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    with haven.open(
+        id=1,
+        listen=address,
+        peers={1: address},
+        data_dir=str(tmp_path / "m1"),
+        secret=SECRET,
+        tls_cert=str(certs / "member-1.pem"),
+        tls_key=str(certs / "member-1-key.pem"),
+        tls_ca=str(certs / "ca.pem"),
+        client_ca=str(certs / "client-ca.pem"),
+        **FAST,
+    ) as member:
+        member.put("tls/1", "secret stuff")
+        with haven.connect(
+            address,
+            secret=SECRET,
+            tls_ca=str(certs / "ca.pem"),
+            tls_cert=str(certs / "client-1.pem"),
+            tls_key=str(certs / "client-1-key.pem"),
+        ) as db:
+            assert db.get("tls/1") == b"secret stuff"
+        # Without a client certificate, or without TLS at all, the member refuses.
+        with pytest.raises(haven.Auth):
+            haven.connect(address, secret=SECRET, tls_ca=str(certs / "ca.pem"))
+        with pytest.raises(haven.Auth):
+            haven.connect(address, secret=SECRET)
+    with pytest.raises(haven.InvalidArgument):
+        haven.connect(address, secret=SECRET, tls_cert=str(certs / "client-1.pem"))
+    with pytest.raises(haven.InvalidArgument):
+        haven.open(
+            id=1, listen=address, peers={1: address}, data_dir=str(tmp_path / "m2"), secret=SECRET,
+            tls_cert=str(certs / "member-1.pem"),
+        )

@@ -89,7 +89,8 @@ struct WriterResult {
     errors: u64,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+/// The `p` quantile (0..=1) of `sorted` microseconds, in milliseconds.
+pub(super) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -2,6 +2,7 @@
 //! on stdout and its progress on stderr.
 
 pub mod cluster;
+pub mod lock;
 pub mod ring;
 pub mod wal;
 pub mod watch;
@@ -16,6 +17,7 @@ pub fn run(target: BenchTarget) -> i32 {
         BenchTarget::Ring(args) => ("ring", ring::run(&args)),
         BenchTarget::Wal(args) => ("wal", wal::run_wal(&args)),
         BenchTarget::Watch(args) => ("watch", watch::run(&args)),
+        BenchTarget::Lock(args) => ("lock", lock::run(&args)),
     };
     match outcome {
         Ok(()) => 0,

@@ -178,12 +178,15 @@ pub(crate) struct Driver {
     stopping: Option<Stopping>,
     /// Session deadlines while leading (`node/sessions.rs`).
     leases: LeaseKeeper,
+    /// Added to the clock: zero, except after [`Input::InjectClockJump`] (fault injection: the
+    /// driver sees time it did not observe pass at once, as after a pause).
+    clock_jump: Duration,
 }
 
 impl Driver {
     /// The current instant, from the driver's [`Clock`].
     fn now(&self) -> Instant {
-        self.clock.now()
+        self.clock.now() + self.clock_jump
     }
 
     /// Queue a task for the apply thread, waiting while its queue is full ([`APPLY_QUEUE`]:
@@ -261,6 +264,7 @@ impl Driver {
             stopping: None,
             // A gap in the loop longer than the shortest election timeout is a pause.
             leases: LeaseKeeper::new(Duration::from_millis(config.election_timeout_ms)),
+            clock_jump: Duration::ZERO,
             config,
         }
     }
@@ -358,6 +362,10 @@ impl Driver {
             Input::InjectPanic(super::NodeThread::Driver) => {
                 panic!("injected panic (fault injection)")
             }
+            Input::InjectClockJump(by) => {
+                self.clock_jump += by;
+                Ok(())
+            }
             Input::InjectPanic(super::NodeThread::Apply) => {
                 self.to_apply(ApplyTask::InjectPanic);
                 Ok(())
@@ -376,9 +384,14 @@ impl Driver {
                 let now = self.now();
                 self.leases.on_applied(index, now);
             }
-            Internal::Sessions { sessions, applied } => {
+            Internal::Sessions {
+                sessions,
+                lock_delays,
+                applied,
+            } => {
                 let now = self.now();
                 self.leases.sync(sessions, applied, now);
+                self.leases.sync_lock_delays(lock_delays, now);
             }
             Internal::SnapshotTaken(meta) => self.on_snapshot_taken(meta),
             Internal::SnapshotFetched { message, path } => {
