@@ -338,11 +338,11 @@ fn campaign_limits_are_checked() {
         CommandResult::Lock(LockResult::SessionNotFound)
     );
     assert_eq!(leader(&h, b"e"), None);
-    // Election commands are stamped with command version 4.
+    // Election commands are stamped with command version 5 (4 is lock-delay's).
     let bytes = sm_util::untracked(campaign(b"e", b"v", a))
         .encode()
         .unwrap();
-    assert_eq!(bytes[0], 4);
+    assert_eq!(bytes[0], 5);
 }
 
 #[test]

@@ -435,7 +435,15 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
             )),
         },
         Some(&PREFIX_SESSION) if layout >= 2 => check_session_pair(key, value),
-        Some(&PREFIX_LOCK | &PREFIX_ELECTION) if layout >= 2 => check_lock_pair(key, value),
+        Some(&PREFIX_LOCK) if layout >= 2 => check_lock_pair(key, value),
+        // An election has no lock-delay: only its record and empty session keys.
+        Some(&PREFIX_ELECTION)
+            if layout >= 2
+                && key.get(1) != Some(&LOCK_DELAY)
+                && (key.get(1) != Some(&LOCK_SESSION) || value.is_empty()) =>
+        {
+            check_lock_pair(key, value)
+        }
         _ => Err(Error::corrupt(0, "unknown key in state records")),
     }
 }
