@@ -432,10 +432,8 @@ impl Work {
         let mut queue = std::collections::VecDeque::from([owner]);
         let mut end = None;
         'search: while let Some(node) = queue.pop_front() {
-            for next in 0..count {
-                if parent[next] != usize::MAX {
-                    continue;
-                }
+            let unseen: Vec<usize> = (0..count).filter(|&o| parent[o] == usize::MAX).collect();
+            for next in unseen {
                 let edge = if take {
                     can_take(self, node, next)
                 } else {
