@@ -34,6 +34,15 @@ fn tables(cluster: &Cluster, name: &str) -> Vec<Vec<u8>> {
             let owners = client.owners(name, b"user:42").unwrap();
             assert_eq!(owners.epoch, map.epoch);
             assert_eq!(owners, map.owners(b"user:42"));
+            // The borrowed answer is the same one, read from the same applied table.
+            let borrowed = client.key_owners(name, b"user:42").unwrap();
+            assert_eq!(borrowed.to_owners(), owners);
+            assert_eq!(
+                (borrowed.epoch(), borrowed.partition(), borrowed.len()),
+                (owners.epoch, owners.partition, owners.owners.len())
+            );
+            assert!(borrowed.iter().eq(owners.owners.iter()));
+            assert_eq!(borrowed.primary(), owners.owners.first());
             let mut bytes = map.epoch.to_le_bytes().to_vec();
             bytes.extend(map.table.canonical_bytes());
             bytes
@@ -165,6 +174,20 @@ fn a_remote_client_reads_owners_partition_map_and_moves() {
     assert!(local.applied_map("nope").is_none());
     assert_eq!(
         local.owners("nope", b"k").unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        local.key_owners("nope", b"k").unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    // Remote, `key_owners` is one stale read: the same answer as `owners`, at most as recent
+    // as the linearizable one.
+    let borrowed = remote.key_owners("jobs", b"job-7").unwrap();
+    assert!(borrowed.epoch() <= 3);
+    assert_eq!(borrowed.partition(), owners.partition);
+    assert_eq!(borrowed.len(), borrowed.iter().count());
+    assert_eq!(
+        remote.key_owners("nope", b"k").unwrap_err().code(),
         ErrorCode::InvalidArgument
     );
 }

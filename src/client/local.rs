@@ -45,8 +45,8 @@ impl Backend for LocalBackend {
         format!("member {} (in process)", self.shared.id)
     }
 
-    fn maps(&self) -> Option<MapReader> {
-        Some(self.shared.maps.clone())
+    fn maps(&self) -> Option<&MapReader> {
+        Some(&self.shared.maps)
     }
 }
 

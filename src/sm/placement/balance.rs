@@ -124,8 +124,9 @@ pub(super) fn build(params: MapParams, owners: Vec<Owner>) -> Table {
         }
         LoadCap::PerMille(_) => {
             let mut work = Work::new(params, owners, scorer, width, vec![VACANT; slot_count]);
-            work.fill_vacancies();
+            work.fill_and_even_out();
             work.settle_primaries();
+            work.lift_to_lower_bounds();
             work.repair();
             work.finish()
         }
@@ -184,8 +185,9 @@ pub(super) fn rebalance(old: &Table, owners: Vec<Owner>, change: &Change) -> Tab
         work.steal(owner);
         work.shed(owner);
     }
-    work.fill_vacancies();
+    work.fill_and_even_out();
     work.settle_primaries();
+    work.lift_to_lower_bounds();
     work.repair();
     work.finish()
 }
@@ -342,6 +344,194 @@ impl Work {
                         self.fill(partition, slot, &scores);
                     }
                 }
+            }
+        }
+    }
+
+    /// [`Work::fill_vacancies`], then, if an owner ended outside its replica bounds, hand the
+    /// slots just filled along chains of owners until it is within them
+    /// ([`Work::even_out_fills`]).
+    fn fill_and_even_out(&mut self) {
+        let before = self.slots.clone();
+        self.fill_vacancies();
+        if (0..self.owners.len()).any(|o| !self.replica_within_bounds(o)) {
+            self.even_out_fills(&before);
+        }
+    }
+
+    fn replica_within_bounds(&self, owner: usize) -> bool {
+        let bound = self.replica_bounds[owner];
+        (bound.lo..=bound.hi).contains(&self.replicas[owner])
+    }
+
+    /// The greedy fill goes in partition order, so an owner already holding most partitions
+    /// (a heavy one, with few owners) can find that the vacancies it could take, the ones in
+    /// rows it does not hold, went to others first, and it ends under its lower bound while
+    /// they reach their caps. The fill chose who takes each vacancy, so it may choose again:
+    /// a slot filled in this round (it was vacant in `before`, a non-primary slot) can pass to
+    /// any owner outside its row without moving anything between two owners that both
+    /// stayed. An owner under its lower bound takes such a slot from an owner over its target,
+    /// or from an owner who takes one in turn (a shortest chain, found breadth first: an
+    /// augmenting path of the bipartite assignment of vacancies to owners); an owner over its
+    /// cap gives one the same way. Each chain moves one unit and changes no other owner's
+    /// load, so the number of moved replicas stays what it was.
+    fn even_out_fills(&mut self, before: &[u32]) {
+        if self.width < 2 {
+            // One slot per row: every owner can take every vacancy, the fill cannot corner one.
+            return;
+        }
+        let width = self.width;
+        let fresh: Vec<usize> = (0..self.slots.len())
+            .filter(|&at| {
+                let partition = at / width;
+                let old_row = &before[partition * width..(partition + 1) * width];
+                self.slots[at] != VACANT
+                    && old_row.contains(&VACANT)
+                    && !old_row.contains(&self.slots[at])
+            })
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        for owner in 0..self.owners.len() {
+            let bound = self.replica_bounds[owner];
+            if self.replicas[owner] < bound.lo {
+                while self.replicas[owner] < bound.target
+                    && self.pass_one(&fresh, owner, true, Level::Target)
+                {}
+                while self.replicas[owner] < bound.lo
+                    && self.pass_one(&fresh, owner, true, Level::Cap)
+                {}
+            } else if self.replicas[owner] > bound.hi {
+                while self.replicas[owner] > bound.target
+                    && self.pass_one(&fresh, owner, false, Level::Target)
+                {}
+                while self.replicas[owner] > bound.hi
+                    && self.pass_one(&fresh, owner, false, Level::Cap)
+                {}
+            }
+        }
+    }
+
+    /// Move one fresh slot's worth of load to `owner` (`take`) or away from it, through the
+    /// shortest chain of owners that ends at one with load to spare (over its target) or room
+    /// (under it). False if there is none.
+    fn pass_one(&mut self, fresh: &[usize], owner: usize, take: bool, level: Level) -> bool {
+        let width = self.width;
+        let count = self.owners.len();
+        let mut held: Vec<Vec<usize>> = vec![Vec::new(); count];
+        for &at in fresh {
+            held[self.slots[at] as usize].push(at);
+        }
+        // `taker` could take a fresh slot of `giver`.
+        let can_take = |w: &Work, taker: usize, giver: usize| {
+            held[giver].iter().any(|&at| w.passable(at, taker, giver))
+        };
+        let mut parent = vec![usize::MAX; count];
+        parent[owner] = owner;
+        let mut queue = std::collections::VecDeque::from([owner]);
+        let mut end = None;
+        'search: while let Some(node) = queue.pop_front() {
+            let unseen: Vec<usize> = (0..count).filter(|&o| parent[o] == usize::MAX).collect();
+            for next in unseen {
+                let edge = if take {
+                    can_take(self, node, next)
+                } else {
+                    can_take(self, next, node)
+                };
+                if !edge {
+                    continue;
+                }
+                parent[next] = node;
+                let bound = self.replica_bounds[next];
+                let done = match (take, level) {
+                    (true, Level::Target) => self.replicas[next] > bound.target,
+                    (true, Level::Cap) => self.replicas[next] > bound.lo,
+                    (false, Level::Target) => self.replicas[next] < bound.target,
+                    (false, Level::Cap) => self.replicas[next] < bound.hi,
+                };
+                if done {
+                    end = Some(next);
+                    break 'search;
+                }
+                queue.push_back(next);
+            }
+        }
+        let Some(end) = end else {
+            return false;
+        };
+        // Apply from the far end, so that every step finds the slot the search saw (an
+        // earlier step only ever adds slots to the owner the next step takes from).
+        let mut node = end;
+        while node != owner {
+            let previous = parent[node];
+            let (taker, giver) = if take {
+                (previous, node)
+            } else {
+                (node, previous)
+            };
+            let slot = fresh
+                .iter()
+                .copied()
+                .filter(|&at| self.passable(at, taker, giver))
+                .max_by_key(|&at| {
+                    let seed = self.scorer.partition_seed((at / width) as u32);
+                    (at % width != 0, self.scorer.score(seed, taker), Reverse(at))
+                });
+            let Some(at) = slot else {
+                // Not reached (see above); the loads are still consistent, repair follows.
+                return false;
+            };
+            self.pass_slot(at, taker);
+            node = previous;
+        }
+        true
+    }
+
+    /// Whether `taker` may take the slot at `at` (an index into the slots) from `giver`: it is
+    /// `giver`'s, `taker` is not in the row, and a primary slot keeps the primaries within
+    /// their bounds: `giver` above its lower bound, and `taker` under its cap or another holder
+    /// of the row under its own to hand the role to ([`Work::pass_slot`]). Beyond the bounds
+    /// no later role change inside a row might bring them back.
+    fn passable(&self, at: usize, taker: usize, giver: usize) -> bool {
+        let partition = (at / self.width) as u32;
+        if self.slots[at] as usize != giver || self.in_row(partition, taker) {
+            return false;
+        }
+        if at % self.width != 0 {
+            return true;
+        }
+        let room = |o: usize| self.primaries[o] < self.primary_bounds[o].hi;
+        self.primaries[giver] > self.primary_bounds[giver].lo
+            && (room(taker) || self.row(partition)[1..].iter().any(|&o| room(o as usize)))
+    }
+
+    /// `taker` takes the slot at `at` (see [`Work::passable`]). A primary slot's role goes to
+    /// the holder of the row furthest under its primary target if `taker` would be over its
+    /// own target (a role change inside the row, nothing moves).
+    fn pass_slot(&mut self, at: usize, taker: usize) {
+        let (partition, slot) = ((at / self.width) as u32, at % self.width);
+        self.set(partition, slot, taker as u32);
+        if slot != 0 || self.primaries[taker] <= self.primary_bounds[taker].target {
+            return;
+        }
+        let under = |w: &Work, o: u32, level: Level| {
+            w.primaries[o as usize] < Work::limit(w.primary_bounds[o as usize], level)
+        };
+        for level in [Level::Target, Level::Cap] {
+            let heir = (1..self.width)
+                .filter(|&s| under(self, self.row(partition)[s], level))
+                .min_by_key(|&s| {
+                    let holder = self.row(partition)[s] as usize;
+                    (
+                        i64::from(self.primaries[holder])
+                            - i64::from(self.primary_bounds[holder].target),
+                        s,
+                    )
+                });
+            if let Some(heir) = heir {
+                self.swap_primary(partition, heir);
+                return;
             }
         }
     }
@@ -550,6 +740,52 @@ impl Work {
         let (p, r) = (self.primary_bounds[owner], self.replica_bounds[owner]);
         (p.lo..=p.hi).contains(&self.primaries[owner])
             && (r.lo..=r.hi).contains(&self.replicas[owner])
+    }
+
+    /// Where the vacancies could not bring an owner up to its lower bound of replicas (a heavy
+    /// owner already in most rows, the leaver's rows mostly among them), it takes the missing
+    /// slots, and no more, from the owners most over their targets (then from any owner above
+    /// its lower bound), in the partitions that rank it highest, never a primary slot. These
+    /// are moves between two owners that both stayed, the fewest that reach the bound.
+    fn lift_to_lower_bounds(&mut self) {
+        if self.width < 2 {
+            return;
+        }
+        for owner in 0..self.owners.len() {
+            let lo = self.replica_bounds[owner].lo;
+            if self.replicas[owner] >= lo {
+                continue;
+            }
+            let order = self.partitions_by_preference(owner);
+            for strict in [true, false] {
+                for &partition in &order {
+                    if self.replicas[owner] >= lo {
+                        break;
+                    }
+                    if self.in_row(partition, owner) {
+                        continue;
+                    }
+                    let donor = (1..self.width)
+                        .filter(|&s| {
+                            let holder = self.row(partition)[s] as usize;
+                            let bound = self.replica_bounds[holder];
+                            let limit = if strict { bound.target } else { bound.lo };
+                            self.replicas[holder] > limit
+                        })
+                        .max_by_key(|&s| {
+                            let holder = self.row(partition)[s] as usize;
+                            (
+                                i64::from(self.replicas[holder])
+                                    - i64::from(self.replica_bounds[holder].target),
+                                s,
+                            )
+                        });
+                    if let Some(slot) = donor {
+                        self.set(partition, slot, owner as u32);
+                    }
+                }
+            }
+        }
     }
 
     /// The last resort, when the moves above left an owner outside its bounds (it happens with
