@@ -25,6 +25,7 @@
 //!   registration when nothing was pushed then, so the client always knows where to resume.
 
 use super::reply::Reply;
+use super::watch_fanout::{materialize, EventsFrame, Part, Revision};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::{MAX_WATCHES, MAX_WATCH_PUSH_EVENTS, WATCH_HUB_QUEUE, WATCH_WINDOW_BYTES};
@@ -55,17 +56,26 @@ pub(crate) struct AppliedBatch {
     revisions: Vec<(LogIndex, Vec<KvChange>)>,
 }
 
+/// What the hub hands a watcher's sink: events as shared revisions (`watch_fanout.rs`), made
+/// into the watcher's own copies or frame by the sink, or any other push as it is.
+pub(crate) enum Push {
+    Events(Vec<Part>),
+    Notice(WatchPush),
+}
+
 /// Who receives a watcher's pushes.
 pub(crate) enum Sink {
     /// An in-process client: a channel, bounded by the count of queued events.
     Local {
-        tx: Sender<WatchPush>,
+        tx: Sender<Push>,
         queued: Arc<AtomicUsize>,
     },
     /// A remote client's connection.
     Remote {
         conn: ClientHandle<ClientResponse>,
         watch_id: u64,
+        /// Its events carry their previous values.
+        prev_value: bool,
     },
 }
 
@@ -94,8 +104,10 @@ enum HubInput {
 /// room in the watcher's buffer.
 pub(crate) struct LocalWatch {
     pub(crate) id: u64,
-    rx: Receiver<WatchPush>,
+    rx: Receiver<Push>,
     queued: Arc<AtomicUsize>,
+    /// Its events carry their previous values.
+    prev_value: bool,
 }
 
 impl LocalWatch {
@@ -103,12 +115,13 @@ impl LocalWatch {
     /// when nothing came within `timeout`.
     pub(crate) fn recv_timeout(&self, timeout: Duration) -> std::result::Result<WatchPush, bool> {
         match self.rx.recv_timeout(timeout) {
-            Ok(push) => {
-                if let WatchPush::Events(events) = &push {
-                    self.queued.fetch_sub(events.len(), Ordering::Relaxed);
-                }
-                Ok(push)
+            Ok(Push::Events(parts)) => {
+                // The copies are made here, on the watcher's thread, not the hub's.
+                let events = materialize(&parts, self.prev_value);
+                self.queued.fetch_sub(events.len(), Ordering::Relaxed);
+                Ok(WatchPush::Events(events))
             }
+            Ok(Push::Notice(push)) => Ok(push),
             Err(RecvTimeoutError::Timeout) => Err(false),
             Err(RecvTimeoutError::Disconnected) => Err(true),
         }
@@ -244,6 +257,7 @@ impl WatchHub {
     pub(crate) fn watch_local(&self, spec: WatchSpec, deadline: Instant) -> Result<LocalWatch> {
         spec.validate()?;
         let id = self.next_local_id.fetch_add(1, Ordering::Relaxed);
+        let prev_value = spec.prev_value;
         // One more than the buffer: the push that ends the watch always fits.
         let (tx, rx) = bounded(self.buffer_events + 1);
         let queued = Arc::new(AtomicUsize::new(0));
@@ -260,7 +274,12 @@ impl WatchHub {
             },
             deadline,
         )?;
-        Ok(LocalWatch { id, rx, queued })
+        Ok(LocalWatch {
+            id,
+            rx,
+            queued,
+            prev_value,
+        })
     }
 
     /// Open a watch for a remote client; `reply` is answered once it is registered.
@@ -280,9 +299,14 @@ impl WatchHub {
             connection: conn.connection_id(),
             watch_id,
         };
+        let prev_value = spec.prev_value;
         let input = HubInput::Register {
             spec,
-            sink: Sink::Remote { conn, watch_id },
+            sink: Sink::Remote {
+                conn,
+                watch_id,
+                prev_value,
+            },
             key,
             reply: Some(reply),
         };
@@ -332,15 +356,6 @@ impl WatchHub {
     }
 }
 
-/// One revision in the window: its events (without previous values) and, when they were
-/// recorded, the previous values.
-struct Revision {
-    revision: LogIndex,
-    events: Vec<WatchEvent>,
-    previous: Option<Vec<Option<Vec<u8>>>>,
-    bytes: usize,
-}
-
 struct Watcher {
     spec: WatchSpec,
     /// The next revision it needs: everything before was pushed (or was not its business).
@@ -358,12 +373,17 @@ enum PushFailed {
 }
 
 impl Sink {
-    fn push(&self, push: WatchPush, last: bool) -> std::result::Result<(), PushFailed> {
+    /// Push anything but events.
+    fn notify(&self, push: WatchPush, last: bool) -> std::result::Result<(), PushFailed> {
+        self.push(Push::Notice(push), last)
+    }
+
+    fn push(&self, push: Push, last: bool) -> std::result::Result<(), PushFailed> {
         match self {
             Sink::Local { tx, queued } => {
                 let events = match &push {
-                    WatchPush::Events(events) => events.len(),
-                    _ => 0,
+                    Push::Events(parts) => parts.iter().map(Part::len).sum(),
+                    Push::Notice(_) => 0,
                 };
                 let capacity = tx.capacity().unwrap_or(usize::MAX).saturating_sub(1);
                 if !last && queued.load(Ordering::Relaxed) + events > capacity {
@@ -376,13 +396,30 @@ impl Sink {
                     Err(_) => Err(PushFailed::Gone),
                 }
             }
-            Sink::Remote { conn, watch_id } => {
-                let frame = PushFrame {
-                    version: PUSH_FRAME_VERSION,
-                    watch_id: *watch_id,
-                    push,
+            Sink::Remote {
+                conn,
+                watch_id,
+                prev_value,
+            } => {
+                let outcome = match push {
+                    Push::Events(parts) => conn.push(
+                        &EventsFrame {
+                            watch_id: *watch_id,
+                            parts: &parts,
+                            prev_value: *prev_value,
+                        },
+                        last,
+                    ),
+                    Push::Notice(push) => conn.push(
+                        &PushFrame {
+                            version: PUSH_FRAME_VERSION,
+                            watch_id: *watch_id,
+                            push,
+                        },
+                        last,
+                    ),
                 };
-                match conn.push(&frame, last) {
+                match outcome {
                     PushOutcome::Queued => Ok(()),
                     PushOutcome::Full => Err(PushFailed::Full),
                     PushOutcome::Closed => Err(PushFailed::Gone),
@@ -392,11 +429,17 @@ impl Sink {
     }
 }
 
+/// Under load the hub delivers at most once per this interval, gathering the batches applied
+/// meanwhile: a watcher then gets one push (one wake-up of its reader) per interval rather than
+/// one per applied batch, which is what lets a hundred watchers keep up on a few cores. When
+/// deliveries are further apart than this, a batch goes out as soon as it arrives.
+const DELIVERY_INTERVAL: Duration = Duration::from_millis(1);
+
 struct HubThread {
     id: NodeId,
     inputs: Receiver<HubInput>,
     capture: Arc<AtomicU8>,
-    window: VecDeque<Revision>,
+    window: VecDeque<Arc<Revision>>,
     window_events: usize,
     window_bytes: usize,
     /// Every event at this revision or later is in the window (or still to come).
@@ -413,25 +456,41 @@ impl HubThread {
     fn run(mut self) {
         let tick = (self.settings.progress_interval / 2).max(Duration::from_millis(5));
         let mut next_progress = Instant::now() + tick;
+        let mut last_delivery = Instant::now();
         loop {
             let wait = next_progress.saturating_duration_since(Instant::now());
             match self.inputs.recv_timeout(wait) {
                 Ok(HubInput::Applied(batch)) => {
                     let mut batches = vec![batch];
-                    // Take what queued up behind it: one push per watcher for all of it.
+                    // Take what queued up behind it, and what comes until a delivery interval
+                    // has passed since the last one: one push per watcher for all of it.
+                    let hold_until = last_delivery + DELIVERY_INTERVAL;
                     while batches.len() < 256 {
-                        match self.inputs.try_recv() {
-                            Ok(HubInput::Applied(more)) => batches.push(more),
-                            Ok(other) => {
+                        let input = match self.inputs.try_recv() {
+                            Ok(input) => input,
+                            Err(_) => {
+                                let left = hold_until.saturating_duration_since(Instant::now());
+                                if left.is_zero() {
+                                    break;
+                                }
+                                match self.inputs.recv_timeout(left) {
+                                    Ok(input) => input,
+                                    Err(_) => break,
+                                }
+                            }
+                        };
+                        match input {
+                            HubInput::Applied(more) => batches.push(more),
+                            other => {
                                 self.ingest_and_deliver(std::mem::take(&mut batches));
                                 if !self.handle(other) {
                                     return self.stop();
                                 }
                             }
-                            Err(_) => break,
                         }
                     }
                     self.ingest_and_deliver(batches);
+                    last_delivery = Instant::now();
                 }
                 Ok(other) => {
                     if !self.handle(other) {
@@ -475,7 +534,7 @@ impl HubThread {
 
     fn stop(mut self) {
         for (_, w) in self.watchers.drain() {
-            let _ = w.sink.push(
+            let _ = w.sink.notify(
                 WatchPush::Ended(WatchEnd::Closed {
                     code: crate::error::ErrorCode::Unavailable as i32,
                     message: format!("member {} is shutting down", self.id),
@@ -504,7 +563,7 @@ impl HubThread {
         let refuse = |reply: Option<Reply>, sink: &Sink, e: Error| match reply {
             Some(reply) => reply.fail(e),
             None => {
-                let _ = sink.push(
+                let _ = sink.notify(
                     WatchPush::Ended(WatchEnd::Closed {
                         code: e.code() as i32,
                         message: e.to_string(),
@@ -535,7 +594,7 @@ impl HubThread {
             self.complete_from
         };
         if from < oldest && from <= self.applied {
-            let _ = sink.push(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
+            let _ = sink.notify(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
             return;
         }
         let mut watcher = Watcher {
@@ -551,7 +610,7 @@ impl HubThread {
         match caught_up {
             Ok(pushed) => {
                 if !pushed {
-                    let _ = watcher.sink.push(
+                    let _ = watcher.sink.notify(
                         WatchPush::Progress {
                             revision: through.max(from.prev()),
                         },
@@ -563,7 +622,7 @@ impl HubThread {
             Err(PushFailed::Full) => {
                 let _ = watcher
                     .sink
-                    .push(WatchPush::Ended(WatchEnd::Overflow), true);
+                    .notify(WatchPush::Ended(WatchEnd::Overflow), true);
             }
             Err(PushFailed::Gone) => {}
         }
@@ -598,7 +657,7 @@ impl HubThread {
                 if let Some(r) = self.decode(revision, changes) {
                     self.window_events += r.events.len();
                     self.window_bytes += r.bytes;
-                    self.window.push_back(r);
+                    self.window.push_back(Arc::new(r));
                 }
             }
             self.applied = self.applied.max(batch.through);
@@ -616,7 +675,7 @@ impl HubThread {
                 if let Some(w) = self.watchers.remove(&key) {
                     let _ = w
                         .sink
-                        .push(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
+                        .notify(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
                 }
             }
         }
@@ -629,7 +688,7 @@ impl HubThread {
                 Err(PushFailed::Full) => {
                     let _ = watcher
                         .sink
-                        .push(WatchPush::Ended(WatchEnd::Overflow), true);
+                        .notify(WatchPush::Ended(WatchEnd::Overflow), true);
                     ended.push(*key);
                 }
                 Err(PushFailed::Gone) => ended.push(*key),
@@ -694,12 +753,12 @@ impl HubThread {
         if events.is_empty() {
             return None;
         }
-        Some(Revision {
+        Some(Revision::new(
             revision,
             events,
-            previous: with_previous.then_some(previous),
+            with_previous.then_some(previous),
             bytes,
-        })
+        ))
     }
 
     /// Progress to idle watchers; drop those whose client is gone.
@@ -721,7 +780,7 @@ impl HubThread {
             let progress = WatchPush::Progress {
                 revision: revision.max(w.next.prev()),
             };
-            match w.sink.push(progress, false) {
+            match w.sink.notify(progress, false) {
                 Ok(()) => {}
                 // A full buffer is not an overflow yet: no event was lost.
                 Err(PushFailed::Full) => {}
@@ -742,38 +801,31 @@ impl HubThread {
 /// `through`. Returns whether anything was pushed.
 fn deliver<'a>(
     watcher: &mut Watcher,
-    revisions: impl Iterator<Item = &'a Revision>,
+    revisions: impl Iterator<Item = &'a Arc<Revision>>,
     through: LogIndex,
 ) -> std::result::Result<bool, PushFailed> {
-    let mut out: Vec<WatchEvent> = Vec::new();
+    let mut parts: Vec<Part> = Vec::new();
+    let mut events = 0;
     let mut pushed = false;
     for r in revisions {
         if r.revision < watcher.next {
             continue;
         }
-        let start = out.len();
-        for (i, event) in r.events.iter().enumerate() {
-            if watcher.spec.covers(&event.key) {
-                let mut event = event.clone();
-                if watcher.spec.prev_value {
-                    event.prev_value = r
-                        .previous
-                        .as_ref()
-                        .and_then(|p| p.get(i).cloned().flatten());
-                }
-                out.push(event);
-            }
-        }
-        if start > 0 && out.len() > MAX_WATCH_PUSH_EVENTS {
-            let rest = out.split_off(start);
+        let Some(part) = Part::select(r, |event| watcher.spec.covers(&event.key)) else {
+            continue;
+        };
+        if events > 0 && events + part.len() > MAX_WATCH_PUSH_EVENTS {
             watcher
                 .sink
-                .push(WatchPush::Events(std::mem::replace(&mut out, rest)), false)?;
+                .push(Push::Events(std::mem::take(&mut parts)), false)?;
             pushed = true;
+            events = 0;
         }
+        events += part.len();
+        parts.push(part);
     }
-    if !out.is_empty() {
-        watcher.sink.push(WatchPush::Events(out), false)?;
+    if !parts.is_empty() {
+        watcher.sink.push(Push::Events(parts), false)?;
         pushed = true;
     }
     if pushed {
