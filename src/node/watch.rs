@@ -37,7 +37,7 @@ use crate::proto::{
 };
 use crate::sm::{ApplyOutcome, ChangeCapture, KvChange};
 use crate::types::{LogIndex, NodeId};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,10 +65,14 @@ pub(crate) enum Push {
 
 /// Who receives a watcher's pushes.
 pub(crate) enum Sink {
-    /// An in-process client: a channel, bounded by the count of queued events.
+    /// An in-process client: a channel, bounded by the count of queued events (a push without
+    /// events counts as one).
     Local {
         tx: Sender<Push>,
         queued: Arc<AtomicUsize>,
+        /// The watcher's buffer (`Config::watch_buffer_events`); the push that ends the watch
+        /// goes in even when it is full.
+        capacity: usize,
     },
     /// A remote client's connection.
     Remote {
@@ -118,10 +122,13 @@ impl LocalWatch {
             Ok(Push::Events(parts)) => {
                 // The copies are made here, on the watcher's thread, not the hub's.
                 let events = materialize(&parts, self.prev_value);
-                self.queued.fetch_sub(events.len(), Ordering::Relaxed);
+                self.queued.fetch_sub(events.len().max(1), Ordering::Relaxed);
                 Ok(WatchPush::Events(events))
             }
-            Ok(Push::Notice(push)) => Ok(push),
+            Ok(Push::Notice(push)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Ok(push)
+            }
             Err(RecvTimeoutError::Timeout) => Err(false),
             Err(RecvTimeoutError::Disconnected) => Err(true),
         }
@@ -258,12 +265,15 @@ impl WatchHub {
         spec.validate()?;
         let id = self.next_local_id.fetch_add(1, Ordering::Relaxed);
         let prev_value = spec.prev_value;
-        // One more than the buffer: the push that ends the watch always fits.
-        let (tx, rx) = bounded(self.buffer_events + 1);
+        // Unbounded as a channel (its memory grows with what is queued, not with the buffer
+        // size, which a bounded channel would allocate up front for every watcher); the count
+        // of queued pushes and events bounds it.
+        let (tx, rx) = unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
         let sink = Sink::Local {
             tx,
             queued: Arc::clone(&queued),
+            capacity: self.buffer_events,
         };
         self.send(
             HubInput::Register {
@@ -380,21 +390,20 @@ impl Sink {
 
     fn push(&self, push: Push, last: bool) -> std::result::Result<(), PushFailed> {
         match self {
-            Sink::Local { tx, queued } => {
-                let events = match &push {
-                    Push::Events(parts) => parts.iter().map(Part::len).sum(),
-                    Push::Notice(_) => 0,
+            Sink::Local {
+                tx,
+                queued,
+                capacity,
+            } => {
+                let count = match &push {
+                    Push::Events(parts) => parts.iter().map(Part::len).sum::<usize>().max(1),
+                    Push::Notice(_) => 1,
                 };
-                let capacity = tx.capacity().unwrap_or(usize::MAX).saturating_sub(1);
-                if !last && queued.load(Ordering::Relaxed) + events > capacity {
+                if !last && queued.load(Ordering::Relaxed) + count > *capacity {
                     return Err(PushFailed::Full);
                 }
-                queued.fetch_add(events, Ordering::Relaxed);
-                match tx.try_send(push) {
-                    Ok(()) => Ok(()),
-                    Err(TrySendError::Full(_)) if !last => Err(PushFailed::Full),
-                    Err(_) => Err(PushFailed::Gone),
-                }
+                queued.fetch_add(count, Ordering::Relaxed);
+                tx.send(push).map_err(|_| PushFailed::Gone)
             }
             Sink::Remote {
                 conn,
