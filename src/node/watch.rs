@@ -122,7 +122,8 @@ impl LocalWatch {
             Ok(Push::Events(parts)) => {
                 // The copies are made here, on the watcher's thread, not the hub's.
                 let events = materialize(&parts, self.prev_value);
-                self.queued.fetch_sub(events.len().max(1), Ordering::Relaxed);
+                self.queued
+                    .fetch_sub(events.len().max(1), Ordering::Relaxed);
                 Ok(WatchPush::Events(events))
             }
             Ok(Push::Notice(push)) => {
@@ -438,11 +439,14 @@ impl Sink {
     }
 }
 
-/// Under load the hub delivers at most once per this interval, gathering the batches applied
-/// meanwhile: a watcher then gets one push (one wake-up of its reader) per interval rather than
-/// one per applied batch, which is what lets a hundred watchers keep up on a few cores. When
-/// deliveries are further apart than this, a batch goes out as soon as it arrives.
-const DELIVERY_INTERVAL: Duration = Duration::from_millis(1);
+/// Under load the hub delivers at most once per interval, gathering the batches applied
+/// meanwhile: a watcher then gets one push (one wake-up of its reader, and of the reader's
+/// reader) per interval rather than one per applied batch. The interval grows with the number of
+/// watchers, since a round's cost does (10 µs a watcher: 1 ms from 100 on), so that a few
+/// watchers get their events at once and many do not wake a few cores a million times a
+/// second. When rounds are further apart than the interval, a batch goes out as it arrives.
+const DELIVERY_INTERVAL_PER_WATCHER: Duration = Duration::from_micros(10);
+const MAX_DELIVERY_INTERVAL: Duration = Duration::from_millis(1);
 
 struct HubThread {
     id: NodeId,
@@ -473,7 +477,7 @@ impl HubThread {
                     let mut batches = vec![batch];
                     // Take what queued up behind it, and what comes until a delivery interval
                     // has passed since the last one: one push per watcher for all of it.
-                    let hold_until = last_delivery + DELIVERY_INTERVAL;
+                    let hold_until = last_delivery + self.delivery_interval();
                     while batches.len() < 256 {
                         let input = match self.inputs.try_recv() {
                             Ok(input) => input,
@@ -514,6 +518,14 @@ impl HubThread {
                 next_progress = Instant::now() + tick;
             }
         }
+    }
+
+    /// How long to gather batches under load (see [`DELIVERY_INTERVAL_PER_WATCHER`]).
+    fn delivery_interval(&self) -> Duration {
+        let watchers = u32::try_from(self.watchers.len()).unwrap_or(u32::MAX);
+        DELIVERY_INTERVAL_PER_WATCHER
+            .saturating_mul(watchers)
+            .min(MAX_DELIVERY_INTERVAL)
     }
 
     /// Handle a non-batch input; false to stop.

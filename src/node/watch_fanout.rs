@@ -225,7 +225,7 @@ mod tests {
             },
             key: key.to_vec(),
             value: value.to_vec(),
-            meta: (!value.is_empty()).then(|| KeyMeta {
+            meta: (!value.is_empty()).then_some(KeyMeta {
                 create_revision: LogIndex(revision),
                 mod_revision: LogIndex(revision),
                 version: 3,
