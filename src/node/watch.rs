@@ -6,6 +6,13 @@
 //! for ([`WatchFeed`]). Everything else happens here, off the apply path: decoding the records,
 //! keeping the window, matching each watcher's range and pushing.
 //!
+//! Fan-out: a revision is decoded once and shared (`Arc`) by the window and every push that
+//! carries it; a push names the shared revisions and which of their events the watcher's filter
+//! took (`watch_fanout.rs`). The watcher's own copies are made on its side (in process, on its
+//! client's thread) or its frame is written from the revision's encoding, made once (remote).
+//! Under load, deliveries are gathered to one round per interval that grows with the number of
+//! watchers ([`DELIVERY_INTERVAL_PER_WATCHER`]), which bounds how often each watcher is woken.
+//!
 //! Promises, and how they are kept:
 //! - *Every change, in order, a revision's events together.* One thread sees the batches in
 //!   apply order and pushes each watcher's events of a revision in one push (several revisions
@@ -18,14 +25,15 @@
 //!   registration or (for a lost batch) while it runs. Previous values have their own
 //!   `prev_complete_from`, since they are recorded only while a watch asks for them.
 //! - *Bounded.* The window by `Config::watch_window_events` and `WATCH_WINDOW_BYTES`; each
-//!   watcher's queue by `Config::watch_buffer_events` (in process) or the connection's push
-//!   queue (remote); a watcher that would exceed it is ended with `Overflow`.
+//!   watcher's queue by `Config::watch_buffer_events` (in process: queued events, a push without
+//!   events counting one) or the connection's push queue (remote); a watcher that would exceed
+//!   it is ended with `Overflow`.
 //! - *Progress.* An idle watcher gets `Progress { revision }` (everything up to the member's
 //!   applied revision was pushed) every `Config::watch_progress_interval_ms`, and once at
 //!   registration when nothing was pushed then, so the client always knows where to resume.
 
 use super::reply::Reply;
-use super::watch_fanout::{materialize, EventsFrame, Part, Revision};
+use super::watch_fanout::{materialize, Encodings, EventsFrame, Part, Revision};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::{MAX_WATCHES, MAX_WATCH_PUSH_EVENTS, WATCH_HUB_QUEUE, WATCH_WINDOW_BYTES};
@@ -386,10 +394,16 @@ enum PushFailed {
 impl Sink {
     /// Push anything but events.
     fn notify(&self, push: WatchPush, last: bool) -> std::result::Result<(), PushFailed> {
-        self.push(Push::Notice(push), last)
+        self.push(Push::Notice(push), last, &Encodings::default())
     }
 
-    fn push(&self, push: Push, last: bool) -> std::result::Result<(), PushFailed> {
+    /// Push; `encodings` are the round's (shared by the remote watchers it pushes to).
+    fn push(
+        &self,
+        push: Push,
+        last: bool,
+        encodings: &Encodings,
+    ) -> std::result::Result<(), PushFailed> {
         match self {
             Sink::Local {
                 tx,
@@ -417,6 +431,7 @@ impl Sink {
                             watch_id: *watch_id,
                             parts: &parts,
                             prev_value: *prev_value,
+                            encodings,
                         },
                         last,
                     ),
@@ -627,7 +642,12 @@ impl HubThread {
         // Catch up from the window, then it is live.
         let through = self.applied;
         let start = self.window.partition_point(|r| r.revision < from);
-        let caught_up = deliver(&mut watcher, self.window.range(start..), through);
+        let caught_up = deliver(
+            &mut watcher,
+            self.window.range(start..),
+            through,
+            &Encodings::default(),
+        );
         match caught_up {
             Ok(pushed) => {
                 if !pushed {
@@ -703,8 +723,9 @@ impl HubThread {
         let through = self.applied;
         let new = self.window.range(first_new.min(self.window.len())..);
         let mut ended = Vec::new();
+        let encodings = Encodings::default();
         for (key, watcher) in self.watchers.iter_mut() {
-            match deliver(watcher, new.clone(), through) {
+            match deliver(watcher, new.clone(), through, &encodings) {
                 Ok(_) => {}
                 Err(PushFailed::Full) => {
                     let _ = watcher
@@ -824,6 +845,7 @@ fn deliver<'a>(
     watcher: &mut Watcher,
     revisions: impl Iterator<Item = &'a Arc<Revision>>,
     through: LogIndex,
+    encodings: &Encodings,
 ) -> std::result::Result<bool, PushFailed> {
     let mut parts: Vec<Part> = Vec::new();
     let mut events = 0;
@@ -838,7 +860,7 @@ fn deliver<'a>(
         if events > 0 && events + part.len() > MAX_WATCH_PUSH_EVENTS {
             watcher
                 .sink
-                .push(Push::Events(std::mem::take(&mut parts)), false)?;
+                .push(Push::Events(std::mem::take(&mut parts)), false, encodings)?;
             pushed = true;
             events = 0;
         }
@@ -846,7 +868,7 @@ fn deliver<'a>(
         parts.push(part);
     }
     if !parts.is_empty() {
-        watcher.sink.push(Push::Events(parts), false)?;
+        watcher.sink.push(Push::Events(parts), false, encodings)?;
         pushed = true;
     }
     if pushed {

@@ -8,10 +8,11 @@
 //! - in process, [`materialize`] builds the `WatchEvent`s on the watcher's own thread (its
 //!   client pump), so the hub's time per revision does not grow with the watcher count;
 //! - remote, [`EventsFrame`] writes the pushed frame straight from each revision's wire
-//!   encoding, made once per revision (on first need) and reused for every remote watcher, so
-//!   the bytes on the wire are those of a `PushFrame` but no event is cloned or re-encoded per
-//!   watcher. Watchers that want previous values take the plain path (clone and encode), since
-//!   their events differ from everyone else's.
+//!   encoding, made once per delivery round (on first need, [`Encodings`]) and reused for every
+//!   remote watcher of the round, so the bytes on the wire are those of a `PushFrame` but no
+//!   event is cloned or re-encoded per watcher. The encodings are dropped with the round: the
+//!   window never holds a second copy of its events. Watchers that want previous values take
+//!   the plain path (clone and encode), since their events differ from everyone else's.
 
 use crate::codec;
 use crate::proto::{WatchEvent, PUSH_FRAME_VERSION};
@@ -20,7 +21,9 @@ use bincode::enc::write::Writer;
 use bincode::enc::Encoder;
 use bincode::error::EncodeError;
 use bincode::Encode;
-use std::sync::{Arc, OnceLock};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// One revision in the window: its events (without previous values) and, when they were
 /// recorded, the previous values. Immutable once made; shared by the window and the pushes.
@@ -30,8 +33,6 @@ pub(crate) struct Revision {
     pub(crate) previous: Option<Vec<Option<Vec<u8>>>>,
     /// Key and value bytes of its events (for the window's byte bound).
     pub(crate) bytes: usize,
-    /// The events' wire encoding, made once by the first remote push that needs it.
-    encoded: OnceLock<Option<Encoded>>,
 }
 
 /// The wire encoding of a revision's events, one after another; event `i` is
@@ -53,7 +54,6 @@ impl Revision {
             events,
             previous,
             bytes,
-            encoded: OnceLock::new(),
         }
     }
 
@@ -69,20 +69,21 @@ impl Revision {
 
     /// The encoding, `None` if an event does not encode (over the frame limit: then the push
     /// fails the same way on the plain path).
-    fn encoded(&self) -> Option<&Encoded> {
-        self.encoded
-            .get_or_init(|| {
-                let mut bytes = Vec::new();
-                let mut ends = Vec::with_capacity(self.events.len());
-                for event in &self.events {
-                    codec::encode_value_into(event, &mut bytes).ok()?;
-                    ends.push(bytes.len());
-                }
-                Some(Encoded { bytes, ends })
-            })
-            .as_ref()
+    fn encode(&self) -> Option<Encoded> {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::with_capacity(self.events.len());
+        for event in &self.events {
+            codec::encode_value_into(event, &mut bytes).ok()?;
+            ends.push(bytes.len());
+        }
+        Some(Encoded { bytes, ends })
     }
 }
+
+/// The encodings of the revisions one delivery round pushes to remote watchers, made on first
+/// need. Lives for one round on the watch thread.
+#[derive(Default)]
+pub(crate) struct Encodings(RefCell<HashMap<LogIndex, Option<Encoded>>>);
 
 /// Some events of one shared revision, for one watcher.
 pub(crate) struct Part {
@@ -160,6 +161,7 @@ pub(crate) struct EventsFrame<'a> {
     pub(crate) watch_id: u64,
     pub(crate) parts: &'a [Part],
     pub(crate) prev_value: bool,
+    pub(crate) encodings: &'a Encodings,
 }
 
 /// `WatchPush::Events`'s variant index (bincode encodes an enum variant as its index).
@@ -172,12 +174,16 @@ impl Encode for EventsFrame<'_> {
         EVENTS_VARIANT.encode(encoder)?;
         // A Vec's length is encoded as a u64.
         (self.parts.iter().map(Part::len).sum::<usize>() as u64).encode(encoder)?;
+        let mut encodings = self.encodings.0.borrow_mut();
         for part in self.parts {
             let revision = &part.revision;
             let encoded = if self.prev_value {
                 None
             } else {
-                revision.encoded()
+                encodings
+                    .entry(revision.revision)
+                    .or_insert_with(|| revision.encode())
+                    .as_ref()
             };
             match encoded {
                 Some(encoded) if part.only.is_none() => {
@@ -286,12 +292,16 @@ mod tests {
                 // In process.
                 assert_eq!(materialize(&parts, prev_value), expected, "{prefix:?}");
                 // On the wire: byte for byte the frame the events make.
+                let encodings = Encodings::default();
                 let frame = EventsFrame {
                     watch_id: 42,
                     parts: &parts,
                     prev_value,
+                    encodings: &encodings,
                 };
                 let bytes = codec::encode_value(&frame).unwrap();
+                // Again, from the round's encodings.
+                assert_eq!(codec::encode_value(&frame).unwrap(), bytes);
                 let reference = PushFrame {
                     version: PUSH_FRAME_VERSION,
                     watch_id: 42,
