@@ -15,7 +15,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::proto::{ReadMode, ReadOp, WatchEnd, WatchEvent, WatchPush, WatchSpec};
 use crate::sm::RangePage;
 use crate::types::LogIndex;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{
+    bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -342,7 +344,12 @@ impl Pump {
     /// Hand a notice to the user, waiting while their buffer is full; false if the watch was
     /// dropped meanwhile.
     fn deliver(&self, notice: Result<WatchNotice>) -> bool {
-        let mut notice = notice;
+        // Most notices find room: no deadline (a clock read) for those.
+        let mut notice = match self.tx.try_send(notice) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) => back,
+            Err(TrySendError::Disconnected(_)) => return false,
+        };
         loop {
             match self.tx.send_timeout(notice, PUMP_POLL) {
                 Ok(()) => return true,
