@@ -64,6 +64,12 @@ static void readme_example(haven::db &db) {
         std::printf("mode %s, swapped %d, token %llu\n", mode.value_or("?").c_str(), swapped,
                     static_cast<unsigned long long>(lock.token()));
     }  // released here
+    {
+        haven::leadership leading = db.campaign(session, "scheduler", "10.0.0.7", 5000);
+        leading.proclaim("10.0.0.8");
+        std::optional<haven::leader> now = db.leader("scheduler");  // std::nullopt: nobody
+        std::printf("leader %s\n", now ? now->value.c_str() : "none");
+    }  // resigns here
     // README:end
     CHECK(mode == std::optional<std::string>("fast") && swapped);
 }
