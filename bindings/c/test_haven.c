@@ -493,6 +493,28 @@ static void on_change(void *user_data, const haven_leader_change_t *change) {
     pthread_mutex_unlock(&o->mutex);
 }
 
+struct self_cancelling {
+    pthread_mutex_t mutex;
+    haven_observe_t *self; /* set: the next call cancels the observer from inside */
+    int cancelled;
+    int after; /* calls after the cancel: must stay 0 */
+};
+
+static void on_change_cancel(void *user_data, const haven_leader_change_t *change) {
+    struct self_cancelling *c = user_data;
+    haven_observe_t *self;
+    (void)change;
+    pthread_mutex_lock(&c->mutex);
+    c->after += c->cancelled;
+    self = c->self;
+    c->self = NULL;
+    c->cancelled |= self != NULL;
+    pthread_mutex_unlock(&c->mutex);
+    if (self != NULL) {
+        haven_observe_cancel(self); /* from inside its own callback: returns at once */
+    }
+}
+
 /* Wait until the observer's latest change is a leader with `token`. */
 static void wait_observed(struct observed *o, uint64_t token) {
     pthread_mutex_lock(&o->mutex);
@@ -601,6 +623,27 @@ static void test_elections(haven_t *h) {
     pthread_mutex_unlock(&o.mutex);
     haven_observe_cancel(observer);
     haven_observe_cancel(NULL);
+
+    /* An observer whose callback cancels it: no deadlock, no call after. */
+    {
+        struct self_cancelling c;
+        haven_observe_t *self = NULL;
+        memset(&c, 0, sizeof c);
+        pthread_mutex_init(&c.mutex, NULL);
+        CHECK(haven_observe(h, "quiet", on_change_cancel, &c, &self) == HAVEN_OK);
+        pthread_mutex_lock(&c.mutex);
+        c.self = self;
+        pthread_mutex_unlock(&c.mutex);
+        /* A change after `self` is set: that call cancels (the first call may have come before). */
+        CHECK(haven_campaign(h, s1, "quiet", K("q"), -1, &token) == HAVEN_OK);
+        CHECK(haven_proclaim(h, "quiet", token, K("r")) == HAVEN_OK);
+        CHECK(haven_resign(h, "quiet", token) == HAVEN_OK);
+        usleep(300 * 1000); /* the thread ends by itself right after the callback */
+        pthread_mutex_lock(&c.mutex);
+        CHECK(c.cancelled == 1 && c.after == 0 && c.self == NULL);
+        pthread_mutex_unlock(&c.mutex);
+        pthread_mutex_destroy(&c.mutex);
+    }
 
     /* Bad input changes nothing. */
     CHECK(haven_campaign(h, NULL, "leader", K("x"), -1, &other) == HAVEN_ERR_INVALID_ARGUMENT);
