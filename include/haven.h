@@ -146,6 +146,22 @@
 #define HAVEN_LOCK_SHARED 1
 
 /**
+ * `haven_leader_change_t::kind`: `value`, `token`, `session` lead from `revision` on.
+ */
+#define HAVEN_OBSERVE_LEADER 0
+
+/**
+ * Nobody leads from `revision` on.
+ */
+#define HAVEN_OBSERVE_NO_LEADER 1
+
+/**
+ * The observer ended; the last call. `code` and `message` say why (`HAVEN_ERR_UNAVAILABLE`:
+ * no member reachable to resume on).
+ */
+#define HAVEN_OBSERVE_END 2
+
+/**
  * Value of `haven_record_t::value_len` / the layout's `value_len` for "no value".
  */
 #define HAVEN_NO_VALUE UINT32_MAX
@@ -278,6 +294,11 @@
 typedef struct haven_config_t haven_config_t;
 
 /**
+ * A running observer (opaque): stop it and free it with `haven_observe_cancel`.
+ */
+typedef struct haven_observe_t haven_observe_t;
+
+/**
  * A session granted by `haven_session_grant`. Opaque to C; free with `haven_session_free`.
  */
 typedef struct haven_session_t haven_session_t;
@@ -356,6 +377,56 @@ typedef struct {
    */
   const char *tls_key;
 } haven_options_t;
+
+/**
+ * One call of an observe callback. Every pointer in it is valid only during the call: copy
+ * what you keep.
+ */
+typedef struct {
+  /**
+   * `HAVEN_OBSERVE_LEADER`, `HAVEN_OBSERVE_NO_LEADER` or `HAVEN_OBSERVE_END`.
+   */
+  int kind;
+  /**
+   * The revision (log index) of the change; of the first call, of the read it came from.
+   */
+  uint64_t revision;
+  /**
+   * The leader's value (`LEADER`; NULL when empty).
+   */
+  const uint8_t *value;
+  /**
+   * Its length.
+   */
+  size_t value_len;
+  /**
+   * The leadership's fencing token (`LEADER`; 0 otherwise).
+   */
+  uint64_t token;
+  /**
+   * The leader's session id (`LEADER`; 0 otherwise).
+   */
+  uint64_t session;
+  /**
+   * 1: changes between the previous call and this one may be missing (the observer had to
+   * read the leader again); 0 otherwise, always on the first call.
+   */
+  int after_gap;
+  /**
+   * `HAVEN_OK`, or for `HAVEN_OBSERVE_END` the code that ended it.
+   */
+  int code;
+  /**
+   * For `HAVEN_OBSERVE_END`: why, NUL-terminated (never NULL then); NULL otherwise.
+   */
+  const char *message;
+} haven_leader_change_t;
+
+/**
+ * An observe callback: `user_data` as given to `haven_observe`, `change` valid only during
+ * the call.
+ */
+typedef void (*haven_observe_fn)(void *user_data, const haven_leader_change_t *change);
 
 /**
  * One record of a buffer filled by `haven_scan`, `haven_range` or `haven_txn`. The pointers
@@ -837,6 +908,105 @@ int haven_map_join(haven_t *h, const char *map, const char *owner, uint32_t weig
  * thread safety as `haven_map_join`.
  */
 int haven_map_leave(haven_t *h, const char *map, const char *owner);
+
+/**
+ * Campaign in election `name` (NUL-terminated, 1 to 1024 bytes) through `session`, publishing
+ * `value` (at most 4096 bytes; NULL with `value_len` 0 is empty) while leading; when the
+ * caller leads, put the leadership's fencing token (> 0; strictly increasing per election)
+ * in `*token`. Campaigners lead in the order their campaigns were committed.
+ *
+ * `wait_ms`: -1 = wait until leading (or the session ends); >= 0 = wait at most that long.
+ * Not leading when the wait passed -> `HAVEN_ERR_TIMEOUT`, and the campaign is withdrawn by
+ * a committed cancel, so it never leads afterwards. (While no quorum is reachable the
+ * withdrawal cannot commit: the call then returns once it has, or the session ended. Should
+ * the caller come to lead just as the wait passes, the call returns `HAVEN_OK` with the
+ * token: it leads.)
+ *
+ * The leadership stays after this call returns, until `haven_resign` with the token or the
+ * end of the session (expired or revoked); the next campaigner then leads. Fence writes with
+ * the token (compare it, or check `haven_leader`).
+ *
+ * `name` and `value` are borrowed for the call. Blocks as `wait_ms` says (and for the
+ * commits). Errors: INVALID_ARGUMENT (also: this session already leads or campaigns in the
+ * election), SESSION_EXPIRED (the session is gone), LOCK_NOT_HELD (another thread withdrew
+ * the campaign), TIMEOUT, UNAVAILABLE. On error `*token` is not written. Thread safe.
+ */
+int haven_campaign(haven_t *h,
+                   haven_session_t *session,
+                   const char *name,
+                   const uint8_t *value,
+                   size_t value_len,
+                   int64_t wait_ms,
+                   uint64_t *token);
+
+/**
+ * Publish `value` (at most 4096 bytes) as the leader's value of election `name`, if `token`
+ * leads it. Errors: LOCK_NOT_HELD (`token` does not lead: resigned, or its session ended),
+ * INVALID_ARGUMENT, UNAVAILABLE, TIMEOUT. Inputs are borrowed for the call. Blocks until
+ * committed. Thread safe.
+ */
+int haven_proclaim(haven_t *h,
+                   const char *name,
+                   uint64_t token,
+                   const uint8_t *value,
+                   size_t value_len);
+
+/**
+ * The leader with `token` steps down from election `name`; the next campaigner leads.
+ * Errors: LOCK_NOT_HELD (`token` does not lead it), INVALID_ARGUMENT, UNAVAILABLE, TIMEOUT.
+ * `name` is borrowed for the call. Blocks until committed. Thread safe.
+ */
+int haven_resign(haven_t *h, const char *name, uint64_t token);
+
+/**
+ * Who leads election `name`, read linearizably: `*found` 1 and the leader's value in `*value`
+ * (free with `haven_buf_free`), its token in `*token` and its session's id in `*session`;
+ * or `*found` 0 (nobody campaigns in it) and `*value` empty, `*token` and `*session` 0.
+ * `value`, `token` and `session` may be NULL when not wanted; `found` may not. Errors:
+ * INVALID_ARGUMENT, UNAVAILABLE, TIMEOUT; outputs are not written on error. Blocks for a
+ * quorum round trip. Thread safe.
+ */
+int haven_leader(haven_t *h,
+                 const char *name,
+                 haven_buf_t *value,
+                 uint64_t *token,
+                 uint64_t *session,
+                 int *found);
+
+/**
+ * Observe election `name`: `callback(user_data, change)` is called with the leader now (the
+ * first call), then with every change of leader (a new leader, a proclaim, nobody), in
+ * order, each with its revision. Puts the observer in `*out`; stop it with
+ * `haven_observe_cancel`.
+ *
+ * **Threads.** As `haven_watch`: every call of `callback` for this observer is made on one
+ * thread that haven starts for it (never on the caller's thread, never while haven holds an
+ * internal lock), one call at a time. `user_data` is passed back untouched and must be
+ * usable from that thread. The callback must not unwind or longjmp out; it may call any
+ * haven function, `haven_observe_cancel` of this observer included.
+ *
+ * **End.** `HAVEN_OBSERVE_END` is the last call; the observer must still be freed with
+ * `haven_observe_cancel`. After `haven_observe_cancel` no call starts.
+ *
+ * `name` is borrowed for the call. Blocks until the leader was read and the watch opened.
+ * Errors: INVALID_ARGUMENT (NULL callback, bad name), UNAVAILABLE, TIMEOUT. On error `*out`
+ * is not written and the callback is never called. Thread safe. Cancel every observer of
+ * `h` before closing `h`.
+ */
+int haven_observe(haven_t *h,
+                  const char *name,
+                  haven_observe_fn callback,
+                  void *user_data,
+                  haven_observe_t **out);
+
+/**
+ * Stop observer `o` and free it (NULL is ignored). When it returns, no callback of `o` runs
+ * and none will start. Blocks until the observer's thread has ended (at most one callback's
+ * duration, plus a few milliseconds), except when called from inside `o`'s own callback: it
+ * then returns at once, no further callback starts, and the thread ends by itself right
+ * after the callback returns. May be called from any thread; not twice for one observer.
+ */
+void haven_observe_cancel(haven_observe_t *o);
 
 /**
  * Store `value` under `key` (replacing any value).

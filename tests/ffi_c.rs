@@ -163,6 +163,7 @@ fn c_example_runs_a_three_member_cluster() {
     assert!(stdout.contains("get: fast"), "{stdout}");
     assert!(stdout.contains("cas fast->safe: swapped"), "{stdout}");
     assert!(stdout.contains("lock backup: token "), "{stdout}");
+    assert!(stdout.contains("leader: 10.0.0.8"), "{stdout}");
 }
 
 #[test]

@@ -64,6 +64,15 @@ static int demo(haven_t *a, haven_t *b, haven_t *c) {
     check(haven_lock(a, session, "backup", HAVEN_LOCK_EXCLUSIVE, 5000, &token), "lock");
     printf("lock backup: token %llu\n", (unsigned long long)token);
     check(haven_unlock(a, session, "backup", token), "unlock");
+
+    /* Lead election "scheduler" (waiting up to 5 s), publish a new value, read it, resign. */
+    check(haven_campaign(a, session, "scheduler", (const uint8_t *)"10.0.0.7", 8, 5000, &token),
+          "campaign");
+    check(haven_proclaim(b, "scheduler", token, (const uint8_t *)"10.0.0.8", 8), "proclaim");
+    check(haven_leader(c, "scheduler", &value, NULL, NULL, &found), "leader");
+    printf("leader: %.*s\n", (int)value.len, (const char *)value.data);
+    haven_buf_free(&value);
+    check(haven_resign(a, "scheduler", token), "resign");
     haven_session_free(session);
     /* README:end */
     return found && swapped ? 0 : 1;

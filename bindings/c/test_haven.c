@@ -458,6 +458,211 @@ static void test_watch(haven_t *h) {
     watched_destroy(&self_cancel);
 }
 
+/* ----- elections ----- */
+
+struct observed {
+    pthread_mutex_t mutex;
+    pthread_cond_t changed;
+    int kinds[MAX_SEEN];
+    char values[MAX_SEEN][16];
+    uint64_t tokens[MAX_SEEN];
+    uint64_t revisions[MAX_SEEN];
+    int seen;
+    int ends;
+    int wrong_thread;
+    pthread_t caller;
+};
+
+static void on_change(void *user_data, const haven_leader_change_t *change) {
+    struct observed *o = user_data;
+    pthread_mutex_lock(&o->mutex);
+    if (pthread_equal(pthread_self(), o->caller)) {
+        o->wrong_thread++;
+    }
+    if (change->kind == HAVEN_OBSERVE_END) {
+        o->ends++;
+    } else if (o->seen < MAX_SEEN) {
+        o->kinds[o->seen] = change->kind;
+        o->tokens[o->seen] = change->token;
+        o->revisions[o->seen] = change->revision;
+        snprintf(o->values[o->seen], 16, "%.*s", (int)change->value_len,
+                 change->value ? (const char *)change->value : "");
+        o->seen++;
+    }
+    pthread_cond_broadcast(&o->changed);
+    pthread_mutex_unlock(&o->mutex);
+}
+
+struct self_cancelling {
+    pthread_mutex_t mutex;
+    haven_observe_t *self; /* set: the next call cancels the observer from inside */
+    int cancelled;
+    int after; /* calls after the cancel: must stay 0 */
+};
+
+static void on_change_cancel(void *user_data, const haven_leader_change_t *change) {
+    struct self_cancelling *c = user_data;
+    haven_observe_t *self;
+    (void)change;
+    pthread_mutex_lock(&c->mutex);
+    c->after += c->cancelled;
+    self = c->self;
+    c->self = NULL;
+    c->cancelled |= self != NULL;
+    pthread_mutex_unlock(&c->mutex);
+    if (self != NULL) {
+        haven_observe_cancel(self); /* from inside its own callback: returns at once */
+    }
+}
+
+/* Wait until the observer's latest change is a leader with `token`. */
+static void wait_observed(struct observed *o, uint64_t token) {
+    pthread_mutex_lock(&o->mutex);
+    while (o->seen == 0 || o->kinds[o->seen - 1] != HAVEN_OBSERVE_LEADER ||
+           o->tokens[o->seen - 1] != token) {
+        pthread_cond_wait(&o->changed, &o->mutex);
+    }
+    pthread_mutex_unlock(&o->mutex);
+}
+
+struct campaigner {
+    haven_t *h;
+    haven_session_t *session;
+    uint64_t token;
+    int rc;
+};
+
+static void *campaign_forever(void *arg) {
+    struct campaigner *c = arg;
+    c->rc = haven_campaign(c->h, c->session, "leader", K("two"), -1, &c->token);
+    return NULL;
+}
+
+static int leader_is(haven_t *h, const char *value, uint64_t token, uint64_t session) {
+    haven_buf_t v = {0};
+    uint64_t t = 0, s = 0;
+    int found = -1, ok;
+    if (haven_leader(h, "leader", &v, &t, &s, &found) != HAVEN_OK) {
+        return 0;
+    }
+    ok = found == 1 && v.len == strlen(value) && memcmp(v.data, value, v.len) == 0 &&
+         t == token && s == session;
+    haven_buf_free(&v);
+    return ok;
+}
+
+static void test_elections(haven_t *h) {
+    haven_session_t *s1 = NULL, *s2 = NULL;
+    haven_observe_t *observer = NULL, *untouched = (haven_observe_t *)&passed;
+    struct observed o;
+    struct campaigner second;
+    pthread_t thread;
+    haven_buf_t value = {0};
+    uint64_t id1 = 0, id2 = 0, t1 = 0, t2 = 0, other = 77, token = 0, session = 0;
+    int found = -1, i;
+
+    CHECK(haven_session_grant(h, 5000, &s1) == HAVEN_OK && haven_session_id(s1, &id1) == 0);
+    CHECK(haven_session_grant(h, 5000, &s2) == HAVEN_OK && haven_session_id(s2, &id2) == 0);
+    /* Nobody leads yet. */
+    CHECK(haven_leader(h, "leader", &value, &token, &session, &found) == HAVEN_OK);
+    CHECK(found == 0 && value.data == NULL && token == 0 && session == 0);
+
+    /* Lead, and be seen leading. */
+    CHECK(haven_campaign(h, s1, "leader", K("one"), -1, &t1) == HAVEN_OK && t1 > 0);
+    CHECK(leader_is(h, "one", t1, id1));
+    memset(&o, 0, sizeof o);
+    pthread_mutex_init(&o.mutex, NULL);
+    pthread_cond_init(&o.changed, NULL);
+    o.caller = pthread_self();
+    CHECK(haven_observe(h, "leader", NULL, &o, &untouched) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_observe(h, "", on_change, &o, &untouched) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(untouched == (haven_observe_t *)&passed);
+    CHECK(haven_observe(h, "leader", on_change, &o, &observer) == HAVEN_OK && observer != NULL);
+    wait_observed(&o, t1);
+    CHECK(haven_proclaim(h, "leader", t1, K("uno")) == HAVEN_OK);
+    CHECK(leader_is(h, "uno", t1, id1));
+
+    /* A second campaign that times out is withdrawn: it never leads, even once the leader
+     * resigns. */
+    CHECK(haven_campaign(h, s2, "leader", K("two"), 300, &other) == HAVEN_ERR_TIMEOUT);
+    CHECK(other == 77);
+    CHECK(leader_is(h, "uno", t1, id1));
+    CHECK(haven_resign(h, "leader", t1) == HAVEN_OK);
+    CHECK(haven_leader(h, "leader", NULL, NULL, NULL, &found) == HAVEN_OK && found == 0);
+    CHECK(haven_resign(h, "leader", t1) == HAVEN_ERR_LOCK_NOT_HELD);
+    CHECK(haven_proclaim(h, "leader", t1, K("late")) == HAVEN_ERR_LOCK_NOT_HELD);
+
+    /* Lead again; a second campaigner waiting in another thread takes over on resign. */
+    CHECK(haven_campaign(h, s1, "leader", K("one"), 0, &t2) == HAVEN_OK && t2 > t1);
+    CHECK(haven_campaign(h, s1, "leader", K("one"), 0, &other) == HAVEN_ERR_INVALID_ARGUMENT);
+    second.h = h;
+    second.session = s2;
+    second.token = 0;
+    second.rc = -1;
+    CHECK(pthread_create(&thread, NULL, campaign_forever, &second) == 0);
+    wait_observed(&o, t2);
+    CHECK(haven_resign(h, "leader", t2) == HAVEN_OK);
+    CHECK(pthread_join(thread, NULL) == 0);
+    CHECK(second.rc == HAVEN_OK && second.token > t2);
+    CHECK(leader_is(h, "two", second.token, id2));
+    wait_observed(&o, second.token);
+
+    /* What the observer saw, in order, on its own thread: one, uno, nobody, ..., two. */
+    pthread_mutex_lock(&o.mutex);
+    CHECK(o.wrong_thread == 0 && o.ends == 0 && o.seen >= 5);
+    CHECK(o.kinds[0] == HAVEN_OBSERVE_LEADER && strcmp(o.values[0], "one") == 0 &&
+          o.tokens[0] == t1);
+    CHECK(o.kinds[1] == HAVEN_OBSERVE_LEADER && strcmp(o.values[1], "uno") == 0 &&
+          o.tokens[1] == t1);
+    CHECK(o.kinds[2] == HAVEN_OBSERVE_NO_LEADER && o.tokens[2] == 0);
+    CHECK(o.kinds[3] == HAVEN_OBSERVE_LEADER && o.tokens[3] == t2);
+    CHECK(strcmp(o.values[o.seen - 1], "two") == 0);
+    for (i = 1; i < o.seen; i++) {
+        CHECK(o.revisions[i] > o.revisions[i - 1]);
+    }
+    pthread_mutex_unlock(&o.mutex);
+    haven_observe_cancel(observer);
+    haven_observe_cancel(NULL);
+
+    /* An observer whose callback cancels it: no deadlock, no call after. */
+    {
+        struct self_cancelling c;
+        haven_observe_t *self = NULL;
+        memset(&c, 0, sizeof c);
+        pthread_mutex_init(&c.mutex, NULL);
+        CHECK(haven_observe(h, "quiet", on_change_cancel, &c, &self) == HAVEN_OK);
+        pthread_mutex_lock(&c.mutex);
+        c.self = self;
+        pthread_mutex_unlock(&c.mutex);
+        /* A change after `self` is set: that call cancels (the first call may have come before). */
+        CHECK(haven_campaign(h, s1, "quiet", K("q"), -1, &token) == HAVEN_OK);
+        CHECK(haven_proclaim(h, "quiet", token, K("r")) == HAVEN_OK);
+        CHECK(haven_resign(h, "quiet", token) == HAVEN_OK);
+        usleep(300 * 1000); /* the thread ends by itself right after the callback */
+        pthread_mutex_lock(&c.mutex);
+        CHECK(c.cancelled == 1 && c.after == 0 && c.self == NULL);
+        pthread_mutex_unlock(&c.mutex);
+        pthread_mutex_destroy(&c.mutex);
+    }
+
+    /* Bad input changes nothing. */
+    CHECK(haven_campaign(h, NULL, "leader", K("x"), -1, &other) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_campaign(h, s1, NULL, K("x"), -1, &other) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_campaign(h, s1, "leader", K("x"), -5, &other) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_campaign(h, s1, "leader", K("x"), -1, NULL) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_campaign(h, s1, "leader", NULL, 3, -1, &other) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(haven_leader(h, "leader", &value, NULL, NULL, NULL) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(other == 77 && value.data == NULL);
+    CHECK(leader_is(h, "two", second.token, id2));
+
+    CHECK(haven_resign(h, "leader", second.token) == HAVEN_OK);
+    CHECK(haven_session_revoke(s1) == HAVEN_OK && haven_session_revoke(s2) == HAVEN_OK);
+    haven_session_free(s1);
+    haven_session_free(s2);
+    pthread_mutex_destroy(&o.mutex);
+    pthread_cond_destroy(&o.changed);
+}
+
 /* ----- partition map ----- */
 
 static void test_owners(haven_t *h) {
@@ -574,6 +779,7 @@ int main(int argc, char **argv) {
     test_status(h);
     test_sessions_and_locks(h);
     test_watch(h);
+    test_elections(h);
     test_owners(h);
     test_remote(listen, h);
 

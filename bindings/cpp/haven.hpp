@@ -11,9 +11,10 @@
 //   haven::session s = db.session(10000);       // a lease, kept alive in the background
 //   { haven::lock_guard g(db, s, "jobs", 5000); use(g.token()); }  // released at scope end
 //   haven::watch w = db.watch("jobs/", [](const haven::watch_event &e) { ... });
+//   { haven::leadership l = db.campaign(s, "primary", "me"); l.proclaim("me:2"); } // resigns
 //
 // A db may be used from many threads at once; it is closed by its destructor. Destroy
-// sessions, lock guards and watches before the db they came from.
+// sessions, lock guards, leaderships, watches and observers before the db they came from.
 #ifndef HAVEN_HPP
 #define HAVEN_HPP
 
@@ -174,6 +175,102 @@ private:
 
     std::unique_ptr<callback> fn_; // stable address: haven holds it as user_data
     haven_watch_t *w_ = nullptr;
+};
+
+/// Who leads an election (see haven_leader).
+struct leader {
+    std::string value;
+    uint64_t token;   ///< the leadership's fencing token
+    uint64_t session; ///< the leader's session id
+};
+
+/// One change (or the end) of an observed election: haven_leader_change_t, copied.
+struct leader_change {
+    int kind;          ///< HAVEN_OBSERVE_LEADER, _NO_LEADER or _END
+    uint64_t revision; ///< of the change
+    std::optional<haven::leader> leader; ///< who leads from then on (LEADER only)
+    bool after_gap;                      ///< changes before this one may be missing
+    int code;                            ///< HAVEN_OK, or for END why it ended
+    std::string message;                 ///< for END
+};
+
+/// A running observer of an election: its callback runs on a thread of its own (see
+/// haven_observe). The destructor cancels it and waits for a running callback to return (do
+/// not destroy it from inside its own callback). Movable, not copyable.
+class observer {
+public:
+    using callback = std::function<void(const leader_change &)>;
+
+    observer(haven_t *h, const std::string &name, callback fn)
+        : fn_(std::make_unique<callback>(std::move(fn))) {
+        detail::check(haven_observe(h, name.c_str(), &observer::trampoline, fn_.get(), &o_));
+    }
+    observer(const observer &) = delete;
+    observer &operator=(const observer &) = delete;
+    observer(observer &&other) noexcept
+        : fn_(std::move(other.fn_)), o_(std::exchange(other.o_, nullptr)) {}
+    observer &operator=(observer &&other) noexcept {
+        std::swap(fn_, other.fn_);
+        std::swap(o_, other.o_);
+        return *this;
+    }
+    ~observer() { cancel(); }
+
+    /// Stop it: when this returns no callback runs or will start.
+    void cancel() noexcept { haven_observe_cancel(std::exchange(o_, nullptr)); }
+
+private:
+    static void trampoline(void *user_data, const haven_leader_change_t *c) {
+        try {
+            leader_change change{c->kind, c->revision, std::nullopt, c->after_gap != 0, c->code,
+                                 c->message ? std::string(c->message) : std::string()};
+            if (c->kind == HAVEN_OBSERVE_LEADER) {
+                change.leader = haven::leader{
+                    c->value ? std::string(reinterpret_cast<const char *>(c->value), c->value_len)
+                             : std::string(),
+                    c->token, c->session};
+            }
+            (*static_cast<callback *>(user_data))(change);
+        } catch (...) {
+            // An exception must not unwind into haven's thread.
+        }
+    }
+
+    std::unique_ptr<callback> fn_; // stable address: haven holds it as user_data
+    haven_observe_t *o_ = nullptr;
+};
+
+/// Leading an election (from db::campaign): resigns in the destructor (errors ignored there;
+/// `resign()` reports them). Movable, not copyable.
+class leadership {
+public:
+    leadership(haven_t *h, std::string name, uint64_t token) noexcept
+        : h_(h), name_(std::move(name)), token_(token) {}
+    leadership(const leadership &) = delete;
+    leadership &operator=(const leadership &) = delete;
+    leadership(leadership &&other) noexcept
+        : h_(other.h_), name_(std::move(other.name_)), token_(std::exchange(other.token_, 0)) {}
+    leadership &operator=(leadership &&) = delete;
+    ~leadership() {
+        if (token_ != 0) {
+            haven_resign(h_, name_.c_str(), token_);
+        }
+    }
+
+    /// The fencing token of this leadership (strictly increasing per election).
+    uint64_t token() const noexcept { return token_; }
+    const std::string &name() const noexcept { return name_; }
+    /// Publish `value` as the leader's value; throws (HAVEN_ERR_LOCK_NOT_HELD if it is over).
+    void proclaim(std::string_view value) {
+        detail::check(haven_proclaim(h_, name_.c_str(), token_, detail::bytes(value), value.size()));
+    }
+    /// Step down now; throws haven::error (HAVEN_ERR_LOCK_NOT_HELD if it was over).
+    void resign() { detail::check(haven_resign(h_, name_.c_str(), std::exchange(token_, 0))); }
+
+private:
+    haven_t *h_;
+    std::string name_;
+    uint64_t token_ = 0;
 };
 
 /// The owners of a key in a partition map (see haven_owners).
@@ -340,6 +437,36 @@ public:
     haven::watch watch(std::string_view prefix, haven::watch::callback fn,
                        uint64_t from_revision = 0) {
         return haven::watch(h_, prefix, from_revision, std::move(fn));
+    }
+
+    /// Campaign in election `name` through `s` with `value`; returns once leading (see
+    /// haven_campaign: `wait_ms` -1 forever; not leading in time -> haven::error with code
+    /// HAVEN_ERR_TIMEOUT, the campaign withdrawn). The leadership resigns when destroyed.
+    haven::leadership campaign(haven::session &s, const std::string &name, std::string_view value,
+                               int64_t wait_ms = -1) {
+        uint64_t token = 0;
+        detail::check(haven_campaign(h_, s.get(), name.c_str(), detail::bytes(value), value.size(),
+                                     wait_ms, &token));
+        return haven::leadership(h_, name, token);
+    }
+
+    /// Who leads election `name` (a linearizable read); nullopt if nobody.
+    std::optional<haven::leader> leader(const std::string &name) {
+        detail::buffer value;
+        haven::leader out{std::string(), 0, 0};
+        int found = 0;
+        detail::check(haven_leader(h_, name.c_str(), &value.buf, &out.token, &out.session, &found));
+        if (found == 0) {
+            return std::nullopt;
+        }
+        out.value = value.str();
+        return out;
+    }
+
+    /// Observe election `name`: the leader now, then every change (see haven_observe; `fn`
+    /// runs on the observer's own thread).
+    haven::observer observe(const std::string &name, haven::observer::callback fn) {
+        return haven::observer(h_, name, std::move(fn));
     }
 
     /// The member's status as JSON (see haven_status_json).

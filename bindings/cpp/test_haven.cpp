@@ -64,6 +64,12 @@ static void readme_example(haven::db &db) {
         std::printf("mode %s, swapped %d, token %llu\n", mode.value_or("?").c_str(), swapped,
                     static_cast<unsigned long long>(lock.token()));
     }  // released here
+    {
+        haven::leadership leading = db.campaign(session, "scheduler", "10.0.0.7", 5000);
+        leading.proclaim("10.0.0.8");
+        std::optional<haven::leader> now = db.leader("scheduler");  // std::nullopt: nobody
+        std::printf("leader %s\n", now ? now->value.c_str() : "none");
+    }  // resigns here
     // README:end
     CHECK(mode == std::optional<std::string>("fast") && swapped);
 }
@@ -129,6 +135,72 @@ static void test_coordination(haven::db &db) {
     CHECK(events[1].kind == HAVEN_WATCH_DELETE && events[1].revision > events[0].revision);
 }
 
+static void test_elections(haven::db &db) {
+    haven::session s1 = db.session(5000), s2 = db.session(5000);
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<haven::leader_change> seen;
+    std::atomic<bool> other_thread{true};
+    const std::thread::id self = std::this_thread::get_id();
+    haven::observer o = db.observe("primary", [&](const haven::leader_change &c) {
+        if (std::this_thread::get_id() == self) {
+            other_thread = false;
+        }
+        std::lock_guard<std::mutex> g(mutex);
+        seen.push_back(c);
+        changed.notify_all();
+    });
+    auto wait_seen = [&](size_t n) {
+        std::unique_lock<std::mutex> g(mutex);
+        changed.wait(g, [&] { return seen.size() >= n; });
+    };
+    CHECK(!db.leader("primary").has_value());
+    uint64_t first = 0, second = 0;
+    {
+        haven::leadership l = db.campaign(s1, "primary", "a");
+        first = l.token();
+        CHECK(first > 0 && l.name() == "primary");
+        std::optional<haven::leader> now = db.leader("primary");
+        CHECK(now && now->value == "a" && now->token == first && now->session == s1.id());
+        l.proclaim("b");
+        CHECK(db.leader("primary")->value == "b");
+        // A second campaigner times out (withdrawn), then takes over from another thread.
+        CHECK(code_of([&] { db.campaign(s2, "primary", "c", 200); }) == HAVEN_ERR_TIMEOUT);
+        CHECK(db.leader("primary")->token == first);
+        wait_seen(3); // nobody, a, b
+        int late = HAVEN_OK;
+        std::thread t([&] {
+            haven::leadership l2 = db.campaign(s2, "primary", "c");
+            second = l2.token();
+            l2.resign();
+            late = code_of([&] { l2.proclaim("late"); });
+        });
+        l.resign();
+        CHECK(code_of([&] { l.resign(); }) == HAVEN_ERR_LOCK_NOT_HELD);
+        t.join();
+        CHECK(late == HAVEN_ERR_LOCK_NOT_HELD);
+    }
+    CHECK(second > first && !db.leader("primary").has_value());
+    {
+        std::unique_lock<std::mutex> g(mutex);
+        changed.wait(g, [&] { return !seen.empty() && seen.back().leader.has_value() == false &&
+                                     seen.size() >= 5; });
+    }
+    o.cancel();
+    CHECK(other_thread && seen.size() >= 5);
+    CHECK(!seen[0].leader && seen[0].kind == HAVEN_OBSERVE_NO_LEADER);
+    CHECK(seen[1].leader && seen[1].leader->value == "a" && seen[1].leader->token == first);
+    CHECK(seen[2].leader && seen[2].leader->value == "b" && !seen[2].after_gap);
+    bool saw_second = false;
+    for (const auto &c : seen) {
+        saw_second = saw_second || (c.leader && c.leader->token == second && c.leader->value == "c");
+    }
+    CHECK(saw_second);
+    CHECK(code_of([&] { db.leader(""); }) == HAVEN_ERR_INVALID_ARGUMENT);
+    CHECK(code_of([&] { db.observe("", [](const haven::leader_change &) {}); }) ==
+          HAVEN_ERR_INVALID_ARGUMENT);
+}
+
 int main() {
     char dir_template[] = "/tmp/haven-cpptest-XXXXXX";
     const char *dir = mkdtemp(dir_template);
@@ -180,6 +252,7 @@ int main() {
         CHECK(db.status_json().find("\"role\":\"leader\"") != std::string::npos);
         readme_example(db);
         test_coordination(db);
+        test_elections(db);
 
         // One handle, many threads.
         std::vector<std::thread> threads;

@@ -60,6 +60,13 @@ impl Leadership {
         &self.name
     }
 
+    /// Keep leading after this handle is gone (no resign on drop), returning the token: resign
+    /// later with [`Client::resign`] (the C ABI hands leaderships out this way).
+    pub fn into_token(mut self) -> FencingToken {
+        self.resigned = true;
+        self.token
+    }
+
     /// Publish `value` as the leader's value. `LockNotHeld` if this leadership is over (its
     /// session ended, or it resigned).
     pub fn proclaim(&self, value: &[u8]) -> Result<()> {

@@ -24,6 +24,12 @@ pub struct haven_session_t {
     session: Session,
 }
 
+impl haven_session_t {
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+}
+
 /// `haven_session_state`: the leader answered the last keepalive.
 pub const HAVEN_SESSION_ALIVE: c_int = 0;
 /// No keepalive was answered for longer than the TTL (no quorum reachable): the session may

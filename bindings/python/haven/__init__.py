@@ -38,7 +38,11 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "IoError",
+    "Leader",
+    "LeaderChange",
+    "Leadership",
     "LockNotHeld",
+    "Observer",
     "Owners",
     "Session",
     "SessionExpired",
@@ -290,6 +294,28 @@ class WatchEvent(NamedTuple):
     """The new value (``b""`` for a delete)."""
 
 
+class Leader(NamedTuple):
+    """Who leads an election (:meth:`Db.leader`)."""
+
+    value: bytes
+    """The value it published (with its campaign, or its latest proclaim)."""
+    token: int
+    """The fencing token of its leadership (strictly increasing per election)."""
+
+
+class LeaderChange(NamedTuple):
+    """A change of an election's leader (:meth:`Db.observe`)."""
+
+    revision: int
+    """The revision (log index) of the change; of the first one, of the read it came from."""
+    leader: Optional[Leader]
+    """Who leads from then on; ``None``: nobody."""
+    session: int
+    """The leader's session id (0 when nobody leads)."""
+    after_gap: bool
+    """Changes between the previous one and this one may be missing (never on the first)."""
+
+
 _SESSION_STATES = {0: "alive", 1: "unknown", 2: "lost"}
 
 
@@ -355,17 +381,21 @@ class Session(_Handle):
             self.close()
 
 
+def _wait_ms(timeout: Optional[float]) -> int:
+    """A ``timeout`` in seconds as the C calls' ``wait_ms`` (-1: no limit)."""
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise InvalidArgument(f"timeout: {timeout} is negative", InvalidArgument.code)
+    return 0 if timeout == 0 else max(1, int(timeout * 1000))
+
+
 class _Lock:
     """The context manager of :meth:`Db.lock`: acquires on enter (returns the fencing
     token), releases on exit."""
 
     def __init__(self, db: "Db", session: Optional[Session], name: str, timeout: Optional[float], shared: bool) -> None:
-        if timeout is None:
-            self._wait_ms = -1
-        elif timeout < 0:
-            raise InvalidArgument(f"timeout: {timeout} is negative", InvalidArgument.code)
-        else:
-            self._wait_ms = 0 if timeout == 0 else max(1, int(timeout * 1000))
+        self._wait_ms = _wait_ms(timeout)
         self._db, self._session, self._name = db, session, name.encode("utf-8")
         self._mode = 1 if shared else 0
         self._held: Optional[Tuple[Session, int]] = None
@@ -414,6 +444,142 @@ class _Lock:
             # session. Raised only when the block itself succeeded.
             if exc_type is None:
                 raise
+
+
+class Leadership:
+    """The context manager of :meth:`Db.campaign`: campaigns on enter (returns itself once
+    leading), resigns on exit. :attr:`token` is the leadership's fencing token."""
+
+    def __init__(self, db: "Db", session: Optional[Session], name: str, value: Bytes, timeout: Optional[float]) -> None:
+        self._wait_ms = _wait_ms(timeout)
+        self._db, self._session = db, session
+        self._name, self._value = name.encode("utf-8"), _bytes(value)
+        self.token: Optional[int] = None
+
+    def campaign(self) -> "Leadership":
+        """Campaign and block until leading; :class:`Timeout` if not leading in time (the
+        campaign is then withdrawn)."""
+        session = self._session or self._db._default_session()
+        token = ctypes.c_uint64(0)
+        handle = self._db._enter()
+        try:
+            s = session._enter()
+            try:
+                _check(
+                    _LIB.haven_campaign(
+                        handle, s, self._name, self._value, len(self._value), self._wait_ms, ctypes.byref(token)
+                    )
+                )
+            finally:
+                session._leave()
+        finally:
+            self._db._leave()
+        self.token = token.value
+        return self
+
+    def proclaim(self, value: Bytes) -> None:
+        """Publish ``value`` as the leader's value; :class:`LockNotHeld` if no longer leading."""
+        if self.token is None:
+            raise LockNotHeld("not leading", LockNotHeld.code)
+        v = _bytes(value)
+        self._db._call("haven_proclaim", self._name, self.token, v, len(v))
+
+    def resign(self) -> None:
+        """Step down; :class:`LockNotHeld` if the leadership was over (its session ended)."""
+        if self.token is None:
+            return
+        token, self.token = self.token, None
+        self._db._call("haven_resign", self._name, token)
+
+    def __enter__(self) -> "Leadership":
+        return self.campaign()
+
+    def __exit__(self, exc_type: Any, *_exc: Any) -> None:
+        try:
+            self.resign()
+        except Error:
+            # Best effort, as a Rust Leadership's drop. Raised only when the block succeeded.
+            if exc_type is None:
+                raise
+
+
+class Observer:
+    """An iterator of :class:`LeaderChange` (blocking): the leader when it started, then every
+    change. Closed with :meth:`close` or by leaving its ``with`` block (iteration then ends
+    with ``StopIteration``); raises an :class:`Error` when it cannot go on."""
+
+    _CLOSED = object()
+
+    def __init__(self, db: "Db", name: str) -> None:
+        self._db = db
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._done = False
+        self._lock = threading.Lock()
+        # Kept referenced for the life of the observer: haven calls it from its thread.
+        self._callback = _lib.OBSERVE_FN(self._on_change)
+        handle = ctypes.c_void_p()
+        db._call("haven_observe", name.encode("utf-8"), self._callback, None, ctypes.byref(handle))
+        self._handle: Optional[int] = handle.value
+
+    def _on_change(self, _user_data: Optional[int], change_p: Any) -> None:
+        try:
+            c = change_p.contents
+            if c.kind == 0:
+                value = ctypes.string_at(c.value, c.value_len) if c.value_len else b""
+                self._queue.put(LeaderChange(c.revision, Leader(value, c.token), c.session, bool(c.after_gap)))
+            elif c.kind == 1:
+                self._queue.put(LeaderChange(c.revision, None, 0, bool(c.after_gap)))
+            else:
+                self._queue.put(_error(c.code, (c.message or b"").decode("utf-8", "replace")))
+        except Exception:  # noqa: BLE001 - an exception must never cross back into haven
+            pass
+
+    def get(self, timeout: Optional[float] = None) -> Optional[LeaderChange]:
+        """The next change, waiting at most ``timeout`` seconds (None: no limit); ``None`` on
+        timeout. Raises as iteration does at the end."""
+        if self._done:
+            raise StopIteration
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is Observer._CLOSED:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, Error):
+            self._done = True
+            raise item
+        return item
+
+    def __iter__(self) -> Iterator[LeaderChange]:
+        return self
+
+    def __next__(self) -> LeaderChange:
+        while True:
+            item = self.get()
+            if item is not None:
+                return item
+
+    def close(self) -> None:
+        """Stop observing (idempotent, from any thread): no change is added after it returns."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            _LIB.haven_observe_cancel(handle)
+            self._queue.put(Observer._CLOSED)
+            self._db._forget(self)
+
+    def __enter__(self) -> "Observer":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing to report to from a finalizer
+            pass
 
 
 class Watch:
@@ -711,6 +877,31 @@ class Db(_Handle):
             return Owners(epoch.value, partition.value, ids)
         finally:
             _LIB.haven_buf_free(ctypes.byref(buf))
+
+    def campaign(
+        self, name: str, value: Bytes = b"", timeout: Optional[float] = None, *, session: Optional[Session] = None
+    ) -> Leadership:
+        """``with db.campaign("name", b"value", timeout=5.0) as leadership:`` leads election
+        ``name`` for the block (resigns at its end); ``leadership.token`` is the fencing token,
+        ``leadership.proclaim(v)`` publishes a new value. ``timeout``: seconds to wait (None:
+        until leading); not leading in time -> :class:`Timeout` (the campaign is withdrawn).
+        Through ``session``, or the calling thread's session of this handle (as :meth:`lock`)."""
+        return Leadership(self, session, name, value, timeout)
+
+    def leader(self, name: str) -> Optional[Leader]:
+        """Who leads election ``name`` (``(value, token)``), ``None`` if nobody (a
+        linearizable read)."""
+        buf, token, found = Buf(), ctypes.c_uint64(0), ctypes.c_int(0)
+        self._call("haven_leader", name.encode("utf-8"), ctypes.byref(buf), ctypes.byref(token), None, ctypes.byref(found))
+        try:
+            return Leader(buf.take(), token.value) if found.value else None
+        finally:
+            _LIB.haven_buf_free(ctypes.byref(buf))
+
+    def observe(self, name: str) -> Observer:
+        """``for change in db.observe(name):`` the leader of election ``name`` now, then every
+        change of leader (a new leader, a proclaim, nobody), in order."""
+        return self._adopt(Observer(self, name))
 
     def watch(self, prefix: Bytes = b"", from_revision: int = 0) -> Watch:
         """``for event in db.watch(prefix):`` every change under ``prefix`` from

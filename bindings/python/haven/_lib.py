@@ -68,8 +68,25 @@ class WatchEvent(ctypes.Structure):
     ]
 
 
+class LeaderChange(ctypes.Structure):
+    """``haven_leader_change_t``: one call of an observe callback (pointers valid during it)."""
+
+    _fields_ = [
+        ("kind", ctypes.c_int),
+        ("revision", ctypes.c_uint64),
+        ("value", ctypes.c_void_p),
+        ("value_len", ctypes.c_size_t),
+        ("token", ctypes.c_uint64),
+        ("session", ctypes.c_uint64),
+        ("after_gap", ctypes.c_int),
+        ("code", ctypes.c_int),
+        ("message", ctypes.c_char_p),
+    ]
+
+
 LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
 WATCH_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(WatchEvent))
+OBSERVE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(LeaderChange))
 
 
 def _candidates() -> List[Path]:
@@ -164,6 +181,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         "haven_map_leave": ([ptr, text, text], c_int),
         "haven_watch": ([ptr, data, c_size, c_u64, WATCH_FN, ptr, handle_out], c_int),
         "haven_watch_cancel": ([ptr], None),
+        "haven_campaign": ([ptr, ptr, text, data, c_size, ctypes.c_int64, ctypes.POINTER(c_u64)], c_int),
+        "haven_proclaim": ([ptr, text, c_u64, data, c_size], c_int),
+        "haven_resign": ([ptr, text, c_u64], c_int),
+        "haven_leader": ([ptr, text, buf_p, ctypes.POINTER(c_u64), ctypes.POINTER(c_u64), int_p], c_int),
+        "haven_observe": ([ptr, text, OBSERVE_FN, ptr, handle_out], c_int),
+        "haven_observe_cancel": ([ptr], None),
         "haven_txn": ([ptr, ptr, c_size, ptr, c_size, ptr, c_size, int_p, buf_p], c_int),
     }
     for name, (argtypes, restype) in signatures.items():

@@ -22,7 +22,15 @@ def test_readme_example(member: haven.Db, capsys) -> None:  # type: ignore[no-un
             for event in watch:  # blocks; close() from any thread ends it
                 print(event.kind, event.key, event.value)
                 break
+        with db.campaign("scheduler", b"10.0.0.7", timeout=5.0) as leadership:  # resigns at exit
+            leadership.proclaim(b"10.0.0.8")  # haven.LockNotHeld once no longer leading
+            assert db.leader("scheduler") == (b"10.0.0.8", leadership.token)
+        with db.observe("scheduler") as observer:
+            for change in observer:  # the leader now, then every change
+                print("leader:", change.leader)  # None: nobody leads
+                break
     # README:end
     out = capsys.readouterr().out
     assert "holding backup, fencing token" in out
     assert "put b'jobs/1' b'queued'" in out
+    assert "leader: None" in out
