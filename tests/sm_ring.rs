@@ -6,7 +6,7 @@
 mod sm_util;
 
 use haven::sm::placement::{
-    compute, diff, Change, LoadCap, MapParams, Owner, OwnerId, Strategy, Table,
+    compute, diff, Change, LoadCap, MapParams, Owner, OwnerId, PlacementVersion, Strategy, Table,
     DEFAULT_LOAD_CAP_PER_MILLE,
 };
 use haven::sm::{Command, CommandResult, MapChange, MapMoves, Op, PARTITION_MAP_COMMAND_VERSION};
@@ -14,13 +14,15 @@ use haven::snapshots::SnapshotFiles;
 use haven::{Entry, ErrorCode, LogIndex};
 use sm_util::{command_entry, untracked, Harness};
 
+/// The create a client sends now: a map of the current placement version.
 fn create(name: &str, partitions: u32, replicas: u32, strategy: Strategy) -> Op {
-    Op::CreateMap {
+    Op::CreateMapVersioned {
         name: name.into(),
         partitions,
         replicas,
         strategy,
         load_cap: LoadCap::PerMille(DEFAULT_LOAD_CAP_PER_MILLE),
+        placement: PlacementVersion::CURRENT,
     }
 }
 

@@ -9,7 +9,7 @@ use super::command::{Command, Op, UNTRACKED_CLIENT};
 use super::kv;
 use super::locks::{self, Acquire};
 use super::overlay::{Overlay, Writes};
-use super::placement::{Change, Owner, OwnerId};
+use super::placement::{Change, Owner, OwnerId, PlacementVersion};
 use super::result::{CommandResult, LockWaitEnded};
 use super::ring::{self, BatchMaps, MapReader, PartitionMap};
 use super::session_end;
@@ -127,10 +127,11 @@ impl<'t, 'o> Executor<'t, 'o> {
                 index,
             )?),
             Op::Txn(txn) => CommandResult::Txn(kv::txn(overlay, txn, index)?),
-            Op::CreateMap { name, .. } => {
-                // Some: this arm is a CreateMap.
+            Op::CreateMap { name, .. } | Op::CreateMapVersioned { name, .. } => {
+                // Some: this arm is a create.
                 let params = cmd.op.map_params().unwrap_or_default();
-                ring::create_map(overlay, &mut self.maps, name, params)?
+                let placement = cmd.op.map_placement().unwrap_or(PlacementVersion::V1);
+                ring::create_map(overlay, &mut self.maps, name, params, placement)?
             }
             Op::JoinMap {
                 name,

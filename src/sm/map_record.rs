@@ -3,7 +3,10 @@
 //! them), kept apart from `layout.rs` only for its size. Byte layout: `docs/FORMAT.md`,
 //! "Partition map records".
 
-use super::placement::{LoadCap, MapParams, Move, Owner, OwnerId, Strategy, Table};
+use super::layout::{decode_record, encode_map_record, MAP_RECORD_VERSION};
+use super::placement::{
+    LoadCap, MapParams, Move, Owner, OwnerId, PlacementVersion, Strategy, Table,
+};
 use crate::error::{Error, Result};
 use bincode::{Decode, Encode};
 
@@ -36,8 +39,17 @@ pub struct MapRecord {
 }
 
 impl MapRecord {
-    /// The map it describes, checked (`InvalidArgument` naming the defect).
+    /// The map it describes, checked (`InvalidArgument` naming the defect), as a table of
+    /// [`PlacementVersion::CURRENT`]: for a copy that is only read (a `map` answer does not carry
+    /// the placement version, and only the state machine recomputes tables).
     pub fn to_map(&self) -> Result<PartitionMap> {
+        self.to_map_at(PlacementVersion::CURRENT)
+    }
+
+    /// The map it describes, recomputed on later changes by placement algorithm `placement`
+    /// (`UnsupportedVersion` if this build does not know it, `InvalidArgument` naming any other
+    /// defect).
+    pub fn to_map_at(&self, placement: PlacementVersion) -> Result<PartitionMap> {
         let params = MapParams {
             partitions: self.partitions,
             replicas: self.replicas,
@@ -52,7 +64,7 @@ impl MapRecord {
                 weight: *weight,
             })
             .collect();
-        let table = Table::from_parts(params, owners, self.slots.clone())?;
+        let table = Table::from_parts_at(params, placement, owners, self.slots.clone())?;
         if self.epoch < FIRST_EPOCH {
             return Err(invalid("a map's epoch starts at 1".into()));
         }
@@ -61,13 +73,66 @@ impl MapRecord {
             table,
         })
     }
+}
 
-    /// Check a stored record (`Corrupt` if it is not a valid map).
-    pub(crate) fn check(&self) -> Result<()> {
-        self.to_map()
-            .map(drop)
-            .map_err(|e| Error::corrupt(0, format!("state partition map record: {e}")))
+/// Version byte of the stored record of a map of placement version 2 or later: the
+/// [`MapRecord`], then the placement version (bincode u32). A map of placement version 1 is
+/// stored as before, under [`MAP_RECORD_VERSION`] (1) without the field, byte for byte what a
+/// build from before placement versions wrote and reads.
+pub(crate) const MAP_RECORD_PLACEMENT_VERSION: u8 = 2;
+
+/// The body of a [`MAP_RECORD_PLACEMENT_VERSION`] record.
+#[derive(Encode, Decode)]
+struct PlacedMapRecord {
+    record: MapRecord,
+    placement: PlacementVersion,
+}
+
+/// The stored record of `map` (`docs/FORMAT.md`, "Partition map records").
+pub(crate) fn encode_map(map: &PartitionMap) -> Result<Vec<u8>> {
+    let record = map.to_record();
+    let placement = map.table.version();
+    if placement == PlacementVersion::V1 {
+        return encode_map_record(&record);
     }
+    let mut out = vec![MAP_RECORD_PLACEMENT_VERSION];
+    crate::codec::encode_value_into(&PlacedMapRecord { record, placement }, &mut out)?;
+    Ok(out)
+}
+
+/// Decode a stored map record into the map, checked: `UnsupportedVersion` for a record version
+/// or placement version this build does not know, `Corrupt` for any other defect.
+pub(crate) fn decode_map(bytes: &[u8]) -> Result<PartitionMap> {
+    let corrupt = |why: String| Error::corrupt(0, format!("state partition map record: {why}"));
+    let (record, placement) = match bytes.split_first() {
+        Some((&MAP_RECORD_VERSION, body)) => (
+            decode_record::<MapRecord>("partition map", body)?,
+            PlacementVersion::V1,
+        ),
+        Some((&MAP_RECORD_PLACEMENT_VERSION, body)) => {
+            let placed: PlacedMapRecord = decode_record("partition map", body)?;
+            if placed.placement <= PlacementVersion::V1 {
+                // Version 1 has its own record version: one encoding per map.
+                return Err(corrupt(format!(
+                    "placement version {} in a record of version {MAP_RECORD_PLACEMENT_VERSION}",
+                    placed.placement
+                )));
+            }
+            placed.placement.check()?;
+            (placed.record, placed.placement)
+        }
+        Some((&version, _)) if version > MAP_RECORD_PLACEMENT_VERSION => {
+            return Err(Error::UnsupportedVersion {
+                what: "partition map record",
+                found: u32::from(version),
+                supported: u32::from(MAP_RECORD_PLACEMENT_VERSION),
+            })
+        }
+        _ => return Err(corrupt("bad version byte".into())),
+    };
+    record
+        .to_map_at(placement)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 /// A map as a member has applied it: its epoch and table.
