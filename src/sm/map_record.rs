@@ -285,3 +285,83 @@ impl EpochMoves {
         self.moves().map(drop).map_err(|e| bad(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::sm::placement::{compute_at, Change};
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// tests/sm_ring.rs, `PINNED_RECORD_HEX`: a record as the previous release stored it
+    /// (record version 1, no placement version).
+    const OLD_RECORD_HEX: &str =
+        "010408020101fbfc03030161010162010163021002000102000202000102020102010002";
+
+    fn map_of(placement: PlacementVersion) -> PartitionMap {
+        let params = MapParams {
+            partitions: 8,
+            replicas: 2,
+            ..MapParams::default()
+        };
+        let mut table = compute_at(&[], &params, placement).unwrap();
+        for (id, weight) in [("a", 1), ("b", 1), ("c", 2)] {
+            table = table.apply(&Change::Join(Owner::new(id, weight))).unwrap();
+        }
+        PartitionMap { epoch: 4, table }
+    }
+
+    #[test]
+    fn an_old_record_decodes_as_version_1_and_encodes_to_the_same_bytes() {
+        let bytes = unhex(OLD_RECORD_HEX);
+        let map = decode_map(&bytes).unwrap();
+        assert_eq!(map.table.version(), PlacementVersion::V1);
+        assert_eq!(map.epoch, 4);
+        assert_eq!(encode_map(&map).unwrap(), bytes);
+        assert_eq!(map, map_of(PlacementVersion::V1));
+    }
+
+    #[test]
+    fn a_version_2_map_is_stored_under_record_version_2_and_round_trips() {
+        let map = map_of(PlacementVersion::V2);
+        let bytes = encode_map(&map).unwrap();
+        assert_eq!(bytes[0], MAP_RECORD_PLACEMENT_VERSION);
+        // The old record's body, then the placement version (bincode varint 2).
+        let old = unhex(OLD_RECORD_HEX);
+        assert_eq!(&bytes[1..bytes.len() - 1], &old[1..]);
+        assert_eq!(bytes[bytes.len() - 1], 2);
+        assert_eq!(decode_map(&bytes).unwrap(), map);
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_and_a_second_encoding_is_corrupt() {
+        let mut bytes = encode_map(&map_of(PlacementVersion::V2)).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] = (PlacementVersion::CURRENT.0 + 1) as u8;
+        let err = decode_map(&bytes).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion, "{err}");
+        // Version 1 in a record of version 2: a second encoding of the same map.
+        bytes[last] = 1;
+        assert_eq!(decode_map(&bytes).unwrap_err().code(), ErrorCode::Corrupt);
+        bytes[last] = 0;
+        assert_eq!(decode_map(&bytes).unwrap_err().code(), ErrorCode::Corrupt);
+        // A newer record version.
+        let mut newer = unhex(OLD_RECORD_HEX);
+        newer[0] = MAP_RECORD_PLACEMENT_VERSION + 1;
+        let err = decode_map(&newer).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion, "{err}");
+        // Truncated and empty records are corrupt, not a panic.
+        let old = unhex(OLD_RECORD_HEX);
+        assert_eq!(
+            decode_map(&old[..old.len() - 3]).unwrap_err().code(),
+            ErrorCode::Corrupt
+        );
+        assert_eq!(decode_map(&[]).unwrap_err().code(), ErrorCode::Corrupt);
+    }
+}
