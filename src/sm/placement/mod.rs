@@ -28,8 +28,8 @@
 //! partition in ascending order, to the highest-ranked owner still under its target; where that
 //! corners an owner already holding most rows, the vacancies are re-chosen along chains of
 //! owners, moving nothing more, and only what still misses a bound moves between others). The
-//! table is a deterministic function of the create parameters and the sequence of changes, which
-//! is what a replicated state machine replays; [`compute`] builds one from scratch (at creation, or
+//! table is a deterministic function of the create parameters, the map's [`PlacementVersion`]
+//! and the sequence of changes, which is what a replicated state machine replays; [`compute`] builds one from scratch (at creation, or
 //! to compare) and is independent of the order owners are listed in. Two maps that saw the same
 //! owners join in a different order may differ, and both are balanced.
 //!
