@@ -398,6 +398,13 @@ pub const MAX_LOCK_DELAY_MS: u64 = 60_000;
 /// entry's work is bounded by this times `MAX_LOCK_WAITERS`).
 pub const MAX_LOCK_DELAY_END_BATCH: usize = 64;
 
+/// Longest value a campaigner publishes in an election (elections share the lock table's
+/// limits: name length, campaigners per election, elections per session).
+pub const MAX_ELECTION_VALUE_BYTES: usize = 4_096;
+
+// An election's record (every campaigner's value) fits comfortably in one frame.
+const _: () = assert!(MAX_LOCK_WAITERS * (MAX_ELECTION_VALUE_BYTES + 64) <= 8 * 1024 * 1024);
+
 // A checkpoint entry (about 18 bytes per session at most) fits one command.
 const _: () = assert!(MAX_SESSION_CHECKPOINT_BATCH * 18 + 64 <= MAX_COMMAND_BYTES);
 const _: () = assert!(MIN_SESSION_TTL_MS <= MAX_SESSION_TTL_MS);

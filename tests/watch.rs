@@ -1,7 +1,8 @@
 //! Watches: every change in order, a revision's events together, read-then-watch without a
 //! gap, `Compacted` before the window, `Overflow` for a slow watcher, one watcher per member
-//! seeing exactly the committed sequence across a leader kill, and resume after the member a
-//! remote client watches through dies.
+//! seeing exactly the committed sequence across a leader kill, resume after the member a
+//! remote client watches through dies, and the same events (previous values included) to
+//! in-process and remote watchers sharing one revision.
 
 #[path = "support/cluster.rs"]
 mod cluster_support;
@@ -339,6 +340,114 @@ fn a_remote_watch_resumes_on_another_member_without_gap_or_duplicate() {
     let after = collect(&watch, |s| s.len() >= 100);
     let revisions: Vec<u64> = before.iter().chain(after.iter()).map(|e| e.0).collect();
     assert_eq!(revisions, expected);
+}
+
+/// (revision, put/delete, key, value, previous value) as a watcher saw it.
+type SeenWithPrevious = (u64, EventKind, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+/// Every event up to revision `last`.
+fn events_through(watch: &Watch, last: LogIndex) -> Vec<SeenWithPrevious> {
+    let mut out = Vec::new();
+    loop {
+        match watch.next_timeout(WAIT).expect("a notice").unwrap() {
+            WatchNotice::Progress { .. } => {}
+            WatchNotice::Events { revision, events } => {
+                for e in events {
+                    out.push((revision.0, e.kind, e.key, e.value, e.prev_value));
+                }
+                if revision >= last {
+                    return out;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Revisions are shared by every watcher on a member; each watcher must still get exactly its
+/// own selection (a transaction only partly in its range) and, when it asks, previous values,
+/// whether it reads in process or over a connection (whose frames are written from one
+/// encoding per revision).
+#[test]
+fn watchers_sharing_revisions_each_get_their_own_selection_and_previous_values() {
+    let cluster = Cluster::start(1, |_| {});
+    cluster.wait_leader(WAIT);
+    let local = cluster.node(0).client();
+    let remote = remote_client(&[cluster.addrs[0]], ClientOptions::default()).unwrap();
+    let first = local.put(b"p/a", b"1").unwrap().revision;
+    let mut with_previous = WatchSpec::prefix(b"p/", first.next());
+    with_previous.prev_value = true;
+    let plain = WatchSpec::prefix(b"p/", first.next());
+    let everything = WatchSpec::prefix(b"", first.next());
+    let watches: Vec<(&str, Watch)> = vec![
+        (
+            "local, previous",
+            local.watch(with_previous.clone()).unwrap(),
+        ),
+        ("remote, previous", remote.watch(with_previous).unwrap()),
+        ("local", local.watch(plain.clone()).unwrap()),
+        ("remote", remote.watch(plain).unwrap()),
+        ("local, all keys", local.watch(everything.clone()).unwrap()),
+        ("remote, all keys", remote.watch(everything).unwrap()),
+    ];
+    let txn = Txn {
+        compares: vec![],
+        success: vec![
+            TxnOp::Put {
+                key: b"q/x".to_vec(),
+                value: b"outside".to_vec(),
+            },
+            TxnOp::Put {
+                key: b"p/a".to_vec(),
+                value: b"2".to_vec(),
+            },
+            TxnOp::Put {
+                key: b"p/b".to_vec(),
+                value: b"new".to_vec(),
+            },
+        ],
+        failure: vec![],
+    };
+    let t = local.txn(&txn).unwrap().revision;
+    let d = local.delete(b"p/a").unwrap().revision;
+    let q = local.put(b"q/y", b"also outside").unwrap().revision;
+    let p = local.put(b"p/c", b"3").unwrap().revision;
+    let put = EventKind::Put;
+    let del = EventKind::Delete;
+    let ours = vec![
+        (
+            t.0,
+            put,
+            b"p/a".to_vec(),
+            b"2".to_vec(),
+            Some(b"1".to_vec()),
+        ),
+        (t.0, put, b"p/b".to_vec(), b"new".to_vec(), None),
+        (d.0, del, b"p/a".to_vec(), Vec::new(), Some(b"2".to_vec())),
+        (p.0, put, b"p/c".to_vec(), b"3".to_vec(), None),
+    ];
+    let without_previous = |events: &[SeenWithPrevious]| {
+        events
+            .iter()
+            .map(|(r, k, key, value, _)| (*r, *k, key.clone(), value.clone(), None))
+            .collect::<Vec<_>>()
+    };
+    let all = vec![
+        (t.0, put, b"q/x".to_vec(), b"outside".to_vec(), None),
+        ours[0].clone(),
+        ours[1].clone(),
+        ours[2].clone(),
+        (q.0, put, b"q/y".to_vec(), b"also outside".to_vec(), None),
+        ours[3].clone(),
+    ];
+    for (name, watch) in &watches {
+        let expected = match *name {
+            "local, previous" | "remote, previous" => ours.clone(),
+            "local" | "remote" => without_previous(&ours),
+            _ => without_previous(&all),
+        };
+        assert_eq!(events_through(watch, p), expected, "{name}");
+    }
 }
 
 #[test]

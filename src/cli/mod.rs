@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod children;
 pub mod demo;
+pub mod elect;
 pub mod exit;
 pub mod kv;
 pub mod lock;
@@ -70,12 +71,13 @@ pub enum Command {
         #[command(subcommand)]
         action: snapshot::SnapshotCommand,
     },
-    /// Move leadership.
-    Leader {
-        /// What to do.
-        #[command(subcommand)]
-        action: member::LeaderCommand,
-    },
+    /// Print who leads election NAME (`VALUE TAB TOKEN TAB SESSION`, or --json; exit 1 if
+    /// nobody leads), or move the cluster's leadership (`haven leader transfer ID`). An
+    /// election named `transfer`: options first, then `-- transfer`.
+    Leader(elect::LeaderArgs),
+    /// Campaign in election NAME with VALUE, print the fencing token once leading, hold the
+    /// leadership (--hold-ms, or until stdin closes), resign.
+    Elect(elect::ElectArgs),
     /// Replicated partition maps: create, join, leave, weight, show, owners KEY, moves.
     Ring(ring::RingArgs),
     /// Sessions (leases): `haven session grant --ttl-ms N`.
@@ -138,7 +140,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Tls { command } => finish("tls", tls::run(&command).map_err(exit::fail)),
         Command::Member { action } => finish("member", member::run(&action)),
         Command::Snapshot { action } => finish("snapshot", snapshot::run(&action)),
-        Command::Leader { action } => finish("leader", member::run_leader(&action)),
+        Command::Leader(args) => finish("leader", elect::leader(&args)),
+        Command::Elect(args) => finish("elect", elect::elect(&args)),
         Command::Ring(args) => finish("ring", ring::run(&args)),
         Command::Watch(args) => finish("watch", watch::run(&args)),
         Command::Session { action } => finish("session", lock::session(&action)),

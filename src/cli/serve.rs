@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// behind its commit index.
     #[arg(long, default_value_t = 10_000)]
     pub health_max_lag: u64,
+    /// Events of the recent past each member keeps for watches that start behind the present
+    /// (0: none, then a watch can only start from now, and nothing is recorded while no watch
+    /// is open).
+    #[arg(long, default_value_t = haven::limits::DEFAULT_WATCH_WINDOW_EVENTS)]
+    pub watch_window_events: usize,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -168,6 +173,7 @@ pub fn config(args: &ServeArgs) -> Result<Config> {
         config.http_listen = Some(addr);
     }
     config.health_max_lag_entries = args.health_max_lag;
+    config.watch_window_events = args.watch_window_events;
     Ok(config)
 }
 

@@ -8,6 +8,10 @@
 //! `--hex`). A watch the cluster ends (`Compacted`: it started before the oldest revision the
 //! member keeps; `Overflow`: this command read too slowly) exits 1 with the reason on stderr;
 //! failures use the shared exit codes (`exit.rs`).
+//!
+//! `haven watch --election NAME` watches an election instead: a line per change of its record,
+//! type `leader` (the value is the leader's) or `no_leader` (no value); a campaigner joining or
+//! leaving repeats the leader (`Client::observe` reports only changes).
 
 use super::exit::{fail, Outcome, EXIT_NO};
 use super::kv::{to_hex, ClusterArgs};
@@ -20,7 +24,11 @@ use std::io::Write;
 #[derive(clap::Args, Debug)]
 pub struct WatchArgs {
     /// Watch every key starting with this (text, or hex with --hex; empty: every key).
-    pub prefix: String,
+    #[arg(required_unless_present = "election", conflicts_with = "election")]
+    pub prefix: Option<String>,
+    /// Watch this election's leader instead of keys.
+    #[arg(long)]
+    pub election: Option<String>,
     /// Deliver the changes at this revision and after (0: from now on). A revision older
     /// than the member keeps ends the watch at once (exit 1).
     #[arg(long, default_value_t = 0)]
@@ -55,11 +63,14 @@ pub fn line(event: &WatchEvent, json: bool, hex: bool) -> Result<String> {
     let kind = match event.kind {
         EventKind::Put => "put",
         EventKind::Delete => "delete",
+        EventKind::Leader { .. } => "leader",
+        EventKind::NoLeader => "no_leader",
+        EventKind::MapEpoch { .. } => "map_epoch",
     };
     let key = text(&event.key, hex)?;
     let value = match event.kind {
-        EventKind::Put => Some(text(&event.value, hex)?),
-        EventKind::Delete => None,
+        EventKind::Put | EventKind::Leader { .. } => Some(text(&event.value, hex)?),
+        EventKind::Delete | EventKind::NoLeader | EventKind::MapEpoch { .. } => None,
     };
     Ok(if json {
         format!(
@@ -82,13 +93,15 @@ pub fn run(args: &WatchArgs) -> Outcome {
     if args.count == Some(0) {
         return Ok(());
     }
-    let prefix = if args.hex {
-        super::kv::from_hex(&args.prefix).map_err(fail)?
-    } else {
-        args.prefix.as_bytes().to_vec()
+    let from = LogIndex(args.from_revision);
+    let spec = match (&args.election, &args.prefix) {
+        (Some(name), _) => WatchSpec::election(name.as_bytes(), from),
+        (None, Some(prefix)) if args.hex => {
+            WatchSpec::prefix(&super::kv::from_hex(prefix).map_err(fail)?, from)
+        }
+        (None, prefix) => WatchSpec::prefix(prefix.as_deref().unwrap_or("").as_bytes(), from),
     };
     let client = args.cluster.connect().map_err(fail)?;
-    let spec = WatchSpec::prefix(&prefix, LogIndex(args.from_revision));
     let watch = client.watch(spec).map_err(fail)?;
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();

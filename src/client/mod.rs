@@ -24,15 +24,18 @@
 
 mod backup;
 mod coord;
+mod elect;
 mod local;
 mod owners;
 mod remote;
 mod watch;
 
 pub use self::watch::{Watch, WatchNotice, WATCH_RESUME_TIMEOUT};
-pub use crate::proto::{EventKind, WatchEvent, WatchSpec};
+pub use crate::proto::{EventKind, WatchEvent, WatchSpec, WatchTarget};
 
+pub use crate::sm::ElectionLeader;
 pub use coord::{LockGuard, LockOptions, LockWait, Session, SessionState};
+pub use elect::{ElectionObserver, LeaderChange, Leadership};
 pub use owners::KeyOwners;
 
 pub use crate::proto::{

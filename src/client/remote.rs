@@ -311,17 +311,16 @@ impl Backend for RemoteBackend {
         // Routed before the member can push anything for it.
         lock(&self.routes.routes).insert(key, tx);
         let left = deadline.saturating_duration_since(Instant::now());
+        let watch = Request::watch(watch_id, spec);
         let request = ClientRequest {
-            version: CLIENT_PROTOCOL_VERSION,
+            // A watch of user keys stays version 3, so older members serve it.
+            version: watch.protocol_version(),
             timeout_ms: left
                 .saturating_sub(ANSWER_MARGIN)
                 .max(Duration::from_millis(1))
                 .as_millis()
                 .min(u128::from(u32::MAX)) as u32,
-            request: Request::Watch {
-                watch_id,
-                spec: spec.clone(),
-            },
+            request: watch,
         };
         let failed = |e: Error| {
             lock(&self.routes.routes).remove(&key);

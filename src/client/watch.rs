@@ -15,7 +15,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::proto::{ReadMode, ReadOp, WatchEnd, WatchEvent, WatchPush, WatchSpec};
 use crate::sm::RangePage;
 use crate::types::LogIndex;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{
+    bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -146,6 +148,16 @@ impl Client {
             cancelled,
             pump: Some(handle),
         })
+    }
+
+    /// Watch partition map `name`'s changes from `from_revision` (0: from now on): one
+    /// [`crate::proto::EventKind::MapEpoch`] event per change of the map (a join, a leave, a
+    /// weight), each with the new epoch and the slots it moved
+    /// ([`WatchEvent::map_moves`]), in order, with no gap across the loss of a member (as
+    /// [`Client::watch`]). To start from a known epoch, read the map's revision with a
+    /// linearizable read first (any read's revision will do, e.g. [`Client::range_at`]).
+    pub fn watch_map(&self, name: &str, from_revision: LogIndex) -> Result<Watch> {
+        self.watch(WatchSpec::map(name, from_revision))
     }
 
     /// Watch every key starting with `prefix` from `from_revision` (0: from now on).
@@ -332,7 +344,12 @@ impl Pump {
     /// Hand a notice to the user, waiting while their buffer is full; false if the watch was
     /// dropped meanwhile.
     fn deliver(&self, notice: Result<WatchNotice>) -> bool {
-        let mut notice = notice;
+        // Most notices find room: no deadline (a clock read) for those.
+        let mut notice = match self.tx.try_send(notice) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) => back,
+            Err(TrySendError::Disconnected(_)) => return false,
+        };
         loop {
             match self.tx.send_timeout(notice, PUMP_POLL) {
                 Ok(()) => return true,

@@ -93,6 +93,8 @@ impl Target {
         let (kind, value): (c_int, &[u8]) = match e.kind {
             EventKind::Put => (HAVEN_WATCH_PUT, &e.value),
             EventKind::Delete => (HAVEN_WATCH_DELETE, &[]),
+            // A watch of keys (the only kind this ABI opens) never carries these.
+            EventKind::Leader { .. } | EventKind::NoLeader | EventKind::MapEpoch { .. } => return,
         };
         self.call(&haven_watch_event_t {
             kind,

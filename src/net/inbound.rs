@@ -47,6 +47,12 @@ fn on_accept<M: Message, Req: Message, Resp: Message>(
         );
         return;
     }
+    // The accepting side writes too (responses, pushed frames, a lane's acknowledgements): with
+    // Nagle on, a small frame behind an unacknowledged one waits for the other side's delayed
+    // ACK, up to 40 ms.
+    if let Err(e) = wire::configure_socket(&stream) {
+        shared.log(Level::Warn, &format!("connection from {addr}: {e}"));
+    }
     let registered = match stream.try_clone() {
         Ok(clone) => clone,
         Err(e) => {

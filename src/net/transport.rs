@@ -324,3 +324,41 @@ impl<M: Message, Req: Message, Resp: Message> std::fmt::Debug for Transport<M, R
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::shared::lock;
+    use super::super::{ClusterSecret, Transport, TransportConfig};
+    use crate::types::{ClusterId, NodeId};
+    use crossbeam_channel::unbounded;
+    use std::net::TcpStream;
+
+    /// Broke: only connecting sockets turned Nagle off, so a member's pushed watch frames on
+    /// an accepted connection waited for the client's delayed ACK (~40 ms at p99).
+    #[test]
+    fn accepted_connections_have_nodelay() {
+        let secret = ClusterSecret::new(b"a secret of sixteen bytes".to_vec()).unwrap();
+        let config = TransportConfig::new(
+            NodeId(1),
+            ClusterId(1),
+            secret,
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        let (tx, _rx) = unbounded();
+        let transport: Transport<Vec<u8>> = Transport::start(config, &[], tx, None).unwrap();
+        let _client = TcpStream::connect(transport.local_addr()).unwrap();
+        // The accept thread registers the connection: wait for it (the bound only keeps a
+        // broken build from hanging; it is not a performance assertion).
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let nodelay = loop {
+            let conns = lock(&transport.shared.conns);
+            if let Some(conn) = conns.values().next() {
+                break conn.stream.nodelay().unwrap();
+            }
+            drop(conns);
+            assert!(std::time::Instant::now() < give_up, "never accepted");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert!(nodelay, "an accepted connection must have TCP_NODELAY");
+    }
+}

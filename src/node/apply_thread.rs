@@ -499,6 +499,11 @@ impl ApplyThread {
                 self.sm.check_token(name, *token).map(Response::TokenHeld)
             }
             ReadOp::Session { session } => self.sm.session(*session).map(Response::Session),
+            ReadOp::Leader { name } => self.sm.leader(name).map(|leader| Response::Leader {
+                leader,
+                revision: self.sm.applied().0,
+            }),
+            ReadOp::Election { name } => self.sm.election(name).map(Response::Lock),
         };
         read.reply.send(result);
     }

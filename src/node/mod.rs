@@ -48,6 +48,7 @@ mod sessions;
 mod transfer;
 mod wal_store;
 mod watch;
+mod watch_fanout;
 
 pub use self::backup::{restore_backup, restored_cluster_id, verify_backup, BackupInfo, Restored};
 pub use self::config::{Config, MAX_REQUEST_TIMEOUT_MS};

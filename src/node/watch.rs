@@ -6,6 +6,13 @@
 //! for ([`WatchFeed`]). Everything else happens here, off the apply path: decoding the records,
 //! keeping the window, matching each watcher's range and pushing.
 //!
+//! Fan-out: a revision is decoded once and shared (`Arc`) by the window and every push that
+//! carries it; a push names the shared revisions and which of their events the watcher's filter
+//! took (`watch_fanout.rs`). The watcher's own copies are made on its side (in process, on its
+//! client's thread) or its frame is written from the revision's encoding, made once (remote).
+//! Under load, deliveries are gathered to one round per interval that grows with the number of
+//! watchers ([`DELIVERY_INTERVAL_PER_WATCHER`]), which bounds how often each watcher is woken.
+//!
 //! Promises, and how they are kept:
 //! - *Every change, in order, a revision's events together.* One thread sees the batches in
 //!   apply order and pushes each watcher's events of a revision in one push (several revisions
@@ -18,13 +25,15 @@
 //!   registration or (for a lost batch) while it runs. Previous values have their own
 //!   `prev_complete_from`, since they are recorded only while a watch asks for them.
 //! - *Bounded.* The window by `Config::watch_window_events` and `WATCH_WINDOW_BYTES`; each
-//!   watcher's queue by `Config::watch_buffer_events` (in process) or the connection's push
-//!   queue (remote); a watcher that would exceed it is ended with `Overflow`.
+//!   watcher's queue by `Config::watch_buffer_events` (in process: queued events, a push without
+//!   events counting one) or the connection's push queue (remote); a watcher that would exceed
+//!   it is ended with `Overflow`.
 //! - *Progress.* An idle watcher gets `Progress { revision }` (everything up to the member's
 //!   applied revision was pushed) every `Config::watch_progress_interval_ms`, and once at
 //!   registration when nothing was pushed then, so the client always knows where to resume.
 
 use super::reply::Reply;
+use super::watch_fanout::{materialize, Encodings, EventsFrame, Part, Revision};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::limits::{MAX_WATCHES, MAX_WATCH_PUSH_EVENTS, WATCH_HUB_QUEUE, WATCH_WINDOW_BYTES};
@@ -32,11 +41,10 @@ use crate::logging::Level;
 use crate::net::{ClientHandle, PushOutcome};
 use crate::proto::{
     ClientResponse, EventKind, PushFrame, Response, WatchEnd, WatchEvent, WatchPush, WatchSpec,
-    PUSH_FRAME_VERSION,
 };
 use crate::sm::{ApplyOutcome, ChangeCapture, KvChange};
 use crate::types::{LogIndex, NodeId};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,17 +63,30 @@ pub(crate) struct AppliedBatch {
     revisions: Vec<(LogIndex, Vec<KvChange>)>,
 }
 
+/// What the hub hands a watcher's sink: events as shared revisions (`watch_fanout.rs`), made
+/// into the watcher's own copies or frame by the sink, or any other push as it is.
+pub(crate) enum Push {
+    Events(Vec<Part>),
+    Notice(WatchPush),
+}
+
 /// Who receives a watcher's pushes.
 pub(crate) enum Sink {
-    /// An in-process client: a channel, bounded by the count of queued events.
+    /// An in-process client: a channel, bounded by the count of queued events (a push without
+    /// events counts as one).
     Local {
-        tx: Sender<WatchPush>,
+        tx: Sender<Push>,
         queued: Arc<AtomicUsize>,
+        /// The watcher's buffer (`Config::watch_buffer_events`); the push that ends the watch
+        /// goes in even when it is full.
+        capacity: usize,
     },
     /// A remote client's connection.
     Remote {
         conn: ClientHandle<ClientResponse>,
         watch_id: u64,
+        /// Its events carry their previous values.
+        prev_value: bool,
     },
 }
 
@@ -94,8 +115,10 @@ enum HubInput {
 /// room in the watcher's buffer.
 pub(crate) struct LocalWatch {
     pub(crate) id: u64,
-    rx: Receiver<WatchPush>,
+    rx: Receiver<Push>,
     queued: Arc<AtomicUsize>,
+    /// Its events carry their previous values.
+    prev_value: bool,
 }
 
 impl LocalWatch {
@@ -103,10 +126,15 @@ impl LocalWatch {
     /// when nothing came within `timeout`.
     pub(crate) fn recv_timeout(&self, timeout: Duration) -> std::result::Result<WatchPush, bool> {
         match self.rx.recv_timeout(timeout) {
-            Ok(push) => {
-                if let WatchPush::Events(events) = &push {
-                    self.queued.fetch_sub(events.len(), Ordering::Relaxed);
-                }
+            Ok(Push::Events(parts)) => {
+                // The copies are made here, on the watcher's thread, not the hub's.
+                let events = materialize(&parts, self.prev_value);
+                self.queued
+                    .fetch_sub(events.len().max(1), Ordering::Relaxed);
+                Ok(WatchPush::Events(events))
+            }
+            Ok(Push::Notice(push)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 Ok(push)
             }
             Err(RecvTimeoutError::Timeout) => Err(false),
@@ -244,12 +272,16 @@ impl WatchHub {
     pub(crate) fn watch_local(&self, spec: WatchSpec, deadline: Instant) -> Result<LocalWatch> {
         spec.validate()?;
         let id = self.next_local_id.fetch_add(1, Ordering::Relaxed);
-        // One more than the buffer: the push that ends the watch always fits.
-        let (tx, rx) = bounded(self.buffer_events + 1);
+        let prev_value = spec.prev_value;
+        // Unbounded as a channel (its memory grows with what is queued, not with the buffer
+        // size, which a bounded channel would allocate up front for every watcher); the count
+        // of queued pushes and events bounds it.
+        let (tx, rx) = unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
         let sink = Sink::Local {
             tx,
             queued: Arc::clone(&queued),
+            capacity: self.buffer_events,
         };
         self.send(
             HubInput::Register {
@@ -260,7 +292,12 @@ impl WatchHub {
             },
             deadline,
         )?;
-        Ok(LocalWatch { id, rx, queued })
+        Ok(LocalWatch {
+            id,
+            rx,
+            queued,
+            prev_value,
+        })
     }
 
     /// Open a watch for a remote client; `reply` is answered once it is registered.
@@ -280,9 +317,14 @@ impl WatchHub {
             connection: conn.connection_id(),
             watch_id,
         };
+        let prev_value = spec.prev_value;
         let input = HubInput::Register {
             spec,
-            sink: Sink::Remote { conn, watch_id },
+            sink: Sink::Remote {
+                conn,
+                watch_id,
+                prev_value,
+            },
             key,
             reply: Some(reply),
         };
@@ -332,15 +374,6 @@ impl WatchHub {
     }
 }
 
-/// One revision in the window: its events (without previous values) and, when they were
-/// recorded, the previous values.
-struct Revision {
-    revision: LogIndex,
-    events: Vec<WatchEvent>,
-    previous: Option<Vec<Option<Vec<u8>>>>,
-    bytes: usize,
-}
-
 struct Watcher {
     spec: WatchSpec,
     /// The next revision it needs: everything before was pushed (or was not its business).
@@ -358,31 +391,59 @@ enum PushFailed {
 }
 
 impl Sink {
-    fn push(&self, push: WatchPush, last: bool) -> std::result::Result<(), PushFailed> {
+    /// Push anything but events.
+    fn notify(&self, push: WatchPush, last: bool) -> std::result::Result<(), PushFailed> {
+        self.push(Push::Notice(push), last, &Encodings::default())
+    }
+
+    /// Push; `encodings` are the round's (shared by the remote watchers it pushes to).
+    fn push(
+        &self,
+        push: Push,
+        last: bool,
+        encodings: &Encodings,
+    ) -> std::result::Result<(), PushFailed> {
         match self {
-            Sink::Local { tx, queued } => {
-                let events = match &push {
-                    WatchPush::Events(events) => events.len(),
-                    _ => 0,
+            Sink::Local {
+                tx,
+                queued,
+                capacity,
+            } => {
+                let count = match &push {
+                    Push::Events(parts) => parts.iter().map(Part::len).sum::<usize>().max(1),
+                    Push::Notice(_) => 1,
                 };
-                let capacity = tx.capacity().unwrap_or(usize::MAX).saturating_sub(1);
-                if !last && queued.load(Ordering::Relaxed) + events > capacity {
+                if !last && queued.load(Ordering::Relaxed) + count > *capacity {
                     return Err(PushFailed::Full);
                 }
-                queued.fetch_add(events, Ordering::Relaxed);
-                match tx.try_send(push) {
-                    Ok(()) => Ok(()),
-                    Err(TrySendError::Full(_)) if !last => Err(PushFailed::Full),
-                    Err(_) => Err(PushFailed::Gone),
-                }
+                queued.fetch_add(count, Ordering::Relaxed);
+                tx.send(push).map_err(|_| PushFailed::Gone)
             }
-            Sink::Remote { conn, watch_id } => {
-                let frame = PushFrame {
-                    version: PUSH_FRAME_VERSION,
-                    watch_id: *watch_id,
-                    push,
+            Sink::Remote {
+                conn,
+                watch_id,
+                prev_value,
+            } => {
+                let outcome = match push {
+                    Push::Events(parts) => conn.push(
+                        &EventsFrame {
+                            watch_id: *watch_id,
+                            parts: &parts,
+                            prev_value: *prev_value,
+                            encodings,
+                        },
+                        last,
+                    ),
+                    Push::Notice(push) => conn.push(
+                        &PushFrame {
+                            version: push.min_version(),
+                            watch_id: *watch_id,
+                            push,
+                        },
+                        last,
+                    ),
                 };
-                match conn.push(&frame, last) {
+                match outcome {
                     PushOutcome::Queued => Ok(()),
                     PushOutcome::Full => Err(PushFailed::Full),
                     PushOutcome::Closed => Err(PushFailed::Gone),
@@ -392,11 +453,20 @@ impl Sink {
     }
 }
 
+/// Under load the hub delivers at most once per interval, gathering the batches applied
+/// meanwhile: a watcher then gets one push (one wake-up of its reader, and of the reader's
+/// reader) per interval rather than one per applied batch. The interval grows with the number of
+/// watchers, since a round's cost does (10 µs a watcher: 1 ms from 100 on), so that a few
+/// watchers get their events at once and many do not wake a few cores a million times a
+/// second. When rounds are further apart than the interval, a batch goes out as it arrives.
+const DELIVERY_INTERVAL_PER_WATCHER: Duration = Duration::from_micros(10);
+const MAX_DELIVERY_INTERVAL: Duration = Duration::from_millis(1);
+
 struct HubThread {
     id: NodeId,
     inputs: Receiver<HubInput>,
     capture: Arc<AtomicU8>,
-    window: VecDeque<Revision>,
+    window: VecDeque<Arc<Revision>>,
     window_events: usize,
     window_bytes: usize,
     /// Every event at this revision or later is in the window (or still to come).
@@ -413,25 +483,41 @@ impl HubThread {
     fn run(mut self) {
         let tick = (self.settings.progress_interval / 2).max(Duration::from_millis(5));
         let mut next_progress = Instant::now() + tick;
+        let mut last_delivery = Instant::now();
         loop {
             let wait = next_progress.saturating_duration_since(Instant::now());
             match self.inputs.recv_timeout(wait) {
                 Ok(HubInput::Applied(batch)) => {
                     let mut batches = vec![batch];
-                    // Take what queued up behind it: one push per watcher for all of it.
+                    // Take what queued up behind it, and what comes until a delivery interval
+                    // has passed since the last one: one push per watcher for all of it.
+                    let hold_until = last_delivery + self.delivery_interval();
                     while batches.len() < 256 {
-                        match self.inputs.try_recv() {
-                            Ok(HubInput::Applied(more)) => batches.push(more),
-                            Ok(other) => {
+                        let input = match self.inputs.try_recv() {
+                            Ok(input) => input,
+                            Err(_) => {
+                                let left = hold_until.saturating_duration_since(Instant::now());
+                                if left.is_zero() {
+                                    break;
+                                }
+                                match self.inputs.recv_timeout(left) {
+                                    Ok(input) => input,
+                                    Err(_) => break,
+                                }
+                            }
+                        };
+                        match input {
+                            HubInput::Applied(more) => batches.push(more),
+                            other => {
                                 self.ingest_and_deliver(std::mem::take(&mut batches));
                                 if !self.handle(other) {
                                     return self.stop();
                                 }
                             }
-                            Err(_) => break,
                         }
                     }
                     self.ingest_and_deliver(batches);
+                    last_delivery = Instant::now();
                 }
                 Ok(other) => {
                     if !self.handle(other) {
@@ -446,6 +532,14 @@ impl HubThread {
                 next_progress = Instant::now() + tick;
             }
         }
+    }
+
+    /// How long to gather batches under load (see [`DELIVERY_INTERVAL_PER_WATCHER`]).
+    fn delivery_interval(&self) -> Duration {
+        let watchers = u32::try_from(self.watchers.len()).unwrap_or(u32::MAX);
+        DELIVERY_INTERVAL_PER_WATCHER
+            .saturating_mul(watchers)
+            .min(MAX_DELIVERY_INTERVAL)
     }
 
     /// Handle a non-batch input; false to stop.
@@ -475,7 +569,7 @@ impl HubThread {
 
     fn stop(mut self) {
         for (_, w) in self.watchers.drain() {
-            let _ = w.sink.push(
+            let _ = w.sink.notify(
                 WatchPush::Ended(WatchEnd::Closed {
                     code: crate::error::ErrorCode::Unavailable as i32,
                     message: format!("member {} is shutting down", self.id),
@@ -504,7 +598,7 @@ impl HubThread {
         let refuse = |reply: Option<Reply>, sink: &Sink, e: Error| match reply {
             Some(reply) => reply.fail(e),
             None => {
-                let _ = sink.push(
+                let _ = sink.notify(
                     WatchPush::Ended(WatchEnd::Closed {
                         code: e.code() as i32,
                         message: e.to_string(),
@@ -535,7 +629,7 @@ impl HubThread {
             self.complete_from
         };
         if from < oldest && from <= self.applied {
-            let _ = sink.push(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
+            let _ = sink.notify(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
             return;
         }
         let mut watcher = Watcher {
@@ -547,11 +641,16 @@ impl HubThread {
         // Catch up from the window, then it is live.
         let through = self.applied;
         let start = self.window.partition_point(|r| r.revision < from);
-        let caught_up = deliver(&mut watcher, self.window.range(start..), through);
+        let caught_up = deliver(
+            &mut watcher,
+            self.window.range(start..),
+            through,
+            &Encodings::default(),
+        );
         match caught_up {
             Ok(pushed) => {
                 if !pushed {
-                    let _ = watcher.sink.push(
+                    let _ = watcher.sink.notify(
                         WatchPush::Progress {
                             revision: through.max(from.prev()),
                         },
@@ -563,7 +662,7 @@ impl HubThread {
             Err(PushFailed::Full) => {
                 let _ = watcher
                     .sink
-                    .push(WatchPush::Ended(WatchEnd::Overflow), true);
+                    .notify(WatchPush::Ended(WatchEnd::Overflow), true);
             }
             Err(PushFailed::Gone) => {}
         }
@@ -598,7 +697,7 @@ impl HubThread {
                 if let Some(r) = self.decode(revision, changes) {
                     self.window_events += r.events.len();
                     self.window_bytes += r.bytes;
-                    self.window.push_back(r);
+                    self.window.push_back(Arc::new(r));
                 }
             }
             self.applied = self.applied.max(batch.through);
@@ -616,20 +715,21 @@ impl HubThread {
                 if let Some(w) = self.watchers.remove(&key) {
                     let _ = w
                         .sink
-                        .push(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
+                        .notify(WatchPush::Ended(WatchEnd::Compacted { oldest }), true);
                 }
             }
         }
         let through = self.applied;
         let new = self.window.range(first_new.min(self.window.len())..);
         let mut ended = Vec::new();
+        let encodings = Encodings::default();
         for (key, watcher) in self.watchers.iter_mut() {
-            match deliver(watcher, new.clone(), through) {
+            match deliver(watcher, new.clone(), through, &encodings) {
                 Ok(_) => {}
                 Err(PushFailed::Full) => {
                     let _ = watcher
                         .sink
-                        .push(WatchPush::Ended(WatchEnd::Overflow), true);
+                        .notify(WatchPush::Ended(WatchEnd::Overflow), true);
                     ended.push(*key);
                 }
                 Err(PushFailed::Gone) => ended.push(*key),
@@ -664,6 +764,19 @@ impl HubThread {
         let mut with_previous = true;
         let mut bytes = 0;
         for change in changes {
+            // An election's or a partition map's change (no previous value is kept for them).
+            if let Some(event) = crate::proto::target_event(revision, &change) {
+                match event {
+                    Ok(event) => {
+                        bytes += event.key.len() + event.value.len();
+                        events.push(event);
+                        previous.push(None);
+                    }
+                    Err(e) => event!(Level::Error, node: Some(self.id.0), term: None,
+                        "watch_event_undecodable", revision = revision.0, error = e),
+                }
+                continue;
+            }
             let value = match change.value() {
                 Ok(value) => value,
                 Err(e) => {
@@ -694,12 +807,12 @@ impl HubThread {
         if events.is_empty() {
             return None;
         }
-        Some(Revision {
+        Some(Revision::new(
             revision,
             events,
-            previous: with_previous.then_some(previous),
+            with_previous.then_some(previous),
             bytes,
-        })
+        ))
     }
 
     /// Progress to idle watchers; drop those whose client is gone.
@@ -721,7 +834,7 @@ impl HubThread {
             let progress = WatchPush::Progress {
                 revision: revision.max(w.next.prev()),
             };
-            match w.sink.push(progress, false) {
+            match w.sink.notify(progress, false) {
                 Ok(()) => {}
                 // A full buffer is not an overflow yet: no event was lost.
                 Err(PushFailed::Full) => {}
@@ -742,38 +855,32 @@ impl HubThread {
 /// `through`. Returns whether anything was pushed.
 fn deliver<'a>(
     watcher: &mut Watcher,
-    revisions: impl Iterator<Item = &'a Revision>,
+    revisions: impl Iterator<Item = &'a Arc<Revision>>,
     through: LogIndex,
+    encodings: &Encodings,
 ) -> std::result::Result<bool, PushFailed> {
-    let mut out: Vec<WatchEvent> = Vec::new();
+    let mut parts: Vec<Part> = Vec::new();
+    let mut events = 0;
     let mut pushed = false;
     for r in revisions {
         if r.revision < watcher.next {
             continue;
         }
-        let start = out.len();
-        for (i, event) in r.events.iter().enumerate() {
-            if watcher.spec.covers(&event.key) {
-                let mut event = event.clone();
-                if watcher.spec.prev_value {
-                    event.prev_value = r
-                        .previous
-                        .as_ref()
-                        .and_then(|p| p.get(i).cloned().flatten());
-                }
-                out.push(event);
-            }
-        }
-        if start > 0 && out.len() > MAX_WATCH_PUSH_EVENTS {
-            let rest = out.split_off(start);
+        let Some(part) = Part::select(r, |event| watcher.spec.covers_event(event)) else {
+            continue;
+        };
+        if events > 0 && events + part.len() > MAX_WATCH_PUSH_EVENTS {
             watcher
                 .sink
-                .push(WatchPush::Events(std::mem::replace(&mut out, rest)), false)?;
+                .push(Push::Events(std::mem::take(&mut parts)), false, encodings)?;
             pushed = true;
+            events = 0;
         }
+        events += part.len();
+        parts.push(part);
     }
-    if !out.is_empty() {
-        watcher.sink.push(WatchPush::Events(out), false)?;
+    if !parts.is_empty() {
+        watcher.sink.push(Push::Events(parts), false, encodings)?;
         pushed = true;
     }
     if pushed {

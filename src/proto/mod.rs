@@ -8,15 +8,17 @@
 use crate::error::{Error, ErrorCode};
 pub use crate::histogram::Histogram;
 use crate::sm::{
-    Command, CommandResult, FencingToken, LockInfo, MapMoves, MapRecord, Owners, RangePage,
-    SessionId, SessionInfo, VersionedValue,
+    Command, CommandResult, ElectionLeader, FencingToken, LockInfo, MapMoves, MapRecord, Owners,
+    RangePage, SessionId, SessionInfo, VersionedValue,
 };
 use crate::types::{LogIndex, NodeId, Term};
 use bincode::{Decode, Encode};
 
 mod watch;
+pub(crate) use watch::target_event;
 pub use watch::{
-    EventKind, PushFrame, WatchEnd, WatchEvent, WatchPush, WatchSpec, PUSH_FRAME_VERSION,
+    EventKind, KeyWatchSpec, PushFrame, WatchEnd, WatchEvent, WatchPush, WatchSpec, WatchTarget,
+    PUSH_FRAME_VERSION,
 };
 
 /// Version of the client protocol carried in every [`ClientRequest`]. A member refuses a
@@ -37,7 +39,11 @@ pub use watch::{
 /// [`ReadOp::RangeAt`] with its answer [`Response::RangeAt`], and pushed frames (frame kind 34,
 /// [`PushFrame`]). A member pushes only for watches a client opened, so a client of an older
 /// version, which never sends these requests, never receives a pushed frame.
-pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
+///
+/// Version 4 added elections: [`ReadOp::Leader`] with its answer [`Response::Leader`], and
+/// [`Request::OpenWatch`], which watches any [`WatchTarget`] (an election, a partition map);
+/// its pushes are push frame version 2.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest client protocol version that may open a watch.
 pub const MIN_WATCH_PROTOCOL_VERSION: u32 = 3;
@@ -144,6 +150,18 @@ pub enum ReadOp {
         /// The session.
         session: SessionId,
     },
+    /// Who leads election `name`, with the revision the answer reflects (version 4), answered
+    /// with [`Response::Leader`].
+    Leader {
+        /// The election.
+        name: Vec<u8>,
+    },
+    /// Election `name`'s leader and campaigners, as a lock's holders and waiters (version 4),
+    /// answered with [`Response::Lock`].
+    Election {
+        /// The election.
+        name: Vec<u8>,
+    },
 }
 
 /// A membership or leadership operation. Each waits until it took effect (the change is
@@ -212,7 +230,7 @@ pub enum Request {
         /// The client's id for the watch, unique among its open watches on the connection.
         watch_id: u64,
         /// What to watch, from which revision.
-        spec: WatchSpec,
+        spec: KeyWatchSpec,
     },
     /// Close a watch opened on this connection (answered [`Response::Done`], also if it had
     /// ended already).
@@ -225,6 +243,15 @@ pub enum Request {
     SessionKeepAlive {
         /// The sessions (at most `MAX_SESSION_CHECKPOINT_BATCH`).
         sessions: Vec<SessionId>,
+    },
+    /// [`Request::Watch`] of any [`WatchTarget`] (protocol version 4): user keys, an
+    /// election, a partition map. A client sends a watch of user keys as [`Request::Watch`], so
+    /// that members of version 3 serve it.
+    OpenWatch {
+        /// As in [`Request::Watch`].
+        watch_id: u64,
+        /// What to watch, from which revision.
+        spec: WatchSpec,
     },
 }
 
@@ -241,6 +268,19 @@ impl Request {
             Request::Watch { .. } => "watch",
             Request::CancelWatch { .. } => "cancel_watch",
             Request::SessionKeepAlive { .. } => "session_keepalive",
+            Request::OpenWatch { .. } => "watch",
+        }
+    }
+
+    /// The request that opens a watch of `spec` with `watch_id`: [`Request::Watch`] for user
+    /// keys (any member of version 3 serves it), [`Request::OpenWatch`] otherwise.
+    pub fn watch(watch_id: u64, spec: &WatchSpec) -> Request {
+        match spec.as_key_watch() {
+            Some(spec) => Request::Watch { watch_id, spec },
+            None => Request::OpenWatch {
+                watch_id,
+                spec: spec.clone(),
+            },
         }
     }
 
@@ -248,6 +288,12 @@ impl Request {
     /// [`ClientRequest::version`]).
     pub fn protocol_version(&self) -> u32 {
         match self {
+            Request::Read {
+                op: ReadOp::Leader { .. } | ReadOp::Election { .. },
+                ..
+            }
+            | Request::OpenWatch { .. } => 4,
+            Request::Write(command) if command.min_version() > 3 => 4,
             Request::Read {
                 op:
                     ReadOp::Snapshot
@@ -366,6 +412,14 @@ pub enum Response {
     /// The answer to [`Request::SessionKeepAlive`]: per session, its TTL if the leader knows it
     /// (the deadline was reset), `None` if it does not exist (expired or revoked).
     SessionKeepAlive(Vec<(SessionId, Option<u64>)>),
+    /// The answer to [`ReadOp::Leader`] (version 4).
+    Leader {
+        /// Who leads, `None` if nobody campaigns.
+        leader: Option<ElectionLeader>,
+        /// The revision the answer reflects (the member's applied index when it read): an
+        /// observer watches the election from here + 1.
+        revision: LogIndex,
+    },
 }
 
 /// A failure, as it crosses the wire: the stable [`ErrorCode`] and a message.

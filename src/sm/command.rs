@@ -5,13 +5,14 @@
 //! Encoding (see `docs/FORMAT.md`, "State-machine command"): one version byte, then the bincode
 //! encoding of [`Command`]. The version byte is the *lowest* command version that knows every
 //! variant the command uses: 1 for the key-value and client ops, 2 for the partition-map ops
-//! ([`PARTITION_MAP_COMMAND_VERSION`]), 5 for a create that names its placement version
+//! ([`PARTITION_MAP_COMMAND_VERSION`]), 6 for a create that names its placement version
 //! ([`PLACEMENT_VERSION_COMMAND_VERSION`]). When a variant is added (sessions, locks, elections),
 //! it is appended to its enum and commands that use it are
 //! stamped with the next version, so an older member reports `UnsupportedVersion` for exactly
 //! those commands instead of mistaking them for garbage. Enum variants are only ever appended:
 //! their position is their tag on disk.
 
+use super::elect;
 use super::kv::{self, Txn};
 use super::locks;
 use super::placement::{LoadCap, MapParams, PlacementVersion, Strategy};
@@ -36,10 +37,13 @@ const SESSIONS_COMMAND_VERSION: u8 = 3;
 /// [`Op::LockDelayEnd`]). An acquire without a delay stays [`Op::LockAcquire`] (version 3), so
 /// members of the previous version keep applying every command that does not use the delay.
 const LOCK_DELAY_COMMAND_VERSION: u8 = 4;
+/// The command version that introduced elections (the variants from
+/// [`Op::ElectionCampaign`] on).
+const ELECTIONS_COMMAND_VERSION: u8 = 5;
 /// The command version that introduced [`Op::CreateMapVersioned`] (placement versions). A
-/// member of version 4 answers it `UnsupportedVersion` rather than create a map it would compute
+/// member of version 5 answers it `UnsupportedVersion` rather than create a map it would compute
 /// with another algorithm.
-pub const PLACEMENT_VERSION_COMMAND_VERSION: u8 = 5;
+pub const PLACEMENT_VERSION_COMMAND_VERSION: u8 = 6;
 
 pub use super::clients::UNTRACKED_CLIENT;
 
@@ -215,7 +219,45 @@ pub enum Op {
         /// The locks, 1..=`MAX_LOCK_DELAY_END_BATCH`.
         names: Vec<Vec<u8>>,
     },
-    // ----- placement versions (command version 5) -----
+    // ----- elections (command version 5) -----
+    /// Campaign in election `name` through `session` with `value`: leads now, or queues behind
+    /// the leader and earlier campaigners until it leads (or its session ends, or it withdraws
+    /// with [`Op::ElectionCancel`]). Answered like a waiting exclusive [`Op::LockAcquire`].
+    ElectionCampaign {
+        /// The election (non-empty, at most `MAX_LOCK_NAME_BYTES`).
+        name: Vec<u8>,
+        /// What the campaigner publishes while it leads (at most `MAX_ELECTION_VALUE_BYTES`).
+        value: Vec<u8>,
+        /// The session the leadership lives and dies with.
+        session: SessionId,
+    },
+    /// Replace the leader's value, if `token` still leads `name`.
+    ElectionProclaim {
+        /// The election.
+        name: Vec<u8>,
+        /// The leadership's fencing token.
+        token: FencingToken,
+        /// The new value (at most `MAX_ELECTION_VALUE_BYTES`).
+        value: Vec<u8>,
+    },
+    /// The leader with grant `token` steps down; the next campaigner leads.
+    ElectionResign {
+        /// The election.
+        name: Vec<u8>,
+        /// The leadership's fencing token.
+        token: FencingToken,
+    },
+    /// Withdraw `session`'s pending campaign in `name`: after this entry it can never lead.
+    /// Answered `LockCancel(AlreadyGranted {token})` if it leads already. By session rather
+    /// than by client id (unlike [`Op::LockCancel`]), so a client whose id was evicted from the
+    /// client table while it campaigned can still withdraw it.
+    ElectionCancel {
+        /// The election.
+        name: Vec<u8>,
+        /// The campaigning session.
+        session: SessionId,
+    },
+    // ----- placement versions (command version 6) -----
     /// [`Op::CreateMap`] with the placement algorithm the map's tables are computed with, kept
     /// with the map (`ring.rs`). What clients send now, with [`PlacementVersion::CURRENT`]. A
     /// plain [`Op::CreateMap`] (every entry written before placement versions) makes a map of
@@ -351,12 +393,20 @@ impl Command {
                 locks::validate_lock_delay(*lock_delay_ms)
             }
             Op::LockDelayEnd { names } => locks::validate_delay_end(names),
+            Op::ElectionCampaign { name, value, .. } => {
+                elect::validate_value("campaign", name, value)
+            }
+            Op::ElectionProclaim { name, value, .. } => {
+                elect::validate_value("proclaim", name, value)
+            }
+            Op::ElectionResign { name, .. } => elect::validate_name("resign", name),
+            Op::ElectionCancel { name, .. } => elect::validate_name("campaign cancel", name),
         }
     }
 
     /// The lowest command version that knows every variant this command uses (see the module
     /// docs): 1 for the key-value and client commands, 2 for the partition maps, 3 for sessions
-    /// and locks, 4 for lock-delay, 5 for a create with a placement version.
+    /// and locks, 4 for lock-delay, 5 for elections, 6 for a create with a placement version.
     pub fn min_version(&self) -> u8 {
         match &self.op {
             Op::RegisterClient
@@ -379,6 +429,10 @@ impl Command {
             | Op::LockCancel { .. }
             | Op::PutEphemeral { .. } => SESSIONS_COMMAND_VERSION,
             Op::LockAcquireWithDelay { .. } | Op::LockDelayEnd { .. } => LOCK_DELAY_COMMAND_VERSION,
+            Op::ElectionCampaign { .. }
+            | Op::ElectionProclaim { .. }
+            | Op::ElectionResign { .. }
+            | Op::ElectionCancel { .. } => ELECTIONS_COMMAND_VERSION,
             Op::CreateMapVersioned { .. } => PLACEMENT_VERSION_COMMAND_VERSION,
         }
     }

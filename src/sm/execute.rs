@@ -6,11 +6,13 @@
 
 use super::clients::{Admission, ClientOrder, ClientTable};
 use super::command::{Command, Op, UNTRACKED_CLIENT};
+use super::elect;
 use super::kv;
+use super::layout::LockSpace;
 use super::locks::{self, Acquire};
 use super::overlay::{Overlay, Writes};
 use super::placement::{Change, Owner, OwnerId, PlacementVersion};
-use super::result::{CommandResult, LockWaitEnded};
+use super::result::{CommandResult, LockMode, LockWaitEnded};
 use super::ring::{self, BatchMaps, MapReader, PartitionMap};
 use super::session_end;
 use super::sessions;
@@ -169,12 +171,14 @@ impl<'t, 'o> Executor<'t, 'o> {
             } => locks::acquire(
                 overlay,
                 &Acquire {
+                    space: LockSpace::Locks,
                     name,
                     mode: *mode,
                     session: *session,
                     wait: *wait,
                     client_id: cmd.client_id,
                     seq: cmd.seq,
+                    value: &[],
                     lock_delay_ms: 0,
                 },
                 index,
@@ -188,12 +192,14 @@ impl<'t, 'o> Executor<'t, 'o> {
             } => locks::acquire(
                 overlay,
                 &Acquire {
+                    space: LockSpace::Locks,
                     name,
                     mode: *mode,
                     session: *session,
                     wait: *wait,
                     client_id: cmd.client_id,
                     seq: cmd.seq,
+                    value: &[],
                     lock_delay_ms: *lock_delay_ms,
                 },
                 index,
@@ -203,13 +209,51 @@ impl<'t, 'o> Executor<'t, 'o> {
                 name,
                 token,
                 session,
-            } => locks::release(overlay, name, *token, *session, index, waits)?,
-            Op::LockCancel { name } => locks::cancel(overlay, name, cmd.client_id, index, waits)?,
+            } => locks::release(
+                overlay,
+                LockSpace::Locks,
+                name,
+                *token,
+                *session,
+                index,
+                waits,
+            )?,
+            Op::LockCancel { name } => {
+                locks::cancel(overlay, LockSpace::Locks, name, cmd.client_id, index, waits)?
+            }
             Op::PutEphemeral {
                 key,
                 value,
                 session,
             } => session_end::put_ephemeral(overlay, key, value, *session, index)?,
+            Op::ElectionCampaign {
+                name,
+                value,
+                session,
+            } => locks::acquire(
+                overlay,
+                &Acquire {
+                    space: LockSpace::Elections,
+                    name,
+                    mode: LockMode::Exclusive,
+                    session: *session,
+                    wait: true,
+                    client_id: cmd.client_id,
+                    seq: cmd.seq,
+                    value,
+                    lock_delay_ms: 0,
+                },
+                index,
+            )?,
+            Op::ElectionProclaim { name, token, value } => {
+                elect::proclaim(overlay, name, *token, value)?
+            }
+            Op::ElectionResign { name, token } => {
+                elect::resign(overlay, name, *token, index, waits)?
+            }
+            Op::ElectionCancel { name, session } => {
+                locks::cancel_session(overlay, LockSpace::Elections, name, *session, index, waits)?
+            }
         })
     }
 }

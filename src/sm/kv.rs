@@ -5,7 +5,7 @@
 //! Applying is a pure function of the state seen through the overlay and the entry's index (the
 //! revision of every write), so every member computes the same writes and results.
 
-use super::layout::{decode_record, kv_key, StoredValueRef, PREFIX_KV};
+use super::layout::{decode_record, kv_key, LockSpace, StoredValueRef, PREFIX_KV};
 use super::locks;
 use super::overlay::Overlay;
 use super::result::{
@@ -332,7 +332,7 @@ pub(crate) fn compare_holds(view: &Overlay<'_>, compare: &Compare) -> Result<boo
             revision,
         ),
         Compare::Exists { key, exists } => view.get_value(key)?.is_some() == *exists,
-        Compare::LockHeld { name, token } => locks::is_held(view, name, *token)?,
+        Compare::LockHeld { name, token } => locks::is_held(view, LockSpace::Locks, name, *token)?,
     })
 }
 

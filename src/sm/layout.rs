@@ -9,7 +9,9 @@
 //! user key's metadata, and snapshot verification checks every record ([`check_pair`]).
 
 use super::map_record::{decode_map, EpochMoves};
-use super::result::{CommandResult, KeyMeta, LockHolder, LockWaiter, SessionId, VersionedValue};
+use super::result::{
+    CommandResult, ElectionLeader, KeyMeta, LockHolder, LockWaiter, SessionId, VersionedValue,
+};
 use crate::codec::{decode_borrowed, decode_value};
 use crate::error::{Error, Result};
 use crate::types::{LogIndex, Term};
@@ -52,12 +54,15 @@ pub(crate) const PREFIX_SESSION: u8 = b's';
 /// or the request's lock-delay in ms (a nonzero u64) (the locks a session holds or waits for);
 /// `x` ‖ `d` ‖ name -> [`LockDelayRecord`] (a lock in its lock-delay: granted to no one).
 pub(crate) const PREFIX_LOCK: u8 = b'x';
-/// Reserved for elections: `e` ‖ ... . Not written yet.
+/// Elections (`elect.rs`), a second lock table with its own names: `e` ‖ `l` ‖ name ->
+/// [`LockRecord`] (the leader is the holder, campaigners the waiters, each with its value);
+/// `e` ‖ `s` ‖ session id (u64 BE) ‖ name -> empty (the elections a session leads or
+/// campaigns in).
 pub(crate) const PREFIX_ELECTION: u8 = b'e';
 /// Prefix of the partition maps (`ring.rs`): `r` ‖ name length (u8) ‖ name -> the map's
 /// [`MapRecord`](super::map_record::MapRecord) (its table; a map of placement version 2 or later
-/// under record version 2, with the version), and `r` ‖ name length (u8) ‖ name ‖ epoch (u64 BE) -> [`EpochMoves`]
-/// (the slots that change made move), for the last `MAX_MAP_MOVES_EPOCHS` epochs.
+/// under record version 2, with the version), and `r` ‖ name length (u8) ‖ name ‖ epoch
+/// (u64 BE) -> [`EpochMoves`] (the slots that change made move), for the last `MAX_MAP_MOVES_EPOCHS` epochs.
 pub(crate) const PREFIX_RING: u8 = b'r';
 
 /// Every prefix, taken or reserved: no two features may share one.
@@ -140,6 +145,17 @@ pub(crate) struct LockRecord {
     pub(crate) waiters: Vec<LockWaiter>,
 }
 
+impl LockRecord {
+    /// The leader an election's record names: its holder (an election has one at most).
+    pub(crate) fn leader(&self) -> Option<ElectionLeader> {
+        self.holders.first().map(|h| ElectionLeader {
+            value: h.value.clone(),
+            token: h.token,
+            session: h.session,
+        })
+    }
+}
+
 /// A lock in its lock-delay: its holder's session expired while holding it with a nonzero
 /// lock-delay, so the lock is granted to no one until the leader's `LockDelayEnd` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -199,14 +215,24 @@ pub(crate) fn key_owner_key(key: &[u8]) -> Vec<u8> {
     prefixed(PREFIX_SESSION, SESSION_OWNER, None, key)
 }
 
-/// `x l name`.
-pub(crate) fn lock_key(name: &[u8]) -> Vec<u8> {
-    prefixed(PREFIX_LOCK, LOCK_RECORD, None, name)
+/// Which lock table a lock lives in: the users' locks (`x`) or the elections (`e`). Both have
+/// the same records and rules; the prefix keeps their names apart, so no lock name can ever
+/// reach an election (or the reverse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockSpace {
+    /// `x`: `Op::LockAcquire` and friends.
+    Locks,
+    /// `e`: `Op::ElectionCampaign` and friends.
+    Elections,
 }
 
-/// Every lock record key starts with this.
-pub(crate) fn lock_records_prefix() -> Vec<u8> {
-    prefixed(PREFIX_LOCK, LOCK_RECORD, None, &[])
+impl LockSpace {
+    const fn prefix(self) -> u8 {
+        match self {
+            LockSpace::Locks => PREFIX_LOCK,
+            LockSpace::Elections => PREFIX_ELECTION,
+        }
+    }
 }
 
 /// `x d name`.
@@ -219,21 +245,39 @@ pub(crate) fn lock_delays_prefix() -> Vec<u8> {
     prefixed(PREFIX_LOCK, LOCK_DELAY, None, &[])
 }
 
-/// `x s id name`.
-pub(crate) fn session_lock_key(session: SessionId, name: &[u8]) -> Vec<u8> {
-    prefixed(PREFIX_LOCK, LOCK_SESSION, Some(session.0), name)
+/// `x l name` (or `e l name`).
+pub(crate) fn lock_key(space: LockSpace, name: &[u8]) -> Vec<u8> {
+    prefixed(space.prefix(), LOCK_RECORD, None, name)
 }
 
-/// Every `x s` key of `session` starts with this.
-pub(crate) fn session_locks_prefix(session: SessionId) -> Vec<u8> {
-    prefixed(PREFIX_LOCK, LOCK_SESSION, Some(session.0), &[])
+/// Every lock record key of `space` starts with this.
+pub(crate) fn lock_records_prefix(space: LockSpace) -> Vec<u8> {
+    prefixed(space.prefix(), LOCK_RECORD, None, &[])
 }
 
-/// The session id of an `s r`, `s k` or `x s` key, and the rest of the key after it.
+/// `x s id name` (or `e s id name`).
+pub(crate) fn session_lock_key(space: LockSpace, session: SessionId, name: &[u8]) -> Vec<u8> {
+    prefixed(space.prefix(), LOCK_SESSION, Some(session.0), name)
+}
+
+/// Every `x s` (or `e s`) key of `session` starts with this.
+pub(crate) fn session_locks_prefix(space: LockSpace, session: SessionId) -> Vec<u8> {
+    prefixed(space.prefix(), LOCK_SESSION, Some(session.0), &[])
+}
+
+/// The election name of an `e l` key.
+pub(crate) fn election_of(key: &[u8]) -> Option<&[u8]> {
+    match key {
+        [PREFIX_ELECTION, LOCK_RECORD, name @ ..] if !name.is_empty() => Some(name),
+        _ => None,
+    }
+}
+
+/// The session id of an `s r`, `s k`, `x s` or `e s` key, and the rest of the key after it.
 pub(crate) fn session_of(key: &[u8]) -> Option<(SessionId, &[u8])> {
     match key {
         [PREFIX_SESSION, SESSION_RECORD | SESSION_KEY, rest @ ..]
-        | [PREFIX_LOCK, LOCK_SESSION, rest @ ..]
+        | [PREFIX_LOCK | PREFIX_ELECTION, LOCK_SESSION, rest @ ..]
             if rest.len() >= 8 =>
         {
             let (id, tail) = rest.split_at(8);
@@ -392,6 +436,14 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
         },
         Some(&PREFIX_SESSION) if layout >= 2 => check_session_pair(key, value),
         Some(&PREFIX_LOCK) if layout >= 2 => check_lock_pair(key, value),
+        // An election has no lock-delay: only its record and empty session keys.
+        Some(&PREFIX_ELECTION)
+            if layout >= 2
+                && key.get(1) != Some(&LOCK_DELAY)
+                && (key.get(1) != Some(&LOCK_SESSION) || value.is_empty()) =>
+        {
+            check_lock_pair(key, value)
+        }
         _ => Err(Error::corrupt(0, "unknown key in state records")),
     }
 }

@@ -24,10 +24,13 @@
 //!   `ApplyOutcome::lock_waits`, and its client's remembered result is amended (if it is still
 //!   the client's last command), so a retried acquire answers `Granted { token }` after the
 //!   grant and `Queued` before it.
+//!
+//! Elections (`elect.rs`) are a second table with the same rules under their own prefix
+//! ([`LockSpace`]): every function here takes the space its name lives in.
 
 use super::layout::{
     decode_record, lock_delay_key, lock_delays_prefix, lock_key, lock_records_prefix,
-    session_lock_key, LockDelayRecord, LockRecord,
+    session_lock_key, LockDelayRecord, LockRecord, LockSpace,
 };
 use super::overlay::Overlay;
 use super::result::{
@@ -85,23 +88,32 @@ pub(crate) fn validate_delay_end(names: &[Vec<u8>]) -> Result<()> {
 
 // ----- apply -----
 
-fn load(view: &Overlay<'_>, name: &[u8]) -> Result<LockRecord> {
-    match view.get(&lock_key(name))? {
+fn load(view: &Overlay<'_>, space: LockSpace, name: &[u8]) -> Result<LockRecord> {
+    match view.get(&lock_key(space, name))? {
         Some(bytes) => decode_record("lock", &bytes),
         None => Ok(LockRecord::default()),
     }
 }
 
-fn save(overlay: &mut Overlay<'_>, name: &[u8], record: &LockRecord) -> Result<()> {
+fn save(
+    overlay: &mut Overlay<'_>,
+    space: LockSpace,
+    name: &[u8],
+    record: &LockRecord,
+) -> Result<()> {
     if record.holders.is_empty() && record.waiters.is_empty() {
-        overlay.remove(lock_key(name));
+        overlay.remove(lock_key(space, name));
         Ok(())
     } else {
-        overlay.put_encoded(lock_key(name), record)
+        overlay.put_encoded(lock_key(space, name), record)
     }
 }
 
-fn delay(view: &Overlay<'_>, name: &[u8]) -> Result<Option<LockDelayRecord>> {
+fn delay(view: &Overlay<'_>, space: LockSpace, name: &[u8]) -> Result<Option<LockDelayRecord>> {
+    if space == LockSpace::Elections {
+        // Lock-delay is the lock table's alone: a campaign asks for none.
+        return Ok(None);
+    }
     match view.get(&lock_delay_key(name))? {
         Some(bytes) => decode_record("lock delay", &bytes).map(Some),
         None => Ok(None),
@@ -128,13 +140,18 @@ fn compatible(holders: &[LockHolder], mode: LockMode) -> bool {
 
 /// One acquire request, as the command and its entry give it.
 pub(crate) struct Acquire<'a> {
+    pub(crate) space: LockSpace,
     pub(crate) name: &'a [u8],
     pub(crate) mode: LockMode,
     pub(crate) session: SessionId,
     pub(crate) wait: bool,
     pub(crate) client_id: u64,
     pub(crate) seq: u64,
-    /// How long the lock stays ungranted if this request's session expires while holding it.
+    /// What the holder publishes with its grant (an election's candidate value; empty for a
+    /// lock).
+    pub(crate) value: &'a [u8],
+    /// How long the lock stays ungranted if this request's session expires while holding it
+    /// (always 0 for an election).
     pub(crate) lock_delay_ms: u64,
 }
 
@@ -147,7 +164,8 @@ pub(crate) fn acquire(
     let Some(mut session) = sessions::record(overlay, request.session)? else {
         return Ok(CommandResult::Lock(LockResult::SessionNotFound));
     };
-    let mut record = load(overlay, request.name)?;
+    let space = request.space;
+    let mut record = load(overlay, space, request.name)?;
     if let Some(holder) = record.holders.iter().find(|h| h.session == request.session) {
         return Ok(CommandResult::Lock(LockResult::AlreadyHeld {
             token: Some(holder.token),
@@ -158,7 +176,7 @@ pub(crate) fn acquire(
     }
     let grantable = record.waiters.is_empty()
         && compatible(&record.holders, request.mode)
-        && delay(overlay, request.name)?.is_none();
+        && delay(overlay, space, request.name)?.is_none();
     if !grantable && !request.wait {
         return Ok(CommandResult::Lock(LockResult::Busy));
     }
@@ -177,7 +195,7 @@ pub(crate) fn acquire(
     }
     session.locks += 1;
     sessions::store(overlay, request.session, &session)?;
-    let session_lock = session_lock_key(request.session, request.name);
+    let session_lock = session_lock_key(space, request.session, request.name);
     if request.lock_delay_ms == 0 {
         overlay.insert(session_lock, Vec::new());
     } else {
@@ -190,7 +208,7 @@ pub(crate) fn acquire(
             session: request.session,
             mode: request.mode,
             client_id: request.client_id,
-            value: Vec::new(),
+            value: request.value.to_vec(),
         });
         LockResult::Granted { token }
     } else {
@@ -200,24 +218,25 @@ pub(crate) fn acquire(
             mode: request.mode,
             client_id: request.client_id,
             seq: request.seq,
-            value: Vec::new(),
+            value: request.value.to_vec(),
         });
         LockResult::Queued
     };
-    save(overlay, request.name, &record)?;
+    save(overlay, space, request.name, &record)?;
     Ok(CommandResult::Lock(result))
 }
 
 /// Release the grant `token` of `session` on `name` at `index`, promoting the next waiters.
 pub(crate) fn release(
     overlay: &mut Overlay<'_>,
+    space: LockSpace,
     name: &[u8],
     token: FencingToken,
     session: SessionId,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<CommandResult> {
-    let mut record = load(overlay, name)?;
+    let mut record = load(overlay, space, name)?;
     let Some(at) = record
         .holders
         .iter()
@@ -226,21 +245,22 @@ pub(crate) fn release(
         return Ok(CommandResult::LockReleased { released: false });
     };
     record.holders.remove(at);
-    forget_session_lock(overlay, session, name)?;
-    promote(overlay, name, &mut record, index, waits)?;
-    save(overlay, name, &record)?;
+    forget_session_lock(overlay, space, session, name)?;
+    promote(overlay, space, name, &mut record, index, waits)?;
+    save(overlay, space, name, &record)?;
     Ok(CommandResult::LockReleased { released: true })
 }
 
 /// Cancel the pending waits of `client_id` on `name` at `index`.
 pub(crate) fn cancel(
     overlay: &mut Overlay<'_>,
+    space: LockSpace,
     name: &[u8],
     client_id: u64,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<CommandResult> {
-    let mut record = load(overlay, name)?;
+    let mut record = load(overlay, space, name)?;
     let (cancelled, kept): (Vec<LockWaiter>, Vec<LockWaiter>) = std::mem::take(&mut record.waiters)
         .into_iter()
         .partition(|w| w.client_id == client_id);
@@ -254,12 +274,48 @@ pub(crate) fn cancel(
         return Ok(CommandResult::LockCancel(CancelResult::Cancelled));
     }
     for waiter in cancelled {
-        forget_session_lock(overlay, waiter.session, name)?;
+        forget_session_lock(overlay, space, waiter.session, name)?;
         end_wait(overlay, name, &waiter, LockWaitResult::Cancelled, waits)?;
     }
     // The head may have been a waiter that blocked those behind it.
-    promote(overlay, name, &mut record, index, waits)?;
-    save(overlay, name, &record)?;
+    promote(overlay, space, name, &mut record, index, waits)?;
+    save(overlay, space, name, &record)?;
+    Ok(CommandResult::LockCancel(CancelResult::Cancelled))
+}
+
+/// Withdraw `session`'s pending wait on `name` at `index`, whoever asks (an election's
+/// campaign withdrawn by session, so that a client that lost its client id can still withdraw
+/// it). The waiting request's remembered result becomes `LockCancel(Cancelled)`, so its retry
+/// learns that it will never be granted.
+pub(crate) fn cancel_session(
+    overlay: &mut Overlay<'_>,
+    space: LockSpace,
+    name: &[u8],
+    session: SessionId,
+    index: LogIndex,
+    waits: &mut Vec<LockWaitEnded>,
+) -> Result<CommandResult> {
+    let mut record = load(overlay, space, name)?;
+    let Some(at) = record.waiters.iter().position(|w| w.session == session) else {
+        if let Some(holder) = record.holders.iter().find(|h| h.session == session) {
+            return Ok(CommandResult::LockCancel(CancelResult::AlreadyGranted {
+                token: holder.token,
+            }));
+        }
+        return Ok(CommandResult::LockCancel(CancelResult::Cancelled));
+    };
+    let waiter = record.waiters.remove(at);
+    forget_session_lock(overlay, space, waiter.session, name)?;
+    end_wait(overlay, name, &waiter, LockWaitResult::Cancelled, waits)?;
+    sessions::amend_client(
+        overlay,
+        waiter.client_id,
+        waiter.seq,
+        CommandResult::LockCancel(CancelResult::Cancelled),
+    )?;
+    // The head may have been a waiter that blocked those behind it.
+    promote(overlay, space, name, &mut record, index, waits)?;
+    save(overlay, space, name, &record)?;
     Ok(CommandResult::LockCancel(CancelResult::Cancelled))
 }
 
@@ -268,18 +324,19 @@ pub(crate) fn cancel(
 /// lock-delay): if the session held the lock, it stays ungranted until a `LockDelayEnd`.
 pub(crate) fn session_ended(
     overlay: &mut Overlay<'_>,
+    space: LockSpace,
     name: &[u8],
     session: SessionId,
     delay_ms: u64,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<()> {
-    overlay.remove(session_lock_key(session, name));
-    let mut record = load(overlay, name)?;
+    overlay.remove(session_lock_key(space, session, name));
+    let mut record = load(overlay, space, name)?;
     let held = record.holders.iter().any(|h| h.session == session);
     record.holders.retain(|h| h.session != session);
-    if held && delay_ms > 0 {
-        let longest = delay(overlay, name)?
+    if held && delay_ms > 0 && space == LockSpace::Locks {
+        let longest = delay(overlay, space, name)?
             .map_or(0, |d| d.delay_ms)
             .max(delay_ms);
         overlay.put_encoded(
@@ -297,8 +354,8 @@ pub(crate) fn session_ended(
     for waiter in failed {
         end_wait(overlay, name, &waiter, LockWaitResult::SessionEnded, waits)?;
     }
-    promote(overlay, name, &mut record, index, waits)?;
-    save(overlay, name, &record)
+    promote(overlay, space, name, &mut record, index, waits)?;
+    save(overlay, space, name, &record)
 }
 
 /// End the lock-delay of each of `names` at `index` and promote their waiters. Locks not (or
@@ -311,13 +368,14 @@ pub(crate) fn end_delays(
 ) -> Result<CommandResult> {
     let mut ended = 0u32;
     for name in names {
-        if delay(overlay, name)?.is_none() {
+        let space = LockSpace::Locks;
+        if delay(overlay, space, name)?.is_none() {
             continue;
         }
         overlay.remove(lock_delay_key(name));
-        let mut record = load(overlay, name)?;
-        promote(overlay, name, &mut record, index, waits)?;
-        save(overlay, name, &record)?;
+        let mut record = load(overlay, space, name)?;
+        promote(overlay, space, name, &mut record, index, waits)?;
+        save(overlay, space, name, &record)?;
         ended += 1;
     }
     Ok(CommandResult::LockDelaysEnded { locks: ended })
@@ -328,12 +386,13 @@ pub(crate) fn end_delays(
 /// delayed lock grants no one (its `LockDelayEnd` promotes).
 fn promote(
     overlay: &mut Overlay<'_>,
+    space: LockSpace,
     name: &[u8],
     record: &mut LockRecord,
     index: LogIndex,
     waits: &mut Vec<LockWaitEnded>,
 ) -> Result<()> {
-    if delay(overlay, name)?.is_some() {
+    if delay(overlay, space, name)?.is_some() {
         return Ok(());
     }
     while let Some(head) = record.waiters.first() {
@@ -342,7 +401,7 @@ fn promote(
         }
         let waiter = record.waiters.remove(0);
         if sessions::record(overlay, waiter.session)?.is_none() {
-            overlay.remove(session_lock_key(waiter.session, name));
+            overlay.remove(session_lock_key(space, waiter.session, name));
             end_wait(overlay, name, &waiter, LockWaitResult::SessionEnded, waits)?;
             continue;
         }
@@ -397,8 +456,13 @@ fn end_wait(
 }
 
 /// `session` no longer holds or waits for `name`.
-fn forget_session_lock(overlay: &mut Overlay<'_>, session: SessionId, name: &[u8]) -> Result<()> {
-    overlay.remove(session_lock_key(session, name));
+fn forget_session_lock(
+    overlay: &mut Overlay<'_>,
+    space: LockSpace,
+    session: SessionId,
+    name: &[u8],
+) -> Result<()> {
+    overlay.remove(session_lock_key(space, session, name));
     if let Some(mut rec) = sessions::record(overlay, session)? {
         rec.locks = rec.locks.saturating_sub(1);
         sessions::store(overlay, session, &rec)?;
@@ -406,11 +470,37 @@ fn forget_session_lock(overlay: &mut Overlay<'_>, session: SessionId, name: &[u8
     Ok(())
 }
 
+/// Set the value the holder with grant `token` publishes (an election's proclaim): `false` if
+/// no holder has that token.
+pub(crate) fn publish(
+    overlay: &mut Overlay<'_>,
+    space: LockSpace,
+    name: &[u8],
+    token: FencingToken,
+    value: &[u8],
+) -> Result<bool> {
+    let mut record = load(overlay, space, name)?;
+    let Some(holder) = record.holders.iter_mut().find(|h| h.token == token) else {
+        return Ok(false);
+    };
+    holder.value = value.to_vec();
+    save(overlay, space, name, &record)?;
+    Ok(true)
+}
+
 // ----- reads -----
 
 /// Whether `token` is a current grant of `name` (the fenced-write compare, `check_token`).
-pub(crate) fn is_held(view: &Overlay<'_>, name: &[u8], token: FencingToken) -> Result<bool> {
-    Ok(load(view, name)?.holders.iter().any(|h| h.token == token))
+pub(crate) fn is_held(
+    view: &Overlay<'_>,
+    space: LockSpace,
+    name: &[u8],
+    token: FencingToken,
+) -> Result<bool> {
+    Ok(load(view, space, name)?
+        .holders
+        .iter()
+        .any(|h| h.token == token))
 }
 
 /// Every lock in its lock-delay, in name order, with the delay to arm (what the leader's
@@ -428,8 +518,8 @@ pub(crate) fn delays(view: &Overlay<'_>) -> Result<Vec<(Vec<u8>, u64)>> {
 }
 
 /// `name`'s holders and waiters (`None` if it has neither).
-pub(crate) fn info(view: &Overlay<'_>, name: &[u8]) -> Result<Option<LockInfo>> {
-    let record = load(view, name)?;
+pub(crate) fn info(view: &Overlay<'_>, space: LockSpace, name: &[u8]) -> Result<Option<LockInfo>> {
+    let record = load(view, space, name)?;
     if record.holders.is_empty() && record.waiters.is_empty() {
         return Ok(None);
     }
@@ -447,8 +537,8 @@ pub(crate) fn list(
     after: &[u8],
     limit: usize,
 ) -> Result<(Vec<LockInfo>, bool)> {
-    let prefix = lock_records_prefix();
-    let mut start = lock_key(after);
+    let prefix = lock_records_prefix(LockSpace::Locks);
+    let mut start = lock_key(LockSpace::Locks, after);
     if !after.is_empty() {
         start.push(0);
     }

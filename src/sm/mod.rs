@@ -42,6 +42,7 @@ mod cache;
 mod changes;
 mod clients;
 mod command;
+mod elect;
 mod execute;
 mod kv;
 mod layout;
@@ -55,7 +56,7 @@ mod session_end;
 mod sessions;
 mod snapshot;
 
-pub use changes::{ChangeCapture, KvChange};
+pub use changes::{ChangeCapture, ChangeTarget, KvChange};
 pub use command::{
     Command, Op, COMMAND_VERSION, PARTITION_MAP_COMMAND_VERSION, PLACEMENT_VERSION_COMMAND_VERSION,
     UNTRACKED_CLIENT,
@@ -64,9 +65,9 @@ pub use kv::{Compare, CompareOp, Txn, TxnOp};
 pub use layout::prefix_end;
 pub use result::{
     ApplyOutcome, CancelResult, CasResult, CommandResult, DeleteRangeResult, DeleteResult,
-    EntryResult, FencingToken, KeyMeta, KeyValue, LockHolder, LockInfo, LockMode, LockResult,
-    LockWaitEnded, LockWaitResult, LockWaiter, MapChange, PutResult, RangePage, SessionId,
-    SessionInfo, TxnOpResult, TxnResult, VersionedValue,
+    ElectionLeader, EntryResult, FencingToken, KeyMeta, KeyValue, LockHolder, LockInfo, LockMode,
+    LockResult, LockWaitEnded, LockWaitResult, LockWaiter, MapChange, PutResult, RangePage,
+    SessionId, SessionInfo, TxnOpResult, TxnResult, VersionedValue,
 };
 pub use ring::{
     oldest_moves_since, EpochMoves, MapMoves, MapReader, MapRecord, Owners, PartitionMap, SlotMove,
@@ -82,10 +83,10 @@ use cache::RecordCache;
 use clients::ClientOrder;
 use execute::Executor;
 use layout::{
-    decode_record, parse_state_tree_name, sled_error, state_tree_name, AppliedRecord,
+    decode_record, parse_state_tree_name, sled_error, state_tree_name, AppliedRecord, LockSpace,
     ACTIVE_TREE_KEY, KEY_APPLIED, KEY_LAYOUT, KEY_MEMBERSHIP, LAYOUT_VERSION,
-    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_KV, PREFIX_LOCK, PREFIX_META,
-    PREFIX_RING, PREFIX_SESSION,
+    OLDEST_LAYOUT_VERSION, PREFIX_CLIENT, PREFIX_CLIENT_ORDER, PREFIX_ELECTION, PREFIX_KV,
+    PREFIX_LOCK, PREFIX_META, PREFIX_RING, PREFIX_SESSION,
 };
 use overlay::{batch_of, merge_writes, merged, Overlay, Writes};
 
@@ -586,13 +587,13 @@ impl StateMachine {
     /// resource outside haven asks before it accepts a fenced request).
     pub fn check_token(&self, name: &[u8], token: FencingToken) -> Result<bool> {
         locks::validate_name("check token", name)?;
-        locks::is_held(&self.view(), name, token)
+        locks::is_held(&self.view(), LockSpace::Locks, name, token)
     }
 
     /// Lock `name`'s holders and waiters, `None` if it has neither.
     pub fn lock(&self, name: &[u8]) -> Result<Option<LockInfo>> {
         locks::validate_name("lock", name)?;
-        locks::info(&self.view(), name)
+        locks::info(&self.view(), LockSpace::Locks, name)
     }
 
     /// Up to `limit` (1..=`MAX_SCAN_LIMIT`) locks that have holders or waiters, in name order,
@@ -600,6 +601,19 @@ impl StateMachine {
     pub fn locks(&self, after: &[u8], limit: usize) -> Result<(Vec<LockInfo>, bool)> {
         kv::check_range("locks", b"", None, limit)?;
         locks::list(&self.view(), after, limit)
+    }
+
+    /// Who leads election `name` (`None`: nobody campaigns in it).
+    pub fn leader(&self, name: &[u8]) -> Result<Option<ElectionLeader>> {
+        elect::validate_name("leader", name)?;
+        elect::leader(&self.view(), name)
+    }
+
+    /// Election `name`'s leader and campaigners (in the order they will lead), as a lock's
+    /// holders and waiters; `None` if nobody campaigns in it.
+    pub fn election(&self, name: &[u8]) -> Result<Option<LockInfo>> {
+        elect::validate_name("election", name)?;
+        locks::info(&self.view(), LockSpace::Elections, name)
     }
 
     /// What the state knows of `session` (`None`: it does not exist).
@@ -664,7 +678,9 @@ impl StateMachine {
                     hasher.update(stored.meta.version.to_le_bytes());
                 }
                 // The records' bincode bytes are canonical (one encoding per value).
-                Some(&prefix @ (PREFIX_CLIENT | PREFIX_SESSION | PREFIX_LOCK)) => {
+                Some(
+                    &prefix @ (PREFIX_CLIENT | PREFIX_SESSION | PREFIX_LOCK | PREFIX_ELECTION),
+                ) => {
                     hasher.update([prefix]);
                     put_bytes(&mut hasher, &key[1..]);
                     put_bytes(&mut hasher, &value);

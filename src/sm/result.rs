@@ -220,6 +220,23 @@ pub enum CommandResult {
         /// How many of the named locks were delayed.
         locks: u32,
     },
+    /// The answer to `Op::ElectionProclaim`: `false` if the token does not lead the election
+    /// (it resigned, its session ended, or it never led); nothing changed then.
+    Proclaimed {
+        /// Whether the leader's value was replaced.
+        proclaimed: bool,
+    },
+}
+
+/// Who leads an election (`StateMachine::leader`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ElectionLeader {
+    /// The value the leader published (with its campaign, or its latest proclaim).
+    pub value: Vec<u8>,
+    /// The fencing token of its leadership: the log index of the entry that made it leader.
+    pub token: FencingToken,
+    /// The session its leadership lives and dies with.
+    pub session: SessionId,
 }
 
 /// A session as the state machine knows it (`StateMachine::session`).

@@ -1,5 +1,6 @@
 //! What a session's end and an ephemeral put do across features: releasing the session's locks
-//! (the lock table promotes the next waiters and fails the session's own waits), deleting its
+//! and elections (the lock table promotes the next waiters or campaigners and fails the
+//! session's own waits), deleting its
 //! ephemeral keys (through kv, so watchers see the deletes), and attaching a key to a session.
 //! Above `sessions.rs` (the records), `locks.rs` and `kv.rs`, which it calls; see
 //! `sessions.rs` for the semantics.
@@ -7,7 +8,7 @@
 use super::kv;
 use super::layout::{
     decode_record, key_owner_key, session_attached_key, session_attached_prefix, session_key,
-    session_locks_prefix, session_of,
+    session_locks_prefix, session_of, LockSpace,
 };
 use super::locks;
 use super::overlay::Overlay;
@@ -78,22 +79,26 @@ fn end(
             "session count underflow ending session {session} at {index}"
         ))
     })?;
-    let held: Vec<(Vec<u8>, u64)> = scan_prefix(overlay, &session_locks_prefix(session))?
-        .into_iter()
-        .map(|(key, value)| {
-            Ok((
-                tail_after_session(&key)?,
-                locks::decode_session_lock(&value)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    for (name, lock_delay_ms) in held {
-        let delay_ms = if how == End::Expired {
-            lock_delay_ms
-        } else {
-            0
-        };
-        locks::session_ended(overlay, &name, session, delay_ms, index, waits)?;
+    // Locks first, then elections (a fixed order: every member ends them the same way).
+    for space in [LockSpace::Locks, LockSpace::Elections] {
+        let held: Vec<(Vec<u8>, u64)> =
+            scan_prefix(overlay, &session_locks_prefix(space, session))?
+                .into_iter()
+                .map(|(key, value)| {
+                    Ok((
+                        tail_after_session(&key)?,
+                        locks::decode_session_lock(&value)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+        for (name, lock_delay_ms) in held {
+            let delay_ms = if how == End::Expired {
+                lock_delay_ms
+            } else {
+                0
+            };
+            locks::session_ended(overlay, space, &name, session, delay_ms, index, waits)?;
+        }
     }
     let attached = scan_prefix(overlay, &session_attached_prefix(session))?;
     for (attachment, value) in attached {

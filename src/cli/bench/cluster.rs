@@ -47,6 +47,10 @@ pub struct ClusterBenchArgs {
     /// and report TLS's throughput as a fraction of plaintext's.
     #[arg(long)]
     pub tls: bool,
+    /// Each member's `--watch-window-events` (default: serve's default); 0 turns change
+    /// capture off while no watch is open, to measure what capture costs.
+    #[arg(long)]
+    pub watch_window_events: Option<usize>,
 }
 
 /// CPU time (user + system) a process has used, in clock ticks, from /proc.
@@ -139,6 +143,7 @@ fn run_once(args: &ClusterBenchArgs, tls: bool) -> Result<f64> {
     };
     let dir = workdir.path();
     let secret_file = dir.join("secret");
+    let window = args.watch_window_events.map(|n| n.to_string());
     std::fs::write(&secret_file, SECRET).map_err(|e| Error::io("writing the secret", e))?;
     let addrs = free_addrs(args.members)?;
     let tls_dir = dir.join(if tls { "tls" } else { "no-tls" });
@@ -161,11 +166,14 @@ fn run_once(args: &ClusterBenchArgs, tls: bool) -> Result<f64> {
             key.to_string_lossy(),
             ca.to_string_lossy(),
         );
-        let extra: Vec<&str> = if tls {
+        let mut extra: Vec<&str> = if tls {
             vec!["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]
         } else {
             Vec::new()
         };
+        if let Some(events) = &window {
+            extra.extend(["--watch-window-events", events.as_str()]);
+        }
         // Plaintext and TLS runs use their own data directories.
         let data = dir.join(if tls { "tls-data" } else { "data" });
         std::fs::create_dir_all(&data).map_err(|e| Error::io("creating the data directory", e))?;

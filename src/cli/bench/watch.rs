@@ -4,18 +4,25 @@
 //! the written prefix, spread over the members (in process, or over TCP with `--remote`).
 //!
 //! Reported per watcher count: writes/s achieved, events delivered per second (all watchers
-//! together), whether every watcher received every event exactly once and in order, and the
-//! latency from the start of a write to its delivery to a watcher (p50/p99/max). That latency
-//! includes the write's own commit; the commit-to-delivery part is at most it (the write's
-//! value carries the time it was sent, since a member may deliver before the writer hears the
-//! acknowledgement).
+//! together), whether every watcher received every event exactly once and in order, the CPU
+//! time the whole process (three members, writers, watchers) spent per write, and latencies
+//! over every event delivered to every watcher:
+//! - write-to-delivery (p50/p99/max): from the start of the write (its value carries the time)
+//!   to its delivery. It includes the write's own commit, so it bounds commit-to-delivery from
+//!   above.
+//! - ack-to-delivery (p50/p99/max): from the moment the writer heard its write acknowledged
+//!   (after the leader applied it, so a little after the commit) to the delivery, 0 when the
+//!   watcher had it first. The best estimate of commit-to-delivery a client can take without
+//!   the members' help; it errs low by the leader's apply-to-reply time (microseconds in
+//!   process, but more when the writer's thread waits for a core).
+//! - write-to-ack p99: the commit latency the writers saw.
 
 use crate::cli::children::{free_addrs, WorkDir};
 use haven::client::{Watch, WatchNotice};
 use haven::net::ClusterSecret;
 use haven::node::{Config, Node};
 use haven::{Client, ClientOptions, ClusterId, LogIndex, NodeId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +62,11 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
+    ack_max_ms: f64,
+    commit_p99_ms: f64,
+    cpu_seconds: f64,
 }
 
 impl Row {
@@ -65,13 +77,30 @@ impl Row {
     fn events_per_second(&self) -> f64 {
         self.delivered as f64 / self.deliver_seconds
     }
+
+    fn cpu_micros_per_write(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.writes.max(1) as f64
+    }
 }
 
 /// What one watcher saw.
 struct Received {
     revisions: Vec<u64>,
     latencies_micros: Vec<u32>,
+    /// When each event arrived (micros since the epoch).
+    arrivals_micros: Vec<u64>,
     ended: bool,
+}
+
+/// CPU time (user + system) this process has used so far, in seconds.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we hand it and has no other precondition.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 const SECRET: &[u8] = b"haven bench watch secret";
@@ -126,6 +155,7 @@ fn receive(watch: Watch, epoch: Instant, expected: Arc<AtomicU64>) -> Received {
     let mut got = Received {
         revisions: Vec::new(),
         latencies_micros: Vec::new(),
+        arrivals_micros: Vec::new(),
         ended: false,
     };
     loop {
@@ -145,6 +175,7 @@ fn receive(watch: Watch, epoch: Instant, expected: Arc<AtomicU64>) -> Received {
                         .map_or(now, u64::from_le_bytes);
                     got.latencies_micros
                         .push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+                    got.arrivals_micros.push(now);
                 }
             }
             Some(Ok(WatchNotice::Progress { .. })) => {}
@@ -197,6 +228,7 @@ fn measure(
     let total = (args.rate as f64 * args.seconds).max(1.0) as u64;
     let next = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    let cpu_at_start = process_cpu_seconds();
     let start = Instant::now();
     let writers: Vec<_> = (0..args.writers.max(1))
         .map(|_| {
@@ -207,27 +239,45 @@ fn measure(
                 prefix.clone(),
             );
             let rate = args.rate.max(1);
-            std::thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return;
-                }
-                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                let mut value = (epoch.elapsed().as_micros() as u64).to_le_bytes().to_vec();
-                value.extend_from_slice(&[0u8; 24]);
-                let key = format!("{prefix}{}", i % 1000);
-                if writer.put(key.as_bytes(), &value).is_err() {
-                    failures.fetch_add(1, Ordering::Relaxed);
+            // Returns each write's revision, when its acknowledgement came (micros since the
+            // epoch) and how long the write took (micros).
+            std::thread::spawn(move || {
+                let mut acks: Vec<(u64, u64, u32)> = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return acks;
+                    }
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    let sent = epoch.elapsed().as_micros() as u64;
+                    let mut value = sent.to_le_bytes().to_vec();
+                    value.extend_from_slice(&[0u8; 24]);
+                    let key = format!("{prefix}{}", i % 1000);
+                    match writer.put(key.as_bytes(), &value) {
+                        Ok(put) => {
+                            let acked = epoch.elapsed().as_micros() as u64;
+                            let took = (acked - sent).min(u64::from(u32::MAX)) as u32;
+                            acks.push((put.revision.0, acked, took));
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             })
         })
         .collect();
+    let mut acked_at: HashMap<u64, u64> = HashMap::new();
+    let mut commit_micros: Vec<u32> = Vec::new();
     for w in writers {
-        let _ = w.join();
+        for (revision, acked, took) in w.join().unwrap_or_default() {
+            acked_at.insert(revision, acked);
+            commit_micros.push(took);
+        }
     }
     let write_seconds = start.elapsed().as_secs_f64();
     let writes = total - failures.load(Ordering::Relaxed);
@@ -238,8 +288,10 @@ fn measure(
         std::thread::sleep(Duration::from_millis(1));
     }
     let deliver_seconds = start.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds() - cpu_at_start;
     expected.store(u64::MAX, Ordering::SeqCst);
     let mut all_latencies = Vec::new();
+    let mut ack_latencies: Vec<u32> = Vec::new();
     let mut delivered = 0u64;
     let mut complete = 0;
     let mut ended = 0;
@@ -256,8 +308,16 @@ fn measure(
             ended += 1;
         }
         all_latencies.extend(got.latencies_micros);
+        for (revision, arrived) in got.revisions.iter().zip(&got.arrivals_micros) {
+            if let Some(acked) = acked_at.get(revision) {
+                let after = arrived.saturating_sub(*acked).min(u64::from(u32::MAX));
+                ack_latencies.push(after as u32);
+            }
+        }
     }
     all_latencies.sort_unstable();
+    ack_latencies.sort_unstable();
+    commit_micros.sort_unstable();
     drop(remote_clients);
     Ok(Row {
         watchers,
@@ -270,6 +330,11 @@ fn measure(
         p50_ms: percentile(&all_latencies, 0.50),
         p99_ms: percentile(&all_latencies, 0.99),
         max_ms: percentile(&all_latencies, 1.0),
+        ack_p50_ms: percentile(&ack_latencies, 0.50),
+        ack_p99_ms: percentile(&ack_latencies, 0.99),
+        ack_max_ms: percentile(&ack_latencies, 1.0),
+        commit_p99_ms: percentile(&commit_micros, 0.99),
+        cpu_seconds,
     })
 }
 
@@ -302,7 +367,9 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                      \"events_delivered\":{},\"events_per_second\":{:.0},\
                      \"watchers_complete\":{},\"watchers_ended\":{},\
                      \"p50_write_to_delivery_ms\":{:.3},\"p99_write_to_delivery_ms\":{:.3},\
-                     \"max_write_to_delivery_ms\":{:.3}}}",
+                     \"max_write_to_delivery_ms\":{:.3},\"p50_ack_to_delivery_ms\":{:.3},\
+                     \"p99_ack_to_delivery_ms\":{:.3},\"max_ack_to_delivery_ms\":{:.3},\
+                     \"p99_write_to_ack_ms\":{:.3},\"cpu_us_per_write\":{:.1}}}",
                     r.watchers,
                     r.writes,
                     r.writes_per_second(),
@@ -312,7 +379,12 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                     r.ended,
                     r.p50_ms,
                     r.p99_ms,
-                    r.max_ms
+                    r.max_ms,
+                    r.ack_p50_ms,
+                    r.ack_p99_ms,
+                    r.ack_max_ms,
+                    r.commit_p99_ms,
+                    r.cpu_micros_per_write()
                 )
             })
             .collect();
@@ -325,20 +397,23 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
         );
     } else {
         println!(
-            "{:>8} {:>8} {:>10} {:>12} {:>12} {:>9} {:>8} {:>8} {:>8}",
+            "{:>8} {:>8} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
             "watchers",
             "writes",
             "writes/s",
             "delivered",
             "events/s",
             "complete",
-            "p50 ms",
-            "p99 ms",
-            "max ms"
+            "w->d p50",
+            "w->d p99",
+            "a->d p50",
+            "a->d p99",
+            "w->a p99",
+            "cpu us/w"
         );
         for r in &rows {
             println!(
-                "{:>8} {:>8} {:>10.0} {:>12} {:>12.0} {:>9} {:>8.2} {:>8.2} {:>8.2}",
+                "{:>8} {:>8} {:>9.0} {:>10} {:>10.0} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1}",
                 r.watchers,
                 r.writes,
                 r.writes_per_second(),
@@ -347,9 +422,16 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                 format!("{}/{}", r.complete, r.watchers),
                 r.p50_ms,
                 r.p99_ms,
-                r.max_ms
+                r.ack_p50_ms,
+                r.ack_p99_ms,
+                r.commit_p99_ms,
+                r.cpu_micros_per_write()
             );
         }
+        println!(
+            "(ms; w->d: write start to delivery, a->d: write acknowledged to delivery, \
+             w->a: the write's own latency; cpu us/w: the process's CPU time per write)"
+        );
     }
     Ok(())
 }

@@ -90,6 +90,31 @@ impl Driver {
         }
     }
 
+    /// Open a remote client's watch on this member (never forwarded: it is pushed on the
+    /// connection it was opened on).
+    fn open_watch(
+        &mut self,
+        watch_id: u64,
+        spec: crate::proto::WatchSpec,
+        reply: Reply,
+        deadline: Instant,
+    ) {
+        match reply {
+            Reply::Remote { conn, request_id } => self.shared.watches.watch_remote(
+                conn.clone(),
+                watch_id,
+                spec,
+                Reply::Remote { conn, request_id },
+                deadline,
+            ),
+            other => other.fail(Error::InvalidArgument(
+                "watch: only a remote client's connection can carry a watch (in process, use \
+                 Client::watch)"
+                    .into(),
+            )),
+        }
+    }
+
     pub(super) fn on_request(
         &mut self,
         request: Request,
@@ -181,20 +206,11 @@ impl Driver {
             // Served by this member, never forwarded: a watch is pushed on the connection it
             // was opened on.
             Request::Watch { watch_id, spec } => {
-                match reply {
-                    Reply::Remote { conn, request_id } => self.shared.watches.watch_remote(
-                        conn.clone(),
-                        watch_id,
-                        spec,
-                        Reply::Remote { conn, request_id },
-                        deadline,
-                    ),
-                    other => other.fail(Error::InvalidArgument(
-                        "watch: only a remote client's connection can carry a watch (in \
-                         process, use Client::watch)"
-                            .into(),
-                    )),
-                }
+                self.open_watch(watch_id, spec.into(), reply, deadline);
+                Ok(())
+            }
+            Request::OpenWatch { watch_id, spec } => {
+                self.open_watch(watch_id, spec, reply, deadline);
                 Ok(())
             }
             Request::CancelWatch { watch_id } => {
@@ -643,6 +659,14 @@ pub(super) fn validate_read(op: &ReadOp) -> Result<()> {
             }
         }
         ReadOp::Session { .. } => {}
+        ReadOp::Leader { name } | ReadOp::Election { name } => {
+            if name.is_empty() || name.len() > MAX_LOCK_NAME_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "leader: election name of {} bytes is not in 1..={MAX_LOCK_NAME_BYTES}",
+                    name.len()
+                )));
+            }
+        }
     }
     Ok(())
 }
