@@ -7,7 +7,8 @@
 //! also prints the ring's measured spread.
 
 use haven::sm::placement::{
-    compute, diff, replica_moves, Change, LoadCap, MapParams, Owner, OwnerId, Strategy, Table,
+    compute, compute_at, diff, replica_moves, xxh64, Change, LoadCap, MapParams, Owner, OwnerId,
+    PlacementVersion, Strategy, Table,
 };
 use std::collections::BTreeSet;
 
@@ -640,4 +641,131 @@ fn ids_at(table: &Table, partition: u32, slot: usize) -> Option<OwnerId> {
         .row(partition)
         .get(slot)
         .map(|&o| table.owners()[o as usize].id.clone())
+}
+
+// ----- placement versions -----
+
+/// A weighted capped map whose last change (a leave) makes the vacancy chains and the lift run:
+/// the sequence of the placement-version vectors (docs/FORMAT.md, "Placement versions").
+fn versioned_sequence() -> (MapParams, Vec<Change>) {
+    let params = MapParams {
+        partitions: 128,
+        replicas: 3,
+        strategy: Strategy::Rendezvous,
+        load_cap: LoadCap::default(),
+    };
+    let joins = [
+        ("o0", 2),
+        ("o1", 2),
+        ("o2", 3),
+        ("o3", 4),
+        ("o4", 2),
+        ("o5", 1),
+    ];
+    let mut changes: Vec<Change> = joins
+        .into_iter()
+        .map(|(id, weight)| Change::Join(Owner::new(id, weight)))
+        .collect();
+    changes.push(Change::Leave(OwnerId::from("o3")));
+    (params, changes)
+}
+
+/// xxh64 (seed 0) of `Table::canonical_bytes` after each change of [`versioned_sequence`], as
+/// computed by the placement of 0284cfb^ (before the vacancy chains and the lift), by a test
+/// built from that commit's tree.
+/// Its leave moved 122 replicas, the leaver's 110 plus 12 between owners that both stayed.
+const OLD_PLACEMENT_HASHES: [u64; 7] = [
+    0xdd6f_01ef_36fd_5da4,
+    0xb26c_9b24_4968_98a3,
+    0xfa10_fbdb_ed7e_cc7a,
+    0x9f04_7306_b78a_8154,
+    0x57cf_937b_36df_7647,
+    0x93ab_f7fd_b246_ec24,
+    0x023a_3d89_f3b9_a859,
+];
+
+fn tables_of(version: PlacementVersion) -> Vec<Table> {
+    let (params, changes) = versioned_sequence();
+    let mut table = compute_at(&[], &params, version).unwrap();
+    let mut out = Vec::new();
+    for change in &changes {
+        table = table.apply(change).unwrap();
+        assert_eq!(table.version(), version);
+        out.push(table.clone());
+    }
+    out
+}
+
+#[test]
+fn a_version_1_map_recomputes_exactly_what_the_old_placement_computed() {
+    let hashes: Vec<u64> = tables_of(PlacementVersion::V1)
+        .iter()
+        .map(|t| xxh64(&t.canonical_bytes(), 0))
+        .collect();
+    assert_eq!(hashes, OLD_PLACEMENT_HASHES);
+}
+
+#[test]
+fn a_version_2_map_of_the_same_changes_differs_and_keeps_the_movement_bound() {
+    let v1 = tables_of(PlacementVersion::V1);
+    let v2 = tables_of(PlacementVersion::V2);
+    assert_eq!(PlacementVersion::CURRENT, PlacementVersion::V2);
+    assert_eq!(
+        compute(&[], &versioned_sequence().0).unwrap().version(),
+        PlacementVersion::V2
+    );
+    // The joins compute the same; the leave is where the new steps run.
+    let last = v1.len() - 1;
+    for i in 0..last {
+        assert_eq!(
+            v1[i].canonical_bytes(),
+            v2[i].canonical_bytes(),
+            "change {i}"
+        );
+    }
+    assert_ne!(v1[last].canonical_bytes(), v2[last].canonical_bytes());
+    // The leave moves at most 5% (plus one slot) over the minimum, the leaver's replicas;
+    // version 1 moved more (the gap the new steps close).
+    let (_, changes) = versioned_sequence();
+    let leaver = v2[last - 1].owner_index(&OwnerId::from("o3")).unwrap();
+    let minimum = u64::from(v2[last - 1].loads()[leaver].replicas);
+    let moved = replica_moves(&v2[last - 1], &v2[last]).unwrap();
+    let moved_v1 = replica_moves(&v1[last - 1], &v1[last]).unwrap();
+    assert_eq!((minimum, moved_v1), (110, 122));
+    assert!(
+        moved as f64 <= minimum as f64 * 1.05 + 1.0,
+        "{:?}: version 2 moved {moved}, minimum {minimum}",
+        changes[last]
+    );
+    check_bounds(&v2[last]).unwrap();
+}
+
+#[test]
+fn an_unknown_placement_version_is_refused() {
+    let (params, _) = versioned_sequence();
+    let newer = PlacementVersion(PlacementVersion::CURRENT.0 + 1);
+    assert_eq!(
+        compute_at(&[], &params, newer).unwrap_err().code(),
+        haven::ErrorCode::UnsupportedVersion
+    );
+    assert_eq!(
+        compute_at(&[], &params, PlacementVersion(0))
+            .unwrap_err()
+            .code(),
+        haven::ErrorCode::InvalidArgument
+    );
+    let table = compute(&[], &params).unwrap();
+    assert_eq!(
+        Table::from_parts_at(params, newer, Vec::new(), Vec::new())
+            .unwrap_err()
+            .code(),
+        haven::ErrorCode::UnsupportedVersion
+    );
+    assert_eq!(
+        Table::from_parts_at(params, PlacementVersion::V1, Vec::new(), Vec::new())
+            .unwrap()
+            .version(),
+        PlacementVersion::V1
+    );
+    assert_eq!(table.version(), PlacementVersion::CURRENT);
 }

@@ -6,21 +6,26 @@
 mod sm_util;
 
 use haven::sm::placement::{
-    compute, diff, Change, LoadCap, MapParams, Owner, OwnerId, Strategy, Table,
+    compute, diff, Change, LoadCap, MapParams, Owner, OwnerId, PlacementVersion, Strategy, Table,
     DEFAULT_LOAD_CAP_PER_MILLE,
 };
-use haven::sm::{Command, CommandResult, MapChange, MapMoves, Op, PARTITION_MAP_COMMAND_VERSION};
+use haven::sm::{
+    Command, CommandResult, MapChange, MapMoves, Op, PARTITION_MAP_COMMAND_VERSION,
+    PLACEMENT_VERSION_COMMAND_VERSION,
+};
 use haven::snapshots::SnapshotFiles;
 use haven::{Entry, ErrorCode, LogIndex};
 use sm_util::{command_entry, untracked, Harness};
 
+/// The create a client sends now: a map of the current placement version.
 fn create(name: &str, partitions: u32, replicas: u32, strategy: Strategy) -> Op {
-    Op::CreateMap {
+    Op::CreateMapVersioned {
         name: name.into(),
         partitions,
         replicas,
         strategy,
         load_cap: LoadCap::PerMille(DEFAULT_LOAD_CAP_PER_MILLE),
+        placement: PlacementVersion::CURRENT,
     }
 }
 
@@ -432,3 +437,141 @@ const PINNED_ROWS: [[u32; 2]; 8] = [
 ];
 const PINNED_RECORD_HEX: &str =
     "010408020101fbfc03030161010162010163021002000102000202000102020102010002";
+
+// ----- placement versions -----
+
+/// A create as the previous release wrote it (command version 2, `Op::CreateMap` without a
+/// placement version), encoded by a build of 0284cfb^: untracked, map "m", 128 partitions,
+/// R = 3, rendezvous, the default cap.
+const OLD_CREATE_HEX: &str = "02000006016d80030101fbfc03";
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// tests/placement.rs, `versioned_sequence`: its leave runs the vacancy chains and the lift.
+fn versioned_changes() -> Vec<Op> {
+    vec![
+        join("m", "o0", 2),
+        join("m", "o1", 2),
+        join("m", "o2", 3),
+        join("m", "o3", 4),
+        join("m", "o4", 2),
+        join("m", "o5", 1),
+        leave("m", "o3"),
+    ]
+}
+
+/// The table after the whole sequence, as the placement of 0284cfb^ computed it (xxh64 of
+/// `canonical_bytes`; tests/placement.rs, `OLD_PLACEMENT_HASHES`).
+const OLD_FINAL_HASH: u64 = 0x023a_3d89_f3b9_a859;
+
+fn table_hash(h: &Harness, name: &str) -> u64 {
+    haven::sm::placement::xxh64(&map_bytes(h, name), 0)
+}
+
+#[test]
+fn an_old_format_create_makes_a_version_1_map_that_replays_the_old_tables() {
+    let bytes = unhex(OLD_CREATE_HEX);
+    let old = Command::decode(&bytes).unwrap();
+    assert!(matches!(old.op, Op::CreateMap { .. }), "{old:?}");
+    assert_eq!(old.op.map_placement(), Some(PlacementVersion::V1));
+    assert_eq!(
+        old.encode().unwrap(),
+        bytes,
+        "the old encoding is unchanged"
+    );
+
+    let mut h = Harness::new();
+    let index = h.next_index();
+    let entry = sm_util::entry(index, 1, haven::EntryKind::Normal, bytes);
+    h.sm.apply(&[entry]).unwrap();
+    let map = h.sm.partition_map("m").unwrap();
+    assert_eq!(map.table.version(), PlacementVersion::V1);
+    for op in versioned_changes() {
+        changed(h.apply_op(op));
+    }
+    assert_eq!(table_hash(&h, "m"), OLD_FINAL_HASH);
+    // The version is stored with the map: after a crash (replay) and a reopen it is still 1.
+    let h = h.crash_and_replay();
+    assert_eq!(table_hash(&h, "m"), OLD_FINAL_HASH);
+    let mut h = h.reopen();
+    assert_eq!(table_hash(&h, "m"), OLD_FINAL_HASH);
+    assert_eq!(
+        h.sm.partition_map("m").unwrap().table.version(),
+        PlacementVersion::V1
+    );
+    let before = table(&h, "m");
+    changed(h.apply_op(join("m", "o6", 1)));
+    let expected = before.apply(&Change::Join(Owner::new("o6", 1))).unwrap();
+    assert_eq!(expected.version(), PlacementVersion::V1);
+    assert_eq!(table(&h, "m"), expected);
+}
+
+#[test]
+fn a_create_today_makes_a_version_2_map_that_differs_from_version_1() {
+    let mut h = Harness::new();
+    let cmd = untracked(create("m", 128, 3, Strategy::Rendezvous));
+    assert_eq!(cmd.encode().unwrap()[0], PLACEMENT_VERSION_COMMAND_VERSION);
+    assert_eq!(cmd.min_version(), PLACEMENT_VERSION_COMMAND_VERSION);
+    assert_eq!(Command::decode(&cmd.encode().unwrap()).unwrap(), cmd);
+    changed(h.apply(cmd));
+    for op in versioned_changes() {
+        changed(h.apply_op(op));
+    }
+    let map = h.sm.partition_map("m").unwrap();
+    assert_eq!(map.table.version(), PlacementVersion::V2);
+    assert_ne!(table_hash(&h, "m"), OLD_FINAL_HASH);
+    let h = h.reopen();
+    assert_eq!(
+        h.sm.partition_map("m").unwrap().table.version(),
+        PlacementVersion::V2
+    );
+}
+
+#[test]
+fn a_create_with_an_unknown_placement_version_is_refused_and_changes_nothing() {
+    let newer = PlacementVersion(PlacementVersion::CURRENT.0 + 1);
+    let op = |placement| Op::CreateMapVersioned {
+        name: "m".into(),
+        partitions: 64,
+        replicas: 2,
+        strategy: Strategy::Rendezvous,
+        load_cap: LoadCap::default(),
+        placement,
+    };
+    let cmd = untracked(op(newer));
+    assert_eq!(
+        cmd.validate().unwrap_err().code(),
+        ErrorCode::UnsupportedVersion
+    );
+    assert_eq!(
+        Command::decode(&cmd.encode().unwrap()).unwrap_err().code(),
+        ErrorCode::UnsupportedVersion
+    );
+    // In the log, like an entry of a newer command version: the member refuses to apply it
+    // (and stops), nothing of the batch is applied.
+    let mut h = Harness::new();
+    let mut twin = Harness::new();
+    let applied = h.sm.applied();
+    let entries = [command_entry(h.next_index(), 1, &cmd)];
+    assert_eq!(
+        h.sm.apply(&entries).unwrap_err().code(),
+        ErrorCode::UnsupportedVersion
+    );
+    assert_eq!(h.sm.applied(), applied);
+    assert!(h.sm.partition_map("m").is_none());
+    // Version 0 decodes but is no version: rejected at apply, nothing changed.
+    let zero = untracked(op(PlacementVersion(0)));
+    assert_eq!(
+        zero.validate().unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    rejected(h.apply(zero));
+    twin.apply_op(no_op());
+    assert!(h.sm.partition_map("m").is_none());
+    assert_eq!(h.sm.state_hash().unwrap(), twin.sm.state_hash().unwrap());
+}

@@ -45,7 +45,7 @@ pub use crate::proto::{
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::{ClientTls, ClusterSecret};
-use crate::sm::placement::{LoadCap, Strategy};
+use crate::sm::placement::{LoadCap, PlacementVersion, Strategy};
 use crate::sm::{
     CasResult, Command, CommandResult, DeleteRangeResult, DeleteResult, MapChange, MapMoves,
     MapReader, Op, Owners, PartitionMap, PutResult, RangePage, Txn, TxnResult, VersionedValue,
@@ -290,12 +290,13 @@ impl Client {
         strategy: Strategy,
         load_cap: LoadCap,
     ) -> Result<MapChange> {
-        self.map_write(Op::CreateMap {
+        self.map_write(Op::CreateMapVersioned {
             name: name.to_string(),
             partitions,
             replicas,
             strategy,
             load_cap,
+            placement: PlacementVersion::CURRENT,
         })
     }
 

@@ -5,7 +5,8 @@
 //! Encoding (see `docs/FORMAT.md`, "State-machine command"): one version byte, then the bincode
 //! encoding of [`Command`]. The version byte is the *lowest* command version that knows every
 //! variant the command uses: 1 for the key-value and client ops, 2 for the partition-map ops
-//! ([`PARTITION_MAP_COMMAND_VERSION`]). When a variant is added (sessions, locks, elections),
+//! ([`PARTITION_MAP_COMMAND_VERSION`]), 6 for a create that names its placement version
+//! ([`PLACEMENT_VERSION_COMMAND_VERSION`]). When a variant is added (sessions, locks, elections),
 //! it is appended to its enum and commands that use it are
 //! stamped with the next version, so an older member reports `UnsupportedVersion` for exactly
 //! those commands instead of mistaking them for garbage. Enum variants are only ever appended:
@@ -14,7 +15,7 @@
 use super::elect;
 use super::kv::{self, Txn};
 use super::locks;
-use super::placement::{LoadCap, MapParams, Strategy};
+use super::placement::{LoadCap, MapParams, PlacementVersion, Strategy};
 use super::result::{FencingToken, LockMode, SessionId};
 use super::ring;
 use super::sessions;
@@ -24,7 +25,7 @@ use crate::limits::MAX_COMMAND_BYTES;
 use bincode::{Decode, Encode};
 
 /// The newest command version this build writes and reads.
-pub const COMMAND_VERSION: u8 = ELECTIONS_COMMAND_VERSION;
+pub const COMMAND_VERSION: u8 = PLACEMENT_VERSION_COMMAND_VERSION;
 
 /// The command version that added the partition-map commands ([`Op::CreateMap`] to
 /// [`Op::SetOwnerWeight`]).
@@ -39,6 +40,10 @@ const LOCK_DELAY_COMMAND_VERSION: u8 = 4;
 /// The command version that introduced elections (the variants from
 /// [`Op::ElectionCampaign`] on).
 const ELECTIONS_COMMAND_VERSION: u8 = 5;
+/// The command version that introduced [`Op::CreateMapVersioned`] (placement versions). A
+/// member of version 5 answers it `UnsupportedVersion` rather than create a map it would compute
+/// with another algorithm.
+pub const PLACEMENT_VERSION_COMMAND_VERSION: u8 = 6;
 
 pub use super::clients::UNTRACKED_CLIENT;
 
@@ -252,13 +257,40 @@ pub enum Op {
         /// The campaigning session.
         session: SessionId,
     },
+    // ----- placement versions (command version 6) -----
+    /// [`Op::CreateMap`] with the placement algorithm the map's tables are computed with, kept
+    /// with the map (`ring.rs`). What clients send now, with [`PlacementVersion::CURRENT`]. A
+    /// plain [`Op::CreateMap`] (every entry written before placement versions) makes a map of
+    /// [`PlacementVersion::V1`], so replaying it computes what it computed then.
+    CreateMapVersioned {
+        /// Its name (1..=`MAX_MAP_NAME_BYTES` bytes).
+        name: String,
+        /// Partitions (fixed for the map's life).
+        partitions: u32,
+        /// Owners per partition, the first the primary.
+        replicas: u32,
+        /// How partitions rank owners.
+        strategy: Strategy,
+        /// The bound on an owner's load.
+        load_cap: LoadCap,
+        /// The placement algorithm (1..=[`PlacementVersion::CURRENT`]).
+        placement: PlacementVersion,
+    },
 }
 
 impl Op {
-    /// A [`Op::CreateMap`]'s parameters, `None` for any other op.
+    /// A [`Op::CreateMap`]'s or [`Op::CreateMapVersioned`]'s parameters, `None` for any other
+    /// op.
     pub fn map_params(&self) -> Option<MapParams> {
         match self {
             Op::CreateMap {
+                partitions,
+                replicas,
+                strategy,
+                load_cap,
+                ..
+            }
+            | Op::CreateMapVersioned {
                 partitions,
                 replicas,
                 strategy,
@@ -270,6 +302,17 @@ impl Op {
                 strategy: *strategy,
                 load_cap: *load_cap,
             }),
+            _ => None,
+        }
+    }
+
+    /// The placement version of the map a create op makes: [`PlacementVersion::V1`] for
+    /// [`Op::CreateMap`] (it predates versions), the op's own for [`Op::CreateMapVersioned`];
+    /// `None` for any other op.
+    pub fn map_placement(&self) -> Option<PlacementVersion> {
+        match self {
+            Op::CreateMap { .. } => Some(PlacementVersion::V1),
+            Op::CreateMapVersioned { placement, .. } => Some(*placement),
             _ => None,
         }
     }
@@ -303,6 +346,14 @@ impl Command {
             Op::Txn(txn) => txn.validate(),
             Op::CreateMap { name, .. } => {
                 // Some: this arm is a CreateMap.
+                let params = self.op.map_params().unwrap_or_default();
+                ring::validate_create(name, &params)
+            }
+            Op::CreateMapVersioned {
+                name, placement, ..
+            } => {
+                placement.check()?;
+                // Some: this arm is a create.
                 let params = self.op.map_params().unwrap_or_default();
                 ring::validate_create(name, &params)
             }
@@ -355,7 +406,7 @@ impl Command {
 
     /// The lowest command version that knows every variant this command uses (see the module
     /// docs): 1 for the key-value and client commands, 2 for the partition maps, 3 for sessions
-    /// and locks, 4 for lock-delay, 5 for elections.
+    /// and locks, 4 for lock-delay, 5 for elections, 6 for a create with a placement version.
     pub fn min_version(&self) -> u8 {
         match &self.op {
             Op::RegisterClient
@@ -382,6 +433,7 @@ impl Command {
             | Op::ElectionProclaim { .. }
             | Op::ElectionResign { .. }
             | Op::ElectionCancel { .. } => ELECTIONS_COMMAND_VERSION,
+            Op::CreateMapVersioned { .. } => PLACEMENT_VERSION_COMMAND_VERSION,
         }
     }
 
@@ -427,8 +479,17 @@ impl Command {
             });
         }
         // The body starts after the version byte.
-        decode_value(body)
-            .map_err(|e| e.map_corrupt(|offset, reason| (offset + 1, format!("command: {reason}"))))
+        let command: Command = decode_value(body).map_err(|e| {
+            e.map_corrupt(|offset, reason| (offset + 1, format!("command: {reason}")))
+        })?;
+        if let Some(placement) = command.op.map_placement() {
+            if placement > PlacementVersion::CURRENT {
+                // A map this build would compute with another algorithm: refuse, like a newer
+                // command version.
+                placement.check()?;
+            }
+        }
+        Ok(command)
     }
 }
 

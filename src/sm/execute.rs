@@ -11,7 +11,7 @@ use super::kv;
 use super::layout::LockSpace;
 use super::locks::{self, Acquire};
 use super::overlay::{Overlay, Writes};
-use super::placement::{Change, Owner, OwnerId};
+use super::placement::{Change, Owner, OwnerId, PlacementVersion};
 use super::result::{CommandResult, LockMode, LockWaitEnded};
 use super::ring::{self, BatchMaps, MapReader, PartitionMap};
 use super::session_end;
@@ -129,10 +129,11 @@ impl<'t, 'o> Executor<'t, 'o> {
                 index,
             )?),
             Op::Txn(txn) => CommandResult::Txn(kv::txn(overlay, txn, index)?),
-            Op::CreateMap { name, .. } => {
-                // Some: this arm is a CreateMap.
+            Op::CreateMap { name, .. } | Op::CreateMapVersioned { name, .. } => {
+                // Some: this arm is a create.
                 let params = cmd.op.map_params().unwrap_or_default();
-                ring::create_map(overlay, &mut self.maps, name, params)?
+                let placement = cmd.op.map_placement().unwrap_or(PlacementVersion::V1);
+                ring::create_map(overlay, &mut self.maps, name, params, placement)?
             }
             Op::JoinMap {
                 name,

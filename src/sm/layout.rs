@@ -8,7 +8,7 @@
 //! logic because the shared plumbing below the features reads them: the record cache reads a
 //! user key's metadata, and snapshot verification checks every record ([`check_pair`]).
 
-use super::map_record::{EpochMoves, MapRecord};
+use super::map_record::{decode_map, EpochMoves};
 use super::result::{
     CommandResult, ElectionLeader, KeyMeta, LockHolder, LockWaiter, SessionId, VersionedValue,
 };
@@ -59,9 +59,10 @@ pub(crate) const PREFIX_LOCK: u8 = b'x';
 /// `e` ‖ `s` ‖ session id (u64 BE) ‖ name -> empty (the elections a session leads or
 /// campaigns in).
 pub(crate) const PREFIX_ELECTION: u8 = b'e';
-/// Prefix of the partition maps (`ring.rs`): `r` ‖ name length (u8) ‖ name -> [`MapRecord`]
-/// (the map's table), and `r` ‖ name length (u8) ‖ name ‖ epoch (u64 BE) -> [`EpochMoves`]
-/// (the slots that change made move), for the last `MAX_MAP_MOVES_EPOCHS` epochs.
+/// Prefix of the partition maps (`ring.rs`): `r` ‖ name length (u8) ‖ name -> the map's
+/// [`MapRecord`](super::map_record::MapRecord) (its table; a map of placement version 2 or later
+/// under record version 2, with the version), and `r` ‖ name length (u8) ‖ name ‖ epoch
+/// (u64 BE) -> [`EpochMoves`] (the slots that change made move), for the last `MAX_MAP_MOVES_EPOCHS` epochs.
 pub(crate) const PREFIX_RING: u8 = b'r';
 
 /// Every prefix, taken or reserved: no two features may share one.
@@ -344,7 +345,8 @@ pub(crate) fn parse_map_key(key: &[u8]) -> Option<(&str, Option<u64>)> {
 }
 
 /// Version byte of the `r` records (`MapRecord`, `EpochMoves`): each is this byte, then its
-/// bincode encoding. A newer version is `UnsupportedVersion`.
+/// bincode encoding. A newer version is `UnsupportedVersion`, except that a map of placement
+/// version 2 or later is stored under version 2 (`map_record::encode_map`).
 pub(crate) const MAP_RECORD_VERSION: u8 = 1;
 
 /// Encode an `r` record: the version byte, then bincode.
@@ -422,9 +424,7 @@ pub(crate) fn check_pair(key: &[u8], value: &[u8], layout: u32) -> Result<()> {
         Some(&PREFIX_META) if key == KEY_LAYOUT => decode_record::<u32>("layout", value).map(drop),
         Some(&PREFIX_META) if key == KEY_MEMBERSHIP => Ok(()),
         Some(&PREFIX_RING) => match parse_map_key(key) {
-            Some((_, None)) => decode_map_record::<MapRecord>("partition map", value)?
-                .check()
-                .map(drop),
+            Some((_, None)) => decode_map(value).map(drop),
             Some((_, Some(epoch))) => {
                 let moves: EpochMoves = decode_map_record("partition map moves", value)?;
                 moves.check(epoch)

@@ -3,7 +3,10 @@
 //! them), kept apart from `layout.rs` only for its size. Byte layout: `docs/FORMAT.md`,
 //! "Partition map records".
 
-use super::placement::{LoadCap, MapParams, Move, Owner, OwnerId, Strategy, Table};
+use super::layout::{decode_record, encode_map_record, MAP_RECORD_VERSION};
+use super::placement::{
+    LoadCap, MapParams, Move, Owner, OwnerId, PlacementVersion, Strategy, Table,
+};
 use crate::error::{Error, Result};
 use bincode::{Decode, Encode};
 
@@ -36,8 +39,17 @@ pub struct MapRecord {
 }
 
 impl MapRecord {
-    /// The map it describes, checked (`InvalidArgument` naming the defect).
+    /// The map it describes, checked (`InvalidArgument` naming the defect), as a table of
+    /// [`PlacementVersion::CURRENT`]: for a copy that is only read (a `map` answer does not carry
+    /// the placement version, and only the state machine recomputes tables).
     pub fn to_map(&self) -> Result<PartitionMap> {
+        self.to_map_at(PlacementVersion::CURRENT)
+    }
+
+    /// The map it describes, recomputed on later changes by placement algorithm `placement`
+    /// (`UnsupportedVersion` if this build does not know it, `InvalidArgument` naming any other
+    /// defect).
+    pub fn to_map_at(&self, placement: PlacementVersion) -> Result<PartitionMap> {
         let params = MapParams {
             partitions: self.partitions,
             replicas: self.replicas,
@@ -52,7 +64,7 @@ impl MapRecord {
                 weight: *weight,
             })
             .collect();
-        let table = Table::from_parts(params, owners, self.slots.clone())?;
+        let table = Table::from_parts_at(params, placement, owners, self.slots.clone())?;
         if self.epoch < FIRST_EPOCH {
             return Err(invalid("a map's epoch starts at 1".into()));
         }
@@ -61,13 +73,66 @@ impl MapRecord {
             table,
         })
     }
+}
 
-    /// Check a stored record (`Corrupt` if it is not a valid map).
-    pub(crate) fn check(&self) -> Result<()> {
-        self.to_map()
-            .map(drop)
-            .map_err(|e| Error::corrupt(0, format!("state partition map record: {e}")))
+/// Version byte of the stored record of a map of placement version 2 or later: the
+/// [`MapRecord`], then the placement version (bincode u32). A map of placement version 1 is
+/// stored as before, under [`MAP_RECORD_VERSION`] (1) without the field, byte for byte what a
+/// build from before placement versions wrote and reads.
+pub(crate) const MAP_RECORD_PLACEMENT_VERSION: u8 = 2;
+
+/// The body of a [`MAP_RECORD_PLACEMENT_VERSION`] record.
+#[derive(Encode, Decode)]
+struct PlacedMapRecord {
+    record: MapRecord,
+    placement: PlacementVersion,
+}
+
+/// The stored record of `map` (`docs/FORMAT.md`, "Partition map records").
+pub(crate) fn encode_map(map: &PartitionMap) -> Result<Vec<u8>> {
+    let record = map.to_record();
+    let placement = map.table.version();
+    if placement == PlacementVersion::V1 {
+        return encode_map_record(&record);
     }
+    let mut out = vec![MAP_RECORD_PLACEMENT_VERSION];
+    crate::codec::encode_value_into(&PlacedMapRecord { record, placement }, &mut out)?;
+    Ok(out)
+}
+
+/// Decode a stored map record into the map, checked: `UnsupportedVersion` for a record version
+/// or placement version this build does not know, `Corrupt` for any other defect.
+pub(crate) fn decode_map(bytes: &[u8]) -> Result<PartitionMap> {
+    let corrupt = |why: String| Error::corrupt(0, format!("state partition map record: {why}"));
+    let (record, placement) = match bytes.split_first() {
+        Some((&MAP_RECORD_VERSION, body)) => (
+            decode_record::<MapRecord>("partition map", body)?,
+            PlacementVersion::V1,
+        ),
+        Some((&MAP_RECORD_PLACEMENT_VERSION, body)) => {
+            let placed: PlacedMapRecord = decode_record("partition map", body)?;
+            if placed.placement <= PlacementVersion::V1 {
+                // Version 1 has its own record version: one encoding per map.
+                return Err(corrupt(format!(
+                    "placement version {} in a record of version {MAP_RECORD_PLACEMENT_VERSION}",
+                    placed.placement
+                )));
+            }
+            placed.placement.check()?;
+            (placed.record, placed.placement)
+        }
+        Some((&version, _)) if version > MAP_RECORD_PLACEMENT_VERSION => {
+            return Err(Error::UnsupportedVersion {
+                what: "partition map record",
+                found: u32::from(version),
+                supported: u32::from(MAP_RECORD_PLACEMENT_VERSION),
+            })
+        }
+        _ => return Err(corrupt("bad version byte".into())),
+    };
+    record
+        .to_map_at(placement)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 /// A map as a member has applied it: its epoch and table.
@@ -218,5 +283,85 @@ impl EpochMoves {
             return Err(bad("owners are not sorted and distinct".into()));
         }
         self.moves().map(drop).map_err(|e| bad(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::sm::placement::{compute_at, Change};
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// tests/sm_ring.rs, `PINNED_RECORD_HEX`: a record as the previous release stored it
+    /// (record version 1, no placement version).
+    const OLD_RECORD_HEX: &str =
+        "010408020101fbfc03030161010162010163021002000102000202000102020102010002";
+
+    fn map_of(placement: PlacementVersion) -> PartitionMap {
+        let params = MapParams {
+            partitions: 8,
+            replicas: 2,
+            ..MapParams::default()
+        };
+        let mut table = compute_at(&[], &params, placement).unwrap();
+        for (id, weight) in [("a", 1), ("b", 1), ("c", 2)] {
+            table = table.apply(&Change::Join(Owner::new(id, weight))).unwrap();
+        }
+        PartitionMap { epoch: 4, table }
+    }
+
+    #[test]
+    fn an_old_record_decodes_as_version_1_and_encodes_to_the_same_bytes() {
+        let bytes = unhex(OLD_RECORD_HEX);
+        let map = decode_map(&bytes).unwrap();
+        assert_eq!(map.table.version(), PlacementVersion::V1);
+        assert_eq!(map.epoch, 4);
+        assert_eq!(encode_map(&map).unwrap(), bytes);
+        assert_eq!(map, map_of(PlacementVersion::V1));
+    }
+
+    #[test]
+    fn a_version_2_map_is_stored_under_record_version_2_and_round_trips() {
+        let map = map_of(PlacementVersion::V2);
+        let bytes = encode_map(&map).unwrap();
+        assert_eq!(bytes[0], MAP_RECORD_PLACEMENT_VERSION);
+        // The old record's body, then the placement version (bincode varint 2).
+        let old = unhex(OLD_RECORD_HEX);
+        assert_eq!(&bytes[1..bytes.len() - 1], &old[1..]);
+        assert_eq!(bytes[bytes.len() - 1], 2);
+        assert_eq!(decode_map(&bytes).unwrap(), map);
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_and_a_second_encoding_is_corrupt() {
+        let mut bytes = encode_map(&map_of(PlacementVersion::V2)).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] = (PlacementVersion::CURRENT.0 + 1) as u8;
+        let err = decode_map(&bytes).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion, "{err}");
+        // Version 1 in a record of version 2: a second encoding of the same map.
+        bytes[last] = 1;
+        assert_eq!(decode_map(&bytes).unwrap_err().code(), ErrorCode::Corrupt);
+        bytes[last] = 0;
+        assert_eq!(decode_map(&bytes).unwrap_err().code(), ErrorCode::Corrupt);
+        // A newer record version.
+        let mut newer = unhex(OLD_RECORD_HEX);
+        newer[0] = MAP_RECORD_PLACEMENT_VERSION + 1;
+        let err = decode_map(&newer).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion, "{err}");
+        // Truncated and empty records are corrupt, not a panic.
+        let old = unhex(OLD_RECORD_HEX);
+        assert_eq!(
+            decode_map(&old[..old.len() - 3]).unwrap_err().code(),
+            ErrorCode::Corrupt
+        );
+        assert_eq!(decode_map(&[]).unwrap_err().code(), ErrorCode::Corrupt);
     }
 }

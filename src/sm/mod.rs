@@ -57,7 +57,10 @@ mod sessions;
 mod snapshot;
 
 pub use changes::{ChangeCapture, ChangeTarget, KvChange};
-pub use command::{Command, Op, COMMAND_VERSION, PARTITION_MAP_COMMAND_VERSION, UNTRACKED_CLIENT};
+pub use command::{
+    Command, Op, COMMAND_VERSION, PARTITION_MAP_COMMAND_VERSION, PLACEMENT_VERSION_COMMAND_VERSION,
+    UNTRACKED_CLIENT,
+};
 pub use kv::{Compare, CompareOp, Txn, TxnOp};
 pub use layout::prefix_end;
 pub use result::{

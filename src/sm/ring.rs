@@ -1,7 +1,9 @@
 //! The replicated partition map (issue 10): named maps whose tables (`placement.rs`'s [`Table`])
 //! live in the replicated state under the prefix `r`, changed by commands through the log.
 //!
-//! - [`Op::CreateMap`](super::Op::CreateMap) makes an empty map at epoch 1;
+//! - [`Op::CreateMapVersioned`](super::Op::CreateMapVersioned) makes an empty map at epoch 1
+//!   with its placement version (the algorithm of every later change; an old-format
+//!   [`Op::CreateMap`](super::Op::CreateMap) makes a map of version 1, see `PlacementVersion`);
 //!   [`Op::JoinMap`](super::Op::JoinMap), [`Op::LeaveMap`](super::Op::LeaveMap) and
 //!   [`Op::SetOwnerWeight`](super::Op::SetOwnerWeight) each change it by one
 //!   [`Change`], computed once, here, at apply ([`Table::apply`]: deterministic, integer only), so
@@ -18,9 +20,10 @@ use super::layout::{
     decode_map_record, encode_map_record, map_key, map_moves_key, parse_map_key, sled_error,
     PREFIX_RING,
 };
+use super::map_record::{decode_map, encode_map};
 pub use super::map_record::{EpochMoves, MapRecord, Owners, PartitionMap, SlotMove, FIRST_EPOCH};
 use super::overlay::Overlay;
-use super::placement::{diff, replica_moves, Change, MapParams};
+use super::placement::{diff, replica_moves, Change, MapParams, PlacementVersion};
 use super::result::{CommandResult, MapChange};
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -99,9 +102,11 @@ impl MapReader {
             let (key, value) = item.map_err(|e| sled_error("loading the partition maps", e))?;
             match parse_map_key(&key) {
                 Some((name, None)) => {
-                    let record: MapRecord = decode_map_record("partition map", &value)?;
-                    let map = record.to_map().map_err(|e| {
-                        Error::corrupt(0, format!("state partition map {name:?}: {e}"))
+                    let map = decode_map(&value).map_err(|e| match e {
+                        Error::Corrupt { .. } => {
+                            Error::corrupt(0, format!("state partition map {name:?}: {e}"))
+                        }
+                        e => e,
                     })?;
                     maps.insert(name.to_string(), Arc::new(map));
                 }
@@ -238,13 +243,16 @@ pub(crate) fn validate_key_read(name: &str, key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Apply [`Op::CreateMap`](super::Op::CreateMap): an empty map at [`FIRST_EPOCH`]. Rejected if
-/// the name is taken or `MAX_MAPS` maps exist.
+/// Apply [`Op::CreateMap`](super::Op::CreateMap) (`placement` 1) or
+/// [`Op::CreateMapVersioned`](super::Op::CreateMapVersioned): an empty map at [`FIRST_EPOCH`],
+/// whose tables placement algorithm `placement` computes from then on. Rejected if the name is
+/// taken or `MAX_MAPS` maps exist.
 pub(crate) fn create_map(
     overlay: &mut Overlay<'_>,
     maps: &mut BatchMaps<'_>,
     name: &str,
     params: MapParams,
+    placement: PlacementVersion,
 ) -> Result<CommandResult> {
     if maps.get(name).is_some() {
         return Ok(rejected(invalid(format!("map {name:?} exists already"))));
@@ -254,7 +262,7 @@ pub(crate) fn create_map(
             "there are {MAX_MAPS} maps already, the most there may be"
         ))));
     }
-    let table = match super::placement::compute(&[], &params) {
+    let table = match super::placement::compute_at(&[], &params, placement) {
         Ok(table) => table,
         Err(e) => return Ok(rejected(e)),
     };
@@ -262,7 +270,7 @@ pub(crate) fn create_map(
         epoch: FIRST_EPOCH,
         table,
     };
-    overlay.insert(map_key(name), encode_map_record(&map.to_record())?);
+    overlay.insert(map_key(name), encode_map(&map)?);
     maps.changed.insert(name.to_string(), Arc::new(map));
     Ok(CommandResult::MapChanged(MapChange {
         epoch: FIRST_EPOCH,
@@ -291,7 +299,7 @@ pub(crate) fn change_map(
     let replica_moves = replica_moves(&map.table, &table)?;
     let epoch = map.epoch + 1;
     let map = PartitionMap { epoch, table };
-    overlay.insert(map_key(name), encode_map_record(&map.to_record())?);
+    overlay.insert(map_key(name), encode_map(&map)?);
     overlay.insert(
         map_moves_key(name, epoch),
         encode_map_record(&EpochMoves::from_moves(epoch, &moves))?,

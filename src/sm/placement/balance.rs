@@ -6,7 +6,7 @@
 
 use super::hash::key_hash;
 use super::score::Scorer;
-use super::{Change, LoadCap, MapParams, Owner, Table};
+use super::{Change, LoadCap, MapParams, Owner, PlacementVersion, Table};
 use std::cmp::Reverse;
 
 /// A slot whose owner is being chosen.
@@ -93,7 +93,7 @@ pub(super) fn bounds(total: u64, most: u64, owners: &[Owner], cap_per_mille: u32
 
 /// A table from scratch: the top-ranked owners per partition (uncapped), or a bounded fill of
 /// every slot in partition order (capped).
-pub(super) fn build(params: MapParams, owners: Vec<Owner>) -> Table {
+pub(super) fn build(params: MapParams, owners: Vec<Owner>, version: PlacementVersion) -> Table {
     let width = (params.replicas as usize).min(owners.len());
     let scorer = Scorer::new(&owners, params.strategy, params.partitions);
     let slot_count = params.partitions as usize * width;
@@ -117,18 +117,15 @@ pub(super) fn build(params: MapParams, owners: Vec<Owner>) -> Table {
             }
             Table {
                 params,
+                version,
                 owners,
                 width,
                 slots,
             }
         }
         LoadCap::PerMille(_) => {
-            let mut work = Work::new(params, owners, scorer, width, vec![VACANT; slot_count]);
-            work.fill_and_even_out();
-            work.settle_primaries();
-            work.lift_to_lower_bounds();
-            work.repair();
-            work.finish()
+            let work = Work::new(params, owners, scorer, width, vec![VACANT; slot_count]);
+            work.complete(version)
         }
     }
 }
@@ -185,11 +182,7 @@ pub(super) fn rebalance(old: &Table, owners: Vec<Owner>, change: &Change) -> Tab
         work.steal(owner);
         work.shed(owner);
     }
-    work.fill_and_even_out();
-    work.settle_primaries();
-    work.lift_to_lower_bounds();
-    work.repair();
-    work.finish()
+    work.complete(old.version)
 }
 
 /// A table being built: slots (some [`VACANT`]), loads and bounds.
@@ -256,10 +249,28 @@ impl Work {
         }
     }
 
-    fn finish(self) -> Table {
+    /// Fill the vacancies, settle the primaries and repair the bounds, by the steps of placement
+    /// algorithm `version` (see [`PlacementVersion`]): version 1 is exactly the algorithm before
+    /// the vacancy chains and the lift, kept so that maps created with it recompute the same
+    /// tables on every binary.
+    fn complete(mut self, version: PlacementVersion) -> Table {
+        if version == PlacementVersion::V1 {
+            self.fill_vacancies();
+            self.settle_primaries();
+        } else {
+            self.fill_and_even_out();
+            self.settle_primaries();
+            self.lift_to_lower_bounds();
+        }
+        self.repair();
+        self.finish(version)
+    }
+
+    fn finish(self, version: PlacementVersion) -> Table {
         debug_assert!(!self.slots.contains(&VACANT), "every slot is filled");
         Table {
             params: self.params,
+            version,
             owners: self.owners,
             width: self.width,
             slots: self.slots,

@@ -28,8 +28,8 @@
 //! partition in ascending order, to the highest-ranked owner still under its target; where that
 //! corners an owner already holding most rows, the vacancies are re-chosen along chains of
 //! owners, moving nothing more, and only what still misses a bound moves between others). The
-//! table is a deterministic function of the create parameters and the sequence of changes, which
-//! is what a replicated state machine replays; [`compute`] builds one from scratch (at creation, or
+//! table is a deterministic function of the create parameters, the map's [`PlacementVersion`]
+//! and the sequence of changes, which is what a replicated state machine replays; [`compute`] builds one from scratch (at creation, or
 //! to compare) and is independent of the order owners are listed in. Two maps that saw the same
 //! owners join in a different order may differ, and both are balanced.
 //!
@@ -136,6 +136,59 @@ pub enum LoadCap {
 impl Default for LoadCap {
     fn default() -> LoadCap {
         LoadCap::PerMille(DEFAULT_LOAD_CAP_PER_MILLE)
+    }
+}
+
+/// Which version of the capped placement algorithm computes a map's tables. Fixed when the map is
+/// created and kept with it (in the create command and the stored record), so that the same
+/// changes give the same table on every binary: a member that replays a map's log entries (after
+/// a restart from an older snapshot, or during an upgrade next to members of the previous
+/// release) computes exactly what the members that applied them first computed. A new algorithm
+/// is a new version; the old ones stay, unchanged, for the maps that use them.
+///
+/// - 1: fill the vacancies, settle the primaries, repair (the algorithm before the vacancy chains
+///   and the lift). Maps whose command and record carry no version are version 1.
+/// - 2: the same, with the vacancy chains after the fill and the lift to the lower bounds after
+///   the primaries, each run only when an owner is out of its bounds. Maps created now.
+///
+/// Uncapped maps are the pure strategy in every version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct PlacementVersion(pub u32);
+
+impl PlacementVersion {
+    /// The algorithm before the vacancy chains and the lift.
+    pub const V1: PlacementVersion = PlacementVersion(1);
+    /// With the vacancy chains and the lift.
+    pub const V2: PlacementVersion = PlacementVersion(2);
+    /// The version new maps are created with, and the newest this build knows.
+    pub const CURRENT: PlacementVersion = PlacementVersion::V2;
+
+    /// `UnsupportedVersion` for a version newer than [`PlacementVersion::CURRENT`],
+    /// `InvalidArgument` for 0.
+    pub fn check(self) -> Result<()> {
+        if self.0 == 0 {
+            return Err(invalid("placement version 0 does not exist".into()));
+        }
+        if self > PlacementVersion::CURRENT {
+            return Err(Error::UnsupportedVersion {
+                what: "partition map placement",
+                found: self.0,
+                supported: PlacementVersion::CURRENT.0,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for PlacementVersion {
+    fn default() -> PlacementVersion {
+        PlacementVersion::CURRENT
+    }
+}
+
+impl fmt::Display for PlacementVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -274,6 +327,8 @@ pub struct OwnerLoad {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Table {
     params: MapParams,
+    /// The algorithm [`Table::apply`] recomputes with.
+    version: PlacementVersion,
     /// Sorted by id; the slots hold indices into this.
     owners: Vec<Owner>,
     width: usize,
@@ -282,16 +337,33 @@ pub struct Table {
 
 /// Build a map's table from scratch for `owners` (in any order: the result does not depend on
 /// it). For a capped map this is where a map starts; later changes go through [`Table::apply`].
+/// [`PlacementVersion::CURRENT`]: see [`compute_at`].
 pub fn compute(owners: &[Owner], params: &MapParams) -> Result<Table> {
+    compute_at(owners, params, PlacementVersion::CURRENT)
+}
+
+/// [`compute`] with placement algorithm `version` (`UnsupportedVersion` if this build does not
+/// know it); the table's later changes use the same version.
+pub fn compute_at(
+    owners: &[Owner],
+    params: &MapParams,
+    version: PlacementVersion,
+) -> Result<Table> {
+    version.check()?;
     params.validate()?;
     let owners = sorted_owners(owners, params)?;
-    Ok(balance::build(*params, owners))
+    Ok(balance::build(*params, owners, version))
 }
 
 impl Table {
     /// The parameters the table was built with.
     pub fn params(&self) -> &MapParams {
         &self.params
+    }
+
+    /// The placement algorithm the table is computed with (see [`PlacementVersion`]).
+    pub fn version(&self) -> PlacementVersion {
+        self.version
     }
 
     /// The owners, sorted by id; [`Table::row`] and [`Table::lookup`] return indices into this.
@@ -362,7 +434,7 @@ impl Table {
         }
         let owners = sorted_owners(&owners, &self.params)?;
         Ok(match self.params.load_cap {
-            LoadCap::Unbounded => balance::build(self.params, owners),
+            LoadCap::Unbounded => balance::build(self.params, owners, self.version),
             LoadCap::PerMille(_) => balance::rebalance(self, owners, change),
         })
     }
@@ -376,7 +448,20 @@ impl Table {
     /// promises: valid parameters, owners valid, sorted by id and distinct, `width = min(R,
     /// owners)`, `partitions x width` slots, each an owner index, distinct within a row.
     /// `InvalidArgument` naming the first defect otherwise; never panics.
+    /// The table uses [`PlacementVersion::CURRENT`]; see [`Table::from_parts_at`].
     pub fn from_parts(params: MapParams, owners: Vec<Owner>, slots: Vec<u32>) -> Result<Table> {
+        Table::from_parts_at(params, PlacementVersion::CURRENT, owners, slots)
+    }
+
+    /// [`Table::from_parts`] for a table of placement algorithm `version` (`UnsupportedVersion`
+    /// if this build does not know it).
+    pub fn from_parts_at(
+        params: MapParams,
+        version: PlacementVersion,
+        owners: Vec<Owner>,
+        slots: Vec<u32>,
+    ) -> Result<Table> {
+        version.check()?;
         params.validate()?;
         let sorted = sorted_owners(&owners, &params)?;
         if sorted != owners {
@@ -403,6 +488,7 @@ impl Table {
         }
         Ok(Table {
             params,
+            version,
             owners,
             width,
             slots,
