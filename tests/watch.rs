@@ -123,6 +123,16 @@ fn an_in_process_watch_read_directly_then_through_its_receiver_misses_and_repeat
     // Some on the user's thread (no pump yet): the first push may hold many revisions, so
     // some are still queued in the watch when the receiver is asked for.
     let mut seen = collect(&watch, |seen| seen.len() >= 10);
+    // A timeout beyond the clock's range waits without a deadline (events are still due).
+    if let WatchNotice::Events { revision, events } = watch
+        .next_timeout(Duration::MAX)
+        .expect("a notice")
+        .unwrap()
+    {
+        for e in events {
+            seen.push((revision.0, e.kind, e.key, e.value));
+        }
+    }
     let receiver = watch.receiver().clone();
     // Then the receiver, the iterator and next_timeout share one sequence.
     while seen.len() < 20 {
