@@ -2,7 +2,8 @@
 //! gap, `Compacted` before the window, `Overflow` for a slow watcher, one watcher per member
 //! seeing exactly the committed sequence across a leader kill, resume after the member a
 //! remote client watches through dies, and the same events (previous values included) to
-//! in-process and remote watchers sharing one revision.
+//! in-process and remote watchers sharing one revision; an in-process watch read on the
+//! user's thread, then through its receiver, with no gap and no duplicate.
 
 #[path = "support/cluster.rs"]
 mod cluster_support;
@@ -105,6 +106,73 @@ fn events_arrive_in_order_with_a_revisions_events_together() {
     );
     assert_eq!(notices[2].0, d);
     assert_eq!(notices[2].1[0].kind, EventKind::Delete);
+}
+
+#[test]
+fn an_in_process_watch_read_directly_then_through_its_receiver_misses_and_repeats_nothing() {
+    let cluster = Cluster::start(1, |_| {});
+    cluster.wait_leader(WAIT);
+    let client = cluster.node(0).client();
+    let mut watch = client.watch_prefix(b"r/", LogIndex(0)).unwrap();
+    let mut written = Vec::new();
+    for i in 0..40u32 {
+        let key = format!("r/{i}").into_bytes();
+        let revision = client.put(&key, &i.to_le_bytes()).unwrap().revision;
+        written.push((revision.0, key));
+    }
+    // Some on the user's thread (no pump yet): the first push may hold many revisions, so
+    // some are still queued in the watch when the receiver is asked for.
+    let mut seen = collect(&watch, |seen| seen.len() >= 10);
+    // A timeout beyond the clock's range waits without a deadline (events are still due).
+    if let WatchNotice::Events { revision, events } = watch
+        .next_timeout(Duration::MAX)
+        .expect("a notice")
+        .unwrap()
+    {
+        for e in events {
+            seen.push((revision.0, e.kind, e.key, e.value));
+        }
+    }
+    let receiver = watch.receiver().clone();
+    // Then the receiver, the iterator and next_timeout share one sequence.
+    while seen.len() < 20 {
+        match receiver.recv_timeout(WAIT).expect("a notice").unwrap() {
+            WatchNotice::Events { revision, events } => {
+                for e in events {
+                    seen.push((revision.0, e.kind, e.key, e.value));
+                }
+            }
+            WatchNotice::Progress { .. } => {}
+            other => panic!("watch ended: {other:?}"),
+        }
+    }
+    for notice in watch.by_ref() {
+        match notice.unwrap() {
+            WatchNotice::Events { revision, events } => {
+                for e in events {
+                    seen.push((revision.0, e.kind, e.key, e.value));
+                }
+            }
+            WatchNotice::Progress { .. } => {}
+            other => panic!("watch ended: {other:?}"),
+        }
+        if seen.len() >= 30 {
+            break;
+        }
+    }
+    let rest = collect(&watch, |rest| seen.len() + rest.len() >= 40);
+    seen.extend(rest);
+    let got: Vec<(u64, Vec<u8>)> = seen.into_iter().map(|(r, _, k, _)| (r, k)).collect();
+    assert_eq!(got, written);
+    // Cancelled: the receiver disconnects (after any progress notice already queued).
+    watch.cancel();
+    loop {
+        match receiver.recv_timeout(WAIT) {
+            Ok(Ok(WatchNotice::Progress { .. })) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            other => panic!("after cancel: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -48,6 +48,10 @@ impl Backend for LocalBackend {
     fn maps(&self) -> Option<&MapReader> {
         Some(&self.shared.maps)
     }
+
+    fn in_process(&self) -> bool {
+        true
+    }
 }
 
 impl Node {

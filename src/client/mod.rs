@@ -97,6 +97,11 @@ pub(crate) trait Backend: Send + Sync {
     fn maps(&self) -> Option<&MapReader> {
         None
     }
+    /// The member runs in this process: a watch's pushes can be read on the watcher's own
+    /// thread (see `watch.rs`).
+    fn in_process(&self) -> bool {
+        false
+    }
 }
 
 /// A registered client id and the next sequence number to use with it.

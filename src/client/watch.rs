@@ -3,12 +3,20 @@
 //!
 //! A watch is served by the member the client talks to. Its events arrive as pushes (in
 //! process: a channel from the member's watch thread; remote: pushed frames on the client's
-//! connection, routed by watch id in `remote.rs`). A *pump* thread per watch turns pushes into
-//! notices and keeps the watch alive across the loss of that member: when the pushes stop (the
-//! connection broke, the member shut down or refused), it opens the watch again, on another
-//! member if need be, from the last revision it delivered + 1. Revisions at or below the last
-//! delivered one are dropped there, so the user sees no gap and no duplicate. It gives up after
+//! connection, routed by watch id in `remote.rs`). A [`Reader`] turns pushes into notices and
+//! keeps the watch alive across the loss of that member: when the pushes stop (the connection
+//! broke, the member shut down or refused), it opens the watch again, on another member if
+//! need be, from the last revision it delivered + 1. Revisions at or below the last delivered
+//! one are dropped there, so the user sees no gap and no duplicate. It gives up after
 //! [`WATCH_RESUME_TIMEOUT`] without a member (an `Unavailable` item, then the end).
+//!
+//! Who runs the reader: a *pump* thread per watch that hands each notice to the user's
+//! channel, for remote clients (so that a resume never holds up the user's `next_timeout`)
+//! and for any watch whose [`Watch::receiver`] was asked for. An in-process watch read with
+//! the iterator or [`Watch::next_timeout`] has no pump: the user's thread reads the member's
+//! pushes itself, one hand-off per push (a delivery round's revisions together) instead of
+//! one per push to the pump and then one per revision to the user; with 100 watchers at
+//! 10,000 revisions/s the pumps' million hand-offs a second were most of a watch's cost.
 
 use super::{Client, Response};
 use crate::error::{Error, ErrorCode, Result};
@@ -18,8 +26,9 @@ use crate::types::LogIndex;
 use crossbeam_channel::{
     bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
 };
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -71,36 +80,131 @@ pub(crate) struct WatchStream {
 /// `Ok(notice)`, or one last `Err` when it cannot go on (no member within
 /// [`WATCH_RESUME_TIMEOUT`], or refused). Dropping it cancels it.
 pub struct Watch {
-    notices: Receiver<Result<WatchNotice>>,
+    /// The reader while the user's thread runs it (no pump); `None` once a pump has it or the
+    /// watch was cancelled.
+    direct: Mutex<Option<Reader>>,
+    /// The notices a pump hands over, once there is one (see the module doc).
+    notices: OnceLock<Receiver<Result<WatchNotice>>>,
     cancelled: Arc<AtomicBool>,
-    pump: Option<JoinHandle<()>>,
+    pump: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("queued", &self.notices.len())
-            .finish()
+        let queued = match self.notices.get() {
+            Some(notices) => notices.len(),
+            None => self
+                .direct
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map_or(0, |r| r.pending.len()),
+        };
+        f.debug_struct("Watch").field("queued", &queued).finish()
     }
 }
 
 impl Watch {
+    fn new(reader: Reader, cancelled: Arc<AtomicBool>) -> Watch {
+        Watch {
+            direct: Mutex::new(Some(reader)),
+            notices: OnceLock::new(),
+            cancelled,
+            pump: Mutex::new(None),
+        }
+    }
+
     /// The channel the notices arrive on (for `select!` with other channels). It disconnects
-    /// after the last notice.
+    /// after the last notice. Asking for it gives the watch a pump thread (see the module
+    /// doc); the iterator and [`Watch::next_timeout`] then read from it too.
     pub fn receiver(&self) -> &Receiver<Result<WatchNotice>> {
-        &self.notices
+        self.notices.get_or_init(|| self.start_pump())
+    }
+
+    /// Hand the reader to a pump thread; the receiver of its notices.
+    fn start_pump(&self) -> Receiver<Result<WatchNotice>> {
+        let (tx, rx) = bounded(NOTICE_BUFFER);
+        let reader = self
+            .direct
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // Cancelled already: the channel is disconnected from the start.
+        let Some(reader) = reader else {
+            return rx;
+        };
+        let cancelled = Arc::clone(&self.cancelled);
+        // If the thread cannot start, the pump runs nowhere and its channel says so.
+        let spawned = std::thread::Builder::new()
+            .name("haven-watch-pump".into())
+            .spawn({
+                let tx = tx.clone();
+                move || pump(reader, &tx, &cancelled)
+            });
+        match spawned {
+            Ok(handle) => {
+                *self.pump.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+            }
+            Err(e) => {
+                let _ = tx.try_send(Err(Error::io("spawning a watch thread", e)));
+            }
+        }
+        rx
     }
 
     /// The next notice within `timeout`: `None` both at the end and on timeout (tell them
     /// apart with [`Watch::receiver`]).
     pub fn next_timeout(&self, timeout: Duration) -> Option<Result<WatchNotice>> {
-        self.notices.recv_timeout(timeout).ok()
+        if let Some(notices) = self.notices.get() {
+            return notices.recv_timeout(timeout).ok();
+        }
+        // Taken at the first wait; `Some(None)`: no deadline (a timeout beyond the clock's).
+        let mut deadline: Option<Option<Instant>> = None;
+        loop {
+            let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(reader) = direct.as_mut() else {
+                // A pump took the reader (or the watch was cancelled) meanwhile.
+                drop(direct);
+                let left = match deadline {
+                    Some(Some(deadline)) => deadline.saturating_duration_since(Instant::now()),
+                    _ => timeout,
+                };
+                return self.receiver().recv_timeout(left).ok();
+            };
+            if let Some(notice) = reader.pending.pop_front() {
+                return Some(notice);
+            }
+            if reader.done {
+                return None;
+            }
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert_with(|| now.checked_add(timeout));
+            let left = match deadline {
+                Some(deadline) if deadline <= now => return None,
+                Some(deadline) => deadline - now,
+                None => timeout,
+            };
+            // In slices, so that a `receiver()` on another thread waits at most one.
+            reader.step(left.min(PUMP_POLL));
+        }
     }
 
     /// Cancel the watch now (also done on drop).
     pub fn cancel(&mut self) {
         self.cancelled.store(true, Ordering::SeqCst);
-        if let Some(pump) = self.pump.take() {
+        // Dropping the reader closes its stream.
+        drop(
+            self.direct
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let pump = self
+            .pump
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(pump) = pump {
             let _ = pump.join();
         }
     }
@@ -110,7 +214,25 @@ impl Iterator for Watch {
     type Item = Result<WatchNotice>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.notices.recv().ok()
+        if let Some(notices) = self.notices.get() {
+            return notices.recv().ok();
+        }
+        let direct = self
+            .direct
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(reader) = direct.as_mut() else {
+            return self.receiver().recv().ok();
+        };
+        loop {
+            if let Some(notice) = reader.pending.pop_front() {
+                return Some(notice);
+            }
+            if reader.done {
+                return None;
+            }
+            reader.step(PUMP_POLL);
+        }
     }
 }
 
@@ -130,24 +252,21 @@ impl Client {
         spec.validate()?;
         let deadline = self.deadline();
         let stream = self.open_watch_stream(&spec, deadline)?;
-        let (tx, rx) = bounded(NOTICE_BUFFER);
         let cancelled = Arc::new(AtomicBool::new(false));
-        let pump = Pump {
+        let reader = Reader {
             client: self.clone(),
             spec,
             next: None,
-            tx,
-            cancelled: Arc::clone(&cancelled),
+            stream: Some(stream),
+            resuming: None,
+            pending: VecDeque::new(),
+            done: false,
         };
-        let handle = std::thread::Builder::new()
-            .name("haven-watch-pump".into())
-            .spawn(move || pump.run(stream))
-            .map_err(|e| Error::io("spawning a watch thread", e))?;
-        Ok(Watch {
-            notices: rx,
-            cancelled,
-            pump: Some(handle),
-        })
+        let watch = Watch::new(reader, cancelled);
+        if !self.inner.backend.in_process() {
+            watch.receiver();
+        }
+        Ok(watch)
     }
 
     /// Watch partition map `name`'s changes from `from_revision` (0: from now on): one
@@ -210,78 +329,158 @@ impl Client {
     }
 }
 
-/// The per-watch thread (see the module doc).
-struct Pump {
+/// Runs a watch's reader on its own thread, handing each notice to the user's channel (see
+/// the module doc).
+fn pump(mut reader: Reader, tx: &Sender<Result<WatchNotice>>, cancelled: &AtomicBool) {
+    loop {
+        while let Some(notice) = reader.pending.pop_front() {
+            if !deliver(tx, notice, cancelled) {
+                return;
+            }
+        }
+        if reader.done || cancelled.load(Ordering::SeqCst) {
+            return;
+        }
+        reader.step(PUMP_POLL);
+    }
+}
+
+/// Hand a notice to the user, waiting while their buffer is full; false if the watch was
+/// dropped meanwhile.
+fn deliver(
+    tx: &Sender<Result<WatchNotice>>,
+    notice: Result<WatchNotice>,
+    cancelled: &AtomicBool,
+) -> bool {
+    // Most notices find room: no deadline (a clock read) for those.
+    let mut notice = match tx.try_send(notice) {
+        Ok(()) => return true,
+        Err(TrySendError::Full(back)) => back,
+        Err(TrySendError::Disconnected(_)) => return false,
+    };
+    loop {
+        match tx.send_timeout(notice, PUMP_POLL) {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Timeout(back)) => {
+                if cancelled.load(Ordering::SeqCst) {
+                    return false;
+                }
+                notice = back;
+            }
+            Err(SendTimeoutError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+/// Where a watch without a member is in opening it again.
+struct Resuming {
+    /// When it stops trying ([`WATCH_RESUME_TIMEOUT`] after the loss).
+    give_up: Instant,
+    /// The next attempt's earliest time.
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// Turns one watch's pushes into notices, resuming it on another member when its member is
+/// lost (see the module doc).
+struct Reader {
     client: Client,
     spec: WatchSpec,
     /// The next revision to deliver (`None` until the first push says where "now" is).
     next: Option<LogIndex>,
-    tx: Sender<Result<WatchNotice>>,
-    cancelled: Arc<AtomicBool>,
+    /// The member's pushes; `None` while resuming or once done.
+    stream: Option<WatchStream>,
+    resuming: Option<Resuming>,
+    /// Notices made and not yet taken, in order.
+    pending: VecDeque<Result<WatchNotice>>,
+    /// No notice will follow those pending.
+    done: bool,
 }
 
-/// What the pump does after a push.
+/// What the reader does after a push.
 enum Then {
     Continue,
     Resume,
     Stop,
 }
 
-impl Pump {
-    fn run(mut self, mut stream: WatchStream) {
-        loop {
-            let then = loop {
-                if self.cancelled.load(Ordering::SeqCst) {
-                    break Then::Stop;
-                }
-                match (stream.next)(PUMP_POLL) {
-                    Ok(push) => match self.handle(push) {
-                        Then::Continue => {}
-                        other => break other,
-                    },
-                    Err(false) => {}
-                    Err(true) => break Then::Resume,
-                }
-            };
-            (stream.cancel)();
-            match then {
-                Then::Stop => return,
-                Then::Continue | Then::Resume => {}
+impl Reader {
+    /// Wait up to about `timeout` for the next push (or resume attempt) and queue what it
+    /// makes in `pending`.
+    fn step(&mut self, timeout: Duration) {
+        if self.done {
+            return;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            self.try_resume(timeout);
+            return;
+        };
+        let then = match (stream.next)(timeout) {
+            Ok(push) => self.handle(push),
+            Err(false) => Then::Continue,
+            Err(true) => Then::Resume,
+        };
+        match then {
+            Then::Continue => {}
+            Then::Resume => {
+                self.close();
+                let now = Instant::now();
+                self.resuming = Some(Resuming {
+                    give_up: now + WATCH_RESUME_TIMEOUT,
+                    retry_at: now,
+                    backoff: Duration::from_millis(10),
+                });
             }
-            stream = match self.resume() {
-                Some(stream) => stream,
-                None => return,
-            };
+            Then::Stop => {
+                self.close();
+                self.done = true;
+            }
         }
     }
 
-    /// Open the watch again from the next revision, on whichever member answers.
-    fn resume(&mut self) -> Option<WatchStream> {
+    /// Close the watch on its member, if it has one.
+    fn close(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            (stream.cancel)();
+        }
+    }
+
+    /// One attempt to open the watch again from the next revision, on whichever member
+    /// answers, once its backoff (waited here up to `timeout`) has passed.
+    fn try_resume(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        let Some(resuming) = self.resuming.as_mut() else {
+            self.done = true;
+            return;
+        };
+        if now < resuming.retry_at {
+            std::thread::sleep((resuming.retry_at - now).min(timeout));
+            return;
+        }
         let mut spec = self.spec.clone();
         spec.from_revision = self.next.unwrap_or(self.spec.from_revision);
-        let give_up = Instant::now() + WATCH_RESUME_TIMEOUT;
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            if self.cancelled.load(Ordering::SeqCst) {
-                return None;
+        let deadline = (now + self.client.inner.options.request_timeout).min(resuming.give_up);
+        let error = match self.client.inner.backend.watch(&spec, deadline) {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                self.resuming = None;
+                return;
             }
-            let deadline =
-                (Instant::now() + self.client.inner.options.request_timeout).min(give_up);
-            let error = match self.client.inner.backend.watch(&spec, deadline) {
-                Ok(stream) => return Some(stream),
-                Err(e) => e,
-            };
-            let retry = matches!(error.code(), ErrorCode::Unavailable | ErrorCode::Timeout);
-            if !retry || Instant::now() + backoff >= give_up {
-                self.deliver(Err(Error::Unavailable(format!(
-                    "the watch could not be resumed from revision {}: {error}",
-                    spec.from_revision
-                ))));
-                return None;
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            Err(e) => e,
+        };
+        let retry = matches!(error.code(), ErrorCode::Unavailable | ErrorCode::Timeout);
+        let now = Instant::now();
+        if !retry || now + resuming.backoff >= resuming.give_up {
+            self.pending.push_back(Err(Error::Unavailable(format!(
+                "the watch could not be resumed from revision {}: {error}",
+                spec.from_revision
+            ))));
+            self.resuming = None;
+            self.done = true;
+            return;
         }
+        resuming.retry_at = now + resuming.backoff;
+        resuming.backoff = (resuming.backoff * 2).min(Duration::from_millis(200));
     }
 
     fn handle(&mut self, push: WatchPush) -> Then {
@@ -300,13 +499,10 @@ impl Pump {
                         continue;
                     }
                     self.next = Some(revision.next());
-                    let notice = WatchNotice::Events {
+                    self.pending.push_back(Ok(WatchNotice::Events {
                         revision,
                         events: group,
-                    };
-                    if !self.deliver(Ok(notice)) {
-                        return Then::Stop;
-                    }
+                    }));
                 }
                 Then::Continue
             }
@@ -315,18 +511,17 @@ impl Pump {
                     return Then::Continue;
                 }
                 self.next = Some(revision.next());
-                if self.deliver(Ok(WatchNotice::Progress { revision })) {
-                    Then::Continue
-                } else {
-                    Then::Stop
-                }
+                self.pending
+                    .push_back(Ok(WatchNotice::Progress { revision }));
+                Then::Continue
             }
             WatchPush::Ended(WatchEnd::Compacted { oldest }) => {
-                self.deliver(Ok(WatchNotice::Compacted { oldest }));
+                self.pending
+                    .push_back(Ok(WatchNotice::Compacted { oldest }));
                 Then::Stop
             }
             WatchPush::Ended(WatchEnd::Overflow) => {
-                self.deliver(Ok(WatchNotice::Overflow));
+                self.pending.push_back(Ok(WatchNotice::Overflow));
                 Then::Stop
             }
             WatchPush::Ended(WatchEnd::Closed { code, message }) => {
@@ -335,33 +530,16 @@ impl Pump {
                     return Then::Resume;
                 }
                 let e = Error::from(crate::proto::WireError { code, message });
-                self.deliver(Err(e));
+                self.pending.push_back(Err(e));
                 Then::Stop
             }
         }
     }
+}
 
-    /// Hand a notice to the user, waiting while their buffer is full; false if the watch was
-    /// dropped meanwhile.
-    fn deliver(&self, notice: Result<WatchNotice>) -> bool {
-        // Most notices find room: no deadline (a clock read) for those.
-        let mut notice = match self.tx.try_send(notice) {
-            Ok(()) => return true,
-            Err(TrySendError::Full(back)) => back,
-            Err(TrySendError::Disconnected(_)) => return false,
-        };
-        loop {
-            match self.tx.send_timeout(notice, PUMP_POLL) {
-                Ok(()) => return true,
-                Err(SendTimeoutError::Timeout(back)) => {
-                    if self.cancelled.load(Ordering::SeqCst) {
-                        return false;
-                    }
-                    notice = back;
-                }
-                Err(SendTimeoutError::Disconnected(_)) => return false,
-            }
-        }
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
