@@ -9,10 +9,12 @@
 //! user key's metadata, and snapshot verification checks every record ([`check_pair`]).
 
 use super::map_record::{decode_map, EpochMoves};
+pub(crate) use super::map_record::{decode_map_record, encode_map_record};
+pub(crate) use super::record::{decode_record, with_context};
 use super::result::{
     CommandResult, ElectionLeader, KeyMeta, LockHolder, LockWaiter, SessionId, VersionedValue,
 };
-use crate::codec::{decode_borrowed, decode_value};
+use crate::codec::decode_borrowed;
 use crate::error::{Error, Result};
 use crate::types::{LogIndex, Term};
 use bincode::{BorrowDecode, Decode, Encode};
@@ -341,55 +343,6 @@ pub(crate) fn parse_map_key(key: &[u8]) -> Option<(&str, Option<u64>)> {
         0 => Some((name, None)),
         8 => Some((name, Some(u64::from_be_bytes(tail.try_into().ok()?)))),
         _ => None,
-    }
-}
-
-/// Version byte of the `r` records (`MapRecord`, `EpochMoves`): each is this byte, then its
-/// bincode encoding. A newer version is `UnsupportedVersion`, except that a map of placement
-/// version 2 or later is stored under version 2 (`map_record::encode_map`).
-pub(crate) const MAP_RECORD_VERSION: u8 = 1;
-
-/// Encode an `r` record: the version byte, then bincode.
-pub(crate) fn encode_map_record<T: Encode>(record: &T) -> Result<Vec<u8>> {
-    let mut out = vec![MAP_RECORD_VERSION];
-    crate::codec::encode_value_into(record, &mut out)?;
-    Ok(out)
-}
-
-/// Decode an `r` record (see [`encode_map_record`]).
-pub(crate) fn decode_map_record<T: Decode<()>>(what: &str, bytes: &[u8]) -> Result<T> {
-    match bytes.split_first() {
-        Some((&MAP_RECORD_VERSION, body)) => decode_record(what, body),
-        Some((&version, _)) if version > MAP_RECORD_VERSION => Err(Error::UnsupportedVersion {
-            what: "partition map record",
-            found: u32::from(version),
-            supported: u32::from(MAP_RECORD_VERSION),
-        }),
-        _ => Err(Error::corrupt(
-            0,
-            format!("state {what} record: bad version byte"),
-        )),
-    }
-}
-
-/// Decode a stored record, naming the key's kind in the error.
-pub(crate) fn decode_record<T: Decode<()>>(what: &str, bytes: &[u8]) -> Result<T> {
-    decode_value(bytes).map_err(|e| with_context(what, e))
-}
-
-/// Name the kind of record in a decoding error.
-fn with_context(what: &str, e: Error) -> Error {
-    match e {
-        Error::Corrupt {
-            file,
-            offset,
-            reason,
-        } => Error::Corrupt {
-            file,
-            offset,
-            reason: format!("state {what} record: {reason}"),
-        },
-        other => other,
     }
 }
 

@@ -3,10 +3,10 @@
 //! them), kept apart from `layout.rs` only for its size. Byte layout: `docs/FORMAT.md`,
 //! "Partition map records".
 
-use super::layout::{decode_record, encode_map_record, MAP_RECORD_VERSION};
 use super::placement::{
     LoadCap, MapParams, Move, Owner, OwnerId, PlacementVersion, Strategy, Table,
 };
+use super::record::decode_record;
 use crate::error::{Error, Result};
 use bincode::{Decode, Encode};
 
@@ -72,6 +72,34 @@ impl MapRecord {
             epoch: self.epoch,
             table,
         })
+    }
+}
+
+/// Version byte of the `r` records (`MapRecord`, `EpochMoves`): each is this byte, then its
+/// bincode encoding. A newer version is `UnsupportedVersion`, except that a map of placement
+/// version 2 or later is stored under version 2 (`map_record::encode_map`).
+pub(crate) const MAP_RECORD_VERSION: u8 = 1;
+
+/// Encode an `r` record: the version byte, then bincode.
+pub(crate) fn encode_map_record<T: Encode>(record: &T) -> Result<Vec<u8>> {
+    let mut out = vec![MAP_RECORD_VERSION];
+    crate::codec::encode_value_into(record, &mut out)?;
+    Ok(out)
+}
+
+/// Decode an `r` record (see [`encode_map_record`]).
+pub(crate) fn decode_map_record<T: Decode<()>>(what: &str, bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&MAP_RECORD_VERSION, body)) => decode_record(what, body),
+        Some((&version, _)) if version > MAP_RECORD_VERSION => Err(Error::UnsupportedVersion {
+            what: "partition map record",
+            found: u32::from(version),
+            supported: u32::from(MAP_RECORD_VERSION),
+        }),
+        _ => Err(Error::corrupt(
+            0,
+            format!("state {what} record: bad version byte"),
+        )),
     }
 }
 

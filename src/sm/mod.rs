@@ -50,6 +50,7 @@ mod locks;
 mod map_record;
 mod overlay;
 pub mod placement;
+mod record;
 mod result;
 mod ring;
 mod session_end;
