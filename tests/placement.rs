@@ -427,13 +427,19 @@ fn movement_one_join_or_leave_moves_at_most_five_percent_over_the_minimum() {
 /// Fewest owners in the random sequences: 4, so that one owner can be a large share (a replica
 /// in most partitions), where the greedy moves used to stop one or a few replicas over a cap
 /// (seeds 38, 87, 208, 425 of the first 500; `Work::augment_to_bounds` in
-/// placement/balance.rs closes that in placement version 2).
+/// placement/balance.rs closes that in placement version 2). Known gap: seed 559 (of 0..1500)
+/// keeps its bounds but a join moves 7% over the newcomer's share (1096 for 1024), one seed over
+/// the 5% movement bound; seeds 0..500 and the default 40 pass.
 const MIN_OWNERS: u64 = 4;
 
 /// Fewest owners in the capped-leaves movement test. With 4 to 7 owners a capped leave still
-/// moves up to ~30% over the leaver's replicas (seeds 30, 58, 168, 208 of the first 500; the
+/// moves up to ~31% over the leaver's replicas (seeds 30, 58, 168, 208 of the first 500; the
 /// bounds hold, the movement is the known gap): the leaver's rows have only one or two
-/// candidates, and the moves that restore the bounds are not the fewest possible.
+/// candidates, so the leaver's replicas are not a reachable minimum. Counting, per staying
+/// owner, the replicas its new lower bound needs beyond its old count plus the leaver's rows it
+/// is absent from (each needs a move between staying owners) gives a forced excess of 67, 108,
+/// 47 and 254 for those seeds, so most of the excess is forced; against that larger minimum they
+/// move 5.4%, 4.7%, 2.3% and 1.3% over, and seed 29 (no forced excess) 5.9%.
 const MIN_OWNERS_CAPPED_LEAVES: u64 = 8;
 
 #[test]
