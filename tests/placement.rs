@@ -424,14 +424,27 @@ fn movement_one_join_or_leave_moves_at_most_five_percent_over_the_minimum() {
     });
 }
 
-/// Fewest owners in the random sequences. Below this (few owners, each a large share, a
-/// replica per partition each) the capped moves are not yet good enough: see
-/// `few_owners_known_gaps`.
-const MIN_OWNERS: u64 = 8;
+/// Fewest owners in the random sequences: 4, so that one owner can be a large share (a replica
+/// in most partitions), where the greedy moves used to stop one or a few replicas over a cap
+/// (seeds 38, 87, 208, 425 of the first 500; `Work::augment_to_bounds` in
+/// placement/balance.rs closes that in placement version 2). Known gap: seed 559 (of 0..1500)
+/// keeps its bounds but a join moves 7% over the newcomer's share (1096 for 1024), one seed over
+/// the 5% movement bound; seeds 0..500 and the default 40 pass.
+const MIN_OWNERS: u64 = 4;
+
+/// Fewest owners in the capped-leaves movement test. With 4 to 7 owners a capped leave still
+/// moves up to ~31% over the leaver's replicas (seeds 30, 58, 168, 208 of the first 500; the
+/// bounds hold, the movement is the known gap): the leaver's rows have only one or two
+/// candidates, so the leaver's replicas are not a reachable minimum. Counting, per staying
+/// owner, the replicas its new lower bound needs beyond its old count plus the leaver's rows it
+/// is absent from (each needs a move between staying owners) gives a forced excess of 67, 108,
+/// 47 and 254 for those seeds, so most of the excess is forced; against that larger minimum they
+/// move 5.4%, 4.7%, 2.3% and 1.3% over, and seed 29 (no forced excess) 5.9%.
+const MIN_OWNERS_CAPPED_LEAVES: u64 = 8;
 
 #[test]
 fn random_sequences_keep_every_property() {
-    for_seeds("sequences", |seed| sequence(seed, false));
+    for_seeds("sequences", |seed| sequence(seed, false, MIN_OWNERS));
 }
 
 /// Capped leaves too move at most 5% (plus one slot) over the minimum. Seeds 30, 38, 58 and 117
@@ -439,10 +452,12 @@ fn random_sequences_keep_every_property() {
 /// first; see `Work::even_out_fills` and `Work::lift_to_lower_bounds` in placement/balance.rs).
 #[test]
 fn random_sequences_capped_leaves_move_at_most_five_percent_over_the_minimum() {
-    for_seeds("sequences with leaves", |seed| sequence(seed, true));
+    for_seeds("sequences with leaves", |seed| {
+        sequence(seed, true, MIN_OWNERS_CAPPED_LEAVES)
+    });
 }
 
-fn sequence(seed: u64, capped_leaves: bool) -> Result<(), String> {
+fn sequence(seed: u64, capped_leaves: bool, min_owners: u64) -> Result<(), String> {
     {
         let mut rng = Rng(seed);
         let strategy = if rng.below(2) == 0 {
@@ -463,7 +478,7 @@ fn sequence(seed: u64, capped_leaves: bool) -> Result<(), String> {
             strategy,
             load_cap: cap,
         };
-        let mut owners: Vec<Owner> = (0..MIN_OWNERS + rng.below(12))
+        let mut owners: Vec<Owner> = (0..min_owners + rng.below(12))
             .map(|i| Owner::new(format!("s{seed}-{i}"), 1 + rng.below(4) as u32))
             .collect();
         let mut table = compute(&owners, &p).map_err(|e| format!("{p:?}: {e}"))?;
@@ -480,7 +495,7 @@ fn sequence(seed: u64, capped_leaves: bool) -> Result<(), String> {
                         1 + rng.below(4) as u32,
                     ))
                 }
-                1 if owners.len() > MIN_OWNERS as usize => {
+                1 if owners.len() > min_owners as usize => {
                     let gone = owners.remove(rng.below(owners.len() as u64) as usize);
                     Change::Leave(gone.id)
                 }
@@ -531,7 +546,8 @@ fn sequence(seed: u64, capped_leaves: bool) -> Result<(), String> {
 
 /// Weights: with the default cap and at least [`MIN_OWNERS`] owners, every owner holds its
 /// weighted share within 2% (or one slot, where 2% of the share is less than one). With 4 to 7
-/// owners a heavy owner (3/4 of the rows) ended 4% over (seeds 1032, 1148): the known gap.
+/// owners a heavy owner (3/4 of the rows) once ended over its cap (seeds 33, 182, 281 of the
+/// first 500), before placement version 2's augmenting chains.
 #[test]
 fn weights_are_respected_within_two_percent() {
     for_seeds("weights", |seed| {
@@ -738,6 +754,30 @@ fn a_version_2_map_of_the_same_changes_differs_and_keeps_the_movement_bound() {
         changes[last]
     );
     check_bounds(&v2[last]).unwrap();
+}
+
+/// The same changes on small maps: version 2 keeps every owner within its bounds after every
+/// change, with both caps. (One replica over a cap was reported for 64 partitions; this tree
+/// computes 64 within bounds in both versions. The over-cap cases that do reproduce are the
+/// random sequences with 4 to 7 owners, `random_sequences_keep_every_property`.)
+#[test]
+fn small_version_2_maps_stay_within_their_bounds() {
+    let (base, changes) = versioned_sequence();
+    for partitions in [16, 32, 64, 100, 128, 256] {
+        for load_cap in [LoadCap::default(), LoadCap::PerMille(1100)] {
+            let params = MapParams {
+                partitions,
+                load_cap,
+                ..base
+            };
+            let mut table = compute_at(&[], &params, PlacementVersion::V2).unwrap();
+            for change in &changes {
+                table = table.apply(change).unwrap();
+                check_shape(&table).unwrap();
+                check_bounds(&table).unwrap_or_else(|e| panic!("{params:?} after {change:?}: {e}"));
+            }
+        }
+    }
 }
 
 #[test]

@@ -261,6 +261,7 @@ impl Work {
             self.fill_and_even_out();
             self.settle_primaries();
             self.lift_to_lower_bounds();
+            self.augment_to_bounds();
         }
         self.repair();
         self.finish(version)
@@ -826,6 +827,33 @@ impl Work {
             self.fill_vacancies();
             self.settle_primaries();
         }
+    }
+
+    /// Version 2's guarantee of the replica bounds. The moves above are greedy and can stop at
+    /// a local optimum with an owner one or a few replicas outside its bounds (few owners, a
+    /// heavy one in most rows), although a table within every bound always exists: the
+    /// bounds satisfy `lo <= hi <= P` with `sum(lo) <= R x P <= sum(hi)`, and any such
+    /// counts are the column sums of some 0/1 table with R ones per row. Seen as a flow
+    /// (partitions to owners, one unit per pair), an owner outside its bounds then has an
+    /// augmenting path: a chain of owners, each taking a slot of the next in a row it does not
+    /// hold, ending at an owner with load to spare or room. [`Work::pass_one`] over every slot
+    /// finds the shortest such chain; each moves one unit and changes no other owner's load.
+    /// Then the primaries are settled again, since a chain may pass a primary slot.
+    fn augment_to_bounds(&mut self) {
+        if self.width < 2 || (0..self.owners.len()).all(|o| self.replica_within_bounds(o)) {
+            return;
+        }
+        let every: Vec<usize> = (0..self.slots.len()).collect();
+        for owner in 0..self.owners.len() {
+            let bound = self.replica_bounds[owner];
+            while self.replicas[owner] < bound.lo && self.pass_one(&every, owner, true, Level::Cap)
+            {
+            }
+            while self.replicas[owner] > bound.hi && self.pass_one(&every, owner, false, Level::Cap)
+            {
+            }
+        }
+        self.settle_primaries();
     }
 
     fn swap_primary(&mut self, partition: u32, slot: usize) {

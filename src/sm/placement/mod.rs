@@ -148,8 +148,9 @@ impl Default for LoadCap {
 ///
 /// - 1: fill the vacancies, settle the primaries, repair (the algorithm before the vacancy chains
 ///   and the lift). Maps whose command and record carry no version are version 1.
-/// - 2: the same, with the vacancy chains after the fill and the lift to the lower bounds after
-///   the primaries, each run only when an owner is out of its bounds. Maps created now.
+/// - 2: the same, with the vacancy chains after the fill, the lift to the lower bounds after
+///   the primaries, and augmenting chains over every slot before the repair, each run only when
+///   an owner is out of its bounds (the last guarantees the replica bounds). Maps created now.
 ///
 /// Uncapped maps are the pure strategy in every version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
