@@ -179,7 +179,23 @@ pub(super) fn rebalance(old: &Table, owners: Vec<Owner>, change: &Change) -> Tab
     .and_then(|id| owners.binary_search_by(|n| n.id.cmp(id)).ok());
     let mut work = Work::new(params, owners, scorer, width, slots);
     if let Some(owner) = changed {
-        work.steal(owner);
+        if old.version == PlacementVersion::V1 {
+            work.steal(owner, false);
+        } else {
+            // The ordinary steal, unless it leaves an owner over its replica cap: then again
+            // from the start, taking from the owners over their caps first. Where the ordinary
+            // steal already reaches every cap the table stays what version 1 computes.
+            let start = (
+                work.slots.clone(),
+                work.primaries.clone(),
+                work.replicas.clone(),
+            );
+            work.steal(owner, false);
+            if (0..work.owners.len()).any(|o| work.replicas[o] > work.replica_bounds[o].hi) {
+                (work.slots, work.primaries, work.replicas) = start;
+                work.steal(owner, true);
+            }
+        }
         work.shed(owner);
     }
     work.complete(old.version)
@@ -597,8 +613,11 @@ impl Work {
 
     /// `taker` (a newcomer or a grown weight) takes slots up to its targets from the owners most
     /// over theirs, in the partitions that rank it highest. Every move is from a donor to the
-    /// taker, never between two others.
-    fn steal(&mut self, taker: usize) {
+    /// taker, never between two others. `over_caps_first` (version 2, when the plain steal
+    /// would leave an owner over its replica cap, see [`rebalance`]): the primaries come first
+    /// from rows holding such an owner ([`Work::steal_primaries_over_caps`]), and after the
+    /// primaries the other slots first from those owners ([`Work::steal_over_caps`]).
+    fn steal(&mut self, taker: usize, over_caps_first: bool) {
         let wants = |w: &Work| {
             w.primaries[taker] < w.primary_bounds[taker].target
                 || w.replicas[taker] < w.replica_bounds[taker].target
@@ -607,6 +626,9 @@ impl Work {
             return;
         }
         let order = self.partitions_by_preference(taker);
+        if over_caps_first {
+            self.steal_primaries_over_caps(taker, &order);
+        }
         // Primaries first, from owners over both targets, then over the primary target only.
         for strict in [true, false] {
             for &partition in &order {
@@ -629,6 +651,9 @@ impl Work {
                     self.set(partition, 0, taker as u32);
                 }
             }
+        }
+        if over_caps_first {
+            self.steal_over_caps(taker, &order);
         }
         // Then other slots, from the owner most over its replica target (the later slot on a
         // tie), then from any owner above its lower bound.
@@ -667,6 +692,80 @@ impl Work {
                 if let Some(slot) = donor {
                     self.set(partition, slot, taker as u32);
                 }
+            }
+        }
+    }
+
+    /// Version 2's first step of a steal: `taker` takes primaries, up to its targets, in rows
+    /// where the primary holder is over its primary target and a holder of the row is over its
+    /// replica cap: `taker` takes the slot of the holder most over its cap and the primary role
+    /// (from the same holder, or by a role change with the primary holder, who keeps its
+    /// replica). An owner held at every row (its share saturated) otherwise gives up replicas
+    /// with the primaries it must hand over, and gets them back later from staying owners.
+    fn steal_primaries_over_caps(&mut self, taker: usize, order: &[u32]) {
+        let over = |w: &Work, o: u32| {
+            o != VACANT && w.replicas[o as usize] > w.replica_bounds[o as usize].hi
+        };
+        if !(0..self.owners.len()).any(|o| over(self, o as u32)) {
+            return;
+        }
+        for &partition in order {
+            if self.primaries[taker] >= self.primary_bounds[taker].target
+                || self.replicas[taker] >= self.replica_bounds[taker].target
+            {
+                break;
+            }
+            let primary = self.row(partition)[0];
+            if self.in_row(partition, taker)
+                || primary == VACANT
+                || self.primaries[primary as usize] <= self.primary_bounds[primary as usize].target
+            {
+                continue;
+            }
+            let donor = (0..self.width)
+                .filter(|&s| over(self, self.row(partition)[s]))
+                .max_by_key(|&s| {
+                    let holder = self.row(partition)[s] as usize;
+                    (self.replicas[holder] - self.replica_bounds[holder].hi, s)
+                });
+            if let Some(slot) = donor {
+                self.set(partition, slot, taker as u32);
+                if slot != 0 {
+                    self.swap_primary(partition, slot);
+                }
+            }
+        }
+    }
+
+    /// Version 2's step of a steal between the primaries and the other slots: `taker` takes,
+    /// up to its replica target, non-primary slots of the owners whose smaller new share leaves
+    /// them over their caps, the most over first, in the partitions of `order` (those ranking
+    /// `taker` highest first). Those owners must give that many slots away in any case; when the
+    /// ordinary steal took its slots from others instead, the chains of
+    /// [`Work::augment_to_bounds`] later moved the rest between two staying owners (a join
+    /// moving 7% over the newcomer's share).
+    fn steal_over_caps(&mut self, taker: usize, order: &[u32]) {
+        let over = |w: &Work, o: u32| {
+            o != VACANT && w.replicas[o as usize] > w.replica_bounds[o as usize].hi
+        };
+        if !(0..self.owners.len()).any(|o| over(self, o as u32)) {
+            return;
+        }
+        for &partition in order {
+            if self.replicas[taker] >= self.replica_bounds[taker].target {
+                break;
+            }
+            if self.in_row(partition, taker) {
+                continue;
+            }
+            let donor = (1..self.width)
+                .filter(|&s| over(self, self.row(partition)[s]))
+                .max_by_key(|&s| {
+                    let holder = self.row(partition)[s] as usize;
+                    (self.replicas[holder] - self.replica_bounds[holder].hi, s)
+                });
+            if let Some(slot) = donor {
+                self.set(partition, slot, taker as u32);
             }
         }
     }
@@ -814,7 +913,7 @@ impl Work {
                 if self.replicas[owner] < self.replica_bounds[owner].lo
                     || self.primaries[owner] < self.primary_bounds[owner].lo
                 {
-                    self.steal(owner);
+                    self.steal(owner, false);
                 }
             }
             for owner in 0..self.owners.len() {
