@@ -16,11 +16,12 @@
 
 use super::exit::{fail, Outcome, EXIT_NO, EXIT_USAGE};
 use super::kv::{to_hex, ClusterArgs};
+use super::lock::hold;
 use super::member::LeaderCommand;
 use haven::client::{ElectionLeader, SessionState};
 use haven::observe::json_string;
 use haven::{Error, Result};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 /// `haven elect NAME VALUE`.
@@ -92,23 +93,6 @@ pub fn elect(args: &ElectArgs) -> Outcome {
     leadership.resign().map_err(fail)?;
     let _ = session.revoke();
     Ok(())
-}
-
-/// Wait `hold_ms`, or until stdin closes (end of file or an error).
-fn hold(hold_ms: Option<u64>) {
-    match hold_ms {
-        Some(ms) => std::thread::sleep(Duration::from_millis(ms)),
-        None => {
-            let mut sink = [0u8; 4096];
-            let mut stdin = std::io::stdin().lock();
-            // Bounded by stdin: returns when the other side closes it.
-            while let Ok(n) = stdin.read(&mut sink) {
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-    }
 }
 
 fn value_text(value: &[u8], hex: bool) -> Result<String> {

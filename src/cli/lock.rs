@@ -131,8 +131,9 @@ pub fn lock(args: &LockArgs) -> Outcome {
     Ok(())
 }
 
-/// Wait `hold_ms`, or until stdin closes (end of file or an error).
-fn hold(hold_ms: Option<u64>) {
+/// Wait `hold_ms`, or until stdin closes (end of file or an error). `haven lock` and `haven elect`
+/// hold this way.
+pub(super) fn hold(hold_ms: Option<u64>) {
     match hold_ms {
         Some(ms) => std::thread::sleep(Duration::from_millis(ms)),
         None => {
