@@ -10,16 +10,16 @@
 
 use super::args::{self, handle, text};
 use super::coord::haven_session_t;
+use super::watch::CallbackThread;
 use super::{entry, haven_buf_t, haven_t};
 use crate::client::{ElectionObserver, LeaderChange};
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{MAX_ELECTION_VALUE_BYTES, MAX_LOCK_NAME_BYTES};
 use crate::sm::{ElectionLeader, FencingToken};
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 /// How long a timed-out campaign waits for its call to end before it withdraws again (the
@@ -265,10 +265,7 @@ pub type haven_observe_fn =
 
 /// A running observer (opaque): stop it and free it with `haven_observe_cancel`.
 pub struct haven_observe_t {
-    stop: Option<Sender<()>>,
-    stopped: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    thread_id: ThreadId,
+    delivery: CallbackThread,
 }
 
 /// The host's callback and pointer, moved to the delivery thread.
@@ -396,25 +393,10 @@ pub extern "C" fn haven_observe(
             function,
             user_data,
         };
-        let (stop_tx, stop_rx) = bounded(1);
-        let stopped = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stopped);
-        let thread = std::thread::Builder::new()
-            .name("haven-observe-callback".into())
-            .spawn(move || {
-                // A callback that unwinds anyway ends the observer here, not the process.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    deliver(observer, target, stop_rx, flag)
-                }));
-            })
-            .map_err(|e| Error::io("starting an observer thread", e))?;
-        let thread_id = thread.thread().id();
-        *out = Box::into_raw(Box::new(haven_observe_t {
-            stop: Some(stop_tx),
-            stopped,
-            thread: Some(thread),
-            thread_id,
-        }));
+        let delivery = CallbackThread::spawn("haven-observe-callback", move |stop, stopped| {
+            deliver(observer, target, stop, stopped)
+        })?;
+        *out = Box::into_raw(Box::new(haven_observe_t { delivery }));
         Ok(())
     })
 }
@@ -431,14 +413,7 @@ pub extern "C" fn haven_observe_cancel(o: *mut haven_observe_t) {
             return Ok(());
         }
         // SAFETY: `o` came from haven_observe and this is its last use (the header's contract).
-        let mut o = unsafe { Box::from_raw(o) };
-        o.stopped.store(true, Ordering::SeqCst);
-        drop(o.stop.take());
-        if let Some(thread) = o.thread.take() {
-            if std::thread::current().id() != o.thread_id {
-                let _ = thread.join();
-            }
-        }
+        unsafe { Box::from_raw(o) }.delivery.stop();
         Ok(())
     });
 }

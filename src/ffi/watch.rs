@@ -66,10 +66,56 @@ pub type haven_watch_fn =
 
 /// A running watch (opaque): stop it and free it with `haven_watch_cancel`.
 pub struct haven_watch_t {
+    delivery: CallbackThread,
+}
+
+/// The thread that calls a host's callback (a watch's, an observer's), and how to stop it.
+pub(super) struct CallbackThread {
     stop: Option<Sender<()>>,
     stopped: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     thread_id: ThreadId,
+}
+
+impl CallbackThread {
+    /// Start thread `name` running `deliver(stop, stopped)`: `stop` disconnects and `stopped`
+    /// turns true when [`CallbackThread::stop`] is called. A callback that unwinds anyway ends
+    /// the delivery here, not the process.
+    pub(super) fn spawn(
+        name: &str,
+        deliver: impl FnOnce(Receiver<()>, Arc<AtomicBool>) + Send + 'static,
+    ) -> crate::error::Result<CallbackThread> {
+        let (stop_tx, stop_rx) = bounded(1);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stopped);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    deliver(stop_rx, flag)
+                }));
+            })
+            .map_err(|e| Error::io(format!("starting thread {name}"), e))?;
+        let thread_id = thread.thread().id();
+        Ok(CallbackThread {
+            stop: Some(stop_tx),
+            stopped,
+            thread: Some(thread),
+            thread_id,
+        })
+    }
+
+    /// Stop it: no callback starts after this returns. Joins the thread, unless called from
+    /// inside the callback (on the thread itself), which then ends right after it returns.
+    pub(super) fn stop(mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            if std::thread::current().id() != self.thread_id {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 /// The host's callback and pointer, moved to the delivery thread.
@@ -248,25 +294,10 @@ pub extern "C" fn haven_watch(
             function,
             user_data,
         };
-        let (stop_tx, stop_rx) = bounded(1);
-        let stopped = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stopped);
-        let thread = std::thread::Builder::new()
-            .name("haven-watch-callback".into())
-            .spawn(move || {
-                // A callback that unwinds anyway ends the watch here, not the process.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    deliver(watch, target, stop_rx, flag)
-                }));
-            })
-            .map_err(|e| Error::io("starting a watch thread", e))?;
-        let thread_id = thread.thread().id();
-        *out = Box::into_raw(Box::new(haven_watch_t {
-            stop: Some(stop_tx),
-            stopped,
-            thread: Some(thread),
-            thread_id,
-        }));
+        let delivery = CallbackThread::spawn("haven-watch-callback", move |stop, stopped| {
+            deliver(watch, target, stop, stopped)
+        })?;
+        *out = Box::into_raw(Box::new(haven_watch_t { delivery }));
         Ok(())
     })
 }
@@ -283,14 +314,7 @@ pub extern "C" fn haven_watch_cancel(w: *mut haven_watch_t) {
             return Ok(());
         }
         // SAFETY: `w` came from haven_watch and this is its last use (the header's contract).
-        let mut w = unsafe { Box::from_raw(w) };
-        w.stopped.store(true, Ordering::SeqCst);
-        drop(w.stop.take());
-        if let Some(thread) = w.thread.take() {
-            if std::thread::current().id() != w.thread_id {
-                let _ = thread.join();
-            }
-        }
+        unsafe { Box::from_raw(w) }.delivery.stop();
         Ok(())
     });
 }
