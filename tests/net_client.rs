@@ -84,6 +84,7 @@ fn pipelined_calls_from_many_threads_each_get_their_own_response() {
                         batch.push((conn, request_id, request));
                     }
                     ClientEvent::Closed { .. } => closed = true,
+                    ClientEvent::Unreadable { error, .. } => panic!("unreadable request: {error}"),
                 }
             }
             server_batch.fetch_max(batch.len(), Ordering::SeqCst);

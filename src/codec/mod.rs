@@ -74,6 +74,15 @@ pub fn decode_value<T: Decode<()>>(bytes: &[u8]) -> Result<T> {
     }
 }
 
+/// Decode a value at the start of `bytes`, ignoring whatever follows it: for reading the
+/// leading fields of a value whose rest this build may not understand (a request of a newer
+/// protocol version). Same limits as [`decode_value`]; any defect is `Corrupt`.
+pub fn decode_prefix<T: Decode<()>>(bytes: &[u8]) -> Result<T> {
+    bincode::decode_from_slice::<T, _>(bytes, config())
+        .map(|(value, _)| value)
+        .map_err(|e| Error::corrupt(0, format!("cannot decode value: {e}")))
+}
+
 /// [`decode_value`] for a type that borrows from `bytes` (byte slices are not copied). Same
 /// checks: all of `bytes` must be one value, any defect is `Corrupt`.
 pub fn decode_borrowed<'a, T: BorrowDecode<'a, ()>>(bytes: &'a [u8]) -> Result<T> {

@@ -26,6 +26,21 @@ pub enum ClientEvent<Req, Resp> {
         /// The request.
         request: Req,
     },
+    /// A request frame whose payload does not decode, but whose leading fields do: the request
+    /// id and the sender's protocol version (the first field of every request). A member answers
+    /// a newer version than it speaks with `UnsupportedVersion` (the request may use what this
+    /// build does not know) and closes the connection otherwise (no correct client of a version
+    /// it speaks sends it): see [`ClientHandle::close_for`].
+    Unreadable {
+        /// The connection it came on.
+        conn: ClientHandle<Resp>,
+        /// The client's id for this request.
+        request_id: u64,
+        /// The protocol version the client sent it with.
+        version: u32,
+        /// Why the request did not decode.
+        error: String,
+    },
     /// The connection closed; it delivers nothing more and `respond` on it returns false. Sent
     /// after every request of the connection.
     Closed {
@@ -46,6 +61,18 @@ impl<Req: fmt::Debug, Resp> fmt::Debug for ClientEvent<Req, Resp> {
                 .field("conn", conn)
                 .field("request_id", request_id)
                 .field("request", request)
+                .finish(),
+            ClientEvent::Unreadable {
+                conn,
+                request_id,
+                version,
+                error,
+            } => f
+                .debug_struct("Unreadable")
+                .field("conn", conn)
+                .field("request_id", request_id)
+                .field("version", version)
+                .field("error", error)
                 .finish(),
             ClientEvent::Closed { conn } => f.debug_struct("Closed").field("conn", conn).finish(),
         }
@@ -141,6 +168,12 @@ impl<Resp> ClientHandle<Resp> {
     /// Close the connection (the client's calls in flight end with `Timeout`).
     pub fn close(&self) {
         self.inner.close();
+    }
+
+    /// Close the connection because of what the client sent; `why` is logged with the client's
+    /// id and address.
+    pub fn close_for(&self, why: String) {
+        self.inner.close_for(why);
     }
 
     /// Whether the connection is closed.

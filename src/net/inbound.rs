@@ -529,7 +529,30 @@ fn serve_client<M: Message, Req: Message, Resp: Message>(
                     .fetch_add(1, Ordering::Relaxed);
                 Flow::Continue
             }
-            Err(e) => Flow::Close(format!("undecodable request: {e}")),
+            // The request id and the protocol version lead every request: a request that does
+            // not decode but whose version does goes to the runtime, which can tell a newer
+            // client (answered `UnsupportedVersion`) from a broken one.
+            Err(e) => match codec::decode_prefix::<(u64, u32)>(payload) {
+                Ok((request_id, version)) => {
+                    let event = ClientEvent::Unreadable {
+                        conn: handle.clone(),
+                        request_id,
+                        version,
+                        error: e.to_string(),
+                    };
+                    if deliver(
+                        events,
+                        event,
+                        &shared.stopping,
+                        shared.config.on_deliver.as_ref(),
+                    ) {
+                        Flow::Continue
+                    } else {
+                        Flow::Stop
+                    }
+                }
+                Err(_) => Flow::Close(format!("undecodable request: {e}")),
+            },
         },
         other => Flow::Close(format!("unexpected frame kind {other}")),
     };

@@ -56,6 +56,21 @@ impl Driver {
                 request_id,
                 request,
             } => (conn, request_id, request),
+            ClientEvent::Unreadable {
+                conn,
+                request_id,
+                version,
+                error,
+            } => {
+                if version > CLIENT_PROTOCOL_VERSION {
+                    Reply::Remote { conn, request_id }.fail(unsupported_protocol(version));
+                } else {
+                    conn.close_for(format!(
+                        "undecodable request of protocol version {version}: {error}"
+                    ));
+                }
+                return;
+            }
             ClientEvent::Closed { conn } => {
                 // Answers to it are dropped by the transport; its watches end here.
                 self.shared.watches.connection_closed(conn.connection_id());
@@ -64,11 +79,7 @@ impl Driver {
         };
         let reply = Reply::Remote { conn, request_id };
         if request.version > CLIENT_PROTOCOL_VERSION {
-            reply.fail(Error::UnsupportedVersion {
-                what: "client protocol",
-                found: request.version,
-                supported: CLIENT_PROTOCOL_VERSION,
-            });
+            reply.fail(unsupported_protocol(request.version));
             return;
         }
         if request.version < MIN_STATUS_PROTOCOL_VERSION && request.request == Request::Status {
@@ -678,5 +689,14 @@ fn role_name(role: NodeRole) -> &'static str {
         NodeRole::Candidate => "candidate",
         NodeRole::Leader => "leader",
         NodeRole::Stopped => "stopped",
+    }
+}
+
+/// The answer to a request of a client protocol version newer than this member speaks.
+fn unsupported_protocol(found: u32) -> Error {
+    Error::UnsupportedVersion {
+        what: "client protocol",
+        found,
+        supported: CLIENT_PROTOCOL_VERSION,
     }
 }
