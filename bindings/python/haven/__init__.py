@@ -20,7 +20,7 @@ import json
 import logging
 import queue
 import threading
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Dict, Generic, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Type, TypeVar, Union
 
 from . import _lib
 from ._lib import ABI_VERSION, Buf, Options, Record
@@ -503,23 +503,89 @@ class Leadership:
                 raise
 
 
-class Observer:
-    """An iterator of :class:`LeaderChange` (blocking): the leader when it started, then every
-    change. Closed with :meth:`close` or by leaving its ``with`` block (iteration then ends
-    with ``StopIteration``); raises an :class:`Error` when it cannot go on."""
+_T = TypeVar("_T")
+_S = TypeVar("_S", bound="_Stream[Any]")
+
+
+class _Stream(Generic[_T]):
+    """What a watch and an observer share: items arrive on a haven thread (the subclass's
+    callback puts them in the queue) and are taken here, blocking; an :class:`Error` ends the
+    stream by being raised, :meth:`close` by ``StopIteration``. A subclass opens its handle
+    with the C call that starts it and names the C call that cancels it in ``_CANCEL``."""
 
     _CLOSED = object()
+    _CANCEL = ""
 
-    def __init__(self, db: "Db", name: str) -> None:
+    def __init__(self, db: "Db") -> None:
         self._db = db
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._done = False
         self._lock = threading.Lock()
+        self._handle: Optional[int] = None
+
+    def get(self, timeout: Optional[float] = None) -> Optional[_T]:
+        """The next item, waiting at most ``timeout`` seconds (None: no limit); ``None`` on
+        timeout. Raises as iteration does at the end."""
+        if self._done:
+            raise StopIteration
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is _Stream._CLOSED:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, Error):
+            self._done = True
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[_T]:
+        return self
+
+    def __next__(self) -> _T:
+        while True:
+            item = self.get()
+            if item is not None:
+                return item
+
+    def close(self) -> None:
+        """Stop (idempotent, from any thread): nothing is added after it returns; an iteration
+        blocked in another thread ends with ``StopIteration``."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            getattr(_LIB, self._CANCEL)(handle)
+            self._queue.put(_Stream._CLOSED)
+            self._db._forget(self)
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing to report to from a finalizer
+            pass
+
+
+class Observer(_Stream[LeaderChange]):
+    """An iterator of :class:`LeaderChange` (blocking): the leader when it started, then every
+    change. Closed with :meth:`close` or by leaving its ``with`` block (iteration then ends
+    with ``StopIteration``); raises an :class:`Error` when it cannot go on."""
+
+    _CANCEL = "haven_observe_cancel"
+
+    def __init__(self, db: "Db", name: str) -> None:
+        super().__init__(db)
         # Kept referenced for the life of the observer: haven calls it from its thread.
         self._callback = _lib.OBSERVE_FN(self._on_change)
         handle = ctypes.c_void_p()
         db._call("haven_observe", name.encode("utf-8"), self._callback, None, ctypes.byref(handle))
-        self._handle: Optional[int] = handle.value
+        self._handle = handle.value
 
     def _on_change(self, _user_data: Optional[int], change_p: Any) -> None:
         try:
@@ -534,73 +600,23 @@ class Observer:
         except Exception:  # noqa: BLE001 - an exception must never cross back into haven
             pass
 
-    def get(self, timeout: Optional[float] = None) -> Optional[LeaderChange]:
-        """The next change, waiting at most ``timeout`` seconds (None: no limit); ``None`` on
-        timeout. Raises as iteration does at the end."""
-        if self._done:
-            raise StopIteration
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is Observer._CLOSED:
-            self._done = True
-            raise StopIteration
-        if isinstance(item, Error):
-            self._done = True
-            raise item
-        return item
 
-    def __iter__(self) -> Iterator[LeaderChange]:
-        return self
-
-    def __next__(self) -> LeaderChange:
-        while True:
-            item = self.get()
-            if item is not None:
-                return item
-
-    def close(self) -> None:
-        """Stop observing (idempotent, from any thread): no change is added after it returns."""
-        with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            _LIB.haven_observe_cancel(handle)
-            self._queue.put(Observer._CLOSED)
-            self._db._forget(self)
-
-    def __enter__(self) -> "Observer":
-        return self
-
-    def __exit__(self, *_exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - nothing to report to from a finalizer
-            pass
-
-
-class Watch:
+class Watch(_Stream[WatchEvent]):
     """An iterator of :class:`WatchEvent` (blocking), closed with :meth:`close` or by leaving
     its ``with`` block. The events arrive on a haven thread and wait in a queue here. It ends
     by raising :class:`Compacted` (or :class:`WatchOverflow`) when the member cannot deliver
     what is needed (re-read, then watch from the read's revision + 1), another
     :class:`Error` when it cannot go on, and ``StopIteration`` once closed."""
 
-    _CLOSED = object()
+    _CANCEL = "haven_watch_cancel"
 
     def __init__(self, db: "Db", prefix: bytes, from_revision: int) -> None:
-        self._db = db
-        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self._done = False
-        self._lock = threading.Lock()
+        super().__init__(db)
         # Kept referenced for the life of the watch: haven calls it from the watch's thread.
         self._callback = _lib.WATCH_FN(self._on_event)
         handle = ctypes.c_void_p()
         db._call("haven_watch", prefix, len(prefix), from_revision, self._callback, None, ctypes.byref(handle))
-        self._handle: Optional[int] = handle.value
+        self._handle = handle.value
 
     def _on_event(self, _user_data: Optional[int], event_p: Any) -> None:
         try:
@@ -618,54 +634,6 @@ class Watch:
                     error = _error(e.code, message)
                 self._queue.put(error)
         except Exception:  # noqa: BLE001 - an exception must never cross back into haven
-            pass
-
-    def get(self, timeout: Optional[float] = None) -> Optional[WatchEvent]:
-        """The next event, waiting at most ``timeout`` seconds (None: no limit); ``None`` on
-        timeout. Raises as iteration does at the end."""
-        if self._done:
-            raise StopIteration
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is Watch._CLOSED:
-            self._done = True
-            raise StopIteration
-        if isinstance(item, Error):
-            self._done = True
-            raise item
-        return item
-
-    def __iter__(self) -> Iterator[WatchEvent]:
-        return self
-
-    def __next__(self) -> WatchEvent:
-        while True:
-            item = self.get()
-            if item is not None:
-                return item
-
-    def close(self) -> None:
-        """Stop the watch (idempotent, from any thread): no event is added after it returns;
-        an iteration blocked in another thread ends with ``StopIteration``."""
-        with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            _LIB.haven_watch_cancel(handle)
-            self._queue.put(Watch._CLOSED)
-            self._db._forget(self)
-
-    def __enter__(self) -> "Watch":
-        return self
-
-    def __exit__(self, *_exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - nothing to report to from a finalizer
             pass
 
 
