@@ -120,9 +120,7 @@ pub fn run(args: &ClusterBenchArgs) -> Result<()> {
 
 /// One run, over TLS or plaintext; prints its report and returns its ops/s.
 fn run_once(args: &ClusterBenchArgs, tls: bool) -> Result<f64> {
-    if args.members == 0 || args.members > 7 {
-        return Err(Error::InvalidArgument("--members must be 1 to 7".into()));
-    }
+    super::check_members_and_seconds(args.members, args.seconds)?;
     if args.writers == 0 || args.writers > 4096 {
         return Err(Error::InvalidArgument("--writers must be 1 to 4096".into()));
     }
@@ -131,11 +129,6 @@ fn run_once(args: &ClusterBenchArgs, tls: bool) -> Result<f64> {
             "--value-bytes is over the limit of {}",
             haven::limits::MAX_VALUE_BYTES
         )));
-    }
-    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
-        return Err(Error::InvalidArgument(
-            "--seconds must be in (0, 3600]".into(),
-        ));
     }
     let workdir = match &args.dir {
         Some(d) => WorkDir::given(d)?,
@@ -204,19 +197,8 @@ fn run_once(args: &ClusterBenchArgs, tls: bool) -> Result<f64> {
     };
 
     // Wait for a leader: a client connects (finding the leader) and a write succeeds.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let probe = loop {
-        match Client::connect(&addr_refs, CLUSTER, &secret, options.clone())
-            .and_then(|c| c.put(b"bench-ready", b"1").map(|_| c))
-        {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => return Err(Error::Unavailable(format!("cluster did not start: {e}"))),
-        }
-    };
+    let probe =
+        super::wait_for_leader(|| Client::connect(&addr_refs, CLUSTER, &secret, options.clone()))?;
     let leader = probe.status()?.leader;
     drop(probe);
 

@@ -69,19 +69,12 @@ fn micros(d: Duration) -> u32 {
 
 /// Run the benchmark and print its report.
 pub fn run(args: &LockBenchArgs) -> Result<()> {
-    if args.members == 0 || args.members > 7 {
-        return Err(Error::InvalidArgument("--members must be 1 to 7".into()));
-    }
+    super::check_members_and_seconds(args.members, args.seconds)?;
     if args.contenders == 0 || args.contenders > haven::limits::MAX_LOCK_WAITERS {
         return Err(Error::InvalidArgument(format!(
             "--contenders must be 1 to {}",
             haven::limits::MAX_LOCK_WAITERS
         )));
-    }
-    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
-        return Err(Error::InvalidArgument(
-            "--seconds must be in (0, 3600]".into(),
-        ));
     }
     let workdir = match &args.dir {
         Some(d) => WorkDir::given(d)?,
@@ -104,14 +97,7 @@ pub fn run(args: &LockBenchArgs) -> Result<()> {
         ..ClientOptions::default()
     };
     let connect = || Client::connect(&addr_refs, CLUSTER, &secret, options.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let probe = loop {
-        match connect().and_then(|c| c.put(b"bench-ready", b"1").map(|_| c)) {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(Error::Unavailable(format!("cluster did not start: {e}"))),
-        }
-    };
+    let probe = super::wait_for_leader(connect)?;
     let measure_for = Duration::from_secs_f64(args.seconds);
     eprintln!("haven bench lock: uncontended, {:.1} s", args.seconds);
     let uncontended = uncontended(&probe, measure_for)?;
