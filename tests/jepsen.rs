@@ -30,6 +30,8 @@ mod env;
 mod generate;
 #[path = "jepsen/history.rs"]
 mod history;
+#[path = "jepsen/keeper.rs"]
+mod keeper;
 #[path = "jepsen/nemesis.rs"]
 mod nemesis;
 #[path = "jepsen/router.rs"]

@@ -33,6 +33,8 @@ mod fenced;
 #[allow(dead_code)]
 #[path = "jepsen/history.rs"]
 mod history;
+#[path = "jepsen/keeper.rs"]
+mod keeper;
 #[allow(dead_code)]
 #[path = "jepsen/nemesis.rs"]
 mod nemesis;
@@ -49,8 +51,9 @@ use haven::raft::rng::SplitMix64;
 use haven::sm::{Compare, LockMode, Txn, TxnOp};
 use haven::{Client, ClientOptions, ReadMode};
 use history::History;
+use keeper::Keeper;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -678,47 +681,6 @@ const STALL_ONE_IN: u64 = 500;
 /// stalls).
 const AFTER_RESTART_OK: u64 = 3;
 
-/// Deletes the run directory on success (unless asked to keep it); on failure or panic kills
-/// every member and keeps the history, the attempts and the members' logs and data.
-struct Keeper {
-    dir: PathBuf,
-    history: Arc<History>,
-    attempts: Arc<Attempts>,
-    processes: Arc<Processes>,
-    keep: bool,
-    succeeded: bool,
-}
-
-impl Keeper {
-    fn write_records(&self) {
-        let h = self.dir.join("history.txt");
-        if let Err(e) = history::write_file(&h, &self.history.events()) {
-            eprintln!("jepsen-locks: could not write {}: {e}", h.display());
-        }
-        let a = self.dir.join("fenced.txt");
-        if let Err(e) = self.attempts.write_file(&a) {
-            eprintln!("jepsen-locks: could not write {}: {e}", a.display());
-        }
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        self.processes.kill_all();
-        if self.succeeded && !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            return;
-        }
-        self.write_records();
-        println!(
-            "jepsen-locks: {}nemesis history and attempts kept in {} (history.txt, fenced.txt, \
-             member logs and data)",
-            if self.succeeded { "" } else { "FAILED; " },
-            self.dir.display()
-        );
-    }
-}
-
 /// Sets the flag when dropped (also while unwinding).
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -745,36 +707,33 @@ fn fenced_counter_under_kills_pauses_and_partitions() {
             String::new()
         }
     );
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "jepsen-locks-{}-{unix}-{}",
-        s.seed,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("create the run directory");
     let history = Arc::new(History::new());
     let attempts = Arc::new(Attempts::new(Arc::clone(&history)));
     let processes = Arc::new(Processes::default());
-    let mut keeper = Keeper {
-        dir: dir.clone(),
-        history: Arc::clone(&history),
-        attempts: Arc::clone(&attempts),
-        processes: Arc::clone(&processes),
-        keep: s.keep,
-        succeeded: false,
-    };
+    let records = Arc::clone(&attempts);
+    let mut keeper = Keeper::create(
+        "jepsen-locks",
+        s.seed,
+        s.keep,
+        Arc::clone(&history),
+        Arc::clone(&processes),
+        Box::new(move |dir| {
+            let a = dir.join("fenced.txt");
+            if let Err(e) = records.write_file(&a) {
+                eprintln!("jepsen-locks: could not write {}: {e}", a.display());
+            }
+        }),
+    );
     let _watchdog = Watchdog::start(
         Duration::from_secs(s.seconds + 240),
         s.seed,
         Arc::clone(&processes),
         Arc::clone(&history),
-        dir.join("history.txt"),
+        keeper.history_path(),
     );
-    match phases(&s, &dir, &history, &attempts, &processes) {
+    match phases(&s, keeper.dir(), &history, &attempts, &processes) {
         Ok(tally) => {
-            keeper.succeeded = true;
+            keeper.succeeded();
             println!("jepsen-locks: {tally}");
             println!(
                 "jepsen-locks: {} nemesis events; total {:.1} s",
@@ -789,7 +748,7 @@ fn fenced_counter_under_kills_pauses_and_partitions() {
                  records in {}",
                 s.seed,
                 s.seed,
-                dir.display()
+                keeper.dir().display()
             );
         }
     }

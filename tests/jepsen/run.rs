@@ -5,13 +5,14 @@ use crate::check::{self, Values};
 use crate::cluster::{Cluster, MemberOptions, Processes};
 use crate::env::{self, env_flag, env_u64};
 use crate::history::{self, Action, History, Kind};
+use crate::keeper::Keeper;
 use crate::lincheck::OpResult;
 use crate::nemesis;
 use crate::watchdog::Watchdog;
 use crate::workload::{self, ClientThread, Keys};
 use haven::raft::rng::SplitMix64;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,47 +82,6 @@ impl Settings {
     }
 }
 
-/// Deletes the run directory on success (unless asked to keep it); on failure or panic, kills
-/// every member, writes the history next to the members' logs and data, and says where.
-struct Keeper {
-    dir: PathBuf,
-    history: Arc<History>,
-    processes: Arc<Processes>,
-    keep: bool,
-    succeeded: bool,
-}
-
-impl Keeper {
-    fn history_path(&self) -> PathBuf {
-        self.dir.join("history.txt")
-    }
-
-    fn write_history(&self) -> PathBuf {
-        let path = self.history_path();
-        if let Err(e) = history::write_file(&path, &self.history.events()) {
-            eprintln!("jepsen: could not write {}: {e}", path.display());
-        }
-        path
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        self.processes.kill_all();
-        if self.succeeded && !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            return;
-        }
-        let path = self.write_history();
-        if !self.succeeded {
-            eprintln!(
-                "jepsen: FAILED; history kept at {} (member logs and data dirs beside it)",
-                path.display()
-            );
-        }
-    }
-}
-
 /// What a successful run measured.
 pub struct Report {
     summary: history::Summary,
@@ -156,24 +116,16 @@ pub fn jepsen(settings: &Settings) {
             String::new()
         }
     );
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "jepsen-{}-{unix}-{}",
-        settings.seed,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("create the run directory");
     let history = Arc::new(History::new());
     let processes = Arc::new(Processes::default());
-    let mut keeper = Keeper {
-        dir: dir.clone(),
-        history: Arc::clone(&history),
-        processes: Arc::clone(&processes),
-        keep: settings.keep,
-        succeeded: false,
-    };
+    let mut keeper = Keeper::create(
+        "jepsen",
+        settings.seed,
+        settings.keep,
+        Arc::clone(&history),
+        Arc::clone(&processes),
+        Box::new(|_| {}),
+    );
     // Every phase has its own bound; this catches what they miss.
     let limit = env_u64("HAVEN_JEPSEN_WATCHDOG_SECONDS").unwrap_or(settings.seconds + 300);
     let _watchdog = Watchdog::start(
@@ -183,9 +135,9 @@ pub fn jepsen(settings: &Settings) {
         Arc::clone(&history),
         keeper.history_path(),
     );
-    match phases(settings, &dir, &history, &processes) {
+    match phases(settings, keeper.dir(), &history, &processes) {
         Ok(mut report) => {
-            keeper.succeeded = true;
+            keeper.succeeded();
             report.total_time = started.elapsed();
             print_report(settings, &report);
             if settings.keep {
@@ -196,7 +148,7 @@ pub fn jepsen(settings: &Settings) {
             }
         }
         Err(problems) => {
-            let path = keeper.write_history();
+            let path = keeper.write_records();
             panic!(
                 "jepsen: seed {} FAILED:\n{problems}\nhistory: {}",
                 settings.seed,
