@@ -13,6 +13,10 @@
 //! the rounds' spread. Run: `cargo bench --bench ffi`. Prints ops/s per path, the rounds, and
 //! one JSON line. Needs gcc and python3 (a path whose tool is missing is skipped).
 
+#[path = "../tests/support/cargo_env.rs"]
+mod cargo_env;
+
+use cargo_env::clean_cargo_env;
 use haven::ffi::{
     haven_buf_free, haven_buf_t, haven_get_with, haven_t, HAVEN_OK, HAVEN_READ_STALE,
 };
@@ -151,31 +155,6 @@ fn library_dir() -> PathBuf {
     let status = command.status().expect("cargo build --lib");
     assert!(status.success());
     dir
-}
-
-/// Remove what cargo sets for running a test of this package (`CARGO_PKG_NAME`,
-/// `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...) from a nested cargo's environment: build scripts
-/// (ring's) declare `rerun-if-env-changed` on those names, so with them set the nested build
-/// would run them again and rebuild ring, rustls and haven, where a build from the shell
-/// reuses what is there.
-fn clean_cargo_env(command: &mut Command) {
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        let set_by_cargo_for_tests = name == "OUT_DIR"
-            || [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-            || name == "CARGO_TARGET_TMPDIR";
-        if set_by_cargo_for_tests {
-            command.env_remove(name);
-        }
-    }
 }
 
 fn run_ops(command: &mut Command, what: &str) -> Option<f64> {

@@ -3,6 +3,10 @@
 //! process) built and run, and bindings/cpp/test_haven.cpp (the RAII header) built with
 //! `g++ -std=c++17 -Wall -Werror` and run.
 
+#[path = "support/cargo_env.rs"]
+mod cargo_env;
+
+use cargo_env::clean_cargo_env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -50,31 +54,6 @@ pub fn library_dir() -> PathBuf {
             dir.to_path_buf()
         })
         .clone()
-}
-
-/// Remove what cargo sets for running a test of this package (`CARGO_PKG_NAME`,
-/// `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...) from a nested cargo's environment: build scripts
-/// (ring's) declare `rerun-if-env-changed` on those names, so with them set the nested build
-/// would run them again and rebuild ring, rustls and haven, where a build from the shell
-/// reuses what is there.
-fn clean_cargo_env(command: &mut Command) {
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        let set_by_cargo_for_tests = name == "OUT_DIR"
-            || [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-            || name == "CARGO_TARGET_TMPDIR";
-        if set_by_cargo_for_tests {
-            command.env_remove(name);
-        }
-    }
 }
 
 fn build(source: &str, out: &Path) {
