@@ -486,6 +486,21 @@ impl Reader {
     fn handle(&mut self, push: WatchPush) -> Then {
         match push {
             WatchPush::Events(events) => {
+                // One revision's events (what an in-process watch hands on): its notice takes
+                // the vector as it is.
+                let single = events
+                    .first()
+                    .map(|first| first.revision)
+                    .filter(|&revision| events.iter().all(|e| e.revision == revision));
+                if let Some(revision) = single {
+                    // A resumed watch may repeat what was delivered already: drop it.
+                    if !self.next.is_some_and(|next| revision < next) {
+                        self.next = Some(revision.next());
+                        self.pending
+                            .push_back(Ok(WatchNotice::Events { revision, events }));
+                    }
+                    return Then::Continue;
+                }
                 let mut events = events.into_iter().peekable();
                 // Bounded by the push's events.
                 while let Some(first) = events.next() {

@@ -221,7 +221,11 @@ fn measure(
             .watch_prefix(prefix.as_bytes(), LogIndex(0))
             .map_err(|e| format!("watcher {w}: {e}"))?;
         let expected = Arc::clone(&expected);
-        receivers.push(std::thread::spawn(move || receive(watch, epoch, expected)));
+        let receiver = std::thread::Builder::new()
+            .name(format!("bench-watcher-{w}"))
+            .spawn(move || receive(watch, epoch, expected))
+            .map_err(|e| format!("watcher {w}: {e}"))?;
+        receivers.push(receiver);
     }
     // Paced writers: write i is due at i / rate after the start.
     let writer = nodes[leader].client();
@@ -231,7 +235,7 @@ fn measure(
     let cpu_at_start = process_cpu_seconds();
     let start = Instant::now();
     let writers: Vec<_> = (0..args.writers.max(1))
-        .map(|_| {
+        .map(|w| {
             let (writer, next, failures, prefix) = (
                 writer.clone(),
                 Arc::clone(&next),
@@ -241,36 +245,39 @@ fn measure(
             let rate = args.rate.max(1);
             // Returns each write's revision, when its acknowledgement came (micros since the
             // epoch) and how long the write took (micros).
-            std::thread::spawn(move || {
-                let mut acks: Vec<(u64, u64, u32)> = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return acks;
-                    }
-                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let sent = epoch.elapsed().as_micros() as u64;
-                    let mut value = sent.to_le_bytes().to_vec();
-                    value.extend_from_slice(&[0u8; 24]);
-                    let key = format!("{prefix}{}", i % 1000);
-                    match writer.put(key.as_bytes(), &value) {
-                        Ok(put) => {
-                            let acked = epoch.elapsed().as_micros() as u64;
-                            let took = (acked - sent).min(u64::from(u32::MAX)) as u32;
-                            acks.push((put.revision.0, acked, took));
+            std::thread::Builder::new()
+                .name(format!("bench-writer-{w}"))
+                .spawn(move || {
+                    let mut acks: Vec<(u64, u64, u32)> = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            return acks;
                         }
-                        Err(_) => {
-                            failures.fetch_add(1, Ordering::Relaxed);
+                        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let sent = epoch.elapsed().as_micros() as u64;
+                        let mut value = sent.to_le_bytes().to_vec();
+                        value.extend_from_slice(&[0u8; 24]);
+                        let key = format!("{prefix}{}", i % 1000);
+                        match writer.put(key.as_bytes(), &value) {
+                            Ok(put) => {
+                                let acked = epoch.elapsed().as_micros() as u64;
+                                let took = (acked - sent).min(u64::from(u32::MAX)) as u32;
+                                acks.push((put.revision.0, acked, took));
+                            }
+                            Err(_) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
-                }
-            })
+                })
         })
-        .collect();
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| format!("writer: {e}"))?;
     let mut acked_at: HashMap<u64, u64> = HashMap::new();
     let mut commit_micros: Vec<u32> = Vec::new();
     for w in writers {
