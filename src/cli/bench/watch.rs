@@ -105,7 +105,8 @@ fn process_cpu_seconds() -> f64 {
 
 const SECRET: &[u8] = b"haven bench watch secret";
 
-fn start_cluster(dir: &std::path::Path) -> Result<Vec<Node>, String> {
+/// The members, and the size of their WAL segments.
+fn start_cluster(dir: &std::path::Path) -> Result<(Vec<Node>, u64), String> {
     let addrs = free_addrs(3).map_err(|e| format!("no free ports: {e}"))?;
     let members: BTreeMap<NodeId, String> = addrs
         .iter()
@@ -114,6 +115,7 @@ fn start_cluster(dir: &std::path::Path) -> Result<Vec<Node>, String> {
         .collect();
     let secret = ClusterSecret::new(SECRET.to_vec()).map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
+    let mut segment_bytes = 0;
     for (i, addr) in addrs.iter().enumerate() {
         let config = Config::new(
             NodeId(i as u64 + 1),
@@ -123,9 +125,10 @@ fn start_cluster(dir: &std::path::Path) -> Result<Vec<Node>, String> {
             members.clone(),
             secret.clone(),
         );
+        segment_bytes = config.wal_segment_bytes;
         nodes.push(Node::open(config).map_err(|e| format!("member {}: {e}", i + 1))?);
     }
-    Ok(nodes)
+    Ok((nodes, segment_bytes))
 }
 
 fn wait_for_leader(nodes: &[Node]) -> Result<usize, String> {
@@ -139,6 +142,57 @@ fn wait_for_leader(nodes: &[Node]) -> Result<usize, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err("no leader within 20 s".into())
+}
+
+/// Wait (at most 10 s each) until every member has its next WAL segment prepared, then until
+/// the idle cluster uses under 5% of a core over two windows of 200 ms running: the members'
+/// start-up work would otherwise land in the first measurement. Above all, once the first write
+/// took the WAL's first prepared segment, each member's preparer zero-fills and syncs the next
+/// 64 MiB (CPU, about a tenth of a 4 s measurement's on 2 cores, and disk writes that slow the
+/// WAL's syncs). In a long run that comes back once per segment, amortized over its writes.
+fn settle(dir: &std::path::Path, members: usize, segment_bytes: u64) {
+    let start = Instant::now();
+    let give_up = start + Duration::from_secs(10);
+    while prepared_segments(dir, segment_bytes) < members && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let window = Duration::from_millis(200);
+    let mut quiet = 0;
+    while quiet < 2 && Instant::now() < give_up {
+        let before = process_cpu_seconds();
+        std::thread::sleep(window);
+        let busy = process_cpu_seconds() - before >= 0.05 * window.as_secs_f64();
+        quiet = if busy { 0 } else { quiet + 1 };
+    }
+    eprintln!(
+        "haven bench watch: the cluster settled in {} ms",
+        start.elapsed().as_millis()
+    );
+}
+
+/// WAL segment files under `dir` prepared to their full size (`*.prep`, at most three levels
+/// down: member, wal directory, file).
+fn prepared_segments(dir: &std::path::Path, segment_bytes: u64) -> usize {
+    fn walk(dir: &std::path::Path, depth: u32, segment_bytes: u64) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut count = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() && depth > 0 {
+                count += walk(&path, depth - 1, segment_bytes);
+            } else if path.extension().is_some_and(|e| e == "prep") && meta.len() >= segment_bytes {
+                count += 1;
+            }
+        }
+        count
+    }
+    walk(dir, 2, segment_bytes)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -355,8 +409,13 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
         return Err("--watchers, --seconds and --rate must be positive".into());
     }
     let dir = WorkDir::create("haven-bench-watch").map_err(|e| e.to_string())?;
-    let nodes = start_cluster(dir.path())?;
+    let (nodes, segment_bytes) = start_cluster(dir.path())?;
     let leader = wait_for_leader(&nodes)?;
+    nodes[leader]
+        .client()
+        .put(b"bench/warm-up", b"")
+        .map_err(|e| format!("warm-up write: {e}"))?;
+    settle(dir.path(), nodes.len(), segment_bytes);
     let mut rows = Vec::new();
     for (phase, &watchers) in args.watchers.iter().enumerate() {
         eprintln!("haven bench watch: {watchers} watcher(s)...");
