@@ -160,6 +160,7 @@ impl Watch {
         }
         // Taken at the first wait; `Some(None)`: no deadline (a timeout beyond the clock's).
         let mut deadline: Option<Option<Instant>> = None;
+        let mut polled = false;
         loop {
             let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(reader) = direct.as_mut() else {
@@ -176,6 +177,13 @@ impl Watch {
             }
             if reader.done {
                 return None;
+            }
+            if deadline.is_none() && !polled {
+                // What is there already (an in-process watch's next revision, mostly) is taken
+                // without reading the clock.
+                polled = true;
+                reader.step(Duration::ZERO);
+                continue;
             }
             let now = Instant::now();
             let deadline = *deadline.get_or_insert_with(|| now.checked_add(timeout));
