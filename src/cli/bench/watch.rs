@@ -14,8 +14,22 @@
 //!   (after the leader applied it, so a little after the commit) to the delivery, 0 when the
 //!   watcher had it first. The best estimate of commit-to-delivery a client can take without
 //!   the members' help; it errs low by the leader's apply-to-reply time (microseconds in
-//!   process, but more when the writer's thread waits for a core).
+//!   process, but more when the writer's thread waits for a core). Its p99 is also given
+//!   apart for the watchers on the leader and for those on the followers (JSON only): a
+//!   follower applies an entry only once the leader's next AppendEntries tells it the commit,
+//!   so its watchers' tail is mostly that hop, not the watch fan-out.
 //! - write-to-ack p99: the commit latency the writers saw.
+//!
+//! The load: `--writers` threads (64 by default) share one sequence of writes, write `i` due
+//! at `i / rate` after the start; each write is a separate `put` through the leader's
+//! in-process client, and a writer waits for its write before taking the next due one. A put
+//! blocks until its commit, so the writers are what keeps enough writes in flight: on 2 cores
+//! with every member in this process a commit takes about 2-5 ms under this load, and 32
+//! writers reached 9,000-9,300 writes/s, 16 about 7,000 (and cost more CPU per write: smaller
+//! Raft batches). Each writer thus wakes twice per write (its pacing sleep, its commit), about
+//! 20,000 wake-ups a second; measured with perf, the writer threads are about a tenth of the
+//! process's CPU. Before measuring, the bench writes once and waits for the cluster to settle
+//! ([`settle`]).
 
 use crate::cli::children::{free_addrs, WorkDir};
 use haven::client::{Watch, WatchNotice};
@@ -65,6 +79,9 @@ struct Row {
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     ack_max_ms: f64,
+    /// ack-to-delivery p99 of the watchers on the leader, and of those on the followers.
+    ack_p99_leader_ms: f64,
+    ack_p99_followers_ms: f64,
     commit_p99_ms: f64,
     cpu_seconds: f64,
 }
@@ -356,7 +373,9 @@ fn measure(
     let mut delivered = 0u64;
     let mut complete = 0;
     let mut ended = 0;
-    for r in receivers {
+    // Watcher w is on member w % members (see above).
+    let (mut on_leader, mut on_followers): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+    for (w, r) in receivers.into_iter().enumerate() {
         let got = r
             .join()
             .map_err(|_| "a watcher thread panicked".to_string())?;
@@ -373,11 +392,18 @@ fn measure(
             if let Some(acked) = acked_at.get(revision) {
                 let after = arrived.saturating_sub(*acked).min(u64::from(u32::MAX));
                 ack_latencies.push(after as u32);
+                if w % nodes.len() == leader {
+                    on_leader.push(after as u32);
+                } else {
+                    on_followers.push(after as u32);
+                }
             }
         }
     }
     all_latencies.sort_unstable();
     ack_latencies.sort_unstable();
+    on_leader.sort_unstable();
+    on_followers.sort_unstable();
     commit_micros.sort_unstable();
     drop(remote_clients);
     Ok(Row {
@@ -394,6 +420,8 @@ fn measure(
         ack_p50_ms: percentile(&ack_latencies, 0.50),
         ack_p99_ms: percentile(&ack_latencies, 0.99),
         ack_max_ms: percentile(&ack_latencies, 1.0),
+        ack_p99_leader_ms: percentile(&on_leader, 0.99),
+        ack_p99_followers_ms: percentile(&on_followers, 0.99),
         commit_p99_ms: percentile(&commit_micros, 0.99),
         cpu_seconds,
     })
@@ -435,6 +463,8 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                      \"p50_write_to_delivery_ms\":{:.3},\"p99_write_to_delivery_ms\":{:.3},\
                      \"max_write_to_delivery_ms\":{:.3},\"p50_ack_to_delivery_ms\":{:.3},\
                      \"p99_ack_to_delivery_ms\":{:.3},\"max_ack_to_delivery_ms\":{:.3},\
+                     \"p99_ack_to_delivery_leader_ms\":{:.3},\
+                     \"p99_ack_to_delivery_followers_ms\":{:.3},\
                      \"p99_write_to_ack_ms\":{:.3},\"cpu_us_per_write\":{:.1}}}",
                     r.watchers,
                     r.writes,
@@ -449,6 +479,8 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                     r.ack_p50_ms,
                     r.ack_p99_ms,
                     r.ack_max_ms,
+                    r.ack_p99_leader_ms,
+                    r.ack_p99_followers_ms,
                     r.commit_p99_ms,
                     r.cpu_micros_per_write()
                 )
