@@ -79,9 +79,10 @@ struct Row {
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     ack_max_ms: f64,
-    /// ack-to-delivery p99 of the watchers on the leader, and of those on the followers.
-    ack_p99_leader_ms: f64,
-    ack_p99_followers_ms: f64,
+    /// ack-to-delivery p99 of the watchers on the leader, and of those on the followers
+    /// (`None` without such watchers).
+    ack_p99_leader_ms: Option<f64>,
+    ack_p99_followers_ms: Option<f64>,
     commit_p99_ms: f64,
     cpu_seconds: f64,
 }
@@ -420,11 +421,16 @@ fn measure(
         ack_p50_ms: percentile(&ack_latencies, 0.50),
         ack_p99_ms: percentile(&ack_latencies, 0.99),
         ack_max_ms: percentile(&ack_latencies, 1.0),
-        ack_p99_leader_ms: percentile(&on_leader, 0.99),
-        ack_p99_followers_ms: percentile(&on_followers, 0.99),
+        ack_p99_leader_ms: (!on_leader.is_empty()).then(|| percentile(&on_leader, 0.99)),
+        ack_p99_followers_ms: (!on_followers.is_empty()).then(|| percentile(&on_followers, 0.99)),
         commit_p99_ms: percentile(&commit_micros, 0.99),
         cpu_seconds,
     })
+}
+
+/// Milliseconds as JSON: three decimals, or `null`.
+fn json_ms(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "null".to_string(), |ms| format!("{ms:.3}"))
 }
 
 /// Run the bench.
@@ -463,8 +469,8 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                      \"p50_write_to_delivery_ms\":{:.3},\"p99_write_to_delivery_ms\":{:.3},\
                      \"max_write_to_delivery_ms\":{:.3},\"p50_ack_to_delivery_ms\":{:.3},\
                      \"p99_ack_to_delivery_ms\":{:.3},\"max_ack_to_delivery_ms\":{:.3},\
-                     \"p99_ack_to_delivery_leader_ms\":{:.3},\
-                     \"p99_ack_to_delivery_followers_ms\":{:.3},\
+                     \"p99_ack_to_delivery_leader_ms\":{},\
+                     \"p99_ack_to_delivery_followers_ms\":{},\
                      \"p99_write_to_ack_ms\":{:.3},\"cpu_us_per_write\":{:.1}}}",
                     r.watchers,
                     r.writes,
@@ -479,8 +485,8 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                     r.ack_p50_ms,
                     r.ack_p99_ms,
                     r.ack_max_ms,
-                    r.ack_p99_leader_ms,
-                    r.ack_p99_followers_ms,
+                    json_ms(r.ack_p99_leader_ms),
+                    json_ms(r.ack_p99_followers_ms),
                     r.commit_p99_ms,
                     r.cpu_micros_per_write()
                 )
