@@ -505,6 +505,7 @@ struct Watcher {
 }
 
 /// Why a push did not go through.
+#[derive(Debug)]
 enum PushFailed {
     /// The watcher's buffer is full: end it with `Overflow`.
     Full,
@@ -996,4 +997,170 @@ fn deliver<'a>(
     }
     watcher.next = watcher.next.max(through.next());
     Ok(pushed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sm::KeyMeta;
+
+    fn revision(revision: u64, keys: &[&[u8]]) -> Arc<Revision> {
+        let events: Vec<WatchEvent> = keys
+            .iter()
+            .map(|key| WatchEvent {
+                revision: LogIndex(revision),
+                kind: EventKind::Put,
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+                meta: Some(KeyMeta {
+                    create_revision: LogIndex(revision),
+                    mod_revision: LogIndex(revision),
+                    version: 1,
+                }),
+                prev_value: None,
+            })
+            .collect();
+        Arc::new(Revision::new(LogIndex(revision), events, None, 0))
+    }
+
+    fn events_of(revisions: &[Arc<Revision>]) -> Push {
+        Push::Events(
+            revisions
+                .iter()
+                .filter_map(|r| Part::select(r, |_| true))
+                .collect(),
+        )
+    }
+
+    /// An in-process watcher's two ends, with a buffer of `capacity` events.
+    fn local(capacity: usize) -> (LocalSender, LocalWatch) {
+        let queue = Arc::new(LocalQueue {
+            state: Mutex::new(LocalState::default()),
+            ready: Condvar::new(),
+        });
+        let sender = LocalSender {
+            queue: Arc::clone(&queue),
+            capacity,
+        };
+        let watch = LocalWatch {
+            id: 1,
+            queue,
+            prev_value: false,
+            taken: VecDeque::new(),
+        };
+        (sender, watch)
+    }
+
+    fn revisions_of(push: WatchPush) -> Vec<u64> {
+        match push {
+            WatchPush::Events(events) => events.iter().map(|e| e.revision.0).collect(),
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_push_is_handed_on_one_revision_at_a_time_in_order() {
+        let (sender, mut watch) = local(100);
+        let first = [revision(3, &[b"a", b"b"]), revision(4, &[b"c"])];
+        sender.push(events_of(&first), false).unwrap();
+        sender
+            .push(
+                Push::Notice(WatchPush::Progress {
+                    revision: LogIndex(5),
+                }),
+                false,
+            )
+            .unwrap();
+        sender
+            .push(events_of(&[revision(6, &[b"d"])]), false)
+            .unwrap();
+        assert_eq!(revisions_of(watch.recv_timeout(LONG).unwrap()), vec![3, 3]);
+        assert_eq!(revisions_of(watch.recv_timeout(LONG).unwrap()), vec![4]);
+        assert!(matches!(
+            watch.recv_timeout(LONG),
+            Ok(WatchPush::Progress {
+                revision: LogIndex(5)
+            })
+        ));
+        assert_eq!(revisions_of(watch.recv_timeout(LONG).unwrap()), vec![6]);
+        assert_eq!(watch.recv_timeout(Duration::ZERO), Err(false));
+    }
+
+    #[test]
+    fn the_buffer_counts_queued_events_and_the_last_push_always_fits() {
+        let (sender, mut watch) = local(3);
+        sender
+            .push(events_of(&[revision(1, &[b"a", b"b"])]), false)
+            .unwrap();
+        // 2 queued + 2 > 3.
+        assert!(matches!(
+            sender.push(events_of(&[revision(2, &[b"c", b"d"])]), false),
+            Err(PushFailed::Full)
+        ));
+        // A push without events counts one: 2 + 1 fits.
+        sender
+            .push(
+                Push::Notice(WatchPush::Progress {
+                    revision: LogIndex(1),
+                }),
+                false,
+            )
+            .unwrap();
+        assert!(matches!(
+            sender.push(
+                Push::Notice(WatchPush::Progress {
+                    revision: LogIndex(1)
+                }),
+                false
+            ),
+            Err(PushFailed::Full)
+        ));
+        sender
+            .push(Push::Notice(WatchPush::Ended(WatchEnd::Overflow)), true)
+            .unwrap();
+        // Taking a push frees its room.
+        assert_eq!(revisions_of(watch.recv_timeout(LONG).unwrap()), vec![1, 1]);
+        assert_eq!(watch.queue.lock().queued, 2);
+    }
+
+    #[test]
+    fn a_closed_queue_still_hands_on_what_it_holds_then_ends() {
+        let (sender, mut watch) = local(100);
+        sender
+            .push(events_of(&[revision(1, &[b"a"])]), false)
+            .unwrap();
+        drop(sender);
+        assert_eq!(revisions_of(watch.recv_timeout(LONG).unwrap()), vec![1]);
+        assert_eq!(watch.recv_timeout(LONG), Err(true));
+    }
+
+    #[test]
+    fn a_push_to_a_dropped_watch_is_gone() {
+        let (sender, watch) = local(100);
+        drop(watch);
+        assert!(matches!(
+            sender.push(events_of(&[revision(1, &[b"a"])]), false),
+            Err(PushFailed::Gone)
+        ));
+    }
+
+    #[test]
+    fn a_waiting_reader_is_woken_by_a_push_and_by_the_close() {
+        let (sender, mut watch) = local(100);
+        let reader = std::thread::spawn(move || {
+            let first = watch.recv_timeout(LONG);
+            let second = watch.recv_timeout(LONG);
+            (first.map(revisions_of), second.map(revisions_of))
+        });
+        // Whether the reader waits already or not, it gets the push, then the close.
+        sender
+            .push(events_of(&[revision(7, &[b"a"])]), false)
+            .unwrap();
+        drop(sender);
+        let (first, second) = reader.join().unwrap();
+        assert_eq!(first, Ok(vec![7]));
+        assert_eq!(second, Err(true));
+    }
 }
