@@ -32,7 +32,7 @@ impl Backend for LocalBackend {
                 self.shared.id
             )));
         }
-        let watch = Node::watch_local(&self.shared, spec.clone(), deadline)?;
+        let mut watch = Node::watch_local(&self.shared, spec.clone(), deadline)?;
         let id = watch.id;
         let shared = Arc::clone(&self.shared);
         Ok(WatchStream {

@@ -160,6 +160,7 @@ impl Watch {
         }
         // Taken at the first wait; `Some(None)`: no deadline (a timeout beyond the clock's).
         let mut deadline: Option<Option<Instant>> = None;
+        let mut polled = false;
         loop {
             let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(reader) = direct.as_mut() else {
@@ -176,6 +177,13 @@ impl Watch {
             }
             if reader.done {
                 return None;
+            }
+            if deadline.is_none() && !polled {
+                // What is there already (an in-process watch's next revision, mostly) is taken
+                // without reading the clock.
+                polled = true;
+                reader.step(Duration::ZERO);
+                continue;
             }
             let now = Instant::now();
             let deadline = *deadline.get_or_insert_with(|| now.checked_add(timeout));
@@ -486,6 +494,21 @@ impl Reader {
     fn handle(&mut self, push: WatchPush) -> Then {
         match push {
             WatchPush::Events(events) => {
+                // One revision's events (what an in-process watch hands on): its notice takes
+                // the vector as it is.
+                let single = events
+                    .first()
+                    .map(|first| first.revision)
+                    .filter(|&revision| events.iter().all(|e| e.revision == revision));
+                if let Some(revision) = single {
+                    // A resumed watch may repeat what was delivered already: drop it.
+                    if !self.next.is_some_and(|next| revision < next) {
+                        self.next = Some(revision.next());
+                        self.pending
+                            .push_back(Ok(WatchNotice::Events { revision, events }));
+                    }
+                    return Then::Continue;
+                }
                 let mut events = events.into_iter().peekable();
                 // Bounded by the push's events.
                 while let Some(first) = events.next() {

@@ -6,7 +6,8 @@
 //! list is kept). The hub thread only selects; the copies a user must own are made by the
 //! receiving side:
 //! - in process, [`materialize`] builds the `WatchEvent`s on the watcher's own thread (its
-//!   client pump), so the hub's time per revision does not grow with the watcher count;
+//!   watch's reader, one revision at a time), so the hub's time per revision does not grow
+//!   with the watcher count;
 //! - remote, [`EventsFrame`] writes the pushed frame straight from each revision's wire
 //!   encoding, made once per delivery round (on first need, [`Encodings`]) and reused for every
 //!   remote watcher of the round, so the bytes on the wire are those of a `PushFrame` but no

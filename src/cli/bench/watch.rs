@@ -14,8 +14,22 @@
 //!   (after the leader applied it, so a little after the commit) to the delivery, 0 when the
 //!   watcher had it first. The best estimate of commit-to-delivery a client can take without
 //!   the members' help; it errs low by the leader's apply-to-reply time (microseconds in
-//!   process, but more when the writer's thread waits for a core).
+//!   process, but more when the writer's thread waits for a core). Its p99 is also given
+//!   apart for the watchers on the leader and for those on the followers (JSON only): a
+//!   follower applies an entry only once the leader's next AppendEntries tells it the commit,
+//!   so its watchers' tail is mostly that hop, not the watch fan-out.
 //! - write-to-ack p99: the commit latency the writers saw.
+//!
+//! The load: `--writers` threads (64 by default) share one sequence of writes, write `i` due
+//! at `i / rate` after the start; each write is a separate `put` through the leader's
+//! in-process client, and a writer waits for its write before taking the next due one. A put
+//! blocks until its commit, so the writers are what keeps enough writes in flight: on 2 cores
+//! with every member in this process a commit takes about 2-5 ms under this load, and 32
+//! writers reached 9,000-9,300 writes/s, 16 about 7,000 (and cost more CPU per write: smaller
+//! Raft batches). Each writer thus wakes twice per write (its pacing sleep, its commit), about
+//! 20,000 wake-ups a second; measured with perf, the writer threads are about a tenth of the
+//! process's CPU. Before measuring, the bench writes once and waits for the cluster to settle
+//! ([`settle`]).
 
 use crate::cli::children::{free_addrs, WorkDir};
 use haven::client::{Watch, WatchNotice};
@@ -65,6 +79,10 @@ struct Row {
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     ack_max_ms: f64,
+    /// ack-to-delivery p99 of the watchers on the leader, and of those on the followers
+    /// (`None` without such watchers).
+    ack_p99_leader_ms: Option<f64>,
+    ack_p99_followers_ms: Option<f64>,
     commit_p99_ms: f64,
     cpu_seconds: f64,
 }
@@ -105,7 +123,8 @@ fn process_cpu_seconds() -> f64 {
 
 const SECRET: &[u8] = b"haven bench watch secret";
 
-fn start_cluster(dir: &std::path::Path) -> Result<Vec<Node>, String> {
+/// The members, and the size of their WAL segments.
+fn start_cluster(dir: &std::path::Path) -> Result<(Vec<Node>, u64), String> {
     let addrs = free_addrs(3).map_err(|e| format!("no free ports: {e}"))?;
     let members: BTreeMap<NodeId, String> = addrs
         .iter()
@@ -114,6 +133,7 @@ fn start_cluster(dir: &std::path::Path) -> Result<Vec<Node>, String> {
         .collect();
     let secret = ClusterSecret::new(SECRET.to_vec()).map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
+    let mut segment_bytes = 0;
     for (i, addr) in addrs.iter().enumerate() {
         let config = Config::new(
             NodeId(i as u64 + 1),
@@ -123,9 +143,10 @@ fn start_cluster(dir: &std::path::Path) -> Result<Vec<Node>, String> {
             members.clone(),
             secret.clone(),
         );
+        segment_bytes = config.wal_segment_bytes;
         nodes.push(Node::open(config).map_err(|e| format!("member {}: {e}", i + 1))?);
     }
-    Ok(nodes)
+    Ok((nodes, segment_bytes))
 }
 
 fn wait_for_leader(nodes: &[Node]) -> Result<usize, String> {
@@ -139,6 +160,57 @@ fn wait_for_leader(nodes: &[Node]) -> Result<usize, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err("no leader within 20 s".into())
+}
+
+/// Wait (at most 10 s each) until every member has its next WAL segment prepared, then until
+/// the idle cluster uses under 5% of a core over two windows of 200 ms running: the members'
+/// start-up work would otherwise land in the first measurement. Above all, once the first write
+/// took the WAL's first prepared segment, each member's preparer zero-fills and syncs the next
+/// 64 MiB (CPU, about a tenth of a 4 s measurement's on 2 cores, and disk writes that slow the
+/// WAL's syncs). In a long run that comes back once per segment, amortized over its writes.
+fn settle(dir: &std::path::Path, members: usize, segment_bytes: u64) {
+    let start = Instant::now();
+    let give_up = start + Duration::from_secs(10);
+    while prepared_segments(dir, segment_bytes) < members && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let window = Duration::from_millis(200);
+    let mut quiet = 0;
+    while quiet < 2 && Instant::now() < give_up {
+        let before = process_cpu_seconds();
+        std::thread::sleep(window);
+        let busy = process_cpu_seconds() - before >= 0.05 * window.as_secs_f64();
+        quiet = if busy { 0 } else { quiet + 1 };
+    }
+    eprintln!(
+        "haven bench watch: the cluster settled in {} ms",
+        start.elapsed().as_millis()
+    );
+}
+
+/// WAL segment files under `dir` prepared to their full size (`*.prep`, at most three levels
+/// down: member, wal directory, file).
+fn prepared_segments(dir: &std::path::Path, segment_bytes: u64) -> usize {
+    fn walk(dir: &std::path::Path, depth: u32, segment_bytes: u64) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut count = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() && depth > 0 {
+                count += walk(&path, depth - 1, segment_bytes);
+            } else if path.extension().is_some_and(|e| e == "prep") && meta.len() >= segment_bytes {
+                count += 1;
+            }
+        }
+        count
+    }
+    walk(dir, 2, segment_bytes)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -221,7 +293,11 @@ fn measure(
             .watch_prefix(prefix.as_bytes(), LogIndex(0))
             .map_err(|e| format!("watcher {w}: {e}"))?;
         let expected = Arc::clone(&expected);
-        receivers.push(std::thread::spawn(move || receive(watch, epoch, expected)));
+        let receiver = std::thread::Builder::new()
+            .name(format!("bench-watcher-{w}"))
+            .spawn(move || receive(watch, epoch, expected))
+            .map_err(|e| format!("watcher {w}: {e}"))?;
+        receivers.push(receiver);
     }
     // Paced writers: write i is due at i / rate after the start.
     let writer = nodes[leader].client();
@@ -231,7 +307,7 @@ fn measure(
     let cpu_at_start = process_cpu_seconds();
     let start = Instant::now();
     let writers: Vec<_> = (0..args.writers.max(1))
-        .map(|_| {
+        .map(|w| {
             let (writer, next, failures, prefix) = (
                 writer.clone(),
                 Arc::clone(&next),
@@ -241,36 +317,39 @@ fn measure(
             let rate = args.rate.max(1);
             // Returns each write's revision, when its acknowledgement came (micros since the
             // epoch) and how long the write took (micros).
-            std::thread::spawn(move || {
-                let mut acks: Vec<(u64, u64, u32)> = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return acks;
-                    }
-                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let sent = epoch.elapsed().as_micros() as u64;
-                    let mut value = sent.to_le_bytes().to_vec();
-                    value.extend_from_slice(&[0u8; 24]);
-                    let key = format!("{prefix}{}", i % 1000);
-                    match writer.put(key.as_bytes(), &value) {
-                        Ok(put) => {
-                            let acked = epoch.elapsed().as_micros() as u64;
-                            let took = (acked - sent).min(u64::from(u32::MAX)) as u32;
-                            acks.push((put.revision.0, acked, took));
+            std::thread::Builder::new()
+                .name(format!("bench-writer-{w}"))
+                .spawn(move || {
+                    let mut acks: Vec<(u64, u64, u32)> = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            return acks;
                         }
-                        Err(_) => {
-                            failures.fetch_add(1, Ordering::Relaxed);
+                        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let sent = epoch.elapsed().as_micros() as u64;
+                        let mut value = sent.to_le_bytes().to_vec();
+                        value.extend_from_slice(&[0u8; 24]);
+                        let key = format!("{prefix}{}", i % 1000);
+                        match writer.put(key.as_bytes(), &value) {
+                            Ok(put) => {
+                                let acked = epoch.elapsed().as_micros() as u64;
+                                let took = (acked - sent).min(u64::from(u32::MAX)) as u32;
+                                acks.push((put.revision.0, acked, took));
+                            }
+                            Err(_) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
-                }
-            })
+                })
         })
-        .collect();
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| format!("writer: {e}"))?;
     let mut acked_at: HashMap<u64, u64> = HashMap::new();
     let mut commit_micros: Vec<u32> = Vec::new();
     for w in writers {
@@ -295,7 +374,9 @@ fn measure(
     let mut delivered = 0u64;
     let mut complete = 0;
     let mut ended = 0;
-    for r in receivers {
+    // Watcher w is on member w % members (see above).
+    let (mut on_leader, mut on_followers): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+    for (w, r) in receivers.into_iter().enumerate() {
         let got = r
             .join()
             .map_err(|_| "a watcher thread panicked".to_string())?;
@@ -312,11 +393,18 @@ fn measure(
             if let Some(acked) = acked_at.get(revision) {
                 let after = arrived.saturating_sub(*acked).min(u64::from(u32::MAX));
                 ack_latencies.push(after as u32);
+                if w % nodes.len() == leader {
+                    on_leader.push(after as u32);
+                } else {
+                    on_followers.push(after as u32);
+                }
             }
         }
     }
     all_latencies.sort_unstable();
     ack_latencies.sort_unstable();
+    on_leader.sort_unstable();
+    on_followers.sort_unstable();
     commit_micros.sort_unstable();
     drop(remote_clients);
     Ok(Row {
@@ -333,9 +421,16 @@ fn measure(
         ack_p50_ms: percentile(&ack_latencies, 0.50),
         ack_p99_ms: percentile(&ack_latencies, 0.99),
         ack_max_ms: percentile(&ack_latencies, 1.0),
+        ack_p99_leader_ms: (!on_leader.is_empty()).then(|| percentile(&on_leader, 0.99)),
+        ack_p99_followers_ms: (!on_followers.is_empty()).then(|| percentile(&on_followers, 0.99)),
         commit_p99_ms: percentile(&commit_micros, 0.99),
         cpu_seconds,
     })
+}
+
+/// Milliseconds as JSON: three decimals, or `null`.
+fn json_ms(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "null".to_string(), |ms| format!("{ms:.3}"))
 }
 
 /// Run the bench.
@@ -348,8 +443,13 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
         return Err("--watchers, --seconds and --rate must be positive".into());
     }
     let dir = WorkDir::create("haven-bench-watch").map_err(|e| e.to_string())?;
-    let nodes = start_cluster(dir.path())?;
+    let (nodes, segment_bytes) = start_cluster(dir.path())?;
     let leader = wait_for_leader(&nodes)?;
+    nodes[leader]
+        .client()
+        .put(b"bench/warm-up", b"")
+        .map_err(|e| format!("warm-up write: {e}"))?;
+    settle(dir.path(), nodes.len(), segment_bytes);
     let mut rows = Vec::new();
     for (phase, &watchers) in args.watchers.iter().enumerate() {
         eprintln!("haven bench watch: {watchers} watcher(s)...");
@@ -369,6 +469,8 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                      \"p50_write_to_delivery_ms\":{:.3},\"p99_write_to_delivery_ms\":{:.3},\
                      \"max_write_to_delivery_ms\":{:.3},\"p50_ack_to_delivery_ms\":{:.3},\
                      \"p99_ack_to_delivery_ms\":{:.3},\"max_ack_to_delivery_ms\":{:.3},\
+                     \"p99_ack_to_delivery_leader_ms\":{},\
+                     \"p99_ack_to_delivery_followers_ms\":{},\
                      \"p99_write_to_ack_ms\":{:.3},\"cpu_us_per_write\":{:.1}}}",
                     r.watchers,
                     r.writes,
@@ -383,6 +485,8 @@ fn run_inner(args: &WatchBenchArgs) -> Result<(), String> {
                     r.ack_p50_ms,
                     r.ack_p99_ms,
                     r.ack_max_ms,
+                    json_ms(r.ack_p99_leader_ms),
+                    json_ms(r.ack_p99_followers_ms),
                     r.commit_p99_ms,
                     r.cpu_micros_per_write()
                 )
