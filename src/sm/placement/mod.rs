@@ -16,7 +16,8 @@
 //!
 //! With a load cap `c` (default 1.02) every owner's primaries and its replicas each stay within
 //! `[lo, hi]` around its weighted fair share `s`, `hi = max(ceil(s), floor(c s))` (never more
-//! than the `ceil(c s)` of Mirrokni et al.), `lo = min(floor(s), ceil((2 - c) s))`, and the
+//! than the `ceil(c s)` of Mirrokni et al.), `lo = min(floor(s), ceil((2 - c) s))` (`lo = hi =
+//! P` for an owner owed more than one replica per partition, held at every one), and the
 //! table aims at exact integer targets (`floor(s)` or `ceil(s)`, largest remainder). Exact
 //! balance for every owner set together with "a join moves only what the newcomer takes" cannot
 //! hold for a table that is a function of the owner set alone: if every single-owner removal
