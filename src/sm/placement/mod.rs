@@ -151,7 +151,12 @@ impl Default for LoadCap {
 ///   and the lift). Maps whose command and record carry no version are version 1.
 /// - 2: the same, with the vacancy chains after the fill, the lift to the lower bounds after
 ///   the primaries, and augmenting chains over every slot before the repair, each run only when
-///   an owner is out of its bounds (the last guarantees the replica bounds). Maps created now.
+///   an owner is out of its bounds (the last guarantees the replica bounds).
+/// - 3: the same, except that a chain may pass a primary slot from an owner at its primary
+///   lower bound when that owner can take the primary role back in another row it holds (from
+///   a holder above its own lower bound), which it does at once. Version 2's chains stopped
+///   there, and what a heavy owner should have taken moved between staying owners on a leave
+///   (up to 5.6% over the minimum; version 3 at most 3.5%, seeds 0..4500). Maps created now.
 ///
 /// Uncapped maps are the pure strategy in every version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
@@ -162,8 +167,11 @@ impl PlacementVersion {
     pub const V1: PlacementVersion = PlacementVersion(1);
     /// With the vacancy chains and the lift.
     pub const V2: PlacementVersion = PlacementVersion(2);
+    /// With chains that pass a primary slot from an owner at its primary lower bound that can
+    /// take a role back.
+    pub const V3: PlacementVersion = PlacementVersion(3);
     /// The version new maps are created with, and the newest this build knows.
-    pub const CURRENT: PlacementVersion = PlacementVersion::V2;
+    pub const CURRENT: PlacementVersion = PlacementVersion::V3;
 
     /// `UnsupportedVersion` for a version newer than [`PlacementVersion::CURRENT`],
     /// `InvalidArgument` for 0.
