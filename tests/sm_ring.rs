@@ -512,7 +512,7 @@ fn an_old_format_create_makes_a_version_1_map_that_replays_the_old_tables() {
 }
 
 #[test]
-fn a_create_today_makes_a_version_2_map_that_differs_from_version_1() {
+fn a_create_today_makes_a_map_of_the_current_version_that_differs_from_version_1() {
     let mut h = Harness::new();
     let cmd = untracked(create("m", 128, 3, Strategy::Rendezvous));
     assert_eq!(cmd.encode().unwrap()[0], PLACEMENT_VERSION_COMMAND_VERSION);
@@ -523,12 +523,12 @@ fn a_create_today_makes_a_version_2_map_that_differs_from_version_1() {
         changed(h.apply_op(op));
     }
     let map = h.sm.partition_map("m").unwrap();
-    assert_eq!(map.table.version(), PlacementVersion::V2);
+    assert_eq!(map.table.version(), PlacementVersion::CURRENT);
     assert_ne!(table_hash(&h, "m"), OLD_FINAL_HASH);
     let h = h.reopen();
     assert_eq!(
         h.sm.partition_map("m").unwrap().table.version(),
-        PlacementVersion::V2
+        PlacementVersion::CURRENT
     );
 }
 

@@ -124,7 +124,14 @@ pub(super) fn build(params: MapParams, owners: Vec<Owner>, version: PlacementVer
             }
         }
         LoadCap::PerMille(_) => {
-            let work = Work::new(params, owners, scorer, width, vec![VACANT; slot_count]);
+            let work = Work::new(
+                params,
+                owners,
+                scorer,
+                width,
+                vec![VACANT; slot_count],
+                version,
+            );
             work.complete(version)
         }
     }
@@ -177,7 +184,7 @@ pub(super) fn rebalance(old: &Table, owners: Vec<Owner>, change: &Change) -> Tab
         Change::Leave(_) => None,
     }
     .and_then(|id| owners.binary_search_by(|n| n.id.cmp(id)).ok());
-    let mut work = Work::new(params, owners, scorer, width, slots);
+    let mut work = Work::new(params, owners, scorer, width, slots, old.version);
     if let Some(owner) = changed {
         if old.version == PlacementVersion::V1 {
             work.steal(owner, false);
@@ -204,6 +211,9 @@ pub(super) fn rebalance(old: &Table, owners: Vec<Owner>, change: &Change) -> Tab
 /// A table being built: slots (some [`VACANT`]), loads and bounds.
 struct Work {
     params: MapParams,
+    version: PlacementVersion,
+    /// Version 3: see [`Work::refresh_regain`]; empty before.
+    regain: Vec<bool>,
     owners: Vec<Owner>,
     scorer: Scorer,
     width: usize,
@@ -228,6 +238,7 @@ impl Work {
         scorer: Scorer,
         width: usize,
         slots: Vec<u32>,
+        version: PlacementVersion,
     ) -> Work {
         let cap = match params.load_cap {
             LoadCap::PerMille(c) => c,
@@ -254,6 +265,8 @@ impl Work {
         let replica_bounds = bounds(partitions * width as u64, partitions, &owners, cap);
         Work {
             params,
+            version,
+            regain: Vec::new(),
             owners,
             scorer,
             width,
@@ -445,6 +458,7 @@ impl Work {
     /// shortest chain of owners that ends at one with load to spare (over its target) or room
     /// (under it). False if there is none.
     fn pass_one(&mut self, fresh: &[usize], owner: usize, take: bool, level: Level) -> bool {
+        self.refresh_regain();
         let width = self.width;
         let count = self.owners.len();
         let mut held: Vec<Vec<usize>> = vec![Vec::new(); count];
@@ -518,9 +532,10 @@ impl Work {
 
     /// Whether `taker` may take the slot at `at` (an index into the slots) from `giver`: it is
     /// `giver`'s, `taker` is not in the row, and a primary slot keeps the primaries within
-    /// their bounds: `giver` above its lower bound, and `taker` under its cap or another holder
-    /// of the row under its own to hand the role to ([`Work::pass_slot`]). Beyond the bounds
-    /// no later role change inside a row might bring them back.
+    /// their bounds: `giver` above its lower bound (from version 3, or able to take the role
+    /// back in another row, [`Work::refresh_regain`]), and `taker` under its cap or another
+    /// holder of the row under its own to hand the role to ([`Work::pass_slot`]). Beyond the
+    /// bounds no later role change inside a row might bring them back.
     fn passable(&self, at: usize, taker: usize, giver: usize) -> bool {
         let partition = (at / self.width) as u32;
         if self.slots[at] as usize != giver || self.in_row(partition, taker) {
@@ -530,17 +545,28 @@ impl Work {
             return true;
         }
         let room = |o: usize| self.primaries[o] < self.primary_bounds[o].hi;
-        self.primaries[giver] > self.primary_bounds[giver].lo
+        (self.primaries[giver] > self.primary_bounds[giver].lo
+            || self.regain.get(giver).copied().unwrap_or(false))
             && (room(taker) || self.row(partition)[1..].iter().any(|&o| room(o as usize)))
     }
 
     /// `taker` takes the slot at `at` (see [`Work::passable`]). A primary slot's role goes to
     /// the holder of the row furthest under its primary target if `taker` would be over its
-    /// own target (a role change inside the row, nothing moves).
+    /// own target (a role change inside the row, nothing moves); from version 3 a giver left
+    /// under its primary lower bound takes a role back ([`Work::regain_primary`]).
     fn pass_slot(&mut self, at: usize, taker: usize) {
         let (partition, slot) = ((at / self.width) as u32, at % self.width);
+        let giver = self.slots[at] as usize;
         self.set(partition, slot, taker as u32);
-        if slot != 0 || self.primaries[taker] <= self.primary_bounds[taker].target {
+        if slot != 0 {
+            return;
+        }
+        if self.version >= PlacementVersion::V3
+            && self.primaries[giver] < self.primary_bounds[giver].lo
+        {
+            self.regain_primary(giver);
+        }
+        if self.primaries[taker] <= self.primary_bounds[taker].target {
             return;
         }
         let under = |w: &Work, o: u32, level: Level| {
@@ -560,6 +586,62 @@ impl Work {
             if let Some(heir) = heir {
                 self.swap_primary(partition, heir);
                 return;
+            }
+        }
+    }
+
+    /// Version 3: which owners at their primary lower bound may still give a primary slot along
+    /// a chain ([`Work::passable`]), because they hold another row whose primary holder is above
+    /// its own lower bound, so a role change there gives them a primary back
+    /// ([`Work::regain_primary`]). Without it, an owner that filled the leaver's primary slots
+    /// down to its primary lower bound blocks every chain through them, and the load they
+    /// should pass to a heavy owner moves between staying owners instead.
+    /// Computed once per chain search: a flag can be stale by the time a chain is applied (a
+    /// row's primary holder handed a role to another giver first); then the giver stays under
+    /// its bound until the primaries are settled, like any other shortfall.
+    fn refresh_regain(&mut self) {
+        self.regain.clear();
+        if self.version < PlacementVersion::V3
+            || self.width < 2
+            || !(0..self.owners.len()).any(|o| self.primaries[o] <= self.primary_bounds[o].lo)
+        {
+            return;
+        }
+        let mut regain = vec![false; self.owners.len()];
+        for partition in 0..self.params.partitions {
+            let row = self.row(partition);
+            let primary = row[0] as usize;
+            if row[0] != VACANT && self.primaries[primary] > self.primary_bounds[primary].lo {
+                for &holder in &row[1..] {
+                    if holder != VACANT {
+                        regain[holder as usize] = true;
+                    }
+                }
+            }
+        }
+        self.regain = regain;
+    }
+
+    /// Version 3: `owner`, under its primary lower bound after giving a primary slot, takes the
+    /// primary role in a row it holds from a holder over its primary target (then above its
+    /// lower bound), in ascending partition order. A role change: no replica moves.
+    fn regain_primary(&mut self, owner: usize) {
+        for over_target in [true, false] {
+            for partition in 0..self.params.partitions {
+                let row = self.row(partition);
+                let primary = row[0];
+                if primary == VACANT {
+                    continue;
+                }
+                let bound = self.primary_bounds[primary as usize];
+                let limit = if over_target { bound.target } else { bound.lo };
+                if self.primaries[primary as usize] <= limit {
+                    continue;
+                }
+                if let Some(slot) = row[1..].iter().position(|&o| o as usize == owner) {
+                    self.swap_primary(partition, slot + 1);
+                    return;
+                }
             }
         }
     }

@@ -16,7 +16,8 @@
 //!
 //! With a load cap `c` (default 1.02) every owner's primaries and its replicas each stay within
 //! `[lo, hi]` around its weighted fair share `s`, `hi = max(ceil(s), floor(c s))` (never more
-//! than the `ceil(c s)` of Mirrokni et al.), `lo = min(floor(s), ceil((2 - c) s))`, and the
+//! than the `ceil(c s)` of Mirrokni et al.), `lo = min(floor(s), ceil((2 - c) s))` (`lo = hi =
+//! P` for an owner owed more than one replica per partition, held at every one), and the
 //! table aims at exact integer targets (`floor(s)` or `ceil(s)`, largest remainder). Exact
 //! balance for every owner set together with "a join moves only what the newcomer takes" cannot
 //! hold for a table that is a function of the owner set alone: if every single-owner removal
@@ -150,7 +151,12 @@ impl Default for LoadCap {
 ///   and the lift). Maps whose command and record carry no version are version 1.
 /// - 2: the same, with the vacancy chains after the fill, the lift to the lower bounds after
 ///   the primaries, and augmenting chains over every slot before the repair, each run only when
-///   an owner is out of its bounds (the last guarantees the replica bounds). Maps created now.
+///   an owner is out of its bounds (the last guarantees the replica bounds).
+/// - 3: the same, except that a chain may pass a primary slot from an owner at its primary
+///   lower bound when that owner can take the primary role back in another row it holds (from
+///   a holder above its own lower bound), which it does at once. Version 2's chains stopped
+///   there, and what a heavy owner should have taken moved between staying owners on a leave
+///   (up to 5.6% over the minimum; version 3 at most 3.5%, seeds 0..4500). Maps created now.
 ///
 /// Uncapped maps are the pure strategy in every version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
@@ -161,8 +167,11 @@ impl PlacementVersion {
     pub const V1: PlacementVersion = PlacementVersion(1);
     /// With the vacancy chains and the lift.
     pub const V2: PlacementVersion = PlacementVersion(2);
+    /// With chains that pass a primary slot from an owner at its primary lower bound that can
+    /// take a role back.
+    pub const V3: PlacementVersion = PlacementVersion(3);
     /// The version new maps are created with, and the newest this build knows.
-    pub const CURRENT: PlacementVersion = PlacementVersion::V2;
+    pub const CURRENT: PlacementVersion = PlacementVersion::V3;
 
     /// `UnsupportedVersion` for a version newer than [`PlacementVersion::CURRENT`],
     /// `InvalidArgument` for 0.
