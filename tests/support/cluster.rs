@@ -169,12 +169,18 @@ impl Cluster {
         self.nodes[i] = Some(Node::open(self.configs[i].clone()).expect("reopen member"));
     }
 
-    /// Wait until every running member applied at least `index` and all report the same
-    /// state hash.
+    /// Wait until every running member has applied all of its log and all report the same
+    /// applied index and state hash; that hash.
     pub fn wait_converged(&self, timeout: Duration) -> [u8; 32] {
         wait_for("members to converge on one state", timeout, || {
             let mut seen: Option<(haven::LogIndex, [u8; 32])> = None;
             for (_, node) in self.running() {
+                // Everything in its log applied first: a new leader's no-op (or any entry still
+                // in flight) would change the state after the hash was taken.
+                let status = node.status().ok()?;
+                if status.applied_index < status.last_index {
+                    return None;
+                }
                 let (applied, hash) = node.state_hash().ok()?;
                 match seen {
                     None => seen = Some((applied, hash)),
