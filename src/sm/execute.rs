@@ -12,7 +12,7 @@ use super::layout::LockSpace;
 use super::locks::{self, Acquire};
 use super::overlay::{Overlay, Writes};
 use super::placement::{Change, Owner, OwnerId, PlacementVersion};
-use super::result::{CommandResult, LockMode, LockWaitEnded};
+use super::result::{CommandResult, LockMode, LockWaitEnded, SessionId};
 use super::ring::{self, BatchMaps, MapReader, PartitionMap};
 use super::session_end;
 use super::sessions;
@@ -170,17 +170,7 @@ impl<'t, 'o> Executor<'t, 'o> {
                 wait,
             } => locks::acquire(
                 overlay,
-                &Acquire {
-                    space: LockSpace::Locks,
-                    name,
-                    mode: *mode,
-                    session: *session,
-                    wait: *wait,
-                    client_id: cmd.client_id,
-                    seq: cmd.seq,
-                    value: &[],
-                    lock_delay_ms: 0,
-                },
+                &lock_request(cmd, name, *mode, *session, *wait, 0),
                 index,
             )?,
             Op::LockAcquireWithDelay {
@@ -191,17 +181,7 @@ impl<'t, 'o> Executor<'t, 'o> {
                 lock_delay_ms,
             } => locks::acquire(
                 overlay,
-                &Acquire {
-                    space: LockSpace::Locks,
-                    name,
-                    mode: *mode,
-                    session: *session,
-                    wait: *wait,
-                    client_id: cmd.client_id,
-                    seq: cmd.seq,
-                    value: &[],
-                    lock_delay_ms: *lock_delay_ms,
-                },
+                &lock_request(cmd, name, *mode, *session, *wait, *lock_delay_ms),
                 index,
             )?,
             Op::LockDelayEnd { names } => locks::end_delays(overlay, names, index, waits)?,
@@ -255,5 +235,28 @@ impl<'t, 'o> Executor<'t, 'o> {
                 locks::cancel_session(overlay, LockSpace::Elections, name, *session, index, waits)?
             }
         })
+    }
+}
+
+/// The lock table's request for a lock (not an election) by `cmd`: both acquire commands, the
+/// one with a lock-delay and the one without (delay 0).
+fn lock_request<'a>(
+    cmd: &Command,
+    name: &'a [u8],
+    mode: LockMode,
+    session: SessionId,
+    wait: bool,
+    lock_delay_ms: u64,
+) -> Acquire<'a> {
+    Acquire {
+        space: LockSpace::Locks,
+        name,
+        mode,
+        session,
+        wait,
+        client_id: cmd.client_id,
+        seq: cmd.seq,
+        value: &[],
+        lock_delay_ms,
     }
 }

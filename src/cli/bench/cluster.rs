@@ -5,7 +5,7 @@
 //!
 //! Reports ops/s, p50/p99/max latency and each member's resident memory (VmHWM, VmRSS).
 
-use crate::cli::children::{free_addrs, start_member, Member, WorkDir};
+use crate::cli::children::{free_addrs, start_member, Member};
 use crate::cli::progress::{Plain, Progress};
 use haven::net::ClusterSecret;
 use haven::{Client, ClientOptions, ClusterId, Error, Result};
@@ -130,14 +130,10 @@ fn run_once(args: &ClusterBenchArgs, tls: bool) -> Result<f64> {
             haven::limits::MAX_VALUE_BYTES
         )));
     }
-    let workdir = match &args.dir {
-        Some(d) => WorkDir::given(d)?,
-        None => WorkDir::create("haven-bench-cluster")?,
-    };
+    let (workdir, secret_file) =
+        super::workdir_with_secret(args.dir.as_deref(), "haven-bench-cluster", SECRET)?;
     let dir = workdir.path();
-    let secret_file = dir.join("secret");
     let window = args.watch_window_events.map(|n| n.to_string());
-    std::fs::write(&secret_file, SECRET).map_err(|e| Error::io("writing the secret", e))?;
     let addrs = free_addrs(args.members)?;
     let tls_dir = dir.join(if tls { "tls" } else { "no-tls" });
     if tls {

@@ -12,7 +12,7 @@
 //!    sent from the same apply batch, and the new holder's release reaching the leader.
 
 use super::cluster::percentile;
-use crate::cli::children::{free_addrs, start_member, Member, WorkDir};
+use crate::cli::children::{free_addrs, start_member, Member};
 use haven::client::{LockOptions, LockWait};
 use haven::net::ClusterSecret;
 use haven::sm::LockMode;
@@ -76,13 +76,9 @@ pub fn run(args: &LockBenchArgs) -> Result<()> {
             haven::limits::MAX_LOCK_WAITERS
         )));
     }
-    let workdir = match &args.dir {
-        Some(d) => WorkDir::given(d)?,
-        None => WorkDir::create("haven-bench-lock")?,
-    };
+    let (workdir, secret_file) =
+        super::workdir_with_secret(args.dir.as_deref(), "haven-bench-lock", SECRET)?;
     let dir = workdir.path();
-    let secret_file = dir.join("secret");
-    std::fs::write(&secret_file, SECRET).map_err(|e| Error::io("writing the secret", e))?;
     let data = dir.join("data");
     std::fs::create_dir_all(&data).map_err(|e| Error::io("creating the data directory", e))?;
     let addrs = free_addrs(args.members)?;

@@ -7,9 +7,11 @@ pub mod ring;
 pub mod wal;
 pub mod watch;
 
+use super::children::WorkDir;
 use super::exit::EXIT_RUN_FAILED;
 use super::BenchTarget;
 use haven::{Client, Error, Result};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Run one bench; the process exit code (1 and one stderr line if it failed).
@@ -54,4 +56,20 @@ fn wait_for_leader(connect: impl Fn() -> Result<Client>) -> Result<Client> {
             Err(e) => return Err(Error::Unavailable(format!("cluster did not start: {e}"))),
         }
     }
+}
+
+/// The bench's working directory (`given`, or a new one named `prefix` under the current
+/// directory) with the cluster secret written to `secret` in it; the directory and that file.
+fn workdir_with_secret(
+    given: Option<&Path>,
+    prefix: &str,
+    secret: &[u8],
+) -> Result<(WorkDir, PathBuf)> {
+    let workdir = match given {
+        Some(d) => WorkDir::given(d)?,
+        None => WorkDir::create(prefix)?,
+    };
+    let secret_file = workdir.path().join("secret");
+    std::fs::write(&secret_file, secret).map_err(|e| Error::io("writing the secret", e))?;
+    Ok((workdir, secret_file))
 }
