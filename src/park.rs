@@ -11,7 +11,9 @@
 //!
 //! Lives below `net`, `wal` and `node` so that all three can use it.
 
-use crossbeam_channel::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
+use crossbeam_channel::{
+    RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
@@ -112,6 +114,25 @@ impl<T> ParkedSender<T> {
     /// Queue `item` without blocking, and wake the consumer.
     pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
         self.tx().try_send(item)?;
+        self.shared.parker.notify();
+        Ok(())
+    }
+
+    /// Queue `item` without blocking and without waking the consumer: for items the consumer
+    /// may take at its next wake-up (its own timeout, or a later send that wakes it). The
+    /// caller decides, after queueing, whether to [`ParkedSender::wake`] it anyway.
+    pub(crate) fn try_send_quiet(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.tx().try_send(item)
+    }
+
+    /// Queue `item`, blocking until `deadline` while the channel is full, and wake the
+    /// consumer.
+    pub(crate) fn send_deadline(
+        &self,
+        item: T,
+        deadline: Instant,
+    ) -> Result<(), SendTimeoutError<T>> {
+        self.tx().send_deadline(item, deadline)?;
         self.shared.parker.notify();
         Ok(())
     }
@@ -265,6 +286,12 @@ impl<T> Waking<T> {
         if self.tx.send(item).is_ok() {
             self.parker.notify();
         }
+    }
+
+    /// Send without waking the consumer: it takes the item at its next iteration, whatever
+    /// wakes it (another send, its own timeout). For news that need no prompt answer.
+    pub(crate) fn send_quiet(&self, item: T) {
+        let _ = self.tx.send(item);
     }
 }
 
