@@ -134,6 +134,11 @@ pub const DRIVER_INPUT_QUEUE: usize = 16_384;
 /// Peer messages queued for the driver before the transport's readers wait.
 pub const DRIVER_PEER_QUEUE: usize = 16_384;
 
+/// Longest a leader holds a commit notice (an AppendEntries without entries) for a follower,
+/// waiting for entries that would carry the news instead (`node/driver/commit_notices.rs`):
+/// what an idle follower may learn of a commit late.
+pub const COMMIT_NOTICE_HOLD: std::time::Duration = std::time::Duration::from_micros(1000);
+
 /// Most inputs the driver handles before it proposes, reads and takes a `Ready` (keeps the
 /// batch and the latency of one iteration bounded).
 pub const MAX_DRIVER_INPUTS_PER_ITERATION: usize = 4096;

@@ -281,6 +281,14 @@ impl Driver {
                 },
             );
         }
+        let m = if self.raft.role() == Role::Leader {
+            match self.notices.route(m, self.now()) {
+                Some(m) => m,
+                None => return,
+            }
+        } else {
+            m
+        };
         let to = m.to;
         self.transport.send(to, PeerMessage::Raft(m));
     }

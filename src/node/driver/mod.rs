@@ -34,12 +34,14 @@ macro_rules! dlog {
     };
 }
 
+mod commit_notices;
 mod durability;
 mod peers;
 mod routing;
 mod status;
 mod timeouts;
 
+use self::commit_notices::CommitNotices;
 use super::apply_thread::{ApplyTask, PendingRead};
 use super::peer_message::PeerMessage;
 use super::reply::Reply;
@@ -165,6 +167,8 @@ pub(crate) struct Driver {
 
     in_flight: VecDeque<InFlightWrite>,
     held: VecDeque<(u64, Vec<Message>)>,
+    /// A leader's commit notices waiting for entries to carry them (`commit_notices.rs`).
+    notices: CommitNotices,
     hard_state: HardState,
     written_hard_state: HardState,
 
@@ -248,6 +252,7 @@ impl Driver {
             transfers: Vec::new(),
             in_flight: VecDeque::new(),
             held: VecDeque::new(),
+            notices: CommitNotices::default(),
             hard_state,
             written_hard_state: hard_state,
             membership: None,
@@ -294,14 +299,21 @@ impl Driver {
                 break;
             }
             let now = self.now();
-            if now >= self.next_tick {
+            let wake_at = self
+                .notices
+                .next_deadline()
+                .map_or(self.next_tick, |due| due.min(self.next_tick));
+            if now >= wake_at {
                 break;
             }
-            // Nothing queued: sleep until a producer wakes us or the next tick is due.
-            self.ch.parker.park_timeout(self.next_tick - now);
+            // Nothing queued: sleep until a producer wakes us, the next tick is due or a held
+            // commit notice must go.
+            self.ch.parker.park_timeout(wake_at - now);
         }
         self.on_clock()?;
-        self.flush()
+        self.flush()?;
+        self.send_due_notices();
+        Ok(())
     }
 
     /// Handle one queued input, if any (internal events first: WAL completions free held
