@@ -10,6 +10,7 @@
 //! | file | job |
 //! |------|-----|
 //! | `mod.rs` | the loop, the state it keeps, the clock seam, internal events |
+//! | `commit_notices.rs` | a leader's commit notices (AppendEntries without entries), held up to 1 ms for entries to carry them |
 //! | `durability.rs` | the `Ready` durability order: WAL writes in flight, held messages, handing committed entries to apply, installing and compacting snapshots. Read this one to trust the node |
 //! | `routing.rs` | client requests: propose here, forward to the leader, or wait for one; ReadIndex batches; membership and leadership admin; what happens to waiting requests when the core refuses or the leader changes |
 //! | `peers.rs` | messages from other members: Raft, forwarded requests and their answers, snapshot-transfer control; the transport's peer set |
