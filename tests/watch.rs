@@ -260,6 +260,37 @@ fn a_watch_from_before_the_window_is_ended_with_compacted() {
     assert_eq!(seen[0].0, recent.0);
 }
 
+/// With no watch open the apply thread queues its batches for the watch thread without waking
+/// it, until a quarter of the queue waits. More batches than the queue holds, faster than the
+/// thread's own tick (30 s here), must still all reach the window: a watch opened afterwards
+/// from the first of them gets every one, not `Compacted`.
+#[test]
+fn with_no_watch_open_more_batches_than_the_queue_holds_still_reach_the_window() {
+    let cluster = Cluster::start(1, |c| c.watch_progress_interval_ms = 60_000);
+    cluster.wait_leader(WAIT);
+    let client = cluster.node(0).client();
+    const WRITES: usize = 6000;
+    let mut revisions = Vec::with_capacity(WRITES);
+    for i in 0..WRITES {
+        revisions.push(
+            client
+                .put(format!("q/{i:05}").as_bytes(), b"v")
+                .unwrap()
+                .revision,
+        );
+    }
+    let watch = client.watch_prefix(b"q/", revisions[0]).unwrap();
+    let seen = collect(&watch, |seen| seen.len() >= WRITES);
+    let keys: Vec<Vec<u8>> = (0..WRITES)
+        .map(|i| format!("q/{i:05}").into_bytes())
+        .collect();
+    assert_eq!(seen.iter().map(|s| s.2.clone()).collect::<Vec<_>>(), keys);
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        revisions.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn a_watcher_that_does_not_keep_up_is_ended_with_overflow() {
     let cluster = Cluster::start(1, |c| c.watch_buffer_events = 16);

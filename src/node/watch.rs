@@ -103,7 +103,6 @@ enum HubInput {
     },
     Cancel(WatchKey),
     ConnectionClosed(u64),
-    Stop,
 }
 
 /// An in-process watcher's queue of pushes: the hub appends, the watcher's reader takes.
@@ -358,6 +357,8 @@ impl WatchFeed {
 /// The handle every part of the member uses to open and close watches.
 pub(crate) struct WatchHub {
     tx: ParkedSender<HubInput>,
+    /// Set by [`WatchHub::stop`]; the thread ends at its next poll.
+    stopping: Arc<AtomicBool>,
     next_local_id: AtomicU64,
     buffer_events: usize,
 }
@@ -379,9 +380,11 @@ pub(crate) fn start(
     let (tx, rx) = bounded(WATCH_HUB_QUEUE);
     let capture = Arc::new(AtomicU8::new(0));
     let watching = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::new(AtomicBool::new(false));
     let thread = HubThread {
         id,
         inputs: rx,
+        stopping: Arc::clone(&stopping),
         capture: Arc::clone(&capture),
         watching: Arc::clone(&watching),
         window: VecDeque::new(),
@@ -396,6 +399,7 @@ pub(crate) fn start(
     thread.update_capture();
     let hub = WatchHub {
         tx: tx.clone(),
+        stopping,
         next_local_id: AtomicU64::new(1),
         buffer_events: thread.settings.buffer_events,
     };
@@ -503,11 +507,11 @@ impl WatchHub {
         let _ = self.tx.try_send(HubInput::ConnectionClosed(connection));
     }
 
-    /// Stop the thread (it ends every watch first).
+    /// Stop the thread (it ends every watch first). A flag, not a queued input: it reaches
+    /// the thread however full its queue is.
     pub(crate) fn stop(&self) {
-        let _ = self
-            .tx
-            .send_deadline(HubInput::Stop, Instant::now() + Duration::from_secs(5));
+        self.stopping.store(true, Ordering::SeqCst);
+        self.tx.wake();
     }
 
     fn send(&self, input: HubInput, deadline: Instant) -> Result<()> {
@@ -599,6 +603,7 @@ const MAX_DELIVERY_INTERVAL: Duration = Duration::from_millis(1);
 struct HubThread {
     id: NodeId,
     inputs: ParkedReceiver<HubInput>,
+    stopping: Arc<AtomicBool>,
     capture: Arc<AtomicU8>,
     watching: Arc<AtomicBool>,
     window: VecDeque<Arc<Revision>>,
@@ -619,9 +624,11 @@ impl HubThread {
         let tick = (self.settings.progress_interval / 2).max(Duration::from_millis(5));
         let mut next_progress = Instant::now() + tick;
         let mut last_delivery = Instant::now();
+        let stopping = Arc::clone(&self.stopping);
+        let stop = || stopping.load(Ordering::SeqCst);
         loop {
             let wait = next_progress.saturating_duration_since(Instant::now());
-            match self.inputs.recv_timeout(wait) {
+            match self.inputs.recv_timeout_unless(wait, stop) {
                 Ok(HubInput::Applied(batch)) => {
                     let mut batches = vec![batch];
                     // Take what queued up behind it, and what comes until a delivery interval
@@ -635,7 +642,7 @@ impl HubThread {
                                 if left.is_zero() {
                                     break;
                                 }
-                                match self.inputs.recv_timeout(left) {
+                                match self.inputs.recv_timeout_unless(left, stop) {
                                     Ok(input) => input,
                                     Err(_) => break,
                                 }
@@ -645,20 +652,14 @@ impl HubThread {
                             HubInput::Applied(more) => batches.push(more),
                             other => {
                                 self.ingest_and_deliver(std::mem::take(&mut batches));
-                                if !self.handle(other) {
-                                    return self.stop();
-                                }
+                                self.handle(other);
                             }
                         }
                     }
                     self.ingest_and_deliver(batches);
                     last_delivery = Instant::now();
                 }
-                Ok(other) => {
-                    if !self.handle(other) {
-                        return self.stop();
-                    }
-                }
+                Ok(other) => self.handle(other),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.stop(),
             }
@@ -677,8 +678,8 @@ impl HubThread {
             .min(MAX_DELIVERY_INTERVAL)
     }
 
-    /// Handle a non-batch input; false to stop.
-    fn handle(&mut self, input: HubInput) -> bool {
+    /// Handle a non-batch input.
+    fn handle(&mut self, input: HubInput) {
         match input {
             HubInput::Applied(batch) => self.ingest_and_deliver(vec![batch]),
             HubInput::Register {
@@ -697,9 +698,7 @@ impl HubThread {
                 });
                 self.update_capture();
             }
-            HubInput::Stop => return false,
         }
-        true
     }
 
     fn stop(mut self) {
