@@ -702,14 +702,33 @@ impl HubThread {
     }
 
     fn stop(mut self) {
+        let closed = || {
+            WatchPush::Ended(WatchEnd::Closed {
+                code: crate::error::ErrorCode::Unavailable as i32,
+                message: format!("member {} is shutting down", self.id),
+            })
+        };
         for (_, w) in self.watchers.drain() {
-            let _ = w.sink.notify(
-                WatchPush::Ended(WatchEnd::Closed {
-                    code: crate::error::ErrorCode::Unavailable as i32,
-                    message: format!("member {} is shutting down", self.id),
-                }),
-                true,
-            );
+            let _ = w.sink.notify(closed(), true);
+        }
+        // Registrations still queued (the stop flag does not wait behind them) are refused
+        // the same way, so no caller waits for an answer that never comes. At most a queue's
+        // worth: what arrives later is dropped with the queue.
+        for _ in 0..WATCH_HUB_QUEUE {
+            let Ok(input) = self.inputs.try_recv() else {
+                break;
+            };
+            if let HubInput::Register { sink, reply, .. } = input {
+                match reply {
+                    Some(reply) => reply.fail(Error::Unavailable(format!(
+                        "member {} is shutting down",
+                        self.id
+                    ))),
+                    None => {
+                        let _ = sink.notify(closed(), true);
+                    }
+                }
+            }
         }
         self.capture.store(0, Ordering::Relaxed);
     }
@@ -1191,5 +1210,36 @@ mod tests {
         let (first, second) = reader.join().unwrap();
         assert_eq!(first, Ok(vec![7]));
         assert_eq!(second, Err(true));
+    }
+
+    #[test]
+    fn a_stopped_hub_ends_its_watches_and_refuses_queued_registrations() {
+        let settings = WatchSettings {
+            window_events: 100,
+            buffer_events: 100,
+            progress_interval: Duration::from_secs(60),
+        };
+        let (hub, mut feed, run) = start(NodeId(1), LogIndex(0), settings);
+        let spec = WatchSpec::from(crate::proto::KeyWatchSpec {
+            start: Vec::new(),
+            end: None,
+            from_revision: LogIndex(0),
+            prev_value: false,
+        });
+        let deadline = Instant::now() + LONG;
+        let mut watch = hub.watch_local(spec, deadline).unwrap();
+        // A full queue behind the registration: the stop must not wait behind it.
+        for i in 1..=WATCH_HUB_QUEUE as u64 {
+            feed.publish(&mut [], LogIndex(i), ChangeCapture::Changes);
+        }
+        hub.stop();
+        // The thread's loop, on this thread: it sees the flag before anything queued.
+        run();
+        match watch.recv_timeout(LONG) {
+            Ok(WatchPush::Ended(WatchEnd::Closed { message, .. })) => {
+                assert!(message.contains("shutting down"), "{message}");
+            }
+            other => panic!("expected the watch closed, got {other:?}"),
+        }
     }
 }
