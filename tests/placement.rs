@@ -883,12 +883,16 @@ fn versioned_sequence() -> (MapParams, Vec<Change>) {
         ("o4", 2),
         ("o5", 1),
     ];
-    let mut changes: Vec<Change> = joins
-        .into_iter()
-        .map(|(id, weight)| Change::Join(Owner::new(id, weight)))
-        .collect();
-    changes.push(Change::Leave(OwnerId::from("o3")));
-    (params, changes)
+    (params, joins_then_leave(&joins, "o3"))
+}
+
+/// The owners (id, weight) joining in order, then `leaver` leaving.
+fn joins_then_leave(joins: &[(&str, u32)], leaver: &str) -> Vec<Change> {
+    joins
+        .iter()
+        .map(|&(id, weight)| Change::Join(Owner::new(id, weight)))
+        .chain([Change::Leave(OwnerId::from(leaver))])
+        .collect()
 }
 
 /// xxh64 (seed 0) of `Table::canonical_bytes` after each change of [`versioned_sequence`], as
@@ -971,12 +975,7 @@ fn primary_chain_sequence() -> (MapParams, Vec<Change>) {
         load_cap: LoadCap::default(),
     };
     let joins = [("o0", 1), ("o1", 2), ("o2", 3), ("o3", 1), ("o4", 2)];
-    let mut changes: Vec<Change> = joins
-        .into_iter()
-        .map(|(id, weight)| Change::Join(Owner::new(id, weight)))
-        .collect();
-    changes.push(Change::Leave(OwnerId::from("o2")));
-    (params, changes)
+    (params, joins_then_leave(&joins, "o2"))
 }
 
 /// xxh64 (seed 0) of `Table::canonical_bytes` after each change of [`primary_chain_sequence`] in
