@@ -3,7 +3,8 @@
 //! seeing exactly the committed sequence across a leader kill, resume after the member a
 //! remote client watches through dies, and the same events (previous values included) to
 //! in-process and remote watchers sharing one revision; an in-process watch read on the
-//! user's thread, then through its receiver, with no gap and no duplicate.
+//! user's thread, then through its receiver, with no gap and no duplicate; progress to an idle
+//! watch.
 
 #[path = "support/cluster.rs"]
 mod cluster_support;
@@ -559,4 +560,62 @@ fn a_watch_spec_with_an_empty_range_is_refused() {
         .watch(WatchSpec::range(b"b", Some(b"a"), LogIndex(0)))
         .unwrap_err();
     assert_eq!(e.code(), haven::ErrorCode::InvalidArgument);
+}
+
+/// An idle watch hears `Progress`: while nothing under its prefix changes, it learns every
+/// `watch_progress_interval_ms` how far the member's state has got (writes elsewhere included),
+/// so a client that resumes from there misses nothing. A progress notice never goes back and
+/// never passes an event not yet delivered. In process and remote alike.
+#[test]
+fn an_idle_watch_hears_progress_up_to_the_latest_write_elsewhere() {
+    let cluster = Cluster::start(1, |c| c.watch_progress_interval_ms = 50);
+    cluster.wait_leader(WAIT);
+    let client = cluster.node(0).client();
+    let remote = remote_client(&cluster.addrs, ClientOptions::default()).unwrap();
+    let watches = [
+        ("local", client.watch_prefix(b"idle/", LogIndex(0)).unwrap()),
+        (
+            "remote",
+            remote.watch_prefix(b"idle/", LogIndex(0)).unwrap(),
+        ),
+    ];
+    let mut last = LogIndex(0);
+    for i in 0..5u32 {
+        last = client
+            .put(format!("busy/{i}").as_bytes(), b"v")
+            .unwrap()
+            .revision;
+    }
+    for (name, watch) in &watches {
+        let mut at = LogIndex(0);
+        while at < last {
+            match watch.next_timeout(WAIT) {
+                Some(Ok(WatchNotice::Progress { revision })) => {
+                    assert!(revision >= at, "{name}: progress went back to {revision}");
+                    at = revision;
+                }
+                other => panic!("{name}: an idle watch got {other:?} before progress to {last}"),
+            }
+        }
+    }
+    let put = client.put(b"idle/x", b"1").unwrap().revision;
+    for (name, watch) in &watches {
+        loop {
+            match watch.next_timeout(WAIT) {
+                Some(Ok(WatchNotice::Progress { revision })) => {
+                    assert!(
+                        revision < put,
+                        "{name}: progress to {revision} passed the event"
+                    );
+                }
+                Some(Ok(WatchNotice::Events { revision, events })) => {
+                    assert_eq!(revision, put, "{name}");
+                    assert_eq!(events.len(), 1, "{name}");
+                    assert_eq!(events[0].key, b"idle/x", "{name}");
+                    break;
+                }
+                other => panic!("{name}: expected the event at {put}, got {other:?}"),
+            }
+        }
+    }
 }
