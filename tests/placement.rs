@@ -866,15 +866,21 @@ fn ids_at(table: &Table, partition: u32, slot: usize) -> Option<OwnerId> {
 
 // ----- placement versions -----
 
-/// A weighted capped map whose last change (a leave) makes the vacancy chains and the lift run:
-/// the sequence of the placement-version vectors (docs/FORMAT.md, "Placement versions").
-fn versioned_sequence() -> (MapParams, Vec<Change>) {
-    let params = MapParams {
+/// The capped map both placement-version sequences start from: 128 partitions, 3 replicas,
+/// rendezvous, the default load cap.
+fn capped_map_params() -> MapParams {
+    MapParams {
         partitions: 128,
         replicas: 3,
         strategy: Strategy::Rendezvous,
         load_cap: LoadCap::default(),
-    };
+    }
+}
+
+/// A weighted capped map whose last change (a leave) makes the vacancy chains and the lift run:
+/// the sequence of the placement-version vectors (docs/FORMAT.md, "Placement versions").
+fn versioned_sequence() -> (MapParams, Vec<Change>) {
+    let params = capped_map_params();
     let joins = [
         ("o0", 2),
         ("o1", 2),
@@ -968,12 +974,7 @@ fn a_version_2_map_of_the_same_changes_differs_and_keeps_the_movement_bound() {
 /// A capped map whose leave (`o2`, the heaviest) makes version 3's chains pass the leaver's
 /// primary slots that version 2's could not (docs/FORMAT.md, "Placement versions").
 fn primary_chain_sequence() -> (MapParams, Vec<Change>) {
-    let params = MapParams {
-        partitions: 128,
-        replicas: 3,
-        strategy: Strategy::Rendezvous,
-        load_cap: LoadCap::default(),
-    };
+    let params = capped_map_params();
     let joins = [("o0", 1), ("o1", 2), ("o2", 3), ("o3", 1), ("o4", 2)];
     (params, joins_then_leave(&joins, "o2"))
 }
